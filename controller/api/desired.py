@@ -1,0 +1,157 @@
+"""The desired state: all resources of a repository, cross-checked and ready to plan."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from controller.api.loading import Located
+from controller.api.problems import Problem
+from controller.api.resources import (
+    CertificateAuthority,
+    CertificateProfile,
+    Device,
+    DeviceFleet,
+)
+
+
+@dataclass(frozen=True)
+class FleetDecl:
+    """A fleet with its devices (inline plus `deviceSource`) and a content hash of both."""
+
+    located: Located
+    devices: tuple[Device, ...]
+    device_lines: dict[str, tuple[str, int | None]]  # device id -> (file, line)
+    content_hash: str
+
+    @property
+    def fleet(self) -> DeviceFleet:
+        assert isinstance(self.located.resource, DeviceFleet)
+        return self.located.resource
+
+
+@dataclass(frozen=True)
+class Desired:
+    """Everything declared, by kind and name."""
+
+    authorities: dict[str, Located] = field(default_factory=dict)
+    profiles: dict[str, Located] = field(default_factory=dict)
+    fleets: dict[str, FleetDecl] = field(default_factory=dict)
+
+    def authority(self, name: str) -> CertificateAuthority:
+        resource = self.authorities[name].resource
+        assert isinstance(resource, CertificateAuthority)
+        return resource
+
+    def profile(self, name: str) -> CertificateProfile:
+        resource = self.profiles[name].resource
+        assert isinstance(resource, CertificateProfile)
+        return resource
+
+    def authorities_in_order(self) -> list[str]:
+        """CA names with every parent before its children (requires an acyclic hierarchy)."""
+        order: list[str] = []
+
+        def visit(name: str) -> None:
+            if name in order:
+                return
+            parent = self.authority(name).spec.parentRef
+            if parent is not None:
+                visit(parent.name)
+            order.append(name)
+
+        for name in sorted(self.authorities):
+            visit(name)
+        return order
+
+
+def content_hash(*parts: object) -> str:
+    """Stable SHA-256 of JSON-serialisable parts."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(json.dumps(part, sort_keys=True, separators=(",", ":"), default=str).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def fleet_hash(fleet: DeviceFleet, devices: tuple[Device, ...], profile: CertificateProfile) -> str:
+    """Changes whenever anything that could change a device certificate changes."""
+    return content_hash(
+        fleet.spec.model_dump(mode="json", exclude={"devices"}),
+        profile.spec.model_dump(mode="json"),
+        [d.model_dump(mode="json", exclude_defaults=True) for d in devices],
+    )
+
+
+def _add(
+    index: dict[str, Located], item: Located, problems: list[Problem]
+) -> None:
+    name = item.resource.name
+    if name in index:
+        first = index[name]
+        problems.append(
+            Problem(item.file, f"duplicate name; first declared at {first.file}:{first.line}",
+                    item.line, item.ref, "metadata.name")
+        )
+    else:
+        index[name] = item
+
+
+def cross_check(
+    located: list[Located],
+    fleet_devices: dict[str, tuple[tuple[Device, ...], dict[str, tuple[str, int | None]]]],
+) -> tuple[Desired, list[Problem]]:
+    """Index resources and check references, cycles and duplicate device ids."""
+    problems: list[Problem] = []
+    authorities: dict[str, Located] = {}
+    profiles: dict[str, Located] = {}
+    fleet_objs: dict[str, Located] = {}
+    for item in located:
+        target = {"CertificateAuthority": authorities, "CertificateProfile": profiles,
+                  "DeviceFleet": fleet_objs}[item.resource.kind]
+        _add(target, item, problems)
+
+    for name, item in authorities.items():
+        ca = item.resource
+        assert isinstance(ca, CertificateAuthority)
+        parent = ca.spec.parentRef
+        if parent is None:
+            continue
+        if parent.name not in authorities:
+            problems.append(Problem(item.file, f"no CertificateAuthority named {parent.name!r}",
+                                    item.line, item.ref, "spec.parentRef.name"))
+            continue
+        seen, cursor = {name}, parent.name
+        while cursor is not None:
+            if cursor in seen:
+                problems.append(Problem(item.file, f"CA hierarchy has a cycle through {cursor!r}",
+                                        item.line, item.ref, "spec.parentRef.name"))
+                break
+            seen.add(cursor)
+            cursor_ca = authorities.get(cursor)
+            ref = cursor_ca.resource.spec.parentRef if cursor_ca else None  # type: ignore[attr-defined]
+            cursor = ref.name if ref else None
+
+    fleets: dict[str, FleetDecl] = {}
+    for name, item in fleet_objs.items():
+        fleet = item.resource
+        assert isinstance(fleet, DeviceFleet)
+        ok = True
+        if fleet.spec.issuerRef.name not in authorities:
+            problems.append(Problem(item.file, f"no CertificateAuthority named "
+                                    f"{fleet.spec.issuerRef.name!r}", item.line, item.ref,
+                                    "spec.issuerRef.name"))
+            ok = False
+        profile_item = profiles.get(fleet.spec.profileRef.name)
+        if profile_item is None:
+            problems.append(Problem(item.file, f"no CertificateProfile named "
+                                    f"{fleet.spec.profileRef.name!r}", item.line, item.ref,
+                                    "spec.profileRef.name"))
+            ok = False
+        devices, lines = fleet_devices.get(name, ((), {}))
+        if ok and profile_item is not None:
+            profile = profile_item.resource
+            assert isinstance(profile, CertificateProfile)
+            fleets[name] = FleetDecl(item, devices, lines, fleet_hash(fleet, devices, profile))
+    return Desired(authorities, profiles, fleets), problems

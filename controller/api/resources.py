@@ -1,0 +1,263 @@
+"""The fleetpki resources (`apiVersion: fleetpki.io/v1alpha1`): the single source of truth.
+
+The same models validate YAML in git and generate the Kubernetes CRDs (`fleetpki crds`).
+Field names follow cert-manager where the meaning is the same (`duration`, `renewBefore`,
+`usages`, `rotationPolicy`).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from controller.api.durations import Duration
+from controller.api.templates import check_template
+
+API_VERSION = "fleetpki.io/v1alpha1"
+
+KeyAlgorithm = Literal[
+    "ECDSA-P256", "ECDSA-P384", "Ed25519", "RSA-3072", "RSA-4096", "ML-DSA-44", "ML-DSA-65",
+    "ML-DSA-87",
+]
+RevocationReason = Literal[
+    "unspecified", "keyCompromise", "cACompromise", "affiliationChanged", "superseded",
+    "cessationOfOperation", "certificateHold", "privilegeWithdrawn", "aACompromise",
+]
+DNS_LABEL = r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$"
+DEVICE_ID = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
+OID = r"^[0-2](\.(0|[1-9][0-9]*))+$"
+
+
+class Model(BaseModel):
+    """Base: unknown fields are errors, so typos never pass silently."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class ObjectMeta(Model):
+    """Kubernetes-style metadata; `name` identifies the object within its kind."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    name: Annotated[str, Field(pattern=DNS_LABEL)]
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+
+
+class LocalRef(Model):
+    """Reference to another object of this repository by name."""
+
+    name: Annotated[str, Field(pattern=DNS_LABEL)]
+
+
+class Subject(Model):
+    """X.509 subject attributes (camelCase as in cert-manager's `subject`)."""
+
+    commonName: str | None = None
+    organization: str | None = None
+    organizationalUnit: str | None = None
+    country: Annotated[str | None, Field(pattern=r"^[A-Z]{2}$")] = None
+    locality: str | None = None
+    province: str | None = None
+    serialNumber: str | None = None
+
+    def attributes(self) -> dict[str, str]:
+        """Set attributes only, in a stable order."""
+        return {k: v for k, v in self.model_dump().items() if v}
+
+
+class CRLSpec(Model):
+    """How the CA publishes revocation lists."""
+
+    duration: Duration = timedelta(days=7)
+    distributionPoint: str | None = None
+
+
+class OCSPSpec(Model):
+    url: str
+
+
+class NameConstraints(Model):
+    permittedDNSDomains: list[str] = []
+
+
+class CertificateAuthoritySpec(Model):
+    type: Literal["root", "intermediate"]
+    parentRef: LocalRef | None = None
+    subject: Subject
+    keyAlgorithm: KeyAlgorithm = "ECDSA-P256"
+    duration: Duration = timedelta(days=3650)
+    renewBefore: Duration | None = None
+    pathLength: Annotated[int, Field(ge=0, le=8)] | None = None
+    nameConstraints: NameConstraints | None = None
+    crl: CRLSpec = CRLSpec()
+    ocsp: OCSPSpec | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> CertificateAuthoritySpec:
+        if self.type == "intermediate" and self.parentRef is None:
+            raise ValueError("parentRef: required for an intermediate CA")
+        if self.type == "root" and self.parentRef is not None:
+            raise ValueError("parentRef: a root CA has no parent")
+        if not self.subject.commonName:
+            raise ValueError("subject.commonName: required for a CA")
+        if self.renewBefore is not None and self.renewBefore >= self.duration:
+            raise ValueError("renewBefore: must be shorter than duration")
+        return self
+
+
+class SubjectAltNames(Model):
+    """SAN templates, rendered per device."""
+
+    dnsNames: list[str] = []
+    uris: list[str] = []
+    ipAddresses: list[str] = []
+    emailAddresses: list[str] = []
+
+    def templates(self) -> list[str]:
+        return [*self.dnsNames, *self.uris, *self.ipAddresses, *self.emailAddresses]
+
+
+class ExtensionSpec(Model):
+    """Device metadata under an OID, as a DER UTF8String rendered from a template."""
+
+    oid: Annotated[str, Field(pattern=OID)]
+    value: Annotated[str, Field(max_length=1024)]
+
+    @field_validator("value")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        check_template(value)
+        return value
+
+
+class CertificateProfileSpec(Model):
+    keyAlgorithm: KeyAlgorithm = "ECDSA-P256"
+    keyGeneration: Literal["server", "device"] = "server"
+    duration: Duration = timedelta(days=365)
+    renewBefore: Duration | None = None
+    usages: list[str] = ["digital signature", "client auth"]
+    subject: dict[str, Annotated[str, Field(max_length=256)]] = {}
+    subjectAltNames: SubjectAltNames = SubjectAltNames()
+    extensions: list[ExtensionSpec] = []
+    rotationPolicy: Literal["Always", "Never"] = "Always"
+
+    @field_validator("usages")
+    @classmethod
+    def _usages(cls, usages: list[str]) -> list[str]:
+        from controller.pki.usages import USAGE_NAMES
+
+        unknown = [u for u in usages if u not in USAGE_NAMES]
+        if unknown:
+            raise ValueError(f"unknown usage(s) {unknown}; known: {sorted(USAGE_NAMES)}")
+        return usages
+
+    @field_validator("subject")
+    @classmethod
+    def _subject(cls, subject: dict[str, str]) -> dict[str, str]:
+        allowed = set(Subject.model_fields)
+        for key, template in subject.items():
+            if key not in allowed:
+                raise ValueError(f"unknown subject attribute {key!r}; allowed: {sorted(allowed)}")
+            check_template(template)
+        return subject
+
+    @field_validator("subjectAltNames")
+    @classmethod
+    def _sans(cls, sans: SubjectAltNames) -> SubjectAltNames:
+        for template in sans.templates():
+            check_template(template)
+        return sans
+
+    @model_validator(mode="after")
+    def _check(self) -> CertificateProfileSpec:
+        if not self.subject and not self.subjectAltNames.templates():
+            raise ValueError("subject: a profile needs a subject or subjectAltNames")
+        if self.renewBefore is not None and self.renewBefore >= self.duration:
+            raise ValueError("renewBefore: must be shorter than duration")
+        return self
+
+
+class Revocation(Model):
+    reason: RevocationReason = "unspecified"
+
+
+class Device(Model):
+    """One device: identity, labels for templates, and optionally its own public key or CSR."""
+
+    id: Annotated[str, Field(pattern=DEVICE_ID)]
+    labels: dict[Annotated[str, Field(max_length=63)], Annotated[str, Field(max_length=256)]] = {}
+    publicKey: Annotated[str | None, Field(max_length=16384)] = None
+    csr: Annotated[str | None, Field(max_length=32768)] = None
+    revoked: Revocation | None = None
+
+    @model_validator(mode="after")
+    def _one_key(self) -> Device:
+        if self.publicKey and self.csr:
+            raise ValueError("publicKey: give either publicKey or csr, not both")
+        return self
+
+
+class DeviceSource(Model):
+    """Devices in a file of the repository (CSV or JSONL), for large fleets."""
+
+    path: str
+    format: Literal["csv", "jsonl"] | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _relative(cls, path: str) -> str:
+        if path.startswith("/") or ".." in path.split("/"):
+            raise ValueError("path: must be relative to the repository and stay inside it")
+        return path
+
+    def resolved_format(self) -> str:
+        return self.format or ("jsonl" if self.path.endswith((".jsonl", ".ndjson")) else "csv")
+
+
+class DeviceFleetSpec(Model):
+    issuerRef: LocalRef
+    profileRef: LocalRef
+    devices: list[Device] = []
+    deviceSource: DeviceSource | None = None
+    suspend: bool = False
+    decommissioned: bool = False
+    deletionPolicy: Literal["Revoke", "Orphan"] = "Revoke"
+
+
+class Resource(Model):
+    apiVersion: Literal["fleetpki.io/v1alpha1"] = API_VERSION
+    metadata: ObjectMeta
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+
+class CertificateAuthority(Resource):
+    """A root or intermediate CA that fleetpki creates, renews and whose key it keeps."""
+
+    kind: Literal["CertificateAuthority"] = "CertificateAuthority"
+    spec: CertificateAuthoritySpec
+
+
+class CertificateProfile(Resource):
+    """What a device certificate looks like."""
+
+    kind: Literal["CertificateProfile"] = "CertificateProfile"
+    spec: CertificateProfileSpec
+
+
+class DeviceFleet(Resource):
+    """A set of devices issued from one CA with one profile."""
+
+    kind: Literal["DeviceFleet"] = "DeviceFleet"
+    spec: DeviceFleetSpec
+
+
+KINDS: dict[str, type[Resource]] = {
+    "CertificateAuthority": CertificateAuthority,
+    "CertificateProfile": CertificateProfile,
+    "DeviceFleet": DeviceFleet,
+}

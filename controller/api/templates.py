@@ -1,0 +1,49 @@
+"""Subject/SAN/extension templates: `{{ device.id }}`, `{{ device.labels.site }}`, `{{ fleet.name }}`.
+
+Deliberately not a general template engine: only field substitution, so a device label can
+never execute code or reach other data. Rendered values are checked by the caller.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+_FIELD = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
+_PATH = re.compile(r"^(device\.id|fleet\.name|device\.labels\.[A-Za-z0-9_.\-/]+)$")
+
+
+class TemplateError(ValueError):
+    """A template refers to something that does not exist or is not allowed."""
+
+
+def check_template(template: str) -> None:
+    """Raise TemplateError if the template uses anything but the allowed fields."""
+    stripped = _FIELD.sub("", template)
+    if "{{" in stripped or "}}" in stripped:
+        raise TemplateError(f"unbalanced braces in template {template!r}")
+    for expression in _FIELD.findall(template):
+        if not _PATH.match(expression):
+            raise TemplateError(
+                f"unknown template field {{{{ {expression} }}}}: allowed are device.id, "
+                "device.labels.<key> and fleet.name"
+            )
+
+
+def render(template: str, *, device_id: str, labels: Mapping[str, str], fleet: str) -> str:
+    """Substitute fields; a missing label is an error naming the label."""
+
+    def value(match: re.Match[str]) -> str:
+        expression = match.group(1)
+        if expression == "device.id":
+            return device_id
+        if expression == "fleet.name":
+            return fleet
+        if expression.startswith("device.labels."):
+            key = expression.removeprefix("device.labels.")
+            if key not in labels:
+                raise TemplateError(f"device {device_id!r} has no label {key!r}")
+            return labels[key]
+        raise TemplateError(f"unknown template field {expression!r}")
+
+    return _FIELD.sub(value, template)

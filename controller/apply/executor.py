@@ -1,0 +1,273 @@
+"""Execute a Plan against the inventory and keystore, crash-safely.
+
+Steps run in plan order: CAs, revocations, issuance, CRLs. Crash safety comes from three rules:
+- a new certificate and the revocation (reason `superseded`) of the one it replaces commit in one
+  SQLite transaction, and the partial unique index forbids two active certificates per device;
+- a certificate exists for the outside world only once committed (exports read the inventory),
+  so a batch lost in a crash was never seen by anyone and is simply planned again;
+- a CA key is journalled before it is written and the journal entry is closed in the transaction
+  that records its certificate; leftover entries name keys that never signed anything kept.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from controller.api.desired import Desired
+from controller.api.resources import CertificateAuthority
+from controller.pki import certificates as certs
+from controller.pki import keys
+from controller.pki.crl import RevokedEntry, build_crl, crl_to_der, crl_to_pem
+from controller.plan.intents import DeviceIntent
+from controller.plan.model import Action, Plan
+from controller.plan.planner import ca_intent
+from controller.plan.schedule import renew_before, renewal_time
+from controller.stores.inventory import CertRecord, CRLRecord, Inventory, epoch, from_epoch
+from controller.stores.keystore import FileKeyStore
+from controller.stores.publish import publish_file
+
+BACKDATE = timedelta(minutes=1)  # tolerate device clock skew, as step-ca does
+BATCH = 500
+Progress = Callable[[int], None]
+
+
+class ApplyRefused(Exception):
+    """The plan must not be executed as it stands (e.g. mass revocation); nothing was done."""
+
+
+@dataclass
+class ApplyResult:
+    done: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, list[str]] = field(default_factory=dict)  # fleet -> messages
+
+    def count(self, action: str, number: int = 1) -> None:
+        self.done[action] = self.done.get(action, 0) + number
+
+
+def serial_hex(serial: int) -> str:
+    return format(serial, "040x")
+
+
+def _general_name(kind: str, value: str) -> x509.GeneralName:
+    if kind == "dns":
+        return x509.DNSName(value)
+    if kind == "uri":
+        return x509.UniformResourceIdentifier(value)
+    if kind == "ip":
+        return x509.IPAddress(ipaddress.ip_address(value))
+    return x509.RFC822Name(value)
+
+
+class Executor:
+    """Carries the stores and the clock through one apply."""
+
+    def __init__(self, desired: Desired, inventory: Inventory, keystore: FileKeyStore,
+                 public_dir: Path, now: datetime) -> None:
+        self.desired = desired
+        self.inventory = inventory
+        self.keystore = keystore
+        self.public_dir = public_dir
+        self.now = now
+        self._signers: dict[str, tuple[CertRecord, x509.Certificate, keys.PrivateKey]] = {}
+        self.result = ApplyResult()
+
+    # --- CAs ---------------------------------------------------------------------------------
+    def signer(self, ca_name: str) -> tuple[CertRecord, x509.Certificate, keys.PrivateKey]:
+        """The active certificate and key of a CA; a missing key is an error, never a new CA."""
+        if ca_name not in self._signers:
+            record = self.inventory.active_ca(ca_name)
+            if record is None:
+                raise ApplyRefused(f"CertificateAuthority/{ca_name} has no active certificate")
+            key = self.keystore.get_ca_key(record.key_id or "")
+            self._signers[ca_name] = (record, x509.load_der_x509_certificate(record.der), key)
+        return self._signers[ca_name]
+
+    def create_ca(self, action: Action) -> None:
+        ca = self.desired.authority(action.name)
+        spec = ca.spec
+        parent = None
+        if spec.parentRef is not None:
+            parent = self.signer(spec.parentRef.name)
+        key = keys.generate_private_key(spec.keyAlgorithm)
+        serial = certs.random_serial()
+        key_id = f"{ca.name}-{serial_hex(serial)[:16]}"
+        with self.inventory.transaction():
+            entry = self.inventory.journal_begin("ca-key", ca.name, key_id, epoch(self.now))
+        self.keystore.put_ca_key(key_id, key)
+        parent_spec = self.desired.authority(spec.parentRef.name).spec if spec.parentRef else None
+        certificate = certs.build_ca_certificate(
+            subject=certs.build_name(spec.subject.attributes()),
+            public_key=key.public_key(),
+            issuer_key=parent[2] if parent else key,
+            issuer_certificate=parent[1] if parent else None,
+            not_before=self.now - BACKDATE,
+            not_after=self.now + spec.duration,
+            path_length=spec.pathLength,
+            serial=serial,
+            crl_distribution_point=parent_spec.crl.distributionPoint if parent_spec else None,
+            ocsp_url=parent_spec.ocsp.url if parent_spec and parent_spec.ocsp else None,
+            permitted_dns_domains=spec.nameConstraints.permittedDNSDomains
+            if spec.nameConstraints else (),
+        )
+        record = self._record(certificate, "ca", ca.name, "", parent[0].serial if parent else None,
+                              ca_intent(ca), self._ca_window(ca), key_id=key_id)
+        with self.inventory.transaction():
+            if action.serial:
+                self.inventory.retire(action.serial)
+            self.inventory.insert(record)
+            self.inventory.journal_end(entry)
+        self._signers.pop(ca.name, None)
+        publish_file(self.public_dir / "ca" / f"{ca.name}.pem",
+                     certs.certificate_to_pem(certificate))
+        self.result.count(action.action)
+
+    @staticmethod
+    def _ca_window(ca: CertificateAuthority) -> timedelta:
+        return renew_before(ca.spec.duration, ca.spec.renewBefore)
+
+    def _record(self, certificate: x509.Certificate, kind: str, owner: str, device: str,
+                issuer_serial: str | None, intent: str, window: timedelta,
+                key_id: str | None = None, key_blob: bytes | None = None) -> CertRecord:
+        not_after = epoch(certificate.not_valid_after_utc)
+        return CertRecord(
+            serial=serial_hex(certificate.serial_number), kind=kind, owner=owner, device=device,
+            issuer_serial=issuer_serial, state="active",
+            not_before=epoch(certificate.not_valid_before_utc), not_after=not_after,
+            renew_at=renewal_time(not_after, window, f"{owner}/{device}"), intent=intent,
+            fingerprint=certs.certificate_fingerprint(certificate), key_id=key_id,
+            key_blob=key_blob, der=certificate.public_bytes(Encoding.DER),
+            issued_at=epoch(self.now),
+        )
+
+    # --- devices -----------------------------------------------------------------------------
+    def revoke(self, actions: list[Action], progress: Progress) -> None:
+        for chunk in _chunks(actions):
+            with self.inventory.transaction():
+                for action in chunk:
+                    assert action.serial is not None
+                    self.inventory.revoke(action.serial, action.revocation_reason or "unspecified",
+                                          epoch(self.now))
+            self.result.count("revoke", len(chunk))
+            progress(len(chunk))
+
+    def issue(self, actions: list[Action], intents: dict[tuple[str, str], DeviceIntent],
+              progress: Progress) -> None:
+        for chunk in _chunks(actions):
+            records = [(a, self._device_certificate(a, intents[(a.name, a.device or "")]))
+                       for a in chunk]
+            with self.inventory.transaction():
+                for action, record in records:
+                    if action.serial:
+                        self.inventory.revoke(action.serial, "superseded", epoch(self.now))
+                    self.inventory.insert(record)
+            for action, _ in records:
+                self.result.count(action.action)
+            progress(len(chunk))
+
+    def _device_certificate(self, action: Action, intent: DeviceIntent) -> CertRecord:
+        fleet = self.desired.fleets[action.name].fleet
+        profile = self.desired.profile(fleet.spec.profileRef.name)
+        issuer = self.desired.authority(fleet.spec.issuerRef.name)
+        ca_record, ca_cert, ca_key = self.signer(issuer.name)
+        serial = certs.random_serial()
+        key_blob = None
+        if intent.device_public_key is not None:
+            public_key = intent.device_public_key
+        else:
+            private_key = self._server_key(action, profile.spec.keyAlgorithm)
+            public_key = private_key.public_key()
+            key_blob = self.keystore.wrap_device_key(serial_hex(serial), private_key)
+        certificate = certs.build_leaf_certificate(
+            subject=certs.build_name(dict(intent.subject)),
+            subject_alt_names=[_general_name(k, v) for k, v in intent.sans],
+            public_key=public_key,
+            issuer_key=ca_key,
+            issuer_certificate=ca_cert,
+            not_before=self.now - BACKDATE,
+            not_after=self.now + profile.spec.duration,
+            usages=profile.spec.usages,
+            extra_extensions=[(oid, certs.der_utf8_string(v)) for oid, v in intent.extensions],
+            crl_distribution_point=issuer.spec.crl.distributionPoint,
+            ocsp_url=issuer.spec.ocsp.url if issuer.spec.ocsp else None,
+            serial=serial,
+        )
+        window = renew_before(profile.spec.duration, profile.spec.renewBefore)
+        return self._record(certificate, "device", fleet.name, intent.device_id,
+                            ca_record.serial, intent.digest, window, key_blob=key_blob)
+
+    def _server_key(self, action: Action, algorithm: str) -> keys.PrivateKey:
+        """A new key, except on `renew` of a server-generated key (rotationPolicy: Never)."""
+        if action.action == "renew" and action.serial:
+            previous = self.inventory.get(action.serial)
+            if previous is not None and previous.key_blob is not None:
+                return self.keystore.unwrap_device_key(previous.serial, previous.key_blob)
+        return keys.generate_private_key(algorithm)
+
+    # --- CRLs --------------------------------------------------------------------------------
+    def publish_crl(self, action: Action) -> None:
+        """A fresh CRL for every unexpired certificate of the CA (old generations included)."""
+        ca = self.desired.authority(action.name)
+        now_s = epoch(self.now)
+        pem_parts: list[bytes] = []
+        for generation in self.inventory.ca_generations(ca.name):
+            if generation.not_after <= now_s or generation.state == "revoked":
+                continue
+            key = self.keystore.get_ca_key(generation.key_id or "")
+            ca_cert = x509.load_der_x509_certificate(generation.der)
+            entries = [RevokedEntry(int(serial, 16), from_epoch(at), reason)
+                       for serial, at, reason in self.inventory.revoked_by_issuer(
+                           generation.serial, now_s)]
+            number = self.inventory.next_crl_number(ca.name)
+            crl = build_crl(issuer_certificate=ca_cert, issuer_key=key, entries=entries,
+                            crl_number=number, this_update=self.now,
+                            next_update=self.now + ca.spec.crl.duration)
+            with self.inventory.transaction():
+                self.inventory.put_crl(CRLRecord(generation.serial, ca.name, number, now_s,
+                                                 epoch(self.now + ca.spec.crl.duration),
+                                                 len(entries), crl_to_der(crl)))
+            if generation.state == "active":
+                publish_file(self.public_dir / "crl" / f"{ca.name}.crl", crl_to_der(crl))
+            pem_parts.append(crl_to_pem(crl))
+        publish_file(self.public_dir / "crl" / f"{ca.name}.pem", b"".join(pem_parts))
+        self.result.count("publish-crl")
+
+
+def _chunks(actions: list[Action]) -> Iterator[list[Action]]:
+    for start in range(0, len(actions), BATCH):
+        yield actions[start:start + BATCH]
+
+
+def execute(plan: Plan, desired: Desired, inventory: Inventory, keystore: FileKeyStore,
+            public_dir: Path, now: datetime, *, allow_mass_revocation: bool = False,
+            progress: Progress = lambda n: None) -> ApplyResult:
+    """Run the plan's steps in order; refuse before any change if the plan is unsafe."""
+    if plan.problems:
+        raise ApplyRefused(f"{len(plan.problems)} problem(s) in the declaration; nothing applied")
+    if plan.mass_revocations and not allow_mass_revocation:
+        worst = plan.mass_revocations[0]
+        raise ApplyRefused(
+            f"refusing to revoke {worst.count} certificates of DeviceFleet/{worst.fleet} "
+            f"(limit {worst.limit}); check the change, then pass --allow-mass-revocation or "
+            "--max-revocations N; nothing applied")
+    runner = Executor(desired, inventory, keystore, public_dir, now)
+    for action in plan.actions:
+        if action.action in ("create-ca", "renew-ca"):
+            runner.create_ca(action)
+    runner.revoke([a for a in plan.actions if a.action == "revoke"], progress)
+    runner.issue([a for a in plan.actions if a.action in ("issue", "renew", "rekey")],
+                 plan.intents, progress)
+    for action in plan.actions:
+        if action.action == "publish-crl":
+            runner.publish_crl(action)
+    with inventory.transaction():
+        for name, digest in plan.completed_fleets.items():
+            decl = desired.fleets[name]
+            inventory.set_fleet(name, digest, decl.fleet.spec.decommissioned, epoch(now))
+    return runner.result

@@ -1,0 +1,38 @@
+"""Gather what the inventory knows into the plain `Observed` input of the planner."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from controller.api.desired import Desired
+from controller.plan.model import CAObserved, CRLObserved, FleetObserved, Observed
+from controller.stores.inventory import Inventory, epoch
+
+
+def observe(inventory: Inventory, desired: Desired, now: datetime) -> Observed:
+    """One place that reads state; fleets unchanged since their last apply load only due rows."""
+    now_s = epoch(now)
+    authorities: dict[str, CAObserved] = {}
+    crls: dict[str, CRLObserved] = {}
+    for name in inventory.ca_names():
+        record = inventory.active_ca(name)
+        if record is None:
+            continue
+        authorities[name] = CAObserved(record.serial, record.intent, record.not_after,
+                                       record.renew_at)
+        crl = inventory.crl(record.serial)
+        if crl is not None:
+            crls[name] = CRLObserved(crl.this_update, crl.next_update,
+                                     inventory.last_revocation(record.serial))
+    fleets: dict[str, FleetObserved] = {}
+    for name in sorted(set(inventory.fleet_names()) | set(desired.fleets)):
+        stored_hash = inventory.fleet_hash(name)
+        decl = desired.fleets.get(name)
+        count = inventory.active_count(name)
+        if decl is not None and stored_hash == decl.content_hash:
+            fleets[name] = FleetObserved(stored_hash, None, inventory.due_devices(name, now_s),
+                                         count)
+        else:
+            fleets[name] = FleetObserved(stored_hash, inventory.active_devices(name),
+                                         active_count=count)
+    return Observed(authorities, crls, fleets, frozenset(inventory.ca_names()))

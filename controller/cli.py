@@ -1,0 +1,313 @@
+"""The `fleetpki` command. Exit codes: 0 ok, 1 error, 2 plan has changes (--detailed-exitcode)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+import yaml
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from controller import exports, jobs
+from controller.api.crds import render_crds
+from controller.api.durations import parse_duration
+from controller.api.problems import InvalidDeclaration
+from controller.apply.executor import ApplyRefused
+from controller.pki.errors import PKIError
+from controller.plan.render import RENDERERS
+from controller.status.gitbranch import StatusBranchError
+from controller.stores.inventory import epoch, from_epoch
+from controller.stores.keystore import KeyStoreError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="Declarative, GitOps-driven PKI for IoT device fleets.")
+export_app = typer.Typer(no_args_is_help=True, help="Write certificates, bundles and CRLs.")
+app.add_typer(export_app, name="export")
+out = Console()
+err = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+DirArg = Annotated[Path, typer.Argument(help="Fleet repository directory.", show_default=False)]
+StateOpt = Annotated[Path | None, typer.Option(
+    "--state-dir", help="State directory (inventory, keys). Default: $FLEETPKI_STATE_DIR or "
+    "~/.local/state/fleetpki.", show_default=False)]
+MaxRevOpt = Annotated[int | None, typer.Option(
+    "--max-revocations", help="Revocations allowed per fleet (default: 10% of it or 100).")]
+
+
+class PlanFormat(str, Enum):
+    text = "text"
+    markdown = "markdown"
+    json = "json"
+
+
+class OutputFormat(str, Enum):
+    text = "text"
+    json = "json"
+    yaml = "yaml"
+
+
+class ExportFormat(str, Enum):
+    pem = "pem"
+    p12 = "p12"
+
+
+EXPECTED_ERRORS = (InvalidDeclaration, ApplyRefused, KeyStoreError, PKIError,
+                   exports.ExportError, jobs.StateLocked, StatusBranchError, OSError)
+
+
+def handle_errors(function: F) -> F:
+    """Expected failures print `error: ...` to stderr and exit 1, without a traceback."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except InvalidDeclaration as exc:
+            for problem in exc.problems:
+                err.print(f"error: {problem}", markup=False, highlight=False)
+            err.print(f"{len(exc.problems)} problem(s); nothing applied.", markup=False)
+        except EXPECTED_ERRORS as exc:
+            err.print(f"error: {exc}", markup=False, highlight=False)
+        raise typer.Exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _emit(data: Any, fmt: OutputFormat) -> None:
+    if fmt == OutputFormat.json:
+        print(json.dumps(data, indent=2))
+    else:
+        print(yaml.safe_dump(data, sort_keys=False), end="")
+
+
+@app.command()
+@handle_errors
+def validate(directory: DirArg, output: Annotated[OutputFormat, typer.Option(
+        "-o", "--output")] = OutputFormat.text) -> None:
+    """Check schema, references, templates, device keys and CSRs. Exit 1 on any problem."""
+    problems = jobs.validate(directory, jobs.now_utc())
+    if output != OutputFormat.text:
+        _emit({"valid": not problems, "problems": [p.as_dict() for p in problems]}, output)
+    else:
+        for problem in problems:
+            err.print(f"error: {problem}", markup=False, highlight=False)
+        if not problems:
+            out.print(f"{directory}: valid")
+    if problems:
+        raise typer.Exit(1)
+
+
+@app.command()
+@handle_errors
+def plan(directory: DirArg, state_dir: StateOpt = None,
+         output: Annotated[PlanFormat, typer.Option("-o", "--output")] = PlanFormat.text,
+         detailed_exitcode: Annotated[bool, typer.Option(
+             "--detailed-exitcode", help="Exit 2 when the plan has changes.")] = False,
+         max_revocations: MaxRevOpt = None) -> None:
+    """Show what apply would do: create/renew CAs, issue, renew, re-key, revoke, publish CRLs."""
+    the_plan = jobs.plan(directory, jobs.StateDir.resolve(state_dir), jobs.now_utc(),
+                         max_revocations)
+    print(RENDERERS[output.value](the_plan))
+    if the_plan.problems:
+        raise typer.Exit(1)
+    if detailed_exitcode and the_plan.has_changes:
+        raise typer.Exit(2)
+
+
+@app.command()
+@handle_errors
+def apply(directory: DirArg, state_dir: StateOpt = None, max_revocations: MaxRevOpt = None,
+          allow_mass_revocation: Annotated[bool, typer.Option(
+              help="Allow revocations above the limit.")] = False,
+          status: Annotated[bool, typer.Option(
+              help="Commit status to the status branch when DIR is in a git repo.")] = True,
+          status_branch: Annotated[str, typer.Option()] = jobs.STATUS_BRANCH,
+          output: Annotated[OutputFormat, typer.Option("-o", "--output")] = OutputFormat.text,
+          ) -> None:
+    """Converge the state to the declaration and write status back."""
+    state = jobs.StateDir.resolve(state_dir)
+    with Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task("applying", total=None)
+        report = jobs.apply(directory, state, jobs.now_utc(), max_revocations=max_revocations,
+                            allow_mass_revocation=allow_mass_revocation, write_status=status,
+                            status_branch=status_branch,
+                            progress=lambda n: bar.advance(task, n))
+    if output != OutputFormat.text:
+        _emit({"done": report.result.done, "summary": report.plan.summary(),
+               "warnings": list(report.plan.warnings), "statusCommit": report.status_commit},
+              output)
+        return
+    for warning in report.plan.warnings:
+        err.print(f"warning: {warning}", markup=False, highlight=False)
+    done = ", ".join(f"{v} {k}" for k, v in sorted(report.result.done.items()))
+    out.print(f"Applied: {done or 'no changes'}.", highlight=False)
+    if report.status_commit:
+        out.print(f"Status committed to {status_branch}: {report.status_commit[:12]}")
+
+
+@app.command("status")
+@handle_errors
+def show_status(directory: DirArg, state_dir: StateOpt = None,
+                fleet: Annotated[str | None, typer.Option(help="Only this fleet.")] = None,
+                devices: Annotated[bool, typer.Option(
+                    "--devices", help="Per-device rows (with --fleet).")] = False,
+                output: Annotated[OutputFormat, typer.Option("-o", "--output")] =
+                OutputFormat.text) -> None:
+    """Tables of CAs and fleets from the inventory; --fleet F --devices for per-device rows."""
+    state = jobs.StateDir.resolve(state_dir)
+    if not state.exists():
+        raise exports.ExportError(f"no inventory in {state.path}: run `fleetpki apply` first")
+    now = epoch(jobs.now_utc())
+    with state.inventory() as inventory:
+        if devices:
+            if fleet is None:
+                raise typer.BadParameter("--devices needs --fleet")
+            rows = [{"device": r.device, "serial": r.serial, "state": r.state,
+                     "notAfter": _time(r.not_after), "renewAt": _time(r.renew_at),
+                     "reason": r.reason} for r in inventory.device_records(fleet)]
+            _table_or_emit(f"DeviceFleet/{fleet} devices", rows, output)
+            return
+        cas = []
+        for name in inventory.ca_names():
+            record = inventory.active_ca(name)
+            crl = inventory.crl(record.serial) if record else None
+            cas.append({"ca": name, "serial": record.serial if record else None,
+                        "notAfter": _time(record.not_after) if record else None,
+                        "crlNumber": crl.number if crl else None,
+                        "crlNextUpdate": _time(crl.next_update) if crl else None})
+        fleets = [{"fleet": name, **inventory.fleet_counts(name, now)}
+                  for name in inventory.fleet_names() if fleet in (None, name)]
+        if output != OutputFormat.text:
+            _emit({"authorities": cas, "fleets": fleets}, output)
+            return
+        _table_or_emit("Certificate authorities", cas, output)
+        _table_or_emit("Fleets", fleets, output)
+
+
+def _time(seconds: int) -> str:
+    return from_epoch(seconds).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _table_or_emit(title: str, rows: list[dict[str, Any]], output: OutputFormat) -> None:
+    if output != OutputFormat.text:
+        _emit(rows, output)
+        return
+    table = Table(title=title)
+    for column in rows[0] if rows else ["(none)"]:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row.values()))
+    out.print(table)
+
+
+@export_app.command("cert")
+@handle_errors
+def export_cert(directory: DirArg, fleet: Annotated[str, typer.Option()],
+                device: Annotated[str, typer.Option()],
+                out_dir: Annotated[Path, typer.Option("--out")], state_dir: StateOpt = None,
+                ) -> None:
+    """cert.pem, chain.pem, ca.pem and (server keygen only) key.pem under OUT/."""
+    state = jobs.StateDir.resolve(state_dir)
+    with state.inventory() as inventory:
+        for path in exports.export_device_pem(inventory, state.keystore, fleet, device, out_dir):
+            out.print(str(path), highlight=False)
+
+
+@export_app.command("fleet")
+@handle_errors
+def export_fleet(directory: DirArg, fleet: Annotated[str, typer.Option()],
+                 out_dir: Annotated[Path, typer.Option("--out")], state_dir: StateOpt = None,
+                 format: Annotated[ExportFormat, typer.Option("--format")] = ExportFormat.pem,
+                 ) -> None:
+    """The same files per device under OUT/<device-id>/ (p12: OUT/<id>/<id>.p12)."""
+    state = jobs.StateDir.resolve(state_dir)
+    with state.inventory() as inventory, Progress(console=err, transient=True,
+                                                   disable=not err.is_terminal) as bar:
+        task = bar.add_task("exporting", total=None)
+        count = exports.export_fleet(inventory, state.keystore, fleet, out_dir, format.value,
+                                     lambda n: bar.advance(task, n))
+    out.print(f"exported {count} device(s) to {out_dir}")
+
+
+@export_app.command("crl")
+@handle_errors
+def export_crl(directory: DirArg, ca: Annotated[str, typer.Option()],
+               out_file: Annotated[Path, typer.Option("--out")], state_dir: StateOpt = None,
+               der: Annotated[bool, typer.Option("--der", help="DER, current CA only.")] = False,
+               ) -> None:
+    """The CA's CRL (PEM: every unexpired CA generation; --der: the current one)."""
+    state = jobs.StateDir.resolve(state_dir)
+    with state.inventory() as inventory:
+        exports.write_file(out_file, exports.crl_bytes(inventory, ca, der))
+
+
+@export_app.command("bundle")
+@handle_errors
+def export_bundle(directory: DirArg, out_file: Annotated[Path, typer.Option("--out")],
+                  state_dir: StateOpt = None) -> None:
+    """Trust bundle: every unexpired CA certificate, PEM."""
+    state = jobs.StateDir.resolve(state_dir)
+    with state.inventory() as inventory:
+        exports.write_file(out_file, exports.trust_bundle(inventory, epoch(jobs.now_utc())))
+
+
+@app.command()
+@handle_errors
+def reconcile(repo: Annotated[str, typer.Option(help="Git URL or path of the fleet repo.")],
+              ref: Annotated[str, typer.Option(help="Branch to apply.")] = "main",
+              interval: Annotated[str, typer.Option(help="Time between runs.")] = "60s",
+              push: Annotated[bool, typer.Option(help="Push the status branch.")] = False,
+              once: Annotated[bool, typer.Option(help="Run once and exit.")] = False,
+              path: Annotated[str, typer.Option(help="Directory inside the repo.")] = ".",
+              state_dir: StateOpt = None, max_revocations: MaxRevOpt = None) -> None:
+    """The controller loop (git-only mode): fetch, apply, write and push status, sleep."""
+    from controller.sources.reconciler import Reconciler
+
+    state = jobs.StateDir.resolve(state_dir)
+    period = parse_duration(interval)
+    reconciler = Reconciler(repo, ref, state, path=path, push=push,
+                            max_revocations=max_revocations)
+    reconciler.run(period if not once else None, log=lambda m: err.print(m, markup=False,
+                                                                          highlight=False))
+
+
+@app.command()
+@handle_errors
+def crds(out_dir: Annotated[Path, typer.Option("--out")] = Path("crds"),
+         check: Annotated[bool, typer.Option(help="Exit 1 if the files are stale.")] = False,
+         ) -> None:
+    """Write the CRDs generated from the resource models."""
+    stale = []
+    for name, text in render_crds().items():
+        path = out_dir / name
+        if path.exists() and path.read_text() == text:
+            continue
+        stale.append(str(path))
+        if not check:
+            exports.write_file(path, text.encode())
+    for path in stale:
+        out.print(("stale: " if check else "wrote ") + path, highlight=False)
+    if check and stale:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    os.environ.setdefault("COLUMNS", "120")
+    app(prog_name="fleetpki")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+__all__ = ["app", "main", "UTC", "datetime", "timedelta"]

@@ -1,0 +1,137 @@
+"""`fleetpki export`: certificates, manufacturing bundles, CRLs and the trust bundle.
+
+File contract (relied on by scripts): `cert.pem`, `chain.pem` (issuing CA up to, excluding, the
+root), `ca.pem` (the root), `key.pem` (0600, only for server-generated keys).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.x509 import load_der_x509_certificate
+
+from controller.pki import bundles, certificates, keys
+from controller.pki.crl import crl_to_pem
+from controller.stores.inventory import CertRecord, Inventory
+from controller.stores.keystore import FileKeyStore
+
+EXPORT_PASSPHRASE_ENV = "FLEETPKI_EXPORT_PASSPHRASE"
+
+
+class ExportError(Exception):
+    """Nothing to export, or the request is wrong; the message says which."""
+
+
+def write_file(path: Path, data: bytes, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(descriptor, "wb") as handle:
+        os.fchmod(handle.fileno(), mode)
+        handle.write(data)
+
+
+def issuer_chain(inventory: Inventory, record: CertRecord) -> list[x509.Certificate]:
+    """Issuing CA first, root last."""
+    chain: list[x509.Certificate] = []
+    serial = record.issuer_serial
+    while serial is not None:
+        issuer = inventory.get(serial)
+        if issuer is None:
+            raise ExportError(f"issuer certificate {serial} missing from the inventory")
+        chain.append(load_der_x509_certificate(issuer.der))
+        serial = issuer.issuer_serial
+    return chain
+
+
+def _device_files(inventory: Inventory, keystore: Callable[[], FileKeyStore],
+                  record: CertRecord) -> tuple[x509.Certificate, list[x509.Certificate],
+                                               keys.PrivateKey | None]:
+    chain = issuer_chain(inventory, record)
+    key = None
+    if record.key_blob is not None:
+        key = keystore().unwrap_device_key(record.serial, record.key_blob)
+    return load_der_x509_certificate(record.der), chain, key
+
+
+def _active(inventory: Inventory, fleet: str, device: str) -> CertRecord:
+    record = inventory.active_device(fleet, device)
+    if record is None:
+        history = inventory.device_history(fleet, device)
+        state = f"its latest certificate is {history[-1].state}" if history else "no certificate"
+        raise ExportError(f"device {device!r} of fleet {fleet!r} has no active certificate "
+                          f"({state})")
+    return record
+
+
+def export_device_pem(inventory: Inventory, keystore: Callable[[], FileKeyStore], fleet: str,
+                      device: str, out: Path) -> list[Path]:
+    record = _active(inventory, fleet, device)
+    cert, chain, key = _device_files(inventory, keystore, record)
+    written = {
+        out / "cert.pem": certificates.certificate_to_pem(cert),
+        out / "chain.pem": certificates.certificates_to_pem(chain[:-1]),
+        out / "ca.pem": certificates.certificate_to_pem(chain[-1]),
+    }
+    for path, data in written.items():
+        write_file(path, data)
+    if key is not None:
+        write_file(out / "key.pem", keys.private_key_to_pem(key), 0o600)
+        written[out / "key.pem"] = b""
+    return list(written)
+
+
+def export_device_p12(inventory: Inventory, keystore: Callable[[], FileKeyStore], fleet: str,
+                      device: str, out: Path, passphrase: bytes) -> Path:
+    record = _active(inventory, fleet, device)
+    cert, chain, key = _device_files(inventory, keystore, record)
+    data = bundles.to_pkcs12(name=device, key=key, certificate=cert, chain=chain,
+                             passphrase=passphrase)
+    path = out / f"{device}.p12"
+    write_file(path, data, 0o600)
+    return path
+
+
+def export_fleet(inventory: Inventory, keystore: Callable[[], FileKeyStore], fleet: str,
+                 out: Path, fmt: str, progress: Callable[[int], None] = lambda n: None) -> int:
+    """Per device under `out/<device-id>/`; returns the number of devices exported."""
+    devices = sorted(inventory.active_devices(fleet))
+    if not devices:
+        raise ExportError(f"fleet {fleet!r} has no active certificates")
+    passphrase = b""
+    if fmt == "p12":
+        passphrase = os.environ.get(EXPORT_PASSPHRASE_ENV, "").encode()
+        if not passphrase:
+            raise ExportError(f"set {EXPORT_PASSPHRASE_ENV} to the PKCS#12 password")
+    for device in devices:
+        if fmt == "p12":
+            export_device_p12(inventory, keystore, fleet, device, out / device, passphrase)
+        else:
+            export_device_pem(inventory, keystore, fleet, device, out / device)
+        progress(1)
+    return len(devices)
+
+
+def crl_bytes(inventory: Inventory, ca: str, der: bool) -> bytes:
+    """PEM: the CRLs of every unexpired CA certificate generation; DER: the current one."""
+    generations = inventory.ca_generations(ca)
+    if not generations:
+        raise ExportError(f"no CertificateAuthority {ca!r} in the inventory")
+    crls = [c for c in (inventory.crl(g.serial) for g in generations) if c is not None]
+    if not crls:
+        raise ExportError(f"CertificateAuthority {ca!r} has not published a CRL yet")
+    if der:
+        return crls[0].der
+    return b"".join(crl_to_pem(x509.load_der_x509_crl(c.der)) for c in crls)
+
+
+def trust_bundle(inventory: Inventory, now: int) -> bytes:
+    """Every unexpired CA certificate (old generations too, during rollover)."""
+    certs = [load_der_x509_certificate(g.der) for name in inventory.ca_names()
+             for g in inventory.ca_generations(name) if g.not_after > now]
+    if not certs:
+        raise ExportError("no CA certificates in the inventory")
+    return certificates.certificates_to_pem(certs)
+

@@ -1,0 +1,175 @@
+"""The job: validate -> plan -> apply -> status, wiring the pure layers to the stores."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import git
+
+from controller.api.desired import Desired
+from controller.api.problems import InvalidDeclaration, Problem
+from controller.apply.executor import ApplyRefused, ApplyResult, Progress, execute
+from controller.apply.observe import observe
+from controller.plan.model import Observed, Plan
+from controller.plan.planner import plan as make_plan
+from controller.sources.repo import load_repository
+from controller.status.gitbranch import read_status_branch, write_status_branch
+from controller.status.report import Outcome, build_status
+from controller.stores.inventory import Inventory
+from controller.stores.keystore import FileKeyStore
+
+STATE_ENV = "FLEETPKI_STATE_DIR"
+STATUS_BRANCH = "fleetpki/status"
+
+
+class StateLocked(Exception):
+    """Another fleetpki process holds the state directory."""
+
+
+@dataclass(frozen=True)
+class StateDir:
+    """Where the inventory, keys and published CRLs/CA certificates live (never in git)."""
+
+    path: Path
+
+    @classmethod
+    def resolve(cls, option: Path | None) -> StateDir:
+        if option is not None:
+            return cls(option.expanduser().resolve())
+        if os.environ.get(STATE_ENV):
+            return cls(Path(os.environ[STATE_ENV]).expanduser().resolve())
+        base = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state"))
+        return cls(base / "fleetpki")
+
+    @property
+    def inventory_path(self) -> Path:
+        return self.path / "inventory.db"
+
+    @property
+    def public_dir(self) -> Path:
+        return self.path / "public"
+
+    def exists(self) -> bool:
+        return self.inventory_path.exists()
+
+    def inventory(self) -> Inventory:
+        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path.chmod(0o700)
+        return Inventory(self.inventory_path)
+
+    def keystore(self) -> FileKeyStore:
+        return FileKeyStore.from_env(self.path / "keys")
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """One applier per state directory; a second one fails at once instead of racing."""
+        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(self.path / "apply.lock", "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StateLocked(f"another fleetpki process is applying with state directory "
+                                  f"{self.path}; try again when it has finished") from None
+            yield
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def load(directory: Path) -> Desired:
+    """Desired state or InvalidDeclaration listing every problem."""
+    desired, problems = load_repository(directory)
+    if problems:
+        raise InvalidDeclaration(problems)
+    return desired
+
+
+def validate(directory: Path, now: datetime) -> list[Problem]:
+    """Schema, references, templates, device keys and CSRs: every problem, nothing applied."""
+    desired, problems = load_repository(directory)
+    if problems:
+        return problems
+    return list(make_plan(desired, Observed(), now).problems)
+
+
+def plan(directory: Path, state: StateDir, now: datetime,
+         max_revocations: int | None = None) -> Plan:
+    """Plan against the inventory (read-only; an absent state directory is empty)."""
+    desired = load(directory)
+    if not state.exists():
+        return make_plan(desired, Observed(), now, max_revocations)
+    with state.inventory() as inventory:
+        return make_plan(desired, observe(inventory, desired, now), now, max_revocations)
+
+
+@dataclass
+class ApplyReport:
+    plan: Plan
+    result: ApplyResult
+    status_commit: str | None
+
+
+def git_root(directory: Path) -> Path | None:
+    try:
+        repo = git.Repo(directory, search_parent_directories=True)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        return None
+    return Path(repo.working_tree_dir) if repo.working_tree_dir else None
+
+
+def _head(root: Path) -> str | None:
+    try:
+        return git.Repo(root).head.commit.hexsha
+    except ValueError:  # no commits yet
+        return None
+
+
+def apply(directory: Path, state: StateDir, now: datetime, *,
+          max_revocations: int | None = None, allow_mass_revocation: bool = False,
+          write_status: bool = True, status_branch: str = STATUS_BRANCH,
+          progress: Progress = lambda n: None) -> ApplyReport:
+    """Converge, then write status to the status branch (when in a git repository).
+
+    Invalid declarations and refused plans still write `Stalled` status, then re-raise.
+    """
+    root = git_root(directory) if write_status else None
+    with state.lock(), state.inventory() as inventory:
+        desired, problems = load_repository(directory)
+        outcome = Outcome(problems=list(problems))
+        the_plan = Plan(())
+        result = ApplyResult()
+        try:
+            if problems:
+                raise InvalidDeclaration(problems)
+            keystore = state.keystore()
+            the_plan = make_plan(desired, observe(inventory, desired, now), now, max_revocations)
+            outcome.problems.extend(the_plan.problems)
+            result = execute(the_plan, desired, inventory, keystore, state.public_dir, now,
+                             allow_mass_revocation=allow_mass_revocation, progress=progress)
+        except ApplyRefused as exc:
+            outcome.refusal = str(exc)
+            _write_status(root, desired, inventory, outcome, now, status_branch, "refused")
+            raise
+        except InvalidDeclaration:
+            _write_status(root, desired, inventory, outcome, now, status_branch, "invalid")
+            raise
+        done = ", ".join(f"{k} {v}" for k, v in sorted(result.done.items())) or "no changes"
+        commit = _write_status(root, desired, inventory, outcome, now, status_branch, done)
+    return ApplyReport(the_plan, result, commit)
+
+
+def _write_status(root: Path | None, desired: Desired, inventory: Inventory, outcome: Outcome,
+                  now: datetime, branch: str, summary: str) -> str | None:
+    if root is None:
+        return None
+    previous = read_status_branch(root, branch)
+    files = build_status(desired, inventory, outcome, previous, now, _head(root))
+    return write_status_branch(root, files, message=f"fleetpki status: {summary}",
+                               branch=branch)

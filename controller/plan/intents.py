@@ -1,0 +1,137 @@
+"""What certificate a device should have: the profile rendered for that device.
+
+An intent's `digest` changes exactly when the certificate content must change (identity, SANs,
+extensions, usages, key algorithm, issuer, device key). Duration and renewBefore are not part of
+it: they take effect at the next renewal, as in cert-manager.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from controller.api.desired import content_hash
+from controller.api.resources import CertificateProfile, Device, DeviceFleet
+from controller.api.templates import TemplateError, render
+from controller.pki import keys
+from controller.pki.csr import load_csr, verify_csr
+from controller.pki.errors import PKIError
+
+_DNS = re.compile(r"^(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+                  r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
+
+
+class IntentError(ValueError):
+    """A device cannot get a certificate as declared; `field` names the culprit."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(message)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceIntent:
+    """The rendered certificate request for one device."""
+
+    device_id: str
+    subject: tuple[tuple[str, str], ...]
+    sans: tuple[tuple[str, str], ...]  # ("dns" | "uri" | "ip" | "email", value)
+    extensions: tuple[tuple[str, str], ...]  # (oid, UTF-8 value)
+    device_public_key: keys.PublicKey | None
+    content_digest: str
+    key_fingerprint: str  # of the device's key, or "server-<algorithm>" for server keygen
+
+    @property
+    def digest(self) -> str:
+        """What the inventory stores: `<content digest>:<key fingerprint>`."""
+        return f"{self.content_digest}:{self.key_fingerprint}"
+
+
+def _check_san(kind: str, value: str) -> None:
+    if kind == "dns" and (len(value) > 253 or not _DNS.match(value)):
+        raise ValueError(f"{value!r} is not a valid DNS name")
+    if kind == "uri":
+        parsed = urlparse(value)
+        if not parsed.scheme or any(c.isspace() for c in value):
+            raise ValueError(f"{value!r} is not an absolute URI")
+    if kind == "ip":
+        ipaddress.ip_address(value)
+    if kind == "email" and not _EMAIL.match(value):
+        raise ValueError(f"{value!r} is not an email address")
+
+
+def device_public_key(device: Device, profile: CertificateProfile) -> keys.PublicKey | None:
+    """The device's own key (from `publicKey` or a verified `csr`), or None for server keygen."""
+    if profile.spec.keyGeneration == "server":
+        if device.publicKey or device.csr:
+            raise IntentError("publicKey", "profile uses keyGeneration: server; the device must "
+                              "not supply publicKey or csr")
+        return None
+    if not (device.publicKey or device.csr):
+        raise IntentError("csr", "profile uses keyGeneration: device; give publicKey or csr")
+    field = "csr" if device.csr else "publicKey"
+    try:
+        if device.csr:
+            csr = load_csr(device.csr)
+            verify_csr(csr)
+            _check_csr_identity(csr, device)
+            public_key = csr.public_key()
+        else:
+            public_key = keys.load_public_key_pem((device.publicKey or "").encode())
+    except PKIError as exc:
+        raise IntentError(field, str(exc)) from None
+    algorithm = keys.key_algorithm_of(public_key)  # type: ignore[arg-type]
+    if algorithm != profile.spec.keyAlgorithm:
+        raise IntentError(field, f"device key is {algorithm}; profile requires "
+                          f"{profile.spec.keyAlgorithm}")
+    return public_key  # type: ignore[return-value]
+
+
+def _check_csr_identity(csr: x509.CertificateSigningRequest, device: Device) -> None:
+    """The CSR subject is ignored, but one naming another device is refused, not silently fixed."""
+    for attribute in csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME):
+        if attribute.value != device.id:
+            raise PKIError(f"CSR subject commonName {attribute.value!r} does not match "
+                           f"device id {device.id!r}")
+
+
+def device_intent(fleet: DeviceFleet, profile: CertificateProfile, device: Device) -> DeviceIntent:
+    """Render the profile for the device; raise IntentError naming the field on any problem."""
+    spec = profile.spec
+
+    def fill(template: str) -> str:
+        return render(template, device_id=device.id, labels=device.labels, fleet=fleet.name)
+
+    try:
+        subject = tuple((k, fill(t)) for k, t in spec.subject.items())
+    except TemplateError as exc:
+        raise IntentError("labels", f"profile {profile.name} subject: {exc}") from None
+    sans: list[tuple[str, str]] = []
+    groups = (("dns", spec.subjectAltNames.dnsNames), ("uri", spec.subjectAltNames.uris),
+              ("ip", spec.subjectAltNames.ipAddresses),
+              ("email", spec.subjectAltNames.emailAddresses))
+    for kind, templates in groups:
+        for template in templates:
+            try:
+                value = fill(template)
+                _check_san(kind, value)
+            except (TemplateError, ValueError) as exc:
+                raise IntentError("labels", f"profile {profile.name} SAN: {exc}") from None
+            sans.append((kind, value))
+    try:
+        extensions = tuple((e.oid, fill(e.value)) for e in spec.extensions)
+    except TemplateError as exc:
+        raise IntentError("labels", f"profile {profile.name} extension: {exc}") from None
+    public_key = device_public_key(device, profile)
+    digest = content_hash(fleet.spec.issuerRef.name, spec.keyAlgorithm, spec.keyGeneration,
+                          sorted(spec.usages), subject, sans, extensions)
+    fingerprint = (keys.public_key_fingerprint(public_key) if public_key is not None
+                   else f"server-{spec.keyAlgorithm}")
+    return DeviceIntent(device.id, subject, tuple(sans), extensions, public_key, digest,
+                        fingerprint)

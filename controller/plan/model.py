@@ -1,0 +1,113 @@
+"""Plans: ordered, typed actions, and what was observed to compute them."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Literal
+
+from controller.api.problems import Problem
+from controller.plan.intents import DeviceIntent
+
+ActionName = Literal["create-ca", "renew-ca", "issue", "renew", "rekey", "revoke", "publish-crl"]
+ACTION_NAMES: tuple[ActionName, ...] = (
+    "create-ca", "renew-ca", "revoke", "issue", "renew", "rekey", "publish-crl"
+)
+DEVICE_ACTIONS = frozenset({"issue", "renew", "rekey", "revoke"})
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One step. `serial` is the certificate revoked or replaced, if any."""
+
+    action: ActionName
+    kind: str
+    name: str
+    reason: str
+    device: str | None = None
+    serial: str | None = None
+    revocation_reason: str | None = None
+
+    def as_dict(self) -> dict[str, str]:
+        data = {"action": self.action, "kind": self.kind, "name": self.name}
+        if self.device is not None:
+            data["device"] = self.device
+        data["reason"] = self.reason
+        if self.serial is not None:
+            data["serial"] = self.serial
+        if self.revocation_reason is not None:
+            data["revocationReason"] = self.revocation_reason
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class CAObserved:
+    """The active certificate of a CA."""
+
+    serial: str
+    intent: str
+    not_after: int
+    renew_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class CRLObserved:
+    """The latest CRL of a CA's active certificate."""
+
+    this_update: int
+    next_update: int
+    last_revocation: int | None
+
+
+@dataclass(frozen=True)
+class FleetObserved:
+    """A fleet's certificates as the inventory knows them.
+
+    `active` maps device id -> (serial, intent digest, renew_at); it is None when the fleet's
+    content hash is unchanged since its last complete apply, in which case only `due` (devices
+    whose renewal time has come, from an indexed query) needs looking at.
+    """
+
+    content_hash: str | None
+    active: dict[str, tuple[str, str, int]] | None
+    due: dict[str, tuple[str, str, int]] = field(default_factory=dict)
+    active_count: int = 0
+
+
+@dataclass(frozen=True)
+class Observed:
+    authorities: dict[str, CAObserved] = field(default_factory=dict)
+    crls: dict[str, CRLObserved] = field(default_factory=dict)
+    fleets: dict[str, FleetObserved] = field(default_factory=dict)
+    known_authorities: frozenset[str] = frozenset()  # CAs with any history in the inventory
+
+
+@dataclass(frozen=True, slots=True)
+class MassRevocation:
+    fleet: str
+    count: int
+    limit: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What apply would do, in order; `problems` are device declarations that cannot be issued."""
+
+    actions: tuple[Action, ...]
+    problems: tuple[Problem, ...] = ()
+    warnings: tuple[str, ...] = ()
+    mass_revocations: tuple[MassRevocation, ...] = ()
+    intents: dict[tuple[str, str], DeviceIntent] = field(default_factory=dict, repr=False)
+    completed_fleets: dict[str, str] = field(default_factory=dict)  # fleet -> content hash
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.actions)
+
+    def summary(self) -> dict[str, int]:
+        counts = Counter(a.action for a in self.actions)
+        summary = {name: counts.get(name, 0) for name in ACTION_NAMES}
+        summary["total"] = len(self.actions)
+        summary["problems"] = len(self.problems)
+        summary["warnings"] = len(self.warnings)
+        return summary

@@ -1,0 +1,199 @@
+"""`plan(desired, observed, now) -> Plan`: pure, deterministic, ordered."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from controller.api.desired import Desired, FleetDecl, content_hash
+from controller.api.problems import Problem
+from controller.api.resources import CertificateAuthority, Device
+from controller.plan.intents import DeviceIntent, IntentError, device_intent
+from controller.plan.model import (
+    Action,
+    ActionName,
+    CAObserved,
+    FleetObserved,
+    MassRevocation,
+    Observed,
+    Plan,
+)
+from controller.plan.schedule import crl_due
+from controller.stores.inventory import epoch, from_epoch
+
+CA_KIND = "CertificateAuthority"
+FLEET_KIND = "DeviceFleet"
+MIN_MASS_REVOCATION_LIMIT = 100
+
+
+def ca_intent(ca: CertificateAuthority) -> str:
+    """Digest of everything that is baked into a CA certificate."""
+    spec = ca.spec
+    return content_hash(
+        spec.type, spec.parentRef.name if spec.parentRef else None, spec.subject.attributes(),
+        spec.keyAlgorithm, spec.pathLength,
+        spec.nameConstraints.model_dump() if spec.nameConstraints else None,
+    )
+
+
+def revocation_limit(active_count: int, override: int | None) -> int:
+    """Default: 10% of the fleet or 100, whichever is larger."""
+    if override is not None:
+        return override
+    return max(MIN_MASS_REVOCATION_LIMIT, active_count // 10)
+
+
+def _plan_authority(ca: CertificateAuthority, seen: CAObserved | None, known: bool,
+                    now: int) -> Action | None:
+    if seen is None:
+        reason = "CA not yet created" if not known else "CA has no active certificate"
+        return Action("create-ca" if not known else "renew-ca", CA_KIND, ca.name, reason)
+    if seen.intent != ca_intent(ca):
+        return Action("renew-ca", CA_KIND, ca.name, "CA spec changed (new key and certificate)",
+                      serial=seen.serial)
+    if now >= seen.renew_at:
+        expiry = from_epoch(seen.not_after).isoformat()
+        return Action("renew-ca", CA_KIND, ca.name, f"due for renewal (expires {expiry})",
+                      serial=seen.serial)
+    return None
+
+
+class _FleetPlanner:
+    """Actions for one fleet; collects intents and problems."""
+
+    def __init__(self, decl: FleetDecl, desired: Desired, seen: FleetObserved, now: int) -> None:
+        self.decl = decl
+        self.fleet = decl.fleet
+        self.profile = desired.profile(self.fleet.spec.profileRef.name)
+        self.seen = seen
+        self.now = now
+        self.actions: list[Action] = []
+        self.problems: list[Problem] = []
+        self.intents: dict[tuple[str, str], DeviceIntent] = {}
+
+    def _add(self, name: ActionName, device: str, reason: str, serial: str | None = None,
+             revocation_reason: str | None = None) -> None:
+        self.actions.append(Action(name, FLEET_KIND, self.fleet.name, reason, device, serial,
+                                   revocation_reason))
+
+    def run(self) -> None:
+        spec = self.fleet.spec
+        active = self.seen.active
+        if active is None:  # unchanged since the last complete apply: only renewals are due
+            by_id = {d.id: d for d in self.decl.devices}
+            for device_id, current in sorted(self.seen.due.items()):
+                if device_id in by_id:
+                    self._device(by_id[device_id], current)
+            return
+        if spec.decommissioned:
+            for device_id, (serial, _, _) in sorted(active.items()):
+                self._add("revoke", device_id, "fleet decommissioned", serial,
+                          "cessationOfOperation")
+            return
+        declared = set()
+        for device in self.decl.devices:
+            declared.add(device.id)
+            current = active.get(device.id)
+            if device.revoked is None:
+                self._device(device, current)
+            elif current is not None:
+                self._add("revoke", device.id, "device marked revoked", current[0],
+                          device.revoked.reason)
+        if spec.deletionPolicy == "Revoke":
+            for device_id in sorted(set(active) - declared):
+                self._add("revoke", device_id, "device removed from fleet", active[device_id][0],
+                          "cessationOfOperation")
+
+    def _device(self, device: Device, current: tuple[str, str, int] | None) -> None:
+        try:
+            intent = device_intent(self.fleet, self.profile, device)
+        except IntentError as exc:
+            file, line = self.decl.device_lines.get(device.id, (self.decl.located.file, None))
+            self.problems.append(Problem(file, f"device {device.id!r}: {exc}", line,
+                                         self.decl.located.ref, exc.field, device.id))
+            return
+        spec = self.profile.spec
+        renewal: ActionName = (
+            "rekey" if spec.keyGeneration == "server" and spec.rotationPolicy == "Always"
+            else "renew")
+        if current is None:
+            self._add("issue", device.id, "no certificate yet")
+        elif current[1].split(":")[-1] != intent.key_fingerprint:
+            self._add("rekey", device.id, "key changed (device key or key algorithm)", current[0])
+        elif current[1] != intent.digest:
+            self._add(renewal, device.id, "declaration changed (profile, labels or issuer)",
+                      current[0])
+        elif self.now >= current[2]:
+            self._add(renewal, device.id, "due for renewal", current[0])
+        else:
+            return
+        self.intents[(self.fleet.name, device.id)] = intent
+
+
+def plan(desired: Desired, observed: Observed, now: datetime,
+         max_revocations: int | None = None) -> Plan:
+    """Ordered actions converging `observed` to `desired` at time `now`."""
+    now_s = epoch(now)
+    ca_actions: list[Action] = []
+    changed_cas: set[str] = set()
+    for name in desired.authorities_in_order():
+        ca = desired.authority(name)
+        action = _plan_authority(ca, observed.authorities.get(name),
+                                 name in observed.known_authorities, now_s)
+        if action is not None:
+            ca_actions.append(action)
+            changed_cas.add(name)
+
+    device_actions: list[Action] = []
+    problems: list[Problem] = []
+    warnings: list[str] = []
+    intents: dict[tuple[str, str], DeviceIntent] = {}
+    mass: list[MassRevocation] = []
+    completed: dict[str, str] = {}
+    revoking_cas: set[str] = set()
+    for name in sorted(desired.fleets):
+        decl = desired.fleets[name]
+        if decl.fleet.spec.suspend:
+            warnings.append(f"DeviceFleet/{name} is suspended: no changes planned")
+            continue
+        seen = observed.fleets.get(name) or FleetObserved(None, {})
+        planner = _FleetPlanner(decl, desired, seen, now_s)
+        planner.run()
+        revocations = [a for a in planner.actions if a.action == "revoke"]
+        limit = revocation_limit(seen.active_count, max_revocations)
+        if len(revocations) > limit:
+            mass.append(MassRevocation(name, len(revocations), limit))
+            warnings.append(f"DeviceFleet/{name}: {len(revocations)} revocations exceed the "
+                            f"limit of {limit} (--max-revocations / --allow-mass-revocation)")
+        if revocations:
+            revoking_cas.add(decl.fleet.spec.issuerRef.name)
+        device_actions.extend(sorted(planner.actions, key=lambda a: (a.action != "revoke",
+                                                                     a.device or "")))
+        problems.extend(planner.problems)
+        intents.update(planner.intents)
+        if not planner.problems:
+            completed[name] = decl.content_hash
+    for name in sorted(set(observed.fleets) - set(desired.fleets)):
+        seen = observed.fleets[name]
+        if seen.active_count:
+            warnings.append(
+                f"DeviceFleet/{name} is no longer declared but holds {seen.active_count} active "
+                "certificates: nothing is revoked; declare it with decommissioned: true to revoke")
+
+    crl_actions: list[Action] = []
+    for name in desired.authorities_in_order():
+        crl = observed.crls.get(name)
+        ca_seen = observed.authorities.get(name)
+        reason = None
+        if name in changed_cas or crl is None or ca_seen is None:
+            reason = "no current CRL for the CA certificate"
+        elif name in revoking_cas:
+            reason = "new revocations"
+        elif crl.last_revocation is not None and crl.last_revocation >= crl.this_update:
+            reason = "revocations not yet published"
+        elif crl_due(crl.this_update, crl.next_update, now_s):
+            reason = f"CRL half-way to nextUpdate ({from_epoch(crl.next_update).isoformat()})"
+        if reason:
+            crl_actions.append(Action("publish-crl", CA_KIND, name, reason))
+
+    return Plan(tuple(ca_actions + device_actions + crl_actions), tuple(problems),
+                tuple(warnings), tuple(mass), intents, completed)

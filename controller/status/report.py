@@ -1,0 +1,129 @@
+"""Status documents per object: small at any fleet size, public data only."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import yaml
+
+from controller.api.desired import Desired
+from controller.api.problems import Problem
+from controller.api.resources import API_VERSION
+from controller.status.conditions import summarize
+from controller.stores.inventory import Inventory, epoch, from_epoch
+
+ATTENTION_LIMIT = 50
+
+
+@dataclass
+class Outcome:
+    """What happened in this run, for status: problems per object, a refusal, counts."""
+
+    problems: list[Problem] = field(default_factory=list)
+    refusal: str | None = None
+    failed_devices: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+
+
+def status_path(kind: str, name: str) -> str:
+    return f"status/{kind}/{name}.yaml"
+
+
+def _time(seconds: int) -> str:
+    return from_epoch(seconds).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _load(previous: Mapping[str, bytes], path: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(previous.get(path, b"")) or {}
+    except yaml.YAMLError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _document(kind: str, name: str, status: dict[str, Any], previous: dict[str, Any],
+              commit: str | None) -> bytes:
+    """Keep the previous `observedCommit` when nothing else changed: a no-op run commits nothing."""
+    old_status = dict(previous.get("status") or {})
+    old_commit = old_status.pop("observedCommit", None)
+    observed = old_commit if old_status == status and old_commit else commit
+    body = {"apiVersion": API_VERSION, "kind": kind, "metadata": {"name": name},
+            "status": {"observedCommit": observed, **status}}
+    return yaml.safe_dump(body, sort_keys=False).encode()
+
+
+def build_status(desired: Desired, inventory: Inventory, outcome: Outcome,
+                 previous: Mapping[str, bytes], now: datetime,
+                 commit: str | None) -> dict[str, bytes]:
+    """Every status file for the status branch (absent objects' files are dropped)."""
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    by_object: dict[str, list[Problem]] = defaultdict(list)
+    for problem in outcome.problems:
+        by_object[problem.object or ""].append(problem)
+    files: dict[str, bytes] = {}
+    for name in desired.authorities_in_order():
+        path = status_path("CertificateAuthority", name)
+        before = _load(previous, path)
+        record = inventory.active_ca(name)
+        status: dict[str, Any] = {}
+        if record is not None:
+            status["certificate"] = {
+                "serial": record.serial, "fingerprint": record.fingerprint,
+                "notBefore": _time(record.not_before), "notAfter": _time(record.not_after),
+                "renewAt": _time(record.renew_at),
+            }
+            crl = inventory.crl(record.serial)
+            if crl is not None:
+                status["crl"] = {"number": crl.number, "thisUpdate": _time(crl.this_update),
+                                 "nextUpdate": _time(crl.next_update), "entries": crl.entries}
+        problems = by_object.get(f"CertificateAuthority/{name}", [])
+        stalled = problems[0].message if problems else outcome.refusal
+        pending = None if record is not None else "CA not yet created"
+        conditions = summarize((before.get("status") or {}).get("conditions", []),
+                               stalled=stalled, reconciling=pending,
+                               ready_message="CA certificate is current",
+                               reason=_reason(stalled, pending), now=stamp)
+        files[path] = _document("CertificateAuthority", name, {**status, "conditions": conditions},
+                                before, commit)
+    for name, decl in sorted(desired.fleets.items()):
+        path = status_path("DeviceFleet", name)
+        before = _load(previous, path)
+        counts = inventory.fleet_counts(name, epoch(now))
+        problems = by_object.get(f"DeviceFleet/{name}", [])
+        attention = [{"device": p.device, "reason": p.message}
+                     for p in problems[:ATTENTION_LIMIT] if p.device]
+        declared = sum(1 for d in decl.devices if d.revoked is None)
+        spec = decl.fleet.spec
+        stalled = (f"{len(problems)} device declaration(s) cannot be issued: "
+                   f"{problems[0].message}" if problems else outcome.refusal)
+        missing = max(declared - counts["active"], 0) if not spec.decommissioned else 0
+        pending = None
+        if spec.suspend:
+            pending = "fleet is suspended"
+        elif missing or counts["due"]:
+            pending = f"{missing} device(s) without certificate, {counts['due']} due for renewal"
+        status = {
+            "devices": {"declared": declared, "active": counts["active"],
+                        "revoked": counts["revoked"], "due": counts["due"],
+                        "expired": counts["expired"], "failed": len(problems)},
+        }
+        if attention:
+            status["attention"] = attention
+        conditions = summarize((before.get("status") or {}).get("conditions", []),
+                               stalled=stalled, reconciling=pending,
+                               ready_message=f"{counts['active']} device certificate(s) current",
+                               reason=_reason(stalled, pending), now=stamp)
+        files[path] = _document("DeviceFleet", name, {**status, "conditions": conditions},
+                                before, commit)
+    return files
+
+
+def _reason(stalled: str | None, pending: str | None) -> str:
+    if stalled:
+        return "Failed"
+    if pending == "fleet is suspended":
+        return "Suspended"
+    return "Progressing" if pending else "Succeeded"

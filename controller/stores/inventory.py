@@ -1,0 +1,295 @@
+"""The inventory: every certificate ever issued, in SQLite (one file in the state directory).
+
+Invariants kept by the schema, not only by the code:
+- at most one `active` certificate per device and per CA (partial unique indexes);
+- a batch of issuances, with the revocation of the certificates they replace, commits atomically,
+  so a crash leaves either the old certificate active or the new one, never both or neither.
+Times are integer epoch seconds (UTC) so renewal queries are indexed range scans.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS certificates (
+    serial TEXT PRIMARY KEY,
+    kind TEXT NOT NULL CHECK (kind IN ('ca', 'device')),
+    owner TEXT NOT NULL,
+    device TEXT NOT NULL DEFAULT '',
+    issuer_serial TEXT,
+    state TEXT NOT NULL CHECK (state IN ('active', 'retired', 'revoked')),
+    not_before INTEGER NOT NULL,
+    not_after INTEGER NOT NULL,
+    renew_at INTEGER NOT NULL,
+    intent TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    key_id TEXT,
+    key_blob BLOB,
+    der BLOB NOT NULL,
+    issued_at INTEGER NOT NULL,
+    revoked_at INTEGER,
+    reason TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS one_active_per_intent
+    ON certificates (kind, owner, device) WHERE state = 'active';
+CREATE INDEX IF NOT EXISTS by_owner_renewal ON certificates (owner, renew_at)
+    WHERE state = 'active';
+CREATE INDEX IF NOT EXISTS by_issuer_state ON certificates (issuer_serial, state, not_after);
+CREATE TABLE IF NOT EXISTS fleets (
+    name TEXT PRIMARY KEY,
+    content_hash TEXT NOT NULL,
+    decommissioned INTEGER NOT NULL DEFAULT 0,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS crls (
+    ca_serial TEXT PRIMARY KEY,
+    ca_name TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    this_update INTEGER NOT NULL,
+    next_update INTEGER NOT NULL,
+    entries INTEGER NOT NULL,
+    der BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS journal (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    operation TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    started_at INTEGER NOT NULL
+);
+"""
+
+COLUMNS = ("serial, kind, owner, device, issuer_serial, state, not_before, not_after, renew_at, "
+           "intent, fingerprint, key_id, key_blob, der, issued_at, revoked_at, reason")
+
+
+def epoch(moment: datetime) -> int:
+    return int(moment.timestamp())
+
+
+def from_epoch(seconds: int) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class CertRecord:
+    """One row of the inventory."""
+
+    serial: str
+    kind: str
+    owner: str
+    device: str
+    issuer_serial: str | None
+    state: str
+    not_before: int
+    not_after: int
+    renew_at: int
+    intent: str
+    fingerprint: str
+    key_id: str | None
+    key_blob: bytes | None
+    der: bytes
+    issued_at: int
+    revoked_at: int | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CRLRecord:
+    ca_serial: str
+    ca_name: str
+    number: int
+    this_update: int
+    next_update: int
+    entries: int
+    der: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    serial: str
+    reason: str
+
+
+class Inventory:
+    """SQLite-backed store; use as a context manager or call `close()`."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.path = path
+        self.db = sqlite3.connect(path, isolation_level=None, timeout=30)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+        path.chmod(0o600)
+
+    def __enter__(self) -> Inventory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """All-or-nothing: BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # --- reads -------------------------------------------------------------------------------
+    def _records(self, where: str, params: Iterable[object] = ()) -> list[CertRecord]:
+        rows = self.db.execute(f"SELECT {COLUMNS} FROM certificates WHERE {where}", tuple(params))
+        return [CertRecord(*row) for row in rows]
+
+    def get(self, serial: str) -> CertRecord | None:
+        found = self._records("serial = ?", (serial,))
+        return found[0] if found else None
+
+    def active_ca(self, name: str) -> CertRecord | None:
+        found = self._records("kind = 'ca' AND owner = ? AND state = 'active'", (name,))
+        return found[0] if found else None
+
+    def ca_generations(self, name: str) -> list[CertRecord]:
+        """All certificates of a CA (active and retired), newest first."""
+        return self._records("kind = 'ca' AND owner = ? ORDER BY issued_at DESC, rowid DESC",
+                             (name,))
+
+    def ca_names(self) -> list[str]:
+        rows = self.db.execute("SELECT DISTINCT owner FROM certificates WHERE kind = 'ca'")
+        return sorted(r[0] for r in rows)
+
+    def active_device(self, fleet: str, device: str) -> CertRecord | None:
+        found = self._records("kind = 'device' AND owner = ? AND device = ? AND state = 'active'",
+                              (fleet, device))
+        return found[0] if found else None
+
+    def device_history(self, fleet: str, device: str) -> list[CertRecord]:
+        return self._records("kind = 'device' AND owner = ? AND device = ? ORDER BY issued_at",
+                             (fleet, device))
+
+    def active_devices(self, fleet: str) -> dict[str, tuple[str, str, int]]:
+        """device id -> (serial, intent digest, renew_at) for a fleet's active certificates."""
+        rows = self.db.execute(
+            "SELECT device, serial, intent, renew_at FROM certificates "
+            "WHERE kind = 'device' AND owner = ? AND state = 'active'", (fleet,))
+        return {row[0]: (row[1], row[2], row[3]) for row in rows}
+
+    def due_devices(self, fleet: str, now: int) -> dict[str, tuple[str, str, int]]:
+        """Like `active_devices`, only those whose renewal time has come (indexed)."""
+        rows = self.db.execute(
+            "SELECT device, serial, intent, renew_at FROM certificates WHERE owner = ? "
+            "AND state = 'active' AND kind = 'device' AND renew_at <= ?", (fleet, now))
+        return {row[0]: (row[1], row[2], row[3]) for row in rows}
+
+    def active_count(self, fleet: str) -> int:
+        return int(self.db.execute(
+            "SELECT count(*) FROM certificates WHERE kind = 'device' AND owner = ? "
+            "AND state = 'active'", (fleet,)).fetchone()[0])
+
+    def device_records(self, fleet: str) -> list[CertRecord]:
+        return self._records("kind = 'device' AND owner = ? ORDER BY device, issued_at", (fleet,))
+
+    def fleet_names(self) -> list[str]:
+        rows = self.db.execute(
+            "SELECT name FROM fleets UNION SELECT DISTINCT owner FROM certificates "
+            "WHERE kind = 'device'")
+        return sorted(r[0] for r in rows)
+
+    def fleet_hash(self, name: str) -> str | None:
+        row = self.db.execute("SELECT content_hash FROM fleets WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else None
+
+    def fleet_counts(self, fleet: str, now: int) -> dict[str, int]:
+        """Certificate counts by state, plus active ones due for renewal and expired."""
+        counts = {"active": 0, "revoked": 0, "due": 0, "expired": 0}
+        for state, number in self.db.execute(
+            "SELECT state, count(*) FROM certificates WHERE kind = 'device' AND owner = ? "
+            "GROUP BY state", (fleet,)):
+            counts[state] = number
+        counts["due"] = self.db.execute(
+            "SELECT count(*) FROM certificates WHERE kind = 'device' AND owner = ? "
+            "AND state = 'active' AND renew_at <= ?", (fleet, now)).fetchone()[0]
+        counts["expired"] = self.db.execute(
+            "SELECT count(*) FROM certificates WHERE kind = 'device' AND owner = ? "
+            "AND state = 'active' AND not_after <= ?", (fleet, now)).fetchone()[0]
+        return counts
+
+    def revoked_by_issuer(self, issuer_serial: str, now: int) -> list[tuple[str, int, str]]:
+        """(serial, revoked_at, reason) of unexpired revoked certificates issued by a CA cert."""
+        rows = self.db.execute(
+            "SELECT serial, revoked_at, reason FROM certificates WHERE issuer_serial = ? "
+            "AND state = 'revoked' AND not_after > ? ORDER BY serial", (issuer_serial, now))
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    def last_revocation(self, issuer_serial: str) -> int | None:
+        row = self.db.execute(
+            "SELECT max(revoked_at) FROM certificates WHERE issuer_serial = ? "
+            "AND state = 'revoked'", (issuer_serial,)).fetchone()
+        return row[0]
+
+    def crl(self, ca_serial: str) -> CRLRecord | None:
+        row = self.db.execute(
+            "SELECT ca_serial, ca_name, number, this_update, next_update, entries, der FROM crls "
+            "WHERE ca_serial = ?", (ca_serial,)).fetchone()
+        return CRLRecord(*row) if row else None
+
+    def next_crl_number(self, ca_name: str) -> int:
+        row = self.db.execute("SELECT max(number) FROM crls WHERE ca_name = ?",
+                              (ca_name,)).fetchone()
+        return (row[0] or 0) + 1
+
+    def journal_entries(self) -> list[tuple[int, str, str, str]]:
+        rows = self.db.execute("SELECT id, operation, subject, detail FROM journal ORDER BY id")
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    # --- writes (call inside `transaction()`) ----------------------------------------------
+    def insert(self, record: CertRecord) -> None:
+        placeholders = ", ".join("?" * len(COLUMNS.split(",")))
+        self.db.execute(f"INSERT INTO certificates ({COLUMNS}) VALUES ({placeholders})",
+                        tuple(getattr(record, c.strip()) for c in COLUMNS.split(",")))
+
+    def revoke(self, serial: str, reason: str, at: int) -> None:
+        self.db.execute(
+            "UPDATE certificates SET state = 'revoked', revoked_at = ?, reason = ? "
+            "WHERE serial = ? AND state != 'revoked'", (at, reason, serial))
+
+    def retire(self, serial: str) -> None:
+        self.db.execute("UPDATE certificates SET state = 'retired' WHERE serial = ? "
+                        "AND state = 'active'", (serial,))
+
+    def set_fleet(self, name: str, content_hash: str, decommissioned: bool, at: int) -> None:
+        self.db.execute(
+            "INSERT INTO fleets (name, content_hash, decommissioned, updated_at) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET content_hash = excluded."
+            "content_hash, decommissioned = excluded.decommissioned, updated_at = "
+            "excluded.updated_at", (name, content_hash, int(decommissioned), at))
+
+    def put_crl(self, record: CRLRecord) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO crls (ca_serial, ca_name, number, this_update, next_update, "
+            "entries, der) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (record.ca_serial, record.ca_name, record.number, record.this_update,
+             record.next_update, record.entries, record.der))
+
+    def journal_begin(self, operation: str, subject: str, detail: str, at: int) -> int:
+        cursor = self.db.execute(
+            "INSERT INTO journal (operation, subject, detail, started_at) VALUES (?, ?, ?, ?)",
+            (operation, subject, detail, at))
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def journal_end(self, entry: int) -> None:
+        self.db.execute("DELETE FROM journal WHERE id = ?", (entry,))
