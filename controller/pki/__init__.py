@@ -1,0 +1,76 @@
+"""Pure PKI layer: keys, certificates, CSRs, CRLs and bundles (no I/O)."""
+
+from .bundles import to_pkcs12
+from .certificates import (
+    authority_key_identifier,
+    build_ca_certificate,
+    build_leaf_certificate,
+    build_name,
+    certificate_fingerprint,
+    certificate_to_pem,
+    certificates_to_pem,
+    check_issuer,
+    der_utf8_string,
+    load_certificate_pem,
+    load_certificates_pem,
+    random_serial,
+)
+from .crl import REVOCATION_REASONS, RevokedEntry, build_crl, crl_to_der, crl_to_pem
+from .csr import csr_public_key, load_csr, verify_csr
+from .errors import PKIError
+from .keys import (
+    KEY_ALGORITHMS,
+    PrivateKey,
+    PublicKey,
+    generate_private_key,
+    key_algorithm_of,
+    load_private_key_pem,
+    load_public_key_pem,
+    private_key_from_der,
+    private_key_to_der,
+    private_key_to_pem,
+    public_key_fingerprint,
+    public_key_to_pem,
+    signature_hash,
+)
+from .usages import USAGE_NAMES, parse_usages
+
+__all__ = [
+    "KEY_ALGORITHMS",
+    "REVOCATION_REASONS",
+    "USAGE_NAMES",
+    "PKIError",
+    "PrivateKey",
+    "PublicKey",
+    "RevokedEntry",
+    "authority_key_identifier",
+    "build_ca_certificate",
+    "build_crl",
+    "build_leaf_certificate",
+    "build_name",
+    "certificate_fingerprint",
+    "certificate_to_pem",
+    "certificates_to_pem",
+    "check_issuer",
+    "crl_to_der",
+    "crl_to_pem",
+    "csr_public_key",
+    "der_utf8_string",
+    "generate_private_key",
+    "key_algorithm_of",
+    "load_certificate_pem",
+    "load_certificates_pem",
+    "load_csr",
+    "load_private_key_pem",
+    "load_public_key_pem",
+    "parse_usages",
+    "private_key_from_der",
+    "private_key_to_der",
+    "private_key_to_pem",
+    "public_key_fingerprint",
+    "public_key_to_pem",
+    "random_serial",
+    "signature_hash",
+    "to_pkcs12",
+    "verify_csr",
+]

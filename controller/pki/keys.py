@@ -1,0 +1,168 @@
+"""Key generation, identification and (de)serialisation."""
+
+import hashlib
+from collections.abc import Callable
+from typing import TypeAlias
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, mldsa, rsa
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificatePublicKeyTypes,
+    PrivateKeyTypes,
+    PublicKeyTypes,
+)
+
+from .errors import PKIError
+
+PrivateKey: TypeAlias = (
+    ec.EllipticCurvePrivateKey
+    | ed25519.Ed25519PrivateKey
+    | rsa.RSAPrivateKey
+    | mldsa.MLDSA44PrivateKey
+    | mldsa.MLDSA65PrivateKey
+    | mldsa.MLDSA87PrivateKey
+)
+PublicKey: TypeAlias = (
+    ec.EllipticCurvePublicKey
+    | ed25519.Ed25519PublicKey
+    | rsa.RSAPublicKey
+    | mldsa.MLDSA44PublicKey
+    | mldsa.MLDSA65PublicKey
+    | mldsa.MLDSA87PublicKey
+)
+
+_RSA_EXPONENT = 65537
+
+_GENERATORS: dict[str, Callable[[], PrivateKey]] = {
+    "ECDSA-P256": lambda: ec.generate_private_key(ec.SECP256R1()),
+    "ECDSA-P384": lambda: ec.generate_private_key(ec.SECP384R1()),
+    "Ed25519": ed25519.Ed25519PrivateKey.generate,
+    "RSA-3072": lambda: rsa.generate_private_key(_RSA_EXPONENT, 3072),
+    "RSA-4096": lambda: rsa.generate_private_key(_RSA_EXPONENT, 4096),
+    "ML-DSA-44": mldsa.MLDSA44PrivateKey.generate,
+    "ML-DSA-65": mldsa.MLDSA65PrivateKey.generate,
+    "ML-DSA-87": mldsa.MLDSA87PrivateKey.generate,
+}
+KEY_ALGORITHMS: tuple[str, ...] = tuple(_GENERATORS)
+_EC_CURVE_NAMES = {"secp256r1": "P256", "secp384r1": "P384"}
+
+
+def generate_private_key(algorithm: str) -> PrivateKey:
+    """Generate a fresh private key for one of KEY_ALGORITHMS."""
+    try:
+        generator = _GENERATORS[algorithm]
+    except KeyError:
+        allowed = ", ".join(KEY_ALGORITHMS)
+        raise ValueError(f"unknown key algorithm {algorithm!r}; allowed: {allowed}") from None
+    return generator()
+
+
+def key_algorithm_of(public_key: PublicKey) -> str:
+    """Name a public key's algorithm, e.g. "ECDSA-P256", "RSA-2048" or "ML-DSA-65"."""
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        curve = public_key.curve.name
+        return f"ECDSA-{_EC_CURVE_NAMES.get(curve, curve)}"
+    if isinstance(public_key, rsa.RSAPublicKey):
+        return f"RSA-{public_key.key_size}"
+    if isinstance(public_key, ed25519.Ed25519PublicKey):
+        return "Ed25519"
+    if isinstance(public_key, mldsa.MLDSA44PublicKey):
+        return "ML-DSA-44"
+    if isinstance(public_key, mldsa.MLDSA65PublicKey):
+        return "ML-DSA-65"
+    if isinstance(public_key, mldsa.MLDSA87PublicKey):
+        return "ML-DSA-87"
+    raise PKIError(f"unsupported public key type {type(public_key).__name__}")
+
+
+def signature_hash(
+    private_key: PrivateKey,
+) -> hashes.SHA256 | hashes.SHA384 | hashes.SHA512 | None:
+    """Digest used when signing with private_key (None for Ed25519 and ML-DSA)."""
+    if isinstance(private_key, ec.EllipticCurvePrivateKey):
+        size = private_key.curve.key_size
+        if size <= 256:
+            return hashes.SHA256()
+        return hashes.SHA384() if size <= 384 else hashes.SHA512()
+    if isinstance(private_key, rsa.RSAPrivateKey):
+        return hashes.SHA256() if private_key.key_size <= 3072 else hashes.SHA384()
+    return None
+
+
+def _supported_private(key: PrivateKeyTypes) -> PrivateKey:
+    if not isinstance(key, PrivateKey):
+        raise PKIError(f"unsupported private key type {type(key).__name__}")
+    return key
+
+
+def _supported_public(key: PublicKeyTypes) -> PublicKey:
+    if not isinstance(key, PublicKey):
+        raise PKIError(f"unsupported public key type {type(key).__name__}")
+    return key
+
+
+def private_key_to_der(key: PrivateKey) -> bytes:
+    """Serialise key as unencrypted PKCS#8 DER."""
+    return key.private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def private_key_from_der(data: bytes) -> PrivateKey:
+    """Load an unencrypted PKCS#8 DER private key."""
+    try:
+        key = serialization.load_der_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise PKIError("not an unencrypted PKCS#8 DER private key") from None
+    return _supported_private(key)
+
+
+def private_key_to_pem(key: PrivateKey, passphrase: bytes | None = None) -> bytes:
+    """Serialise key as PKCS#8 PEM, encrypted with the best available cipher if passphrase."""
+    encryption: serialization.KeySerializationEncryption = serialization.NoEncryption()
+    if passphrase is not None:
+        if not passphrase:
+            raise PKIError("passphrase must not be empty")
+        encryption = serialization.BestAvailableEncryption(passphrase)
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+    )
+
+
+def load_private_key_pem(data: bytes, passphrase: bytes | None = None) -> PrivateKey:
+    """Load a PEM private key, decrypting it with passphrase when encrypted."""
+    try:
+        key = serialization.load_pem_private_key(data, password=passphrase)
+    except TypeError:
+        problem = "it is encrypted but no" if passphrase is None else "it is not encrypted but a"
+        raise PKIError(f"cannot load private key: {problem} passphrase was given") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise PKIError("cannot load private key: invalid PEM or wrong passphrase") from None
+    return _supported_private(key)
+
+
+def public_key_to_pem(public_key: PublicKey) -> bytes:
+    """Serialise public_key as a PEM SubjectPublicKeyInfo."""
+    return public_key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def load_public_key_pem(data: bytes) -> PublicKey:
+    """Load a PEM SubjectPublicKeyInfo public key."""
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise PKIError(f"not a PEM public key: {exc}") from None
+    return _supported_public(key)
+
+
+def public_key_fingerprint(public_key: CertificatePublicKeyTypes) -> str:
+    """Hex SHA-256 of the DER SubjectPublicKeyInfo."""
+    der = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()
