@@ -5,10 +5,8 @@ from __future__ import annotations
 import functools
 import json
 import os
-import sys
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -45,19 +43,19 @@ MaxRevOpt = Annotated[int | None, typer.Option(
     "--max-revocations", help="Revocations allowed per fleet (default: 10% of it or 100).")]
 
 
-class PlanFormat(str, Enum):
+class PlanFormat(StrEnum):
     text = "text"
     markdown = "markdown"
     json = "json"
 
 
-class OutputFormat(str, Enum):
+class OutputFormat(StrEnum):
     text = "text"
     json = "json"
     yaml = "yaml"
 
 
-class ExportFormat(str, Enum):
+class ExportFormat(StrEnum):
     pem = "pem"
     p12 = "p12"
 
@@ -296,8 +294,8 @@ def crds(out_dir: Annotated[Path, typer.Option("--out")] = Path("crds"),
         stale.append(str(path))
         if not check:
             exports.write_file(path, text.encode())
-    for path in stale:
-        out.print(("stale: " if check else "wrote ") + path, highlight=False)
+    for stale_path in stale:
+        out.print(("stale: " if check else "wrote ") + stale_path, highlight=False)
     if check and stale:
         raise typer.Exit(1)
 
@@ -308,6 +306,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
-
-__all__ = ["app", "main", "UTC", "datetime", "timedelta"]
+    main()

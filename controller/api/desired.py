@@ -122,15 +122,17 @@ def cross_check(
             problems.append(Problem(item.file, f"no CertificateAuthority named {parent.name!r}",
                                     item.line, item.ref, "spec.parentRef.name"))
             continue
-        seen, cursor = {name}, parent.name
+        seen: set[str] = {name}
+        cursor: str | None = parent.name
         while cursor is not None:
             if cursor in seen:
                 problems.append(Problem(item.file, f"CA hierarchy has a cycle through {cursor!r}",
                                         item.line, item.ref, "spec.parentRef.name"))
                 break
             seen.add(cursor)
-            cursor_ca = authorities.get(cursor)
-            ref = cursor_ca.resource.spec.parentRef if cursor_ca else None  # type: ignore[attr-defined]
+            cursor_item = authorities.get(cursor)
+            cursor_ca = cursor_item.resource if cursor_item else None
+            ref = cursor_ca.spec.parentRef if isinstance(cursor_ca, CertificateAuthority) else None
             cursor = ref.name if ref else None
 
     fleets: dict[str, FleetDecl] = {}

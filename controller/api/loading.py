@@ -40,7 +40,7 @@ def _to_data(node: yaml.Node, path: Path_, lines: dict[Path_, int], loader: yaml
         return result
     if isinstance(node, yaml.SequenceNode):
         return [_to_data(item, (*path, i), lines, loader) for i, item in enumerate(node.value)]
-    return loader.construct_object(node)  # type: ignore[no-untyped-call]
+    return loader.construct_object(node)
 
 
 def field_path(loc: tuple[str | int, ...]) -> str:
@@ -63,7 +63,8 @@ def _pydantic_problems(
 ) -> list[Problem]:
     problems = []
     for item in error.errors():
-        loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        loc = tuple(p for p in item["loc"]
+                    if not (isinstance(p, str) and p.startswith("function-")))
         full = (*base, *loc)
         message = item["msg"].removeprefix("Value error, ")
         problems.append(

@@ -227,7 +227,8 @@ class DeviceFleetSpec(Model):
 
 
 class Resource(Model):
-    apiVersion: Literal["fleetpki.io/v1alpha1"] = API_VERSION
+    apiVersion: Literal["fleetpki.io/v1alpha1"] = "fleetpki.io/v1alpha1"
+    kind: str
     metadata: ObjectMeta
 
     @property

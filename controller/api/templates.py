@@ -1,4 +1,4 @@
-"""Subject/SAN/extension templates: `{{ device.id }}`, `{{ device.labels.site }}`, `{{ fleet.name }}`.
+"""Subject/SAN/extension templates: `{{ device.id }}`, `{{ device.labels.x }}`, `{{ fleet.name }}`.
 
 Deliberately not a general template engine: only field substitution, so a device label can
 never execute code or reach other data. Rendered values are checked by the caller.

@@ -90,13 +90,13 @@ def signature_hash(
     return None
 
 
-def _supported_private(key: PrivateKeyTypes) -> PrivateKey:
+def supported_private_key(key: PrivateKeyTypes) -> PrivateKey:
     if not isinstance(key, PrivateKey):
         raise PKIError(f"unsupported private key type {type(key).__name__}")
     return key
 
 
-def _supported_public(key: PublicKeyTypes) -> PublicKey:
+def supported_public_key(key: PublicKeyTypes) -> PublicKey:
     if not isinstance(key, PublicKey):
         raise PKIError(f"unsupported public key type {type(key).__name__}")
     return key
@@ -117,7 +117,7 @@ def private_key_from_der(data: bytes) -> PrivateKey:
         key = serialization.load_der_private_key(data, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):
         raise PKIError("not an unencrypted PKCS#8 DER private key") from None
-    return _supported_private(key)
+    return supported_private_key(key)
 
 
 def private_key_to_pem(key: PrivateKey, passphrase: bytes | None = None) -> bytes:
@@ -141,7 +141,7 @@ def load_private_key_pem(data: bytes, passphrase: bytes | None = None) -> Privat
         raise PKIError(f"cannot load private key: {problem} passphrase was given") from None
     except (ValueError, UnsupportedAlgorithm):
         raise PKIError("cannot load private key: invalid PEM or wrong passphrase") from None
-    return _supported_private(key)
+    return supported_private_key(key)
 
 
 def public_key_to_pem(public_key: PublicKey) -> bytes:
@@ -157,7 +157,7 @@ def load_public_key_pem(data: bytes) -> PublicKey:
         key = serialization.load_pem_public_key(data)
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise PKIError(f"not a PEM public key: {exc}") from None
-    return _supported_public(key)
+    return supported_public_key(key)
 
 
 def public_key_fingerprint(public_key: CertificatePublicKeyTypes) -> str:

@@ -106,7 +106,7 @@ class Plan:
 
     def summary(self) -> dict[str, int]:
         counts = Counter(a.action for a in self.actions)
-        summary = {name: counts.get(name, 0) for name in ACTION_NAMES}
+        summary: dict[str, int] = {name: counts.get(name, 0) for name in ACTION_NAMES}
         summary["total"] = len(self.actions)
         summary["problems"] = len(self.problems)
         summary["warnings"] = len(self.warnings)

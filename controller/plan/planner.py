@@ -80,9 +80,9 @@ class _FleetPlanner:
         active = self.seen.active
         if active is None:  # unchanged since the last complete apply: only renewals are due
             by_id = {d.id: d for d in self.decl.devices}
-            for device_id, current in sorted(self.seen.due.items()):
+            for device_id, due in sorted(self.seen.due.items()):
                 if device_id in by_id:
-                    self._device(by_id[device_id], current)
+                    self._device(by_id[device_id], due)
             return
         if spec.decommissioned:
             for device_id, (serial, _, _) in sorted(active.items()):

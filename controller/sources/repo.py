@@ -31,10 +31,10 @@ def _device_rows(text: str, fmt: str) -> list[tuple[int, dict[str, Any]]]:
     """(line, raw device dict) per row; CSV columns `labels.<key>` become labels."""
     rows: list[tuple[int, dict[str, Any]]] = []
     if fmt == "jsonl":
-        for number, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
+        for number, entry in enumerate(text.splitlines(), start=1):
+            if entry.strip():
                 try:
-                    rows.append((number, json.loads(line)))
+                    rows.append((number, json.loads(entry)))
                 except json.JSONDecodeError as exc:
                     raise ValueError(f"line {number}: invalid JSON: {exc.msg}") from None
         return rows

@@ -19,7 +19,8 @@ def condition(previous: Sequence[Condition], type_: str, status: bool, reason: s
         "status": value,
         "reason": reason,
         "message": message,
-        "lastTransitionTime": now if changed else before.get("lastTransitionTime", now),
+        "lastTransitionTime": now if before is None or changed else before.get(
+            "lastTransitionTime", now),
     }
     if generation is not None:
         result["observedGeneration"] = generation

@@ -16,15 +16,14 @@ import os
 import re
 import threading
 from pathlib import Path
-from typing import TypeAlias
 
 from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from cryptography.hazmat.primitives import hashes, hmac, serialization
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-PrivateKey: TypeAlias = PrivateKeyTypes
+from controller.pki.errors import PKIError
+from controller.pki.keys import PrivateKey, supported_private_key
 
 PASSPHRASE_ENV = "FLEETPKI_PASSPHRASE"
 
@@ -103,6 +102,7 @@ class FileKeyStore:
         self._root = Path(root)
         self._passphrase = passphrase
         self._aead: AESGCM | None = None
+        self._kek: bytes = b""
         self._kek_lock = threading.Lock()
         try:
             _ensure_private_dir(self._root)
@@ -133,13 +133,25 @@ class FileKeyStore:
         """Whether a CA key file exists for `key_id`."""
         return self._ca_path(key_id).is_file()
 
+    def _ca_file_passphrase(self, key_id: str) -> bytes:
+        """Per-key PKCS#8 password derived from the scrypt KEK.
+
+        PKCS#8 encryption in cryptography uses PBKDF2 with only 2048 iterations; feeding it a
+        256-bit secret derived from the scrypt KEK makes offline guessing cost one scrypt per
+        passphrase guess, as for device keys, while the file stays standard encrypted PKCS#8.
+        """
+        self._kek_aead()
+        mac = hmac.HMAC(self._kek, hashes.SHA256())
+        mac.update(b"fleetpki ca key v1:" + key_id.encode("utf-8"))
+        return mac.finalize().hex().encode("ascii")
+
     def put_ca_key(self, key_id: str, key: PrivateKey) -> None:
         """Store a CA key; storing the same key again is a no-op, a different one an error."""
         path = self._ca_path(key_id)
         pem = key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
-            serialization.BestAvailableEncryption(self._passphrase),
+            serialization.BestAvailableEncryption(self._ca_file_passphrase(key_id)),
         )
         try:
             _ensure_private_dir(path.parent)
@@ -165,9 +177,11 @@ class FileKeyStore:
             ) from None
         except OSError as exc:
             raise KeyStoreError(f"cannot read CA key '{key_id}' ({path}): {exc}") from exc
+        password = self._ca_file_passphrase(key_id)
         try:
-            return serialization.load_pem_private_key(data, password=self._passphrase)
-        except (ValueError, TypeError, UnsupportedAlgorithm):
+            return supported_private_key(
+                serialization.load_pem_private_key(data, password=password))
+        except (ValueError, TypeError, UnsupportedAlgorithm, PKIError):
             raise KeyStoreError(
                 f"cannot decrypt CA key '{key_id}' ({path}): wrong {PASSPHRASE_ENV} or corrupt file"
             ) from None
@@ -190,7 +204,8 @@ class FileKeyStore:
         except OSError as exc:
             raise KeyStoreError(f"cannot read KEK parameters {path}: {exc}") from exc
         salt = os.urandom(_SALT_LEN)
-        aead = AESGCM(_derive_kek(self._passphrase, salt))
+        self._kek = _derive_kek(self._passphrase, salt)
+        aead = AESGCM(self._kek)
         nonce = os.urandom(_NONCE_LEN)
         verifier = nonce + aead.encrypt(nonce, _KEK_VERIFIER_PLAINTEXT, _KEK_VERIFIER_AAD)
         doc = {
@@ -225,14 +240,16 @@ class FileKeyStore:
             raise KeyStoreError(f"unsupported KEK parameters in {path}")
         if len(salt) != _SALT_LEN or len(verifier) <= _NONCE_LEN:
             raise KeyStoreError(f"corrupt KEK parameters file {path}")
-        aead = AESGCM(_derive_kek(self._passphrase, salt))
+        kek = _derive_kek(self._passphrase, salt)
+        aead = AESGCM(kek)
         try:
             aead.decrypt(verifier[:_NONCE_LEN], verifier[_NONCE_LEN:], _KEK_VERIFIER_AAD)
         except InvalidTag:
             raise KeyStoreError(
-                f"cannot unlock device-key encryption key ({path}): "
+                f"cannot unlock the keystore ({path}): "
                 f"wrong {PASSPHRASE_ENV} or corrupt file"
             ) from None
+        self._kek = kek
         return aead
 
     def wrap_device_key(self, key_id: str, key: PrivateKey) -> bytes:
@@ -254,8 +271,8 @@ class FileKeyStore:
         nonce, ciphertext = blob[1 : 1 + _NONCE_LEN], blob[1 + _NONCE_LEN :]
         try:
             der = aead.decrypt(nonce, ciphertext, key_id.encode("utf-8"))
-            return serialization.load_der_private_key(der, password=None)
-        except (InvalidTag, ValueError, TypeError, UnsupportedAlgorithm):
+            return supported_private_key(serialization.load_der_private_key(der, password=None))
+        except (InvalidTag, ValueError, TypeError, UnsupportedAlgorithm, PKIError):
             raise KeyStoreError(
                 f"cannot unwrap device key '{key_id}': blob is corrupt, tampered with, "
                 "or belongs to a different key id"
