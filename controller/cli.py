@@ -100,7 +100,9 @@ def validate(directory: DirArg, output: Annotated[OutputFormat, typer.Option(
     else:
         for problem in problems:
             err.print(f"error: {problem}", markup=False, highlight=False)
-        if not problems:
+        if problems:
+            err.print(f"{len(problems)} problem(s).", markup=False, highlight=False)
+        else:
             out.print(f"{directory}: valid")
     if problems:
         raise typer.Exit(1)

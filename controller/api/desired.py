@@ -92,7 +92,7 @@ def _add(
         first = index[name]
         problems.append(
             Problem(item.file, f"duplicate name; first declared at {first.file}:{first.line}",
-                    item.line, item.ref, "metadata.name")
+                    item.line_of("metadata", "name"), item.ref, "metadata.name")
         )
     else:
         index[name] = item
@@ -101,8 +101,13 @@ def _add(
 def cross_check(
     located: list[Located],
     fleet_devices: dict[str, tuple[tuple[Device, ...], dict[str, tuple[str, int | None]]]],
+    invalid: frozenset[str] = frozenset(),
 ) -> tuple[Desired, list[Problem]]:
-    """Index resources and check references, cycles and duplicate device ids."""
+    """Index resources and check references and cycles.
+
+    References to objects in `invalid` ("Kind/name" that failed schema validation, already
+    reported) are not reported again as missing.
+    """
     problems: list[Problem] = []
     authorities: dict[str, Located] = {}
     profiles: dict[str, Located] = {}
@@ -119,15 +124,19 @@ def cross_check(
         if parent is None:
             continue
         if parent.name not in authorities:
+            if f"CertificateAuthority/{parent.name}" in invalid:
+                continue
             problems.append(Problem(item.file, f"no CertificateAuthority named {parent.name!r}",
-                                    item.line, item.ref, "spec.parentRef.name"))
+                                    item.line_of("spec", "parentRef", "name"), item.ref,
+                                    "spec.parentRef.name"))
             continue
         seen: set[str] = {name}
         cursor: str | None = parent.name
         while cursor is not None:
             if cursor in seen:
                 problems.append(Problem(item.file, f"CA hierarchy has a cycle through {cursor!r}",
-                                        item.line, item.ref, "spec.parentRef.name"))
+                                        item.line_of("spec", "parentRef", "name"), item.ref,
+                                        "spec.parentRef.name"))
                 break
             seen.add(cursor)
             cursor_item = authorities.get(cursor)
@@ -141,15 +150,19 @@ def cross_check(
         assert isinstance(fleet, DeviceFleet)
         ok = True
         if fleet.spec.issuerRef.name not in authorities:
-            problems.append(Problem(item.file, f"no CertificateAuthority named "
-                                    f"{fleet.spec.issuerRef.name!r}", item.line, item.ref,
-                                    "spec.issuerRef.name"))
+            if f"CertificateAuthority/{fleet.spec.issuerRef.name}" not in invalid:
+                problems.append(Problem(item.file, f"no CertificateAuthority named "
+                                        f"{fleet.spec.issuerRef.name!r}",
+                                        item.line_of("spec", "issuerRef", "name"), item.ref,
+                                        "spec.issuerRef.name"))
             ok = False
         profile_item = profiles.get(fleet.spec.profileRef.name)
         if profile_item is None:
-            problems.append(Problem(item.file, f"no CertificateProfile named "
-                                    f"{fleet.spec.profileRef.name!r}", item.line, item.ref,
-                                    "spec.profileRef.name"))
+            if f"CertificateProfile/{fleet.spec.profileRef.name}" not in invalid:
+                problems.append(Problem(item.file, f"no CertificateProfile named "
+                                        f"{fleet.spec.profileRef.name!r}",
+                                        item.line_of("spec", "profileRef", "name"), item.ref,
+                                        "spec.profileRef.name"))
             ok = False
         devices, lines = fleet_devices.get(name, ((), {}))
         if ok and profile_item is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -13,19 +13,26 @@ from controller.api.resources import API_VERSION, KINDS, Resource
 
 Path_ = tuple[str | int, ...]
 MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
+MESSAGES = {"extra_forbidden": "unknown field (misspelt, or not valid here)",
+            "missing": "required field is missing"}
 
 
 @dataclass(frozen=True)
 class Located:
-    """A resource and where it was declared."""
+    """A resource and where it was declared, down to the line of each field."""
 
     resource: Resource
     file: str
     line: int
+    lines: dict[Path_, int] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def ref(self) -> str:
         return f"{self.resource.kind}/{self.resource.name}"
+
+    def line_of(self, *path: str | int) -> int:
+        """Line of a field (or of its nearest declared parent)."""
+        return _nearest_line(self.lines, path) or self.line
 
 
 def _to_data(node: yaml.Node, path: Path_, lines: dict[Path_, int], loader: yaml.SafeLoader) -> Any:
@@ -66,7 +73,7 @@ def _pydantic_problems(
         loc = tuple(p for p in item["loc"]
                     if not (isinstance(p, str) and p.startswith("function-")))
         full = (*base, *loc)
-        message = item["msg"].removeprefix("Value error, ")
+        message = MESSAGES.get(item["type"], item["msg"].removeprefix("Value error, "))
         problems.append(
             Problem(file, message, _nearest_line(lines, full), ref, field_path(full) or None)
         )
@@ -114,5 +121,5 @@ def parse_documents(text: str, file: str) -> tuple[list[Located], list[Problem]]
         except ValidationError as exc:
             problems.extend(_pydantic_problems(exc, file, ref, lines))
             continue
-        located.append(Located(resource, file, node.start_mark.line + 1))
+        located.append(Located(resource, file, node.start_mark.line + 1, lines))
     return located, problems

@@ -77,8 +77,8 @@ def load_fleet_devices(
         lines[device.id] = (file, line)
         devices.append(device)
 
-    for device in fleet.spec.devices:
-        add(device, item.file, item.line)
+    for index, device in enumerate(fleet.spec.devices):
+        add(device, item.file, item.line_of("spec", "devices", index, "id"))
     source = fleet.spec.deviceSource
     if source is not None:
         path = root / source.path
@@ -91,7 +91,8 @@ def load_fleet_devices(
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             problems.append(Problem(item.file, f"cannot read device source {source.path!r}: "
                                     f"{reason} (a missing source is an error, never zero devices)",
-                                    item.line, item.ref, "spec.deviceSource.path"))
+                                    item.line_of("spec", "deviceSource", "path"), item.ref,
+                                    "spec.deviceSource.path"))
             return (), {}
         for line, raw in rows:
             try:
@@ -124,5 +125,6 @@ def load_repository(root: Path) -> tuple[Desired, list[Problem]]:
         item.resource.name: load_fleet_devices(root, item, problems)
         for item in located if isinstance(item.resource, DeviceFleet)
     }
-    desired, reference_problems = cross_check(located, fleet_devices)
+    invalid = frozenset(p.object for p in problems if p.object)
+    desired, reference_problems = cross_check(located, fleet_devices, invalid)
     return desired, problems + reference_problems
