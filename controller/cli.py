@@ -32,7 +32,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
 export_app = typer.Typer(no_args_is_help=True, help="Write certificates, bundles and CRLs.")
 app.add_typer(export_app, name="export")
 out = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 DirArg = Annotated[Path, typer.Argument(help="Fleet repository directory.", show_default=False)]

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import git
+import yaml
 
 from controller.api.desired import Desired
 from controller.api.problems import InvalidDeclaration, Problem
@@ -20,7 +21,7 @@ from controller.plan.model import Observed, Plan
 from controller.plan.planner import plan as make_plan
 from controller.sources.repo import load_repository
 from controller.status.gitbranch import read_status_branch, write_status_branch
-from controller.status.report import Outcome, build_status
+from controller.status.report import Outcome, build_status, status_path
 from controller.stores.inventory import Inventory
 from controller.stores.keystore import FileKeyStore
 
@@ -151,6 +152,8 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
             keystore = state.keystore()
             the_plan = make_plan(desired, observe(inventory, desired, now), now, max_revocations)
             outcome.problems.extend(the_plan.problems)
+            if root is not None:
+                refuse_unknown_new_cas(the_plan, read_status_branch(root, status_branch), state)
             result = execute(the_plan, desired, inventory, keystore, state.public_dir, now,
                              allow_mass_revocation=allow_mass_revocation, progress=progress)
         except ApplyRefused as exc:
@@ -163,6 +166,22 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
         done = ", ".join(f"{k} {v}" for k, v in sorted(result.done.items())) or "no changes"
         commit = _write_status(root, desired, inventory, outcome, now, status_branch, done)
     return ApplyReport(the_plan, result, commit)
+
+
+def refuse_unknown_new_cas(the_plan: Plan, previous: dict[str, bytes], state: StateDir) -> None:
+    """A CA the status branch has seen must never be re-created from an empty state directory."""
+    for action in the_plan.actions:
+        if action.action != "create-ca":
+            continue
+        recorded = previous.get(status_path("CertificateAuthority", action.name))
+        status = (yaml.safe_load(recorded) or {}).get("status", {}) if recorded else {}
+        serial = (status.get("certificate") or {}).get("serial")
+        if serial:
+            raise ApplyRefused(
+                f"CertificateAuthority/{action.name} exists (serial {serial} on the status "
+                f"branch) but the state directory {state.path} has no record of it: wrong "
+                "--state-dir, or lost state? Refusing to create a new CA; restore the state "
+                "directory (or delete the status branch to start a new PKI deliberately)")
 
 
 def _write_status(root: Path | None, desired: Desired, inventory: Inventory, outcome: Outcome,

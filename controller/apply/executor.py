@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from controller.api.desired import Desired
+from controller.api.problems import InvalidDeclaration
 from controller.api.resources import CertificateAuthority
 from controller.pki import certificates as certs
 from controller.pki import keys
@@ -244,18 +245,35 @@ def _chunks(actions: list[Action]) -> Iterator[list[Action]]:
         yield actions[start:start + BATCH]
 
 
+def recover(inventory: Inventory, keystore: FileKeyStore) -> list[str]:
+    """Close journal entries left by a crash; returns the quarantined CA key ids.
+
+    An open `ca-key` entry whose key id no inventory certificate uses means the process died
+    between writing the key and recording its certificate: that key signed nothing kept.
+    """
+    quarantined = []
+    for entry, operation, _subject, key_id in inventory.journal_entries():
+        if operation == "ca-key" and not inventory.uses_key(key_id):
+            keystore.quarantine_ca_key(key_id)
+            quarantined.append(key_id)
+        with inventory.transaction():
+            inventory.journal_end(entry)
+    return quarantined
+
+
 def execute(plan: Plan, desired: Desired, inventory: Inventory, keystore: FileKeyStore,
             public_dir: Path, now: datetime, *, allow_mass_revocation: bool = False,
             progress: Progress = lambda n: None) -> ApplyResult:
     """Run the plan's steps in order; refuse before any change if the plan is unsafe."""
     if plan.problems:
-        raise ApplyRefused(f"{len(plan.problems)} problem(s) in the declaration; nothing applied")
+        raise InvalidDeclaration(list(plan.problems))
     if plan.mass_revocations and not allow_mass_revocation:
         worst = plan.mass_revocations[0]
         raise ApplyRefused(
             f"refusing to revoke {worst.count} certificates of DeviceFleet/{worst.fleet} "
             f"(limit {worst.limit}); check the change, then pass --allow-mass-revocation or "
             "--max-revocations N; nothing applied")
+    recover(inventory, keystore)
     runner = Executor(desired, inventory, keystore, public_dir, now)
     for action in plan.actions:
         if action.action in ("create-ca", "renew-ca"):

@@ -251,6 +251,10 @@ class Inventory:
                               (ca_name,)).fetchone()
         return (row[0] or 0) + 1
 
+    def uses_key(self, key_id: str) -> bool:
+        row = self.db.execute("SELECT 1 FROM certificates WHERE key_id = ? LIMIT 1", (key_id,))
+        return row.fetchone() is not None
+
     def journal_entries(self) -> list[tuple[int, str, str, str]]:
         rows = self.db.execute("SELECT id, operation, subject, detail FROM journal ORDER BY id")
         return [(r[0], r[1], r[2], r[3]) for r in rows]

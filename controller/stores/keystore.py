@@ -165,6 +165,14 @@ class FileKeyStore:
         except OSError as exc:
             raise KeyStoreError(f"cannot write CA key '{key_id}' ({path}): {exc}") from exc
 
+    def quarantine_ca_key(self, key_id: str) -> None:
+        """Move a CA key that never signed a kept certificate to `ca/orphaned/` (kept, 0600)."""
+        path = self._ca_path(key_id)
+        if path.is_file():
+            target = self._root / "ca" / "orphaned"
+            _ensure_private_dir(target)
+            os.replace(path, target / path.name)
+
     def get_ca_key(self, key_id: str) -> PrivateKey:
         """Load and decrypt a CA key."""
         path = self._ca_path(key_id)
@@ -173,7 +181,8 @@ class FileKeyStore:
         except FileNotFoundError:
             raise KeyStoreError(
                 f"CA key '{key_id}' not found in keystore {self._root}: refusing to continue "
-                "(restore the state directory or create the CA key first)"
+                "(restore the keys from a backup of the state directory; a new CA is never created "
+                "silently)"
             ) from None
         except OSError as exc:
             raise KeyStoreError(f"cannot read CA key '{key_id}' ({path}): {exc}") from exc
