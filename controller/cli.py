@@ -21,10 +21,10 @@ from controller.api.crds import render_crds
 from controller.api.durations import parse_duration
 from controller.api.problems import InvalidDeclaration
 from controller.apply.executor import ApplyRefused
+from controller.clock import epoch, rfc3339
 from controller.pki.errors import PKIError
 from controller.plan.render import RENDERERS
 from controller.status.gitbranch import StatusBranchError
-from controller.stores.inventory import epoch, from_epoch
 from controller.stores.keystore import KeyStoreError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -174,7 +174,7 @@ def show_status(directory: DirArg, state_dir: StateOpt = None,
             if fleet is None:
                 raise typer.BadParameter("--devices needs --fleet")
             rows = [{"device": r.device, "serial": r.serial, "state": r.state,
-                     "notAfter": _time(r.not_after), "renewAt": _time(r.renew_at),
+                     "notAfter": rfc3339(r.not_after), "renewAt": rfc3339(r.renew_at),
                      "reason": r.reason} for r in inventory.device_records(fleet)]
             _table_or_emit(f"DeviceFleet/{fleet} devices", rows, output)
             return
@@ -183,9 +183,9 @@ def show_status(directory: DirArg, state_dir: StateOpt = None,
             record = inventory.active_ca(name)
             crl = inventory.crl(record.serial) if record else None
             cas.append({"ca": name, "serial": record.serial if record else None,
-                        "notAfter": _time(record.not_after) if record else None,
+                        "notAfter": rfc3339(record.not_after) if record else None,
                         "crlNumber": crl.number if crl else None,
-                        "crlNextUpdate": _time(crl.next_update) if crl else None})
+                        "crlNextUpdate": rfc3339(crl.next_update) if crl else None})
         fleets = [{"fleet": name, **inventory.fleet_counts(name, now)}
                   for name in inventory.fleet_names() if fleet in (None, name)]
         if output != OutputFormat.text:
@@ -193,10 +193,6 @@ def show_status(directory: DirArg, state_dir: StateOpt = None,
             return
         _table_or_emit("Certificate authorities", cas, output)
         _table_or_emit("Fleets", fleets, output)
-
-
-def _time(seconds: int) -> str:
-    return from_epoch(seconds).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _table_or_emit(title: str, rows: list[dict[str, Any]], output: OutputFormat) -> None:

@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import git
@@ -17,6 +17,7 @@ from controller.api.desired import Desired
 from controller.api.problems import InvalidDeclaration, Problem
 from controller.apply.executor import ApplyRefused, ApplyResult, Progress, execute
 from controller.apply.observe import observe
+from controller.clock import now_utc as now_utc  # part of the job API
 from controller.plan.model import Observed, Plan
 from controller.plan.planner import plan as make_plan
 from controller.sources.repo import load_repository
@@ -78,10 +79,6 @@ class StateDir:
                 raise StateLocked(f"another fleetpki process is applying with state directory "
                                   f"{self.path}; try again when it has finished") from None
             yield
-
-
-def now_utc() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
 
 
 def load(directory: Path) -> Desired:

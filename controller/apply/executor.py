@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from controller.api.desired import Desired
 from controller.api.problems import InvalidDeclaration
 from controller.api.resources import CertificateAuthority
+from controller.clock import epoch, from_epoch
 from controller.pki import certificates as certs
 from controller.pki import keys
 from controller.pki.crl import RevokedEntry, build_crl, crl_to_der, crl_to_pem
@@ -30,7 +31,7 @@ from controller.plan.intents import DeviceIntent
 from controller.plan.model import Action, Plan
 from controller.plan.planner import ca_intent
 from controller.plan.schedule import renew_before, renewal_time
-from controller.stores.inventory import CertRecord, CRLRecord, Inventory, epoch, from_epoch
+from controller.stores.inventory import CertRecord, CRLRecord, Inventory
 from controller.stores.keystore import FileKeyStore
 from controller.stores.publish import publish_file
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 
 from controller.api.desired import Desired
+from controller.clock import epoch
 from controller.plan.model import CAObserved, CRLObserved, FleetObserved, Observed
-from controller.stores.inventory import Inventory, epoch
+from controller.stores.inventory import Inventory
 
 
 def observe(inventory: Inventory, desired: Desired, now: datetime) -> Observed:

@@ -7,6 +7,7 @@ from datetime import datetime
 from controller.api.desired import Desired, FleetDecl, content_hash
 from controller.api.problems import Problem
 from controller.api.resources import CertificateAuthority, Device
+from controller.clock import epoch, from_epoch
 from controller.plan.intents import DeviceIntent, IntentError, device_intent
 from controller.plan.model import (
     Action,
@@ -18,7 +19,6 @@ from controller.plan.model import (
     Plan,
 )
 from controller.plan.schedule import crl_due
-from controller.stores.inventory import epoch, from_epoch
 
 CA_KIND = "CertificateAuthority"
 FLEET_KIND = "DeviceFleet"

@@ -13,8 +13,9 @@ import yaml
 from controller.api.desired import Desired
 from controller.api.problems import Problem
 from controller.api.resources import API_VERSION
+from controller.clock import epoch, rfc3339
 from controller.status.conditions import summarize
-from controller.stores.inventory import Inventory, epoch, from_epoch
+from controller.stores.inventory import Inventory
 
 ATTENTION_LIMIT = 50
 
@@ -30,10 +31,6 @@ class Outcome:
 
 def status_path(kind: str, name: str) -> str:
     return f"status/{kind}/{name}.yaml"
-
-
-def _time(seconds: int) -> str:
-    return from_epoch(seconds).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _load(previous: Mapping[str, bytes], path: str) -> dict[str, Any]:
@@ -72,13 +69,13 @@ def build_status(desired: Desired, inventory: Inventory, outcome: Outcome,
         if record is not None:
             status["certificate"] = {
                 "serial": record.serial, "fingerprint": record.fingerprint,
-                "notBefore": _time(record.not_before), "notAfter": _time(record.not_after),
-                "renewAt": _time(record.renew_at),
+                "notBefore": rfc3339(record.not_before), "notAfter": rfc3339(record.not_after),
+                "renewAt": rfc3339(record.renew_at),
             }
             crl = inventory.crl(record.serial)
             if crl is not None:
-                status["crl"] = {"number": crl.number, "thisUpdate": _time(crl.this_update),
-                                 "nextUpdate": _time(crl.next_update), "entries": crl.entries}
+                status["crl"] = {"number": crl.number, "thisUpdate": rfc3339(crl.this_update),
+                                 "nextUpdate": rfc3339(crl.next_update), "entries": crl.entries}
         problems = by_object.get(f"CertificateAuthority/{name}", [])
         stalled = problems[0].message if problems else outcome.refusal
         pending = None if record is not None else "CA not yet created"

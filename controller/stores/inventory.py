@@ -13,7 +13,6 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 SCHEMA = """
@@ -67,14 +66,6 @@ CREATE TABLE IF NOT EXISTS journal (
 
 COLUMNS = ("serial, kind, owner, device, issuer_serial, state, not_before, not_after, renew_at, "
            "intent, fingerprint, key_id, key_blob, der, issued_at, revoked_at, reason")
-
-
-def epoch(moment: datetime) -> int:
-    return int(moment.timestamp())
-
-
-def from_epoch(seconds: int) -> datetime:
-    return datetime.fromtimestamp(seconds, UTC)
 
 
 @dataclass(frozen=True, slots=True)
