@@ -20,8 +20,8 @@ def parse_duration(value: Any) -> timedelta:
     if not isinstance(value, str) or not re.fullmatch(PATTERN, value.strip()):
         raise ValueError(f"invalid duration {value!r}: use e.g. '8760h', '90d' or '1h30m'")
     seconds = sum(float(n) * _UNITS[u] for n, u in _PART.findall(value.strip()))
-    if seconds <= 0:
-        raise ValueError(f"duration {value!r} must be positive")
+    if seconds <= 0 or seconds != int(seconds):
+        raise ValueError(f"duration {value!r} must be a positive whole number of seconds")
     return timedelta(seconds=seconds)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,10 +10,11 @@ import yaml
 from pydantic import ValidationError
 
 from controller.api.problems import Problem
-from controller.api.resources import API_VERSION, KINDS, Resource
+from controller.api.resources import API_VERSION, GROUP, KINDS, Resource
 
 Path_ = tuple[str | int, ...]
 MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
+_NAMED_FIELD = re.compile(r"^([A-Za-z][A-Za-z0-9]*(?:\.[A-Za-z][A-Za-z0-9]*)*): (.+)$", re.S)
 MESSAGES = {"extra_forbidden": "unknown field (misspelt, or not valid here)",
             "missing": "required field is missing"}
 
@@ -37,7 +39,7 @@ class Located:
 
 def _to_data(node: yaml.Node, path: Path_, lines: dict[Path_, int], loader: yaml.SafeLoader) -> Any:
     """Plain data from a composed node, recording the line of every key and item."""
-    lines[path] = node.start_mark.line + 1
+    lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
@@ -74,6 +76,10 @@ def _pydantic_problems(
                     if not (isinstance(p, str) and p.startswith("function-")))
         full = (*base, *loc)
         message = MESSAGES.get(item["type"], item["msg"].removeprefix("Value error, "))
+        named = _NAMED_FIELD.match(message)
+        if named:  # "renewBefore: must be ..." raised by a model validator names its field
+            full = (*full, *named.group(1).split("."))
+            message = named.group(2)
         problems.append(
             Problem(file, message, _nearest_line(lines, full), ref, field_path(full) or None)
         )
@@ -103,7 +109,14 @@ def parse_documents(text: str, file: str) -> tuple[list[Located], list[Problem]]
         except yaml.YAMLError as exc:
             problems.append(Problem(file, f"invalid YAML: {exc}", node.start_mark.line + 1))
             continue
-        if not isinstance(data, dict) or data.get("apiVersion") != API_VERSION:
+        if not isinstance(data, dict):
+            continue
+        api_version = data.get("apiVersion")
+        if api_version != API_VERSION:
+            if isinstance(api_version, str) and api_version.startswith(f"{GROUP}/"):
+                problems.append(Problem(file, f"unsupported apiVersion {api_version!r}; use "
+                                        f"{API_VERSION!r}", lines.get(("apiVersion",)), None,
+                                        "apiVersion"))
             continue
         kind = data.get("kind")
         metadata = data.get("metadata")

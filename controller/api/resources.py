@@ -13,9 +13,10 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from controller.api.durations import Duration
-from controller.api.templates import check_template
+from controller.api.templates import TemplateError, check_template
 
-API_VERSION = "fleetpki.io/v1alpha1"
+GROUP = "fleetpki.io"
+API_VERSION = f"{GROUP}/v1alpha1"
 
 KeyAlgorithm = Literal[
     "ECDSA-P256", "ECDSA-P384", "Ed25519", "RSA-3072", "RSA-4096", "ML-DSA-44", "ML-DSA-65",
@@ -159,8 +160,11 @@ class CertificateProfileSpec(Model):
         allowed = set(Subject.model_fields)
         for key, template in subject.items():
             if key not in allowed:
-                raise ValueError(f"unknown subject attribute {key!r}; allowed: {sorted(allowed)}")
-            check_template(template)
+                raise ValueError(f"{key}: unknown subject attribute; allowed: {sorted(allowed)}")
+            try:
+                check_template(template)
+            except TemplateError as exc:
+                raise ValueError(f"{key}: {exc}") from None
         return subject
 
     @field_validator("subjectAltNames")
@@ -209,7 +213,7 @@ class DeviceSource(Model):
     @classmethod
     def _relative(cls, path: str) -> str:
         if path.startswith("/") or ".." in path.split("/"):
-            raise ValueError("path: must be relative to the repository and stay inside it")
+            raise ValueError("must be relative to the repository and stay inside it")
         return path
 
     def resolved_format(self) -> str:

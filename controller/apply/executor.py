@@ -227,13 +227,14 @@ class Executor:
                        for serial, at, reason in self.inventory.revoked_by_issuer(
                            generation.serial, now_s)]
             number = self.inventory.next_crl_number(ca.name)
+            revoked_total = self.inventory.revoked_total(generation.serial)
             crl = build_crl(issuer_certificate=ca_cert, issuer_key=key, entries=entries,
                             crl_number=number, this_update=self.now,
                             next_update=self.now + ca.spec.crl.duration)
             with self.inventory.transaction():
                 self.inventory.put_crl(CRLRecord(generation.serial, ca.name, number, now_s,
                                                  epoch(self.now + ca.spec.crl.duration),
-                                                 len(entries), crl_to_der(crl)))
+                                                 len(entries), revoked_total, crl_to_der(crl)))
             if generation.state == "active":
                 publish_file(self.public_dir / "crl" / f"{ca.name}.crl", crl_to_der(crl))
             pem_parts.append(crl_to_pem(crl))

@@ -23,8 +23,8 @@ def observe(inventory: Inventory, desired: Desired, now: datetime) -> Observed:
                                        record.renew_at)
         crl = inventory.crl(record.serial)
         if crl is not None:
-            crls[name] = CRLObserved(crl.this_update, crl.next_update,
-                                     inventory.last_revocation(record.serial))
+            missing = inventory.revoked_total(record.serial) - crl.revoked_total
+            crls[name] = CRLObserved(crl.this_update, crl.next_update, missing)
     fleets: dict[str, FleetObserved] = {}
     for name in sorted(set(inventory.fleet_names()) | set(desired.fleets)):
         stored_hash = inventory.fleet_hash(name)

@@ -70,8 +70,8 @@ def device_public_key(device: Device, profile: CertificateProfile) -> keys.Publi
     """The device's own key (from `publicKey` or a verified `csr`), or None for server keygen."""
     if profile.spec.keyGeneration == "server":
         if device.publicKey or device.csr:
-            raise IntentError("publicKey", "profile uses keyGeneration: server; the device must "
-                              "not supply publicKey or csr")
+            raise IntentError("csr" if device.csr else "publicKey", "profile uses "
+                              "keyGeneration: server; the device must not supply publicKey or csr")
         return None
     if not (device.publicKey or device.csr):
         raise IntentError("csr", "profile uses keyGeneration: device; give publicKey or csr")

@@ -56,7 +56,7 @@ class CRLObserved:
 
     this_update: int
     next_update: int
-    last_revocation: int | None
+    unpublished_revocations: int = 0  # revocations made since the CRL was built
 
 
 @dataclass(frozen=True)

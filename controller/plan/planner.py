@@ -164,7 +164,7 @@ def plan(desired: Desired, observed: Observed, now: datetime,
             mass.append(MassRevocation(name, len(revocations), limit))
             warnings.append(f"DeviceFleet/{name}: {len(revocations)} revocations exceed the "
                             f"limit of {limit} (--max-revocations / --allow-mass-revocation)")
-        if revocations:
+        if any(a.serial for a in planner.actions):  # revoke, or renew/rekey (superseded)
             revoking_cas.add(decl.fleet.spec.issuerRef.name)
         device_actions.extend(sorted(planner.actions, key=lambda a: (a.action != "revoke",
                                                                      a.device or "")))
@@ -188,8 +188,8 @@ def plan(desired: Desired, observed: Observed, now: datetime,
             reason = "no current CRL for the CA certificate"
         elif name in revoking_cas:
             reason = "new revocations"
-        elif crl.last_revocation is not None and crl.last_revocation >= crl.this_update:
-            reason = "revocations not yet published"
+        elif crl.unpublished_revocations > 0:
+            reason = f"{crl.unpublished_revocations} revocation(s) not yet published"
         elif crl_due(crl.this_update, crl.next_update, now_s):
             reason = f"CRL half-way to nextUpdate ({from_epoch(crl.next_update).isoformat()})"
         if reason:

@@ -8,6 +8,7 @@ from collections import defaultdict
 from controller.plan.model import ACTION_NAMES, Action, Plan
 
 SHOWN_PER_GROUP = 20
+MARKDOWN_ROWS = 100  # keeps a PR comment far below GitHub's 65,536-character limit
 SYMBOLS = {"create-ca": "+", "renew-ca": "~", "issue": "+", "renew": "~", "rekey": "~",
            "revoke": "-", "publish-crl": "*"}
 
@@ -54,11 +55,16 @@ def as_markdown(plan: Plan, shown: int = SHOWN_PER_GROUP) -> str:
     lines = ["### fleetpki plan", "", _summary_line(plan), ""]
     if plan.actions:
         lines += ["| object | action | count | first devices |", "|---|---|---:|---|"]
-        for (kind, name, action), actions in _groups(plan).items():
+        groups = list(_groups(plan).items())
+        for (kind, name, action), actions in groups[:MARKDOWN_ROWS]:
             devices = [f"`{a.device}`" for a in actions[:shown] if a.device]
             more = f" … +{len(actions) - shown}" if len(actions) > shown and devices else ""
             lines.append(f"| {kind}/{name} | {action} | {len(actions)} | "
                          f"{', '.join(devices)}{more} |")
+        if len(groups) > MARKDOWN_ROWS:
+            rest = sum(len(actions) for _, actions in groups[MARKDOWN_ROWS:])
+            lines.append(f"| … {len(groups) - MARKDOWN_ROWS} more rows | | {rest} | "
+                         "see `fleetpki plan -o json` |")
     if plan.warnings:
         lines += ["", "**Warnings**", ""] + [f"- ⚠️ {w}" for w in plan.warnings]
     if plan.problems:

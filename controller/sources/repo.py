@@ -85,7 +85,7 @@ def load_fleet_devices(
         try:
             if not path.resolve().is_relative_to(root.resolve()):
                 raise ValueError("path leaves the repository")
-            text = path.read_text(encoding="utf-8")
+            text = path.read_text(encoding="utf-8-sig")  # Excel writes a byte order mark
             rows = _device_rows(text, source.resolved_format())
         except (OSError, UnicodeDecodeError, ValueError, csv.Error) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)

@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS crls (
     this_update INTEGER NOT NULL,
     next_update INTEGER NOT NULL,
     entries INTEGER NOT NULL,
+    revoked_total INTEGER NOT NULL,
     der BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS journal (
@@ -93,12 +94,15 @@ class CertRecord:
 
 @dataclass(frozen=True, slots=True)
 class CRLRecord:
+    """A published CRL; `revoked_total` is how many revocations the CA had when it was built."""
+
     ca_serial: str
     ca_name: str
     number: int
     this_update: int
     next_update: int
     entries: int
+    revoked_total: int
     der: bytes
 
 
@@ -225,16 +229,18 @@ class Inventory:
             "AND state = 'revoked' AND not_after > ? ORDER BY serial", (issuer_serial, now))
         return [(r[0], r[1], r[2]) for r in rows]
 
-    def last_revocation(self, issuer_serial: str) -> int | None:
+    def revoked_total(self, issuer_serial: str) -> int:
+        """Revocations ever made under a CA certificate: only grows, so a CRL built at a lower
+        total is missing some (e.g. after a crash between revoking and publishing)."""
         row = self.db.execute(
-            "SELECT max(revoked_at) FROM certificates WHERE issuer_serial = ? "
-            "AND state = 'revoked'", (issuer_serial,)).fetchone()
-        return row[0]
+            "SELECT count(*) FROM certificates WHERE issuer_serial = ? AND state = 'revoked'",
+            (issuer_serial,)).fetchone()
+        return int(row[0])
 
     def crl(self, ca_serial: str) -> CRLRecord | None:
         row = self.db.execute(
-            "SELECT ca_serial, ca_name, number, this_update, next_update, entries, der FROM crls "
-            "WHERE ca_serial = ?", (ca_serial,)).fetchone()
+            "SELECT ca_serial, ca_name, number, this_update, next_update, entries, "
+            "revoked_total, der FROM crls WHERE ca_serial = ?", (ca_serial,)).fetchone()
         return CRLRecord(*row) if row else None
 
     def next_crl_number(self, ca_name: str) -> int:
@@ -275,9 +281,9 @@ class Inventory:
     def put_crl(self, record: CRLRecord) -> None:
         self.db.execute(
             "INSERT OR REPLACE INTO crls (ca_serial, ca_name, number, this_update, next_update, "
-            "entries, der) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "entries, revoked_total, der) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (record.ca_serial, record.ca_name, record.number, record.this_update,
-             record.next_update, record.entries, record.der))
+             record.next_update, record.entries, record.revoked_total, record.der))
 
     def journal_begin(self, operation: str, subject: str, detail: str, at: int) -> int:
         cursor = self.db.execute(

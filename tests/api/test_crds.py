@@ -120,9 +120,7 @@ def test_spec_schema_follows_the_models(kind: str) -> None:
 @pytest.mark.parametrize("kind", [
     "CertificateAuthority",
     "CertificateProfile",
-    pytest.param("DeviceFleet", marks=pytest.mark.xfail(
-        strict=True, reason="bug: device labels carry `propertyNames`, which "
-        "apiextensions.k8s.io/v1 JSONSchemaProps does not have")),
+    "DeviceFleet",
 ])
 def test_schema_uses_only_keywords_kubernetes_knows(kind: str) -> None:
     unknown = {key for path, node in schemas(schema_of(crds()[kind])) for key in node

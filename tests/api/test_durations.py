@@ -72,9 +72,6 @@ def test_pydantic_type_parses_serialises_and_documents_the_pattern() -> None:
         DURATION.validate_python("soon")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: fractions of a second are accepted but "
-                   "format_duration truncates them ('0.5s' is written back as '0s', which is "
-                   "then refused)")
 @pytest.mark.parametrize("text", ["1.5s", "0.5s"])
 def test_sub_second_durations_round_trip_or_are_refused(text: str) -> None:
     try:

@@ -145,8 +145,6 @@ def test_unknown_kind(make_repo: MakeRepo) -> None:
     assert "DeviceFlete" in problem.message and "DeviceFleet" in problem.message
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a fleetpki.io document with a mistyped apiVersion "
-                   "is silently ignored (loading.parse_documents skips it)")
 def test_mistyped_fleetpki_api_version_is_not_silently_ignored(make_repo: MakeRepo) -> None:
     fleet = FLEET.replace("fleetpki.io/v1alpha1", "fleetpki.io/v1beta1")
     _, problems = load_repository(make_repo({FLEET_FILE: fleet}))
@@ -185,15 +183,16 @@ def test_intermediate_without_parent_ref(make_repo: MakeRepo) -> None:
     _, problems = load_repository(make_repo({"authorities.yaml": text}))
     problem = only(problems, object="CertificateAuthority/issuing")
     assert problem.file == "authorities.yaml"
-    assert problem.field == "spec"
-    assert problem.message == "parentRef: required for an intermediate CA"
+    assert problem.field == "spec.parentRef"
+    assert problem.message == "required for an intermediate CA"
 
 
 def test_root_with_parent_ref(make_repo: MakeRepo) -> None:
     text = ca("root", "issuing").replace("type: intermediate", "type: root")
     _, problems = load_repository(make_repo({"authorities.yaml": text + "---\n" +
                                              ca("issuing", "root")}))
-    assert "parentRef: a root CA has no parent" in [p.message for p in problems]
+    assert ("spec.parentRef", "a root CA has no parent") in [(p.field, p.message)
+                                                             for p in problems]
 
 
 def test_parent_ref_to_unknown_ca(make_repo: MakeRepo) -> None:
@@ -348,8 +347,6 @@ def test_bad_revocation_reason_in_jsonl(make_repo: MakeRepo) -> None:
     assert (problem.file, problem.line, problem.field) == ("s.jsonl", 2, "revoked.reason")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a CSV with a UTF-8 byte order mark (Excel's "
-                   "'CSV UTF-8') is rejected: its first column reads '\\ufeffid'")
 def test_csv_with_byte_order_mark(make_repo: MakeRepo) -> None:
     repo = make_repo({FLEET_FILE: with_source("s.csv"), "s.csv": "\ufeffid\nb-1\n"})
     desired, problems = load_repository(repo)
@@ -387,7 +384,7 @@ def test_template_with_unknown_field(make_repo: MakeRepo) -> None:
     _, problems = load_repository(make_repo({"profiles.yaml": profile}))
     problem = only(problems)
     assert (problem.file, problem.object) == ("profiles.yaml", "CertificateProfile/client")
-    assert problem.field == "spec.subject"
+    assert problem.field == "spec.subject.commonName"
     assert problem.line == line_of(profile, "commonName")
     assert "unknown template field {{ device.secret }}" in problem.message
 
@@ -396,7 +393,7 @@ def test_template_with_unbalanced_braces(make_repo: MakeRepo) -> None:
     profile = PROFILE.replace("{{ device.id }}", "{{ device.id }")
     _, problems = load_repository(make_repo({"profiles.yaml": profile}))
     problem = only(problems, file="profiles.yaml")
-    assert problem.field == "spec.subject"
+    assert problem.field == "spec.subject.commonName"
     assert "unbalanced braces" in problem.message
 
 
@@ -452,8 +449,9 @@ def test_renew_before_must_be_shorter_than_duration(make_repo: MakeRepo, file: s
                                                     text: str) -> None:
     _, problems = load_repository(make_repo({file: text}))
     problem = only(problems, file=file)
-    assert problem.field == "spec"
-    assert problem.message == "renewBefore: must be shorter than duration"
+    assert problem.field == "spec.renewBefore"
+    assert problem.line == line_of(text, "renewBefore")
+    assert problem.message == "must be shorter than duration"
 
 
 def test_renew_before_shorter_than_duration_is_fine(make_repo: MakeRepo) -> None:
@@ -463,8 +461,6 @@ def test_renew_before_shorter_than_duration_is_fine(make_repo: MakeRepo) -> None
     assert desired.profile("client").spec.renewBefore is not None
 
 
-@pytest.mark.xfail(strict=True, reason="bug: _to_data records a key's line, then overwrites it "
-                   "with the line of its value, so `spec`-level problems point inside the block")
 def test_object_level_problem_points_at_its_key(make_repo: MakeRepo) -> None:
     profile = PROFILE + "  renewBefore: 8760h\n"
     _, problems = load_repository(make_repo({"profiles.yaml": profile}))

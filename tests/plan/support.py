@@ -92,7 +92,7 @@ def make_desired(
 
 def fresh_crl() -> CRLObserved:
     """Published an hour ago, valid for a week: not due."""
-    return CRLObserved(NOW_S - HOUR, NOW_S - HOUR + 7 * DAY, None)
+    return CRLObserved(NOW_S - HOUR, NOW_S - HOUR + 7 * DAY)
 
 
 def converged(desired: Desired, renew_at: int = NOW_S + 30 * DAY) -> Observed:
