@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from controller.api.problems import Problem
 from controller.plan.model import ACTION_NAMES, DEVICE_ACTIONS, Action, MassRevocation, Plan
 from controller.plan.render import RENDERERS, as_json, as_markdown, as_text
