@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -39,6 +39,8 @@ DirArg = Annotated[Path, typer.Argument(help="Fleet repository directory.", show
 StateOpt = Annotated[Path | None, typer.Option(
     "--state-dir", help="State directory (inventory, keys). Default: $FLEETPKI_STATE_DIR or "
     "~/.local/state/fleetpki.", show_default=False)]
+DefaultPoliciesOpt = Annotated[bool, typer.Option(
+    help="Apply the built-in recommended policies (a repo policy of the same name replaces one).")]
 MaxRevOpt = Annotated[int | None, typer.Option(
     "--max-revocations", help="Revocations allowed per fleet (default: 10% of it or 100).")]
 
@@ -89,22 +91,32 @@ def _emit(data: Any, fmt: OutputFormat) -> None:
         print(yaml.safe_dump(data, sort_keys=False), end="")
 
 
+def _say(prefix: str, items: Sequence[object]) -> None:
+    for item in items:
+        err.print(f"{prefix}: {item}", markup=False, highlight=False)
+
+
 @app.command()
 @handle_errors
 def validate(directory: DirArg, output: Annotated[OutputFormat, typer.Option(
-        "-o", "--output")] = OutputFormat.text) -> None:
-    """Check schema, references, templates, device keys and CSRs. Exit 1 on any problem."""
-    problems = jobs.validate(directory, jobs.now_utc())
+        "-o", "--output")] = OutputFormat.text,
+             default_policies: DefaultPoliciesOpt = True) -> None:
+    """Check schema, references, templates, device keys, CSRs and policies. Exit 1 on any
+    problem or policy denial."""
+    problems, findings = jobs.validate(directory, jobs.now_utc(), default_policies)
+    denies = [f for f in findings if f.action == "deny"]
     if output != OutputFormat.text:
-        _emit({"valid": not problems, "problems": [p.as_dict() for p in problems]}, output)
+        _emit({"valid": not (problems or denies), "problems": [p.as_dict() for p in problems],
+               "policy": [f.as_dict() for f in findings]}, output)
     else:
-        for problem in problems:
-            err.print(f"error: {problem}", markup=False, highlight=False)
-        if problems:
-            err.print(f"{len(problems)} problem(s).", markup=False, highlight=False)
+        _say("error", problems)
+        _say("policy", findings)
+        if problems or denies:
+            err.print(f"{len(problems)} problem(s), {len(denies)} policy denial(s).",
+                      markup=False, highlight=False)
         else:
             out.print(f"{directory}: valid")
-    if problems:
+    if problems or denies:
         raise typer.Exit(1)
 
 
@@ -114,12 +126,33 @@ def plan(directory: DirArg, state_dir: StateOpt = None,
          output: Annotated[PlanFormat, typer.Option("-o", "--output")] = PlanFormat.text,
          detailed_exitcode: Annotated[bool, typer.Option(
              "--detailed-exitcode", help="Exit 2 when the plan has changes.")] = False,
-         max_revocations: MaxRevOpt = None) -> None:
-    """Show what apply would do: create/renew CAs, issue, renew, re-key, revoke, publish CRLs."""
-    the_plan = jobs.plan(directory, jobs.StateDir.resolve(state_dir), jobs.now_utc(),
-                         max_revocations)
-    print(RENDERERS[output.value](the_plan))
-    if the_plan.problems:
+         max_revocations: MaxRevOpt = None, default_policies: DefaultPoliciesOpt = True,
+         base: Annotated[str | None, typer.Option(
+             help="Git revision to compare with (pull requests): show only what the change "
+             "does, as if the base were applied.")] = None,
+         base_dir: Annotated[Path | None, typer.Option(
+             help="Like --base, with the base declaration in a directory.")] = None,
+         danger_fraction: Annotated[float, typer.Option(
+             help="Flag changes revoking more than this share of a fleet.")] =
+         jobs.DANGER_FRACTION) -> None:
+    """Show what apply would do: create/renew CAs, issue, renew, re-key, revoke, publish CRLs.
+    Exit 1 on problems, policy denials, or (with --max-revocations) too many revocations."""
+    now = jobs.now_utc()
+    if base is not None and base_dir is not None:
+        raise typer.BadParameter("give --base or --base-dir, not both")
+    if base is not None:
+        with jobs.checkout_of(directory, base) as base_tree:
+            the_plan = jobs.plan_change(directory, base_tree, now, max_revocations,
+                                        default_policies, danger_fraction)
+    elif base_dir is not None:
+        the_plan = jobs.plan_change(directory, base_dir, now, max_revocations,
+                                    default_policies, danger_fraction)
+    else:
+        the_plan = jobs.plan(directory, jobs.StateDir.resolve(state_dir), now,
+                             max_revocations, default_policies, danger_fraction)
+    print(RENDERERS[output.value](the_plan), end="")
+    too_many = max_revocations is not None and the_plan.mass_revocations
+    if the_plan.problems or the_plan.denies or too_many:
         raise typer.Exit(1)
     if detailed_exitcode and the_plan.has_changes:
         raise typer.Exit(2)
@@ -134,26 +167,34 @@ def apply(directory: DirArg, state_dir: StateOpt = None, max_revocations: MaxRev
               help="Commit status to the status branch when DIR is in a git repo.")] = True,
           status_branch: Annotated[str, typer.Option()] = jobs.STATUS_BRANCH,
           output: Annotated[OutputFormat, typer.Option("-o", "--output")] = OutputFormat.text,
-          ) -> None:
-    """Converge the state to the declaration and write status back."""
+          default_policies: DefaultPoliciesOpt = True) -> None:
+    """Converge the state to the declaration and write status back. Actions a policy denies
+    are skipped (their objects become Stalled) and the exit code is 1."""
     state = jobs.StateDir.resolve(state_dir)
     with Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task("applying", total=None)
         report = jobs.apply(directory, state, jobs.now_utc(), max_revocations=max_revocations,
                             allow_mass_revocation=allow_mass_revocation, write_status=status,
                             status_branch=status_branch,
-                            progress=lambda n: bar.advance(task, n))
+                            progress=lambda n: bar.advance(task, n),
+                            use_default_policies=default_policies)
     if output != OutputFormat.text:
         _emit({"done": report.result.done, "summary": report.plan.summary(),
-               "warnings": list(report.plan.warnings), "statusCommit": report.status_commit},
-              output)
-        return
-    for warning in report.plan.warnings:
-        err.print(f"warning: {warning}", markup=False, highlight=False)
-    done = ", ".join(f"{v} {k}" for k, v in sorted(report.result.done.items()))
-    out.print(f"Applied: {done or 'no changes'}.", highlight=False)
-    if report.status_commit:
-        out.print(f"Status committed to {status_branch}: {report.status_commit[:12]}")
+               "warnings": list(report.plan.warnings),
+               "policy": [f.as_dict() for f in report.plan.findings],
+               "statusCommit": report.status_commit}, output)
+    else:
+        _say("warning", report.plan.warnings)
+        _say("policy", report.plan.findings)
+        done = ", ".join(f"{v} {k}" for k, v in sorted(report.result.done.items()))
+        out.print(f"Applied: {done or 'no changes'}.", highlight=False)
+        if report.plan.denied:
+            err.print(f"{len(report.plan.denied)} action(s) denied by policy were not applied.",
+                      markup=False, highlight=False)
+        if report.status_commit:
+            out.print(f"Status committed to {status_branch}: {report.status_commit[:12]}")
+    if report.plan.denied:
+        raise typer.Exit(1)
 
 
 @app.command("status")

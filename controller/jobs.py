@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import fcntl
 import os
+import tarfile
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -14,12 +16,18 @@ import git
 import yaml
 
 from controller.api.desired import Desired
-from controller.api.problems import InvalidDeclaration, Problem
+from controller.api.loading import Located
+from controller.api.problems import Finding, InvalidDeclaration, Problem
 from controller.apply.executor import ApplyRefused, ApplyResult, Progress, execute
 from controller.apply.observe import observe
 from controller.clock import now_utc as now_utc  # part of the job API
+from controller.plan.baseline import as_if_applied
+from controller.plan.dangers import dangers
 from controller.plan.model import Observed, Plan
 from controller.plan.planner import plan as make_plan
+from controller.policy.defaults import default_policies, effective_policies
+from controller.policy.engine import CompiledRule, compile_policies, evaluate
+from controller.policy.gate import gate
 from controller.sources.repo import load_repository
 from controller.status.gitbranch import read_status_branch, write_status_branch
 from controller.status.report import Outcome, build_status, status_path
@@ -28,6 +36,7 @@ from controller.stores.keystore import FileKeyStore
 
 STATE_ENV = "FLEETPKI_STATE_DIR"
 STATUS_BRANCH = "fleetpki/status"
+DANGER_FRACTION = 0.1  # flag a change that revokes more than this share of a fleet
 
 
 class StateLocked(Exception):
@@ -81,30 +90,99 @@ class StateDir:
             yield
 
 
-def load(directory: Path) -> Desired:
-    """Desired state or InvalidDeclaration listing every problem."""
+@dataclass(frozen=True)
+class Declaration:
+    """A repository's desired state with its compiled policy rules."""
+
+    desired: Desired
+    rules: list[CompiledRule]
+
+    def plan(self, observed: Observed, now: datetime, max_revocations: int | None = None,
+             danger_fraction: float = DANGER_FRACTION) -> Plan:
+        """Plan, evaluate policies over it, drop what a deny forbids, flag dangers."""
+        planned = make_plan(self.desired, observed, now, max_revocations)
+        findings = evaluate(self.rules, self.desired, planned.intents, now)
+        gated = gate(planned, self.desired, findings)
+        return replace(gated, dangers=tuple(dangers(gated, danger_fraction)))
+
+
+def read_declaration(directory: Path,
+                     use_default_policies: bool = True) -> tuple[Declaration, list[Problem]]:
+    """Resources and policies (defaults included unless disabled), with every problem."""
     desired, problems = load_repository(directory)
+    defaults: list[Located] = []
+    if use_default_policies:
+        defaults, default_problems = default_policies()
+        problems = problems + default_problems
+    rules, rule_problems = compile_policies(effective_policies(desired.policies, defaults))
+    return Declaration(desired, rules), problems + rule_problems
+
+
+def load(directory: Path, use_default_policies: bool = True) -> Declaration:
+    """The declaration, or InvalidDeclaration listing every problem."""
+    declaration, problems = read_declaration(directory, use_default_policies)
     if problems:
         raise InvalidDeclaration(problems)
-    return desired
+    return declaration
 
 
-def validate(directory: Path, now: datetime) -> list[Problem]:
-    """Schema, references, templates, device keys and CSRs: every problem, nothing applied."""
-    desired, problems = load_repository(directory)
+def validate(directory: Path, now: datetime,
+             use_default_policies: bool = True) -> tuple[list[Problem], list[Finding]]:
+    """Schema, references, templates, device keys, CSRs and policies; nothing applied."""
+    declaration, problems = read_declaration(directory, use_default_policies)
     if problems:
-        return problems
-    return list(make_plan(desired, Observed(), now).problems)
+        return problems, []
+    planned = declaration.plan(Observed(), now)
+    return list(planned.problems), list(planned.findings)
 
 
-def plan(directory: Path, state: StateDir, now: datetime,
-         max_revocations: int | None = None) -> Plan:
+def plan(directory: Path, state: StateDir, now: datetime, max_revocations: int | None = None,
+         use_default_policies: bool = True, danger_fraction: float = DANGER_FRACTION) -> Plan:
     """Plan against the inventory (read-only; an absent state directory is empty)."""
-    desired = load(directory)
+    declaration = load(directory, use_default_policies)
     if not state.exists():
-        return make_plan(desired, Observed(), now, max_revocations)
+        return declaration.plan(Observed(), now, max_revocations, danger_fraction)
     with state.inventory() as inventory:
-        return make_plan(desired, observe(inventory, desired, now), now, max_revocations)
+        return declaration.plan(observe(inventory, declaration.desired, now), now,
+                                max_revocations, danger_fraction)
+
+
+def plan_change(directory: Path, base: Path, now: datetime, max_revocations: int | None = None,
+                use_default_policies: bool = True,
+                danger_fraction: float = DANGER_FRACTION) -> Plan:
+    """What the head declaration changes relative to the base declaration, as if the base had
+    been applied: the pull-request view. Policies are the head's."""
+    head = load(directory, use_default_policies)
+    try:
+        before = load(base, use_default_policies)
+    except InvalidDeclaration as exc:
+        raise InvalidDeclaration(
+            [replace(p, file=f"(base) {p.file}") for p in exc.problems]) from None
+    return head.plan(as_if_applied(before.desired, now), now, max_revocations, danger_fraction)
+
+
+@contextmanager
+def checkout_of(directory: Path, ref: str) -> Iterator[Path]:
+    """The same directory of the repository at `ref`, exported to a temporary directory (the
+    repository, its index and work tree are not touched)."""
+    root = git_root(directory)
+    if root is None:
+        raise InvalidDeclaration([Problem(str(directory), "--base needs DIR inside a git "
+                                          "repository (or use --base-dir)")])
+    repository = git.Repo(root)
+    try:
+        repository.commit(ref)
+    except (git.BadName, ValueError):
+        raise InvalidDeclaration([Problem(str(directory), f"--base: unknown git revision "
+                                          f"{ref!r}")]) from None
+    subdirectory = directory.resolve().relative_to(root)
+    with tempfile.TemporaryDirectory(prefix="fleetpki-base-") as temporary:
+        archive = Path(temporary) / "base.tar"
+        with open(archive, "wb") as handle:
+            repository.archive(handle, treeish=ref, format="tar")
+        with tarfile.open(archive) as tar:
+            tar.extractall(Path(temporary) / "tree", filter="data")
+        yield Path(temporary) / "tree" / subdirectory
 
 
 @dataclass
@@ -132,14 +210,15 @@ def _head(root: Path) -> str | None:
 def apply(directory: Path, state: StateDir, now: datetime, *,
           max_revocations: int | None = None, allow_mass_revocation: bool = False,
           write_status: bool = True, status_branch: str = STATUS_BRANCH,
-          progress: Progress = lambda n: None) -> ApplyReport:
+          progress: Progress = lambda n: None, use_default_policies: bool = True) -> ApplyReport:
     """Converge, then write status to the status branch (when in a git repository).
 
     Invalid declarations and refused plans still write `Stalled` status, then re-raise.
     """
     root = git_root(directory) if write_status else None
     with state.lock(), state.inventory() as inventory:
-        desired, problems = load_repository(directory)
+        declaration, problems = read_declaration(directory, use_default_policies)
+        desired = declaration.desired
         outcome = Outcome(problems=list(problems))
         the_plan = Plan(())
         result = ApplyResult()
@@ -147,8 +226,9 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
             if problems:
                 raise InvalidDeclaration(problems)
             keystore = state.keystore()
-            the_plan = make_plan(desired, observe(inventory, desired, now), now, max_revocations)
+            the_plan = declaration.plan(observe(inventory, desired, now), now, max_revocations)
             outcome.problems.extend(the_plan.problems)
+            outcome.findings.extend(the_plan.findings)
             if root is not None:
                 refuse_unknown_new_cas(the_plan, read_status_branch(root, status_branch), state)
             result = execute(the_plan, desired, inventory, keystore, state.public_dir, now,

@@ -11,9 +11,10 @@ from controller.api.resources import KINDS
 GROUP = "fleetpki.io"
 VERSION = "v1alpha1"
 PLURALS = {"CertificateAuthority": "certificateauthorities",
-           "CertificateProfile": "certificateprofiles", "DeviceFleet": "devicefleets"}
+           "CertificateProfile": "certificateprofiles", "DeviceFleet": "devicefleets",
+           "CertificatePolicy": "certificatepolicies"}
 SHORT_NAMES = {"CertificateAuthority": ["fca"], "CertificateProfile": ["fcp"],
-               "DeviceFleet": ["fleet"]}
+               "DeviceFleet": ["fleet"], "CertificatePolicy": ["fcpol"]}
 _READY = {"name": "Ready", "type": "string",
           "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}
 _AGE = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
@@ -29,6 +30,10 @@ COLUMNS: dict[str, list[dict[str, str]]] = {
         {"name": "Algorithm", "type": "string", "jsonPath": ".spec.keyAlgorithm"},
         {"name": "KeyGeneration", "type": "string", "jsonPath": ".spec.keyGeneration"},
         {"name": "Duration", "type": "string", "jsonPath": ".spec.duration"},
+        _AGE,
+    ],
+    "CertificatePolicy": [
+        {"name": "Disabled", "type": "boolean", "jsonPath": ".spec.disabled"},
         _AGE,
     ],
     "DeviceFleet": [

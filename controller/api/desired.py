@@ -38,6 +38,7 @@ class Desired:
     authorities: dict[str, Located] = field(default_factory=dict)
     profiles: dict[str, Located] = field(default_factory=dict)
     fleets: dict[str, FleetDecl] = field(default_factory=dict)
+    policies: dict[str, Located] = field(default_factory=dict)
 
     def authority(self, name: str) -> CertificateAuthority:
         resource = self.authorities[name].resource
@@ -112,9 +113,10 @@ def cross_check(
     authorities: dict[str, Located] = {}
     profiles: dict[str, Located] = {}
     fleet_objs: dict[str, Located] = {}
+    policies: dict[str, Located] = {}
     for item in located:
         target = {"CertificateAuthority": authorities, "CertificateProfile": profiles,
-                  "DeviceFleet": fleet_objs}[item.resource.kind]
+                  "DeviceFleet": fleet_objs, "CertificatePolicy": policies}[item.resource.kind]
         _add(target, item, problems)
 
     for name, item in authorities.items():
@@ -169,4 +171,4 @@ def cross_check(
             profile = profile_item.resource
             assert isinstance(profile, CertificateProfile)
             fleets[name] = FleetDecl(item, devices, lines, fleet_hash(fleet, devices, profile))
-    return Desired(authorities, profiles, fleets), problems
+    return Desired(authorities, profiles, fleets, policies), problems

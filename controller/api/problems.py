@@ -37,6 +37,27 @@ class Problem:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """A rule that did not hold for an object (and device)."""
+
+    policy: str
+    rule: str
+    action: str  # "deny" | "warn"
+    message: str
+    object: str  # "Kind/name"
+    device: str | None = None
+
+    def __str__(self) -> str:
+        target = self.object + (f" device {self.device}" if self.device else "")
+        return f"{self.action}: {target}: {self.policy}/{self.rule}: {self.message}"
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {"policy": self.policy, "rule": self.rule, "action": self.action,
+                "message": self.message, "object": self.object}
+        return data | ({"device": self.device} if self.device else {})
+
+
 class InvalidDeclaration(Exception):
     """Raised when the declaration has problems; nothing may be applied."""
 

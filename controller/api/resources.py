@@ -230,6 +230,40 @@ class DeviceFleetSpec(Model):
     deletionPolicy: Literal["Revoke", "Orphan"] = "Revoke"
 
 
+class PolicySelector(Model):
+    """Which objects a policy applies to; every field given must match (empty: all)."""
+
+    fleets: list[str] = []
+    profiles: list[str] = []
+    authorities: list[str] = []
+    matchLabels: dict[str, str] = {}
+
+
+class PolicyRule(Model):
+    """A CEL expression that must hold; `deny` blocks the action, `warn` only reports."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
+    expression: Annotated[str, Field(min_length=1, max_length=4096)]
+    action: Literal["deny", "warn"] = "deny"
+    message: Annotated[str, Field(min_length=1, max_length=1024)]
+
+
+class CertificatePolicySpec(Model):
+    selector: PolicySelector = PolicySelector()
+    disabled: bool = False
+    rules: list[PolicyRule] = []
+
+    @model_validator(mode="after")
+    def _check(self) -> CertificatePolicySpec:
+        names = [r.name for r in self.rules]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"rules: duplicate rule name(s) {duplicates}")
+        if not self.rules and not self.disabled:
+            raise ValueError("rules: a policy needs at least one rule (or disabled: true)")
+        return self
+
+
 class Resource(Model):
     apiVersion: Literal["fleetpki.io/v1alpha1"] = "fleetpki.io/v1alpha1"
     kind: str
@@ -261,8 +295,16 @@ class DeviceFleet(Resource):
     spec: DeviceFleetSpec
 
 
+class CertificatePolicy(Resource):
+    """Rules (CEL) over authorities, profiles, fleets and devices; see docs/policies.md."""
+
+    kind: Literal["CertificatePolicy"] = "CertificatePolicy"
+    spec: CertificatePolicySpec
+
+
 KINDS: dict[str, type[Resource]] = {
     "CertificateAuthority": CertificateAuthority,
     "CertificateProfile": CertificateProfile,
     "DeviceFleet": DeviceFleet,
+    "CertificatePolicy": CertificatePolicy,
 }

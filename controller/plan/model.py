@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Literal
 
-from controller.api.problems import Problem
+from controller.api.problems import Finding, Problem
 from controller.plan.intents import DeviceIntent
 
 ActionName = Literal["create-ca", "renew-ca", "issue", "renew", "rekey", "revoke", "publish-crl"]
@@ -99,6 +99,14 @@ class Plan:
     mass_revocations: tuple[MassRevocation, ...] = ()
     intents: dict[tuple[str, str], DeviceIntent] = field(default_factory=dict, repr=False)
     completed_fleets: dict[str, str] = field(default_factory=dict)  # fleet -> content hash
+    fleet_sizes: dict[str, int] = field(default_factory=dict)  # active certificates before
+    findings: tuple[Finding, ...] = ()  # policy results (deny and warn)
+    denied: tuple[Action, ...] = ()  # actions a deny finding removed
+    dangers: tuple[str, ...] = ()  # what a reviewer must not miss (see plan/dangers.py)
+
+    @property
+    def denies(self) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.action == "deny")
 
     @property
     def has_changes(self) -> bool:
@@ -110,4 +118,7 @@ class Plan:
         summary["total"] = len(self.actions)
         summary["problems"] = len(self.problems)
         summary["warnings"] = len(self.warnings)
+        summary["denied"] = len(self.denied)
+        summary["policyDenies"] = len(self.denies)
+        summary["policyWarnings"] = len(self.findings) - len(self.denies)
         return summary

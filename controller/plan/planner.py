@@ -149,6 +149,7 @@ def plan(desired: Desired, observed: Observed, now: datetime,
     intents: dict[tuple[str, str], DeviceIntent] = {}
     mass: list[MassRevocation] = []
     completed: dict[str, str] = {}
+    sizes: dict[str, int] = {}
     revoking_cas: set[str] = set()
     for name in sorted(desired.fleets):
         decl = desired.fleets[name]
@@ -156,6 +157,7 @@ def plan(desired: Desired, observed: Observed, now: datetime,
             warnings.append(f"DeviceFleet/{name} is suspended: no changes planned")
             continue
         seen = observed.fleets.get(name) or FleetObserved(None, {})
+        sizes[name] = seen.active_count
         planner = _FleetPlanner(decl, desired, seen, now_s)
         planner.run()
         revocations = [a for a in planner.actions if a.action == "revoke"]
@@ -196,4 +198,4 @@ def plan(desired: Desired, observed: Observed, now: datetime,
             crl_actions.append(Action("publish-crl", CA_KIND, name, reason))
 
     return Plan(tuple(ca_actions + device_actions + crl_actions), tuple(problems),
-                tuple(warnings), tuple(mass), intents, completed)
+                tuple(warnings), tuple(mass), intents, completed, sizes)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 
+from controller.api.problems import Finding
 from controller.plan.model import ACTION_NAMES, Action, Plan
 
 SHOWN_PER_GROUP = 20
@@ -13,32 +14,49 @@ SYMBOLS = {"create-ca": "+", "renew-ca": "~", "issue": "+", "renew": "~", "rekey
            "revoke": "-", "publish-crl": "*"}
 
 
-def _groups(plan: Plan) -> dict[tuple[str, str, str], list[Action]]:
+def _groups(actions: tuple[Action, ...]) -> dict[tuple[str, str, str], list[Action]]:
     groups: dict[tuple[str, str, str], list[Action]] = defaultdict(list)
-    for action in plan.actions:
+    for action in actions:
         groups[(action.kind, action.name, action.action)].append(action)
+    return groups
+
+
+def _finding_groups(findings: tuple[Finding, ...]) -> dict[tuple[str, str, str, str],
+                                                           list[Finding]]:
+    groups: dict[tuple[str, str, str, str], list[Finding]] = defaultdict(list)
+    for finding in findings:
+        key = (finding.action, f"{finding.policy}/{finding.rule}", finding.object,
+               finding.message)
+        groups[key].append(finding)
     return groups
 
 
 def _summary_line(plan: Plan) -> str:
     summary = plan.summary()
     parts = [f"{summary[name]} {name}" for name in ACTION_NAMES if summary[name]]
-    return "Plan: " + (", ".join(parts) if parts else "no changes") + "."
+    line = "Plan: " + (", ".join(parts) if parts else "no changes") + "."
+    if plan.denied:
+        line += f" {len(plan.denied)} denied by policy."
+    return line
 
 
 def as_json(plan: Plan) -> str:
-    """`{"actions": [...], "summary": {...}, "problems": [...], "warnings": [...]}`."""
+    """`{"actions": [...], "summary": {...}, "dangers", "policy", "denied", "problems",
+    "warnings"}`; see README for the contract."""
     return json.dumps({
         "actions": [a.as_dict() for a in plan.actions],
         "summary": plan.summary(),
+        "dangers": list(plan.dangers),
+        "policy": [f.as_dict() for f in plan.findings],
+        "denied": [a.as_dict() for a in plan.denied],
         "problems": [p.as_dict() for p in plan.problems],
         "warnings": list(plan.warnings),
-    }, indent=2)
+    }, indent=2) + "\n"
 
 
 def as_text(plan: Plan, shown: int = SHOWN_PER_GROUP) -> str:
-    lines = []
-    for (kind, name, action), actions in _groups(plan).items():
+    lines = [f"  !! danger: {d}" for d in plan.dangers]
+    for (kind, name, action), actions in _groups(plan.actions).items():
         symbol = SYMBOLS[action]
         for item in actions[:shown]:
             target = f"{kind}/{name}" + (f" device {item.device}" if item.device else "")
@@ -48,28 +66,63 @@ def as_text(plan: Plan, shown: int = SHOWN_PER_GROUP) -> str:
                          "more")
     lines += [f"  ! warning: {w}" for w in plan.warnings]
     lines += [f"  x problem: {p}" for p in plan.problems]
-    return "\n".join([*lines, _summary_line(plan)])
+    for (_, _, _, _), findings in _finding_groups(plan.findings).items():
+        lines += [f"  x policy {f}" for f in findings[:shown]]
+        if len(findings) > shown:
+            lines.append(f"  x policy {findings[0].action}: ... and {len(findings) - shown} "
+                         f"more for {findings[0].policy}/{findings[0].rule}")
+    if plan.denied:
+        lines.append(f"  x {len(plan.denied)} action(s) denied by policy will not be applied")
+    return "\n".join([*lines, _summary_line(plan)]) + "\n"
+
+
+def _devices(items: list[Action] | list[Finding], shown: int) -> str:
+    devices = [f"`{i.device}`" for i in items[:shown] if i.device]
+    more = f" … +{len(items) - shown}" if len(items) > shown and devices else ""
+    return ", ".join(devices) + more
 
 
 def as_markdown(plan: Plan, shown: int = SHOWN_PER_GROUP) -> str:
-    lines = ["### fleetpki plan", "", _summary_line(plan), ""]
-    if plan.actions:
-        lines += ["| object | action | count | first devices |", "|---|---|---:|---|"]
-        groups = list(_groups(plan).items())
+    """GitHub-flavoured: summary, dangers, changes per object, policy results, problems."""
+    denies = len(plan.denies)
+    verdict = ("❌ policy denies this change" if denies else
+               "❌ the declaration has problems" if plan.problems else
+               "🚨 review the dangers below" if plan.dangers else "✅ no policy denials")
+    lines = ["### fleetpki plan", "", f"**{_summary_line(plan)}** {verdict}", ""]
+    if plan.dangers:
+        lines += ["#### Dangers", ""] + [f"- 🚨 {d}" for d in plan.dangers] + [""]
+    groups = list(_groups(plan.actions).items())
+    if groups:
+        lines += ["#### Changes", "", "| object | action | count | first devices |",
+                  "|---|---|---:|---|"]
         for (kind, name, action), actions in groups[:MARKDOWN_ROWS]:
-            devices = [f"`{a.device}`" for a in actions[:shown] if a.device]
-            more = f" … +{len(actions) - shown}" if len(actions) > shown and devices else ""
             lines.append(f"| {kind}/{name} | {action} | {len(actions)} | "
-                         f"{', '.join(devices)}{more} |")
+                         f"{_devices(actions, shown)} |")
         if len(groups) > MARKDOWN_ROWS:
             rest = sum(len(actions) for _, actions in groups[MARKDOWN_ROWS:])
             lines.append(f"| … {len(groups) - MARKDOWN_ROWS} more rows | | {rest} | "
                          "see `fleetpki plan -o json` |")
+        lines.append("")
+    finding_groups = list(_finding_groups(plan.findings).items())
+    if finding_groups:
+        lines += ["#### Policy", "", "| result | rule | object | count | message | first devices |",
+                  "|---|---|---|---:|---|---|"]
+        for (action, rule, target, message), findings in finding_groups[:MARKDOWN_ROWS]:
+            icon = "❌ deny" if action == "deny" else "⚠️ warn"
+            lines.append(f"| {icon} | `{rule}` | {target} | {len(findings)} | {message} | "
+                         f"{_devices(findings, shown)} |")
+        if len(finding_groups) > MARKDOWN_ROWS:
+            lines.append(f"| … {len(finding_groups) - MARKDOWN_ROWS} more rows | | | | | |")
+        lines.append("")
     if plan.warnings:
-        lines += ["", "**Warnings**", ""] + [f"- ⚠️ {w}" for w in plan.warnings]
+        lines += ["#### Warnings", ""] + [f"- ⚠️ {w}" for w in plan.warnings[:MARKDOWN_ROWS]]
+        lines.append("")
     if plan.problems:
-        lines += ["", "**Problems**", ""] + [f"- ❌ `{p}`" for p in plan.problems[:100]]
-    return "\n".join(lines) + "\n"
+        lines += ["#### Problems", ""] + [f"- ❌ `{p}`" for p in plan.problems[:MARKDOWN_ROWS]]
+        if len(plan.problems) > MARKDOWN_ROWS:
+            lines.append(f"- … and {len(plan.problems) - MARKDOWN_ROWS} more")
+        lines.append("")
+    return "\n".join(lines)
 
 
 RENDERERS = {"text": as_text, "markdown": as_markdown, "json": as_json}

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from controller.api.desired import Desired
-from controller.api.problems import Problem
+from controller.api.problems import Finding, Problem
 from controller.api.resources import API_VERSION
 from controller.clock import epoch, rfc3339
 from controller.status.conditions import summarize
@@ -25,6 +25,7 @@ class Outcome:
     """What happened in this run, for status: problems per object, a refusal, counts."""
 
     problems: list[Problem] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
     refusal: str | None = None
     failed_devices: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
@@ -77,7 +78,10 @@ def build_status(desired: Desired, inventory: Inventory, outcome: Outcome,
                 status["crl"] = {"number": crl.number, "thisUpdate": rfc3339(crl.this_update),
                                  "nextUpdate": rfc3339(crl.next_update), "entries": crl.entries}
         problems = by_object.get(f"CertificateAuthority/{name}", [])
-        stalled = problems[0].message if problems else outcome.refusal
+        denies = [f for f in outcome.findings
+                  if f.object == f"CertificateAuthority/{name}" and f.action == "deny"]
+        stalled = (problems[0].message if problems else
+                   _denied(denies) if denies else outcome.refusal)
         pending = None if record is not None else "CA not yet created"
         conditions = summarize((before.get("status") or {}).get("conditions", []),
                                stalled=stalled, reconciling=pending,
@@ -90,12 +94,16 @@ def build_status(desired: Desired, inventory: Inventory, outcome: Outcome,
         before = _load(previous, path)
         counts = inventory.fleet_counts(name, epoch(now))
         problems = by_object.get(f"DeviceFleet/{name}", [])
-        attention = [{"device": p.device, "reason": p.message}
-                     for p in problems[:ATTENTION_LIMIT] if p.device]
+        findings = [f for f in outcome.findings if f.object == f"DeviceFleet/{name}"]
+        denies = [f for f in findings if f.action == "deny"]
+        attention = ([{"device": p.device, "reason": p.message} for p in problems if p.device] +
+                     [{"device": f.device, "reason": f"policy {f.policy}/{f.rule}: {f.message}"}
+                      for f in findings if f.device])[:ATTENTION_LIMIT]
         declared = sum(1 for d in decl.devices if d.revoked is None)
         spec = decl.fleet.spec
         stalled = (f"{len(problems)} device declaration(s) cannot be issued: "
-                   f"{problems[0].message}" if problems else outcome.refusal)
+                   f"{problems[0].message}" if problems else
+                   _denied(denies) if denies else outcome.refusal)
         missing = max(declared - counts["active"], 0) if not spec.decommissioned else 0
         pending = None
         if spec.suspend:
@@ -109,6 +117,10 @@ def build_status(desired: Desired, inventory: Inventory, outcome: Outcome,
         }
         if attention:
             status["attention"] = attention
+        warnings = sorted({f"{f.policy}/{f.rule}: {f.message}" for f in findings
+                           if f.action == "warn"})
+        if warnings:
+            status["policyWarnings"] = warnings[:ATTENTION_LIMIT]
         conditions = summarize((before.get("status") or {}).get("conditions", []),
                                stalled=stalled, reconciling=pending,
                                ready_message=f"{counts['active']} device certificate(s) current",
@@ -116,6 +128,12 @@ def build_status(desired: Desired, inventory: Inventory, outcome: Outcome,
         files[path] = _document("DeviceFleet", name, {**status, "conditions": conditions},
                                 before, commit)
     return files
+
+
+def _denied(denies: list[Finding]) -> str:
+    first = denies[0]
+    return (f"{len(denies)} policy denial(s); first: {first.policy}/{first.rule}: "
+            f"{first.message}" + (f" (device {first.device})" if first.device else ""))
 
 
 def _reason(stalled: str | None, pending: str | None) -> str:

@@ -12,7 +12,7 @@ import yaml
 from controller.api.crds import render_crds
 
 CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
-KINDS = {"CertificateAuthority", "CertificateProfile", "DeviceFleet"}
+KINDS = {"CertificateAuthority", "CertificateProfile", "DeviceFleet", "CertificatePolicy"}
 # Keywords of apiextensions.k8s.io/v1 JSONSchemaProps; anything else is an unknown field that
 # the API server rejects (strict field validation) or drops.
 K8S_SCHEMA_KEYWORDS = {
@@ -62,7 +62,7 @@ def all_dicts(node: Any) -> Iterator[dict[str, Any]]:
             yield from all_dicts(value)
 
 
-def test_three_crds_with_status_subresource_and_printer_columns() -> None:
+def test_one_crd_per_kind_with_status_subresource_and_printer_columns() -> None:
     found = crds()
     assert set(found) == KINDS
     for kind, crd in found.items():
@@ -110,6 +110,10 @@ def test_spec_schema_follows_the_models(kind: str) -> None:
     elif kind == "CertificateProfile":
         assert spec["properties"]["keyGeneration"]["enum"] == ["server", "device"]
         assert "pattern" in spec["properties"]["renewBefore"]
+    elif kind == "CertificatePolicy":
+        rule = spec["properties"]["rules"]["items"]
+        assert rule["properties"]["action"]["enum"] == ["deny", "warn"]
+        assert set(rule["required"]) == {"name", "expression", "message"}
     else:
         device = spec["properties"]["devices"]["items"]
         assert device["required"] == ["id"]

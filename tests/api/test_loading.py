@@ -39,7 +39,7 @@ def test_minimal_repo_loads_without_problems(make_repo: MakeRepo) -> None:
     assert list(desired.profiles) == ["client"]
     assert [d.id for d in desired.fleets["sensors"].devices] == ["dev-1", "dev-2"]
     assert desired.authorities_in_order() == ["root", "issuing"]
-    assert validate(make_repo(), NOW) == []
+    assert validate(make_repo(), NOW, use_default_policies=False)[0] == []
 
 
 def test_example_repo_is_valid() -> None:
@@ -48,7 +48,7 @@ def test_example_repo_is_valid() -> None:
     rows = (EXAMPLE_REPO / "fleets" / "sensors.csv").read_text().strip().splitlines()
     assert len(desired.fleets["sensors"].devices) == len(rows) - 1 >= 1000
     assert desired.fleets["sensors"].device_lines["sensor-0001"] == ("fleets/sensors.csv", 2)
-    assert validate(EXAMPLE_REPO, NOW) == []
+    assert validate(EXAMPLE_REPO, NOW) == ([], [])  # default policies included
 
 
 def test_documents_of_other_apis_and_empty_documents_are_ignored(make_repo: MakeRepo) -> None:
@@ -411,7 +411,7 @@ def test_missing_label_is_a_plan_time_problem_naming_the_device(make_repo: MakeR
     fleet = fleet_with(devices="    - id: dev-1\n      labels: {site: berlin}\n    - id: dev-2\n")
     repo = make_repo({"profiles.yaml": profile, FLEET_FILE: fleet})
     assert load_repository(repo)[1] == []  # the declaration itself is fine
-    problems = validate(repo, NOW)
+    problems = validate(repo, NOW, use_default_policies=False)[0]
     problem = only(problems)
     assert problem.device == "dev-2"
     assert (problem.file, problem.object, problem.field) == (FLEET_FILE, "DeviceFleet/sensors",
@@ -425,18 +425,20 @@ def test_missing_label_of_a_csv_device_points_at_the_csv_line(make_repo: MakeRep
     csv_text = "id,labels.site\ns-1,x\ns-2,\n"
     repo = make_repo({"profiles.yaml": profile, FLEET_FILE: with_source("s.csv", ""),
                       "s.csv": csv_text})
-    problem = only(validate(repo, NOW))
+    problem = only(validate(repo, NOW, use_default_policies=False)[0])
     assert (problem.file, problem.line, problem.device) == ("s.csv", 3, "s-2")
 
 
 def test_validate_reports_device_key_problems(make_repo: MakeRepo) -> None:
     profile = PROFILE.replace("duration:", "keyGeneration: device\n  duration:")
-    problems = validate(make_repo({"profiles.yaml": profile}), NOW)
+    problems = validate(make_repo({"profiles.yaml": profile}), NOW,
+                        use_default_policies=False)[0]
     assert sorted((p.device, p.field) for p in problems) == [("dev-1", "csr"), ("dev-2", "csr")]
 
 
 def test_validate_stops_at_declaration_problems(make_repo: MakeRepo) -> None:
-    problems = validate(make_repo({FLEET_FILE: FLEET.replace("name: client", "name: x")}), NOW)
+    problems = validate(make_repo({FLEET_FILE: FLEET.replace("name: client", "name: x")}), NOW,
+                        use_default_policies=False)[0]
     assert [p.field for p in problems] == ["spec.profileRef.name"]
 
 

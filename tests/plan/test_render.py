@@ -44,7 +44,8 @@ def issues(count: int, fleets: int = 1) -> Plan:
 
 def test_json_contract() -> None:
     data = json.loads(as_json(sample_plan()))
-    assert set(data) == {"actions", "summary", "problems", "warnings"}
+    assert set(data) == {"actions", "summary", "dangers", "policy", "denied", "problems",
+                         "warnings"}
     assert [a["action"] for a in data["actions"]] == [
         "create-ca", "renew-ca", "revoke", "issue", "renew", "rekey", "publish-crl"]
     for entry in data["actions"]:
@@ -91,8 +92,8 @@ def test_markdown_has_a_table_row_per_object_and_action() -> None:
     assert "|---|---|---:|---|" in lines
     assert "| DeviceFleet/sensors | issue | 1 | `dev-1` |" in lines
     assert "| CertificateAuthority/root | create-ca | 1 |  |" in lines
-    assert "**Warnings**" in text and "DeviceFleet/old" in text
-    assert "**Problems**" in text and "s.csv:3: DeviceFleet/sensors: labels:" in text
+    assert "#### Warnings" in text and "DeviceFleet/old" in text
+    assert "#### Problems" in text and "s.csv:3: DeviceFleet/sensors: labels:" in text
 
 
 def test_markdown_without_changes_has_no_table() -> None:
@@ -151,7 +152,7 @@ def test_text_shows_exactly_twenty_without_a_tail() -> None:
 
 
 def test_text_without_changes() -> None:
-    assert as_text(Plan(())) == "Plan: no changes."
+    assert as_text(Plan(())) == "Plan: no changes.\n"
 
 
 def test_renderers_are_registered() -> None:

@@ -1,0 +1,42 @@
+"""The state a declaration would leave once applied: the baseline for reviewing a change.
+
+A pull request's CI usually has no inventory. Planning the head revision against the base
+revision "as if applied" shows exactly what the change does: new devices, re-issues forced by
+a profile change, revocations, CA changes — and none of the routine renewals or CRL refreshes.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from controller.api.desired import Desired
+from controller.clock import epoch
+from controller.plan.intents import IntentError, device_intent
+from controller.plan.model import CAObserved, CRLObserved, FleetObserved, Observed
+from controller.plan.planner import ca_intent
+
+FAR_FUTURE = 2**62  # "never due" in epoch seconds
+
+
+def as_if_applied(base: Desired, now: datetime) -> Observed:
+    """Every base CA current, every base device holding a certificate for its base intent."""
+    now_s = epoch(now)
+    authorities = {
+        name: CAObserved(f"base:{name}", ca_intent(base.authority(name)), FAR_FUTURE, FAR_FUTURE)
+        for name in base.authorities}
+    crls = {name: CRLObserved(now_s, FAR_FUTURE) for name in base.authorities}
+    fleets: dict[str, FleetObserved] = {}
+    for name, decl in base.fleets.items():
+        profile = base.profile(decl.fleet.spec.profileRef.name)
+        active: dict[str, tuple[str, str, int]] = {}
+        if not decl.fleet.spec.decommissioned:
+            for device in decl.devices:
+                if device.revoked is not None:
+                    continue
+                try:
+                    intent = device_intent(decl.fleet, profile, device)
+                except IntentError:
+                    continue  # never issued at base: the head plan shows it as new
+                active[device.id] = (f"base:{name}:{device.id}", intent.digest, FAR_FUTURE)
+        fleets[name] = FleetObserved(None, active, active_count=len(active))
+    return Observed(authorities, crls, fleets, frozenset(base.authorities))

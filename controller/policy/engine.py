@@ -1,0 +1,241 @@
+"""CertificatePolicy rules: CEL expressions (cel-python) over plain data, deny or warn.
+
+A rule's scope follows from the variables it uses: `device` -> once per device that would get a
+certificate; `fleet`/`profile` -> once per fleet; only `authority` -> once per CA. Durations are
+CEL `duration`s and `now` is a CEL `timestamp`, so `profile.duration <= duration("9552h")` works.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+import celpy
+from celpy import celtypes
+
+from controller.api.desired import Desired, FleetDecl
+from controller.api.loading import Located
+from controller.api.problems import Finding, Problem
+from controller.api.resources import (
+    CertificateAuthority,
+    CertificatePolicy,
+    CertificateProfile,
+    DeviceFleet,
+    PolicyRule,
+)
+from controller.pki import keys
+from controller.plan.intents import DeviceIntent
+from controller.plan.schedule import renew_before
+
+Scope = Literal["authority", "fleet", "device"]
+_STRINGS = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+_VARIABLE = re.compile(r"(?<![\w.])(device|fleet|profile|authority)\b")
+# cel-python's compiled runner is ~5x faster, but its has() macro yields a Python bool that
+# breaks `&&`/`!`; expressions using has() run on the (correct) interpreted runner.
+_COMPILED = celpy.Environment(runner_class=celpy.CompiledRunner)
+_INTERPRETED = celpy.Environment()
+
+
+def _program(expression: str) -> celpy.Runner:
+    environment = _INTERPRETED if "has(" in expression else _COMPILED
+    return environment.program(environment.compile(expression))
+
+
+@dataclass(frozen=True)
+class CompiledRule:
+    policy: Located
+    rule: PolicyRule
+    index: int
+    scope: Scope
+    program: celpy.Runner
+
+    @property
+    def ref(self) -> str:
+        return f"{self.policy.resource.name}/{self.rule.name}"
+
+
+def scope_of(expression: str) -> Scope:
+    names = set(_VARIABLE.findall(_STRINGS.sub("''", expression)))
+    if "device" in names:
+        return "device"
+    if names & {"fleet", "profile"} or not names:
+        return "fleet"
+    return "authority"
+
+
+def compile_policies(policies: Iterable[Located]) -> tuple[list[CompiledRule], list[Problem]]:
+    """Parse every enabled rule; a broken expression is a problem naming file and rule."""
+    rules: list[CompiledRule] = []
+    problems: list[Problem] = []
+    for item in policies:
+        policy = item.resource
+        assert isinstance(policy, CertificatePolicy)
+        if policy.spec.disabled:
+            continue
+        for index, rule in enumerate(policy.spec.rules):
+            try:
+                program = _program(rule.expression)
+            except Exception as exc:  # cel-python raises parser-specific types
+                where = (f"syntax error at line {exc.line}, column {exc.column}"
+                         if isinstance(exc, celpy.CELParseError) else type(exc).__name__)
+                problems.append(Problem(
+                    item.file, f"rule {rule.name!r}: invalid CEL expression ({where}): "
+                    f"{' '.join(rule.expression.split())}",
+                    item.line_of("spec", "rules", index, "expression"), item.ref,
+                    f"spec.rules[{index}].expression"))
+                continue
+            rules.append(CompiledRule(item, rule, index, scope_of(rule.expression), program))
+    return rules, problems
+
+
+def _cel(value: Any) -> Any:
+    """Plain data -> CEL values; timedeltas become durations, datetimes timestamps."""
+    if isinstance(value, timedelta):
+        return celtypes.DurationType(seconds=int(value.total_seconds()))
+    if isinstance(value, datetime):
+        return celtypes.TimestampType(value)
+    if isinstance(value, Mapping):
+        return celtypes.MapType({celtypes.StringType(k): _cel(v) for k, v in value.items()
+                                 if v is not None})
+    if isinstance(value, list | tuple):
+        return celtypes.ListType([_cel(v) for v in value])
+    if isinstance(value, bool):
+        return celtypes.BoolType(value)
+    if isinstance(value, int):
+        return celtypes.IntType(value)
+    return celtypes.StringType(str(value))
+
+
+def authority_data(ca: CertificateAuthority) -> dict[str, Any]:
+    spec = ca.spec
+    return {
+        "name": ca.name, "labels": ca.metadata.labels, "annotations": ca.metadata.annotations,
+        "type": spec.type, "parent": spec.parentRef.name if spec.parentRef else "",
+        "keyAlgorithm": spec.keyAlgorithm, "duration": spec.duration,
+        "renewBefore": renew_before(spec.duration, spec.renewBefore),
+        "pathLength": spec.pathLength, "subject": spec.subject.attributes(),
+        "crl": {"duration": spec.crl.duration, "distributionPoint": spec.crl.distributionPoint},
+        "ocspUrl": spec.ocsp.url if spec.ocsp else None,
+        "permittedDNSDomains": spec.nameConstraints.permittedDNSDomains
+        if spec.nameConstraints else [],
+    }
+
+
+def profile_data(profile: CertificateProfile) -> dict[str, Any]:
+    spec = profile.spec
+    return {
+        "name": profile.name, "labels": profile.metadata.labels,
+        "annotations": profile.metadata.annotations, "keyAlgorithm": spec.keyAlgorithm,
+        "keyGeneration": spec.keyGeneration, "duration": spec.duration,
+        "renewBefore": renew_before(spec.duration, spec.renewBefore), "usages": spec.usages,
+        "subject": spec.subject, "subjectAltNames": spec.subjectAltNames.model_dump(),
+        "rotationPolicy": spec.rotationPolicy,
+        "extensions": [e.model_dump() for e in spec.extensions],
+    }
+
+
+def fleet_data(decl: FleetDecl) -> dict[str, Any]:
+    fleet = decl.fleet
+    return {
+        "name": fleet.name, "labels": fleet.metadata.labels,
+        "annotations": fleet.metadata.annotations, "issuer": fleet.spec.issuerRef.name,
+        "profile": fleet.spec.profileRef.name, "deviceCount": len(decl.devices),
+        "suspend": fleet.spec.suspend, "decommissioned": fleet.spec.decommissioned,
+        "deletionPolicy": fleet.spec.deletionPolicy,
+    }
+
+
+def device_data(intent: DeviceIntent, labels: Mapping[str, str],
+                profile: CertificateProfile) -> dict[str, Any]:
+    sans: dict[str, list[str]] = {"dns": [], "uri": [], "ip": [], "email": []}
+    for kind, value in intent.sans:
+        sans[kind].append(value)
+    key = intent.device_public_key
+    return {
+        "id": intent.device_id, "labels": dict(labels), "subject": dict(intent.subject),
+        "dnsNames": sans["dns"], "uris": sans["uri"], "ipAddresses": sans["ip"],
+        "emailAddresses": sans["email"],
+        "keyAlgorithm": keys.key_algorithm_of(key) if key is not None
+        else profile.spec.keyAlgorithm,
+        "keyGeneration": profile.spec.keyGeneration,
+    }
+
+
+def _selected(policy: CertificatePolicy, fleet: DeviceFleet | None,
+              ca: CertificateAuthority) -> bool:
+    selector = policy.spec.selector
+    if selector.authorities and ca.name not in selector.authorities:
+        return False
+    if fleet is None:
+        labels = ca.metadata.labels
+    else:
+        if selector.fleets and fleet.name not in selector.fleets:
+            return False
+        if selector.profiles and fleet.spec.profileRef.name not in selector.profiles:
+            return False
+        labels = fleet.metadata.labels
+    return all(labels.get(k) == v for k, v in selector.matchLabels.items())
+
+
+def _activation(context: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: _cel(value) for name, value in context.items()}
+
+
+def _run(rule: CompiledRule, activation: dict[str, Any], target: str,
+         device: str | None) -> Finding | None:
+    policy = rule.policy.resource.name
+    try:
+        result = rule.program.evaluate(activation)
+    except Exception as exc:  # an evaluation error counts against the rule: fail closed
+        return Finding(policy, rule.rule.name, rule.rule.action,
+                       f"{rule.rule.message} (rule could not be evaluated: {exc})", target,
+                       device)
+    if isinstance(result, celtypes.BoolType | bool) and bool(result):
+        return None
+    if not isinstance(result, celtypes.BoolType | bool):
+        message = f"{rule.rule.message} (rule returned {type(result).__name__}, not a bool)"
+        return Finding(policy, rule.rule.name, rule.rule.action, message, target, device)
+    return Finding(policy, rule.rule.name, rule.rule.action, rule.rule.message, target, device)
+
+
+def evaluate(rules: list[CompiledRule], desired: Desired,
+             intents: Mapping[tuple[str, str], DeviceIntent], now: datetime) -> list[Finding]:
+    """Every rule over every object it selects; device rules over `intents` (the devices that
+    would get a certificate)."""
+    findings: list[Finding] = []
+    by_fleet: dict[str, list[DeviceIntent]] = {}
+    for (fleet_name, _), intent in sorted(intents.items()):
+        by_fleet.setdefault(fleet_name, []).append(intent)
+    for rule in rules:
+        policy = rule.policy.resource
+        assert isinstance(policy, CertificatePolicy)
+        if rule.scope == "authority":
+            for name in desired.authorities_in_order():
+                ca = desired.authority(name)
+                if _selected(policy, None, ca):
+                    activation = _activation({"authority": authority_data(ca), "now": now})
+                    found = _run(rule, activation, f"CertificateAuthority/{name}", None)
+                    findings += [found] if found else []
+            continue
+        for name, decl in sorted(desired.fleets.items()):
+            ca = desired.authority(decl.fleet.spec.issuerRef.name)
+            if not _selected(policy, decl.fleet, ca):
+                continue
+            profile = desired.profile(decl.fleet.spec.profileRef.name)
+            activation = _activation({"authority": authority_data(ca),
+                                      "profile": profile_data(profile),
+                                      "fleet": fleet_data(decl), "now": now})
+            if rule.scope == "fleet":
+                found = _run(rule, activation, f"DeviceFleet/{name}", None)
+                findings += [found] if found else []
+                continue
+            labels = {d.id: d.labels for d in decl.devices}
+            for intent in by_fleet.get(name, []):
+                data = device_data(intent, labels.get(intent.device_id, {}), profile)
+                found = _run(rule, {**activation, "device": _cel(data)}, f"DeviceFleet/{name}",
+                             intent.device_id)
+                findings += [found] if found else []
+    return findings

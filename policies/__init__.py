@@ -1,0 +1,1 @@
+"""The recommended default CertificatePolicy set, shipped as `controller.default_policies`."""
