@@ -14,10 +14,15 @@ SYMBOLS = {"create-ca": "+", "renew-ca": "~", "issue": "+", "renew": "~", "rekey
            "revoke": "-", "publish-crl": "*"}
 
 
-def _groups(actions: tuple[Action, ...]) -> dict[tuple[str, str, str], list[Action]]:
+def _groups(actions: tuple[Action, ...],
+            by_reason: bool = False) -> dict[tuple[str, str, str], list[Action]]:
+    """(kind, name, action) -> actions; `by_reason` splits revocations by RFC 5280 reason."""
     groups: dict[tuple[str, str, str], list[Action]] = defaultdict(list)
     for action in actions:
-        groups[(action.kind, action.name, action.action)].append(action)
+        label = action.action
+        if by_reason and action.revocation_reason:
+            label = f"{label} ({action.revocation_reason})"
+        groups[(action.kind, action.name, label)].append(action)
     return groups
 
 
@@ -91,7 +96,7 @@ def as_markdown(plan: Plan, shown: int = SHOWN_PER_GROUP) -> str:
     lines = ["### fleetpki plan", "", f"**{_summary_line(plan)}** {verdict}", ""]
     if plan.dangers:
         lines += ["#### Dangers", ""] + [f"- 🚨 {d}" for d in plan.dangers] + [""]
-    groups = list(_groups(plan.actions).items())
+    groups = list(_groups(plan.actions, by_reason=True).items())
     if groups:
         lines += ["#### Changes", "", "| object | action | count | first devices |",
                   "|---|---|---:|---|"]
