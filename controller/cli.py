@@ -339,6 +339,45 @@ def crds(out_dir: Annotated[Path, typer.Option("--out")] = Path("crds"),
         raise typer.Exit(1)
 
 
+@app.command()
+@handle_errors
+def schema(out_dir: Annotated[Path | None, typer.Option(
+               "--out", help="Write <Kind>.json files here (default: print to stdout).",
+               show_default=False)] = None,
+           check: Annotated[bool, typer.Option(
+               help="Exit 1 if the files in --out (default docs/schema) are stale.")] = False,
+           kind: Annotated[str | None, typer.Option(help="Only this kind.")] = None,
+           ) -> None:
+    """JSON Schemas (draft 2020-12) of whole documents, for editors and CI. Without --out:
+    one kind's schema, or an object of all of them by kind."""
+    from controller.api.resources import KINDS
+    from controller.api.schema import json_schema, render_schemas
+
+    if kind is not None and kind not in KINDS:
+        raise typer.BadParameter(f"unknown kind {kind!r}; known: {sorted(KINDS)}",
+                                 param_hint="--kind")
+    kinds = list(KINDS) if kind is None else [kind]
+    if out_dir is None and not check:
+        if kind is not None:
+            print(render_schemas(kinds)[f"{kind}.json"], end="")
+        else:
+            print(json.dumps({k: json_schema(k) for k in kinds}, indent=2, ensure_ascii=False))
+        return
+    target = Path("docs/schema") if out_dir is None else out_dir
+    stale = []
+    for name, text in render_schemas(kinds).items():
+        path = target / name
+        if path.exists() and path.read_text(encoding="utf-8") == text:
+            continue
+        stale.append(str(path))
+        if not check:
+            exports.write_file(path, text.encode())
+    for stale_path in stale:
+        out.print(("stale: " if check else "wrote ") + stale_path, highlight=False)
+    if check and stale:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     os.environ.setdefault("COLUMNS", "120")
     app(prog_name="fleetpki")
