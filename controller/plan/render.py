@@ -19,7 +19,7 @@ def _groups(actions: tuple[Action, ...],
     """(kind, name, action) -> actions; `by_reason` splits revocations by RFC 5280 reason."""
     groups: dict[tuple[str, str, str], list[Action]] = defaultdict(list)
     for action in actions:
-        label = action.action
+        label: str = action.action
         if by_reason and action.revocation_reason:
             label = f"{label} ({action.revocation_reason})"
         groups[(action.kind, action.name, label)].append(action)
