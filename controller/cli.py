@@ -325,10 +325,15 @@ def crds(out_dir: Annotated[Path, typer.Option("--out")] = Path("crds"),
          check: Annotated[bool, typer.Option(help="Exit 1 if the files are stale.")] = False,
          ) -> None:
     """Write the CRDs generated from the resource models."""
+    _write_generated(render_crds(), out_dir, check)
+
+
+def _write_generated(files: dict[str, str], target: Path, check: bool) -> None:
+    """Write generated files that differ (or, with `check`, list them and exit 1)."""
     stale = []
-    for name, text in render_crds().items():
-        path = out_dir / name
-        if path.exists() and path.read_text() == text:
+    for name, text in files.items():
+        path = target / name
+        if path.exists() and path.read_text(encoding="utf-8") == text:
             continue
         stale.append(str(path))
         if not check:
@@ -363,19 +368,8 @@ def schema(out_dir: Annotated[Path | None, typer.Option(
         else:
             print(json.dumps({k: json_schema(k) for k in kinds}, indent=2, ensure_ascii=False))
         return
-    target = Path("docs/schema") if out_dir is None else out_dir
-    stale = []
-    for name, text in render_schemas(kinds).items():
-        path = target / name
-        if path.exists() and path.read_text(encoding="utf-8") == text:
-            continue
-        stale.append(str(path))
-        if not check:
-            exports.write_file(path, text.encode())
-    for stale_path in stale:
-        out.print(("stale: " if check else "wrote ") + stale_path, highlight=False)
-    if check and stale:
-        raise typer.Exit(1)
+    _write_generated(render_schemas(kinds), Path("docs/schema") if out_dir is None else out_dir,
+                     check)
 
 
 def main() -> None:

@@ -151,21 +151,17 @@ def cross_check(
         fleet = item.resource
         assert isinstance(fleet, DeviceFleet)
         ok = True
-        if fleet.spec.issuerRef.name not in authorities:
-            if f"CertificateAuthority/{fleet.spec.issuerRef.name}" not in invalid:
-                problems.append(Problem(item.file, f"no CertificateAuthority named "
-                                        f"{fleet.spec.issuerRef.name!r}",
-                                        item.line_of("spec", "issuerRef", "name"), item.ref,
-                                        "spec.issuerRef.name"))
+        for field_name, kind, index in (("issuerRef", "CertificateAuthority", authorities),
+                                        ("profileRef", "CertificateProfile", profiles)):
+            target = getattr(fleet.spec, field_name).name
+            if target in index:
+                continue
             ok = False
+            if f"{kind}/{target}" not in invalid:  # already reported as invalid itself
+                problems.append(Problem(item.file, f"no {kind} named {target!r}",
+                                        item.line_of("spec", field_name, "name"), item.ref,
+                                        f"spec.{field_name}.name"))
         profile_item = profiles.get(fleet.spec.profileRef.name)
-        if profile_item is None:
-            if f"CertificateProfile/{fleet.spec.profileRef.name}" not in invalid:
-                problems.append(Problem(item.file, f"no CertificateProfile named "
-                                        f"{fleet.spec.profileRef.name!r}",
-                                        item.line_of("spec", "profileRef", "name"), item.ref,
-                                        "spec.profileRef.name"))
-            ok = False
         devices, lines = fleet_devices.get(name, ((), {}))
         if ok and profile_item is not None:
             profile = profile_item.resource
