@@ -312,7 +312,10 @@ def reconcile(repo: Annotated[str, typer.Option(help="Git URL or path of the fle
     from controller.sources.reconciler import Reconciler
 
     state = jobs.StateDir.resolve(state_dir)
-    period = parse_duration(interval)
+    try:
+        period = parse_duration(interval)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--interval") from None
     reconciler = Reconciler(repo, ref, state, path=path, push=push,
                             max_revocations=max_revocations)
     reconciler.run(period if not once else None, log=lambda m: err.print(m, markup=False,

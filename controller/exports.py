@@ -6,6 +6,7 @@ root), `ca.pem` (the root), `key.pem` (0600, only for server-generated keys).
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -97,6 +98,7 @@ def export_device_p12(inventory: Inventory, keystore: Callable[[], FileKeyStore]
 def export_fleet(inventory: Inventory, keystore: Callable[[], FileKeyStore], fleet: str,
                  out: Path, fmt: str, progress: Callable[[int], None] = lambda n: None) -> int:
     """Per device under `out/<device-id>/`; returns the number of devices exported."""
+    keystore = functools.cache(keystore)  # unlock (one scrypt derivation) once, not per device
     devices = sorted(inventory.active_devices(fleet))
     if not devices:
         raise ExportError(f"fleet {fleet!r} has no active certificates")
@@ -119,11 +121,16 @@ def crl_bytes(inventory: Inventory, ca: str, der: bool) -> bytes:
     generations = inventory.ca_generations(ca)
     if not generations:
         raise ExportError(f"no CertificateAuthority {ca!r} in the inventory")
+    if der:
+        current = next((g for g in generations if g.state == "active"), None)
+        crl = inventory.crl(current.serial) if current else None
+        if crl is None:
+            raise ExportError(f"the current certificate of CertificateAuthority {ca!r} has no "
+                              "CRL yet: run `fleetpki apply`")
+        return crl.der
     crls = [c for c in (inventory.crl(g.serial) for g in generations) if c is not None]
     if not crls:
         raise ExportError(f"CertificateAuthority {ca!r} has not published a CRL yet")
-    if der:
-        return crls[0].der
     return b"".join(crl_to_pem(x509.load_der_x509_crl(c.der)) for c in crls)
 
 

@@ -21,6 +21,7 @@ from controller.api.problems import Finding, InvalidDeclaration, Problem
 from controller.apply.executor import ApplyRefused, ApplyResult, Progress, execute
 from controller.apply.observe import observe
 from controller.clock import now_utc as now_utc  # part of the job API
+from controller.pki.errors import PKIError
 from controller.plan.baseline import as_if_applied
 from controller.plan.dangers import dangers
 from controller.plan.model import Observed, Plan
@@ -32,7 +33,7 @@ from controller.sources.repo import load_repository
 from controller.status.gitbranch import read_status_branch, write_status_branch
 from controller.status.report import Outcome, build_status, status_path
 from controller.stores.inventory import Inventory
-from controller.stores.keystore import FileKeyStore
+from controller.stores.keystore import FileKeyStore, KeyStoreError
 
 STATE_ENV = "FLEETPKI_STATE_DIR"
 STATUS_BRANCH = "fleetpki/status"
@@ -233,7 +234,7 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
                 refuse_unknown_new_cas(the_plan, read_status_branch(root, status_branch), state)
             result = execute(the_plan, desired, inventory, keystore, state.public_dir, now,
                              allow_mass_revocation=allow_mass_revocation, progress=progress)
-        except ApplyRefused as exc:
+        except (ApplyRefused, KeyStoreError, PKIError) as exc:
             outcome.refusal = str(exc)
             _write_status(root, desired, inventory, outcome, now, status_branch, "refused")
             raise

@@ -160,7 +160,8 @@ def plan(desired: Desired, observed: Observed, now: datetime,
         sizes[name] = seen.active_count
         planner = _FleetPlanner(decl, desired, seen, now_s)
         planner.run()
-        revocations = [a for a in planner.actions if a.action == "revoke"]
+        revocations = [a for a in planner.actions if a.action == "revoke"
+                       and not decl.fleet.spec.decommissioned]  # explicit: no limit
         limit = revocation_limit(seen.active_count, max_revocations)
         if len(revocations) > limit:
             mass.append(MassRevocation(name, len(revocations), limit))

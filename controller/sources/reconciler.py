@@ -15,7 +15,9 @@ import git
 from controller import jobs
 from controller.api.problems import InvalidDeclaration
 from controller.apply.executor import ApplyRefused
-from controller.status.gitbranch import push_status_branch
+from controller.pki.errors import PKIError
+from controller.status.gitbranch import StatusBranchError, push_status_branch
+from controller.stores.keystore import KeyStoreError
 
 
 class Reconciler:
@@ -79,6 +81,7 @@ class Reconciler:
         while not self.stopping.is_set():
             try:
                 self.once(log)
-            except (git.GitCommandError, jobs.StateLocked, OSError) as exc:
+            except (git.GitCommandError, jobs.StateLocked, StatusBranchError, KeyStoreError,
+                    PKIError, OSError) as exc:
                 log(f"reconcile failed, will retry: {exc}")
             self.stopping.wait(interval.total_seconds())

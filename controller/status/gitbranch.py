@@ -116,7 +116,8 @@ def _open_repo(repo_dir: Path) -> Repo:
 
 
 def _stderr(exc: GitCommandError) -> str:
-    return str(exc.stderr).strip().removeprefix("stderr: ").strip("'\n ")
+    text = str(exc.stderr).strip().removeprefix("stderr: ").strip()
+    return text[1:-1].strip() if len(text) > 1 and text[0] == text[-1] == "'" else text
 
 
 def _git(

@@ -142,8 +142,6 @@ def test_fleet_export_writes_every_device(applied_example: Applied, cli: Cli,
         spki_of_cert(out / "sensor-0002" / "cert.pem"), "every device has its own key"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: export fleet calls the keystore factory per device, "
-                   "re-deriving the scrypt KEK each time (~80 ms/device: 1,000 sensors ~85 s)")
 def test_fleet_export_unlocks_the_keystore_once(monkeypatch: pytest.MonkeyPatch, cli: Cli,
                                                 tmp_path: Path) -> None:
     repo = small_repo(tmp_path / "repo", device_ids("meter", 5))

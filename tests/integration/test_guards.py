@@ -147,14 +147,15 @@ def test_deleted_fleet_is_not_revoked_but_decommissioned_is(applied_example: App
     assert "gateways" not in cli("plan", repo, "--state-dir", state).stdout
 
 
-def test_decommissioning_a_large_fleet_needs_the_mass_revocation_flag(
+def test_decommissioning_a_large_fleet_is_explicit_and_needs_no_flag(
         applied_example: Applied, cli: Cli) -> None:
+    """`decommissioned: true` states the intent in the declaration itself, so the mass
+    revocation guard (meant for accidental deletions) does not apply; the plan flags it."""
     repo, state = applied_example
     set_spec(repo / "fleets" / "sensors.yaml", decommissioned=True)
-    refused = cli("apply", repo, "--state-dir", state, rc=1)
-    assert "--allow-mass-revocation" in one_line(refused.stderr)
-    assert len(active_serials(state, "sensors")) == 1000
-    cli("apply", repo, "--state-dir", state, "--allow-mass-revocation")
+    planned = cli("plan", repo, "--state-dir", state)
+    assert "danger: revokes 1000 of 1000 active certificates" in planned.stdout
+    cli("apply", repo, "--state-dir", state)
     assert active_serials(state, "sensors") == {}
     assert revoked_count(state) == 1000
     fleet_status = status_files(repo)["status/DeviceFleet/sensors.yaml"]["status"]

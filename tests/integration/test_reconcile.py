@@ -106,8 +106,6 @@ def test_state_lock_excludes_a_second_applier(cli_process: Cli, tmp_path: Path) 
     assert "2 issue" in cli("apply", repo, "--state-dir", state).stdout
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the reconcile loop only retries git/lock/OS errors; "
-                   "a StatusBranchError (failed push) or KeyStoreError ends the controller")
 def test_reconcile_loop_survives_a_rejected_push(cli_process: Cli, tmp_path: Path) -> None:
     cli = cli_process  # the real command, in a subprocess
     repo = small_repo(tmp_path / "repo", device_ids("meter", 2))
@@ -143,8 +141,6 @@ def test_apply_outside_git_writes_no_status(cli: Cli, tmp_path: Path) -> None:
                           check=False).returncode != 0
 
 
-@pytest.mark.xfail(strict=True, reason="bug: an invalid --interval escapes handle_errors and "
-                   "prints a ValueError traceback")
 def test_invalid_interval_is_a_clean_error(cli_process: Cli, tmp_path: Path) -> None:
     cli = cli_process  # the real command, in a subprocess
     failed = cli("reconcile", "--repo", tmp_path / "nowhere", "--interval", "5x",

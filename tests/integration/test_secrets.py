@@ -168,8 +168,6 @@ def test_no_private_key_in_git_or_output(applied_example: Applied, cli: Cli,
                 assert SECRET_MARKER.encode() not in data, file
 
 
-@pytest.mark.xfail(strict=True, reason="bug: an apply failing on the keystore (KeyStoreError, "
-                   "also PKIError) writes no status, so the status branch keeps saying Ready")
 def test_failed_apply_is_reported_on_the_status_branch(applied_example: Applied,
                                                        cli: Cli) -> None:
     repo, state = applied_example
