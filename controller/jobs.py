@@ -172,15 +172,15 @@ def checkout_of(directory: Path, ref: str) -> Iterator[Path]:
                                           "repository (or use --base-dir)")])
     repository = git.Repo(root)
     try:
-        repository.commit(ref)
-    except (git.BadName, ValueError):
+        commit = repository.git.rev_parse("--verify", "--quiet", f"{ref}^{{commit}}")
+    except git.GitCommandError:
         raise InvalidDeclaration([Problem(str(directory), f"--base: unknown git revision "
                                           f"{ref!r}")]) from None
     subdirectory = directory.resolve().relative_to(root)
     with tempfile.TemporaryDirectory(prefix="fleetpki-base-") as temporary:
         archive = Path(temporary) / "base.tar"
         with open(archive, "wb") as handle:
-            repository.archive(handle, treeish=ref, format="tar")
+            repository.archive(handle, treeish=commit, format="tar")
         with tarfile.open(archive) as tar:
             tar.extractall(Path(temporary) / "tree", filter="data")
         yield Path(temporary) / "tree" / subdirectory
@@ -230,6 +230,7 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
             the_plan = declaration.plan(observe(inventory, desired, now), now, max_revocations)
             outcome.problems.extend(the_plan.problems)
             outcome.findings.extend(the_plan.findings)
+            outcome.blocked_fleets.update(blocked_fleets(the_plan, desired))
             if root is not None:
                 refuse_unknown_new_cas(the_plan, read_status_branch(root, status_branch), state)
             result = execute(the_plan, desired, inventory, keystore, state.public_dir, now,
@@ -244,6 +245,15 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
         done = ", ".join(f"{k} {v}" for k, v in sorted(result.done.items())) or "no changes"
         commit = _write_status(root, desired, inventory, outcome, now, status_branch, done)
     return ApplyReport(the_plan, result, commit)
+
+
+def blocked_fleets(the_plan: Plan, desired: Desired) -> dict[str, str]:
+    """Fleets whose issuance a policy denial on their issuing CA (or its parents) removed."""
+    denied_cas = {a.name for a in the_plan.denied if a.kind == "CertificateAuthority"}
+    denied_cas |= {f.object.split("/", 1)[1] for f in the_plan.denies
+                   if f.object.startswith("CertificateAuthority/")}
+    return {name: decl.fleet.spec.issuerRef.name for name, decl in desired.fleets.items()
+            if decl.fleet.spec.issuerRef.name in denied_cas}
 
 
 def refuse_unknown_new_cas(the_plan: Plan, previous: dict[str, bytes], state: StateDir) -> None:

@@ -9,7 +9,8 @@ from controller.api.problems import Finding
 from controller.plan.model import ACTION_NAMES, Action, Plan
 
 SHOWN_PER_GROUP = 20
-MARKDOWN_ROWS = 100  # keeps a PR comment far below GitHub's 65,536-character limit
+MARKDOWN_ROWS = 100  # rows per table section
+MARKDOWN_LIMIT = 60_000  # characters; GitHub refuses comments over 65,536
 SYMBOLS = {"create-ca": "+", "renew-ca": "~", "issue": "+", "renew": "~", "rekey": "~",
            "revoke": "-", "publish-crl": "*"}
 
@@ -95,7 +96,10 @@ def as_markdown(plan: Plan, shown: int = SHOWN_PER_GROUP) -> str:
                "🚨 review the dangers below" if plan.dangers else "✅ no policy denials")
     lines = ["### fleetpki plan", "", f"**{_summary_line(plan)}** {verdict}", ""]
     if plan.dangers:
-        lines += ["#### Dangers", ""] + [f"- 🚨 {d}" for d in plan.dangers] + [""]
+        lines += ["#### Dangers", ""] + [f"- 🚨 {d}" for d in plan.dangers[:MARKDOWN_ROWS]]
+        if len(plan.dangers) > MARKDOWN_ROWS:
+            lines.append(f"- … and {len(plan.dangers) - MARKDOWN_ROWS} more")
+        lines.append("")
     groups = list(_groups(plan.actions, by_reason=True).items())
     if groups:
         lines += ["#### Changes", "", "| object | action | count | first devices |",
@@ -127,7 +131,16 @@ def as_markdown(plan: Plan, shown: int = SHOWN_PER_GROUP) -> str:
         if len(plan.problems) > MARKDOWN_ROWS:
             lines.append(f"- … and {len(plan.problems) - MARKDOWN_ROWS} more")
         lines.append("")
-    return "\n".join(lines)
+    return _truncated("\n".join(lines))
+
+
+def _truncated(text: str) -> str:
+    """Cut at a line boundary below MARKDOWN_LIMIT, saying where the rest is."""
+    if len(text) <= MARKDOWN_LIMIT:
+        return text
+    cut = text.rfind("\n", 0, MARKDOWN_LIMIT - 200)
+    return text[:cut] + "\n\n… truncated to stay within a PR comment; the full plan is " \
+        "`fleetpki plan -o json`.\n"
 
 
 RENDERERS = {"text": as_text, "markdown": as_markdown, "json": as_json}

@@ -7,7 +7,6 @@ CEL `duration`s and `now` is a CEL `timestamp`, so `profile.duration <= duration
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -15,6 +14,7 @@ from typing import Any, Literal
 
 import celpy
 from celpy import celtypes
+from lark import Tree
 
 from controller.api.desired import Desired, FleetDecl
 from controller.api.loading import Located
@@ -31,17 +31,33 @@ from controller.plan.intents import DeviceIntent
 from controller.plan.schedule import renew_before
 
 Scope = Literal["authority", "fleet", "device"]
-_STRINGS = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
-_VARIABLE = re.compile(r"(?<![\w.])(device|fleet|profile|authority)\b")
 # cel-python's compiled runner is ~5x faster, but its has() macro yields a Python bool that
 # breaks `&&`/`!`; expressions using has() run on the (correct) interpreted runner.
 _COMPILED = celpy.Environment(runner_class=celpy.CompiledRunner)
 _INTERPRETED = celpy.Environment()
+VARIABLES = ("device", "fleet", "profile", "authority")
 
 
-def _program(expression: str) -> celpy.Runner:
-    environment = _INTERPRETED if "has(" in expression else _COMPILED
-    return environment.program(environment.compile(expression))
+def _identifiers(tree: Tree) -> tuple[set[str], bool]:
+    """Top-level names an expression reads, and whether it uses the has() macro."""
+    names = {str(n.children[0]) for n in tree.iter_subtrees() if n.data == "ident"}
+    uses_has = any(n.data == "ident_arg" and str(n.children[0]) == "has"
+                   for n in tree.iter_subtrees())
+    return names, uses_has
+
+
+def _scope(names: set[str]) -> Scope:
+    if "device" in names:
+        return "device"
+    if names & {"fleet", "profile"} or not names & set(VARIABLES):
+        return "fleet"
+    return "authority"
+
+
+def scope_of(expression: str) -> Scope:
+    """`device` -> per device; `fleet`/`profile` (or nothing) -> per fleet; else per CA.
+    Read from the parsed expression, so names in strings or comments do not count."""
+    return _scope(_identifiers(_COMPILED.compile(expression))[0])
 
 
 @dataclass(frozen=True)
@@ -57,15 +73,6 @@ class CompiledRule:
         return f"{self.policy.resource.name}/{self.rule.name}"
 
 
-def scope_of(expression: str) -> Scope:
-    names = set(_VARIABLE.findall(_STRINGS.sub("''", expression)))
-    if "device" in names:
-        return "device"
-    if names & {"fleet", "profile"} or not names:
-        return "fleet"
-    return "authority"
-
-
 def compile_policies(policies: Iterable[Located]) -> tuple[list[CompiledRule], list[Problem]]:
     """Parse every enabled rule; a broken expression is a problem naming file and rule."""
     rules: list[CompiledRule] = []
@@ -77,7 +84,9 @@ def compile_policies(policies: Iterable[Located]) -> tuple[list[CompiledRule], l
             continue
         for index, rule in enumerate(policy.spec.rules):
             try:
-                program = _program(rule.expression)
+                tree = _COMPILED.compile(rule.expression)
+                names, uses_has = _identifiers(tree)
+                program = (_INTERPRETED if uses_has else _COMPILED).program(tree)
             except Exception as exc:  # cel-python raises parser-specific types
                 where = (f"syntax error at line {exc.line}, column {exc.column}"
                          if isinstance(exc, celpy.CELParseError) else type(exc).__name__)
@@ -87,7 +96,7 @@ def compile_policies(policies: Iterable[Located]) -> tuple[list[CompiledRule], l
                     item.line_of("spec", "rules", index, "expression"), item.ref,
                     f"spec.rules[{index}].expression"))
                 continue
-            rules.append(CompiledRule(item, rule, index, scope_of(rule.expression), program))
+            rules.append(CompiledRule(item, rule, index, _scope(names), program))
     return rules, problems
 
 
@@ -164,12 +173,18 @@ def device_data(intent: DeviceIntent, labels: Mapping[str, str],
     }
 
 
-def _selected(policy: CertificatePolicy, fleet: DeviceFleet | None,
-              ca: CertificateAuthority) -> bool:
+def _selected(policy: CertificatePolicy, fleet: DeviceFleet | None, ca: CertificateAuthority,
+              desired: Desired) -> bool:
+    """Whether the policy's selector picks this fleet (with its issuer `ca`), or, for CA-only
+    rules (`fleet` None), this CA; a fleet/profile selector picks the CAs issuing to them."""
     selector = policy.spec.selector
     if selector.authorities and ca.name not in selector.authorities:
         return False
     if fleet is None:
+        if selector.fleets or selector.profiles:
+            return any(_selected(policy, decl.fleet, ca, desired)
+                       for decl in desired.fleets.values()
+                       if decl.fleet.spec.issuerRef.name == ca.name)
         labels = ca.metadata.labels
     else:
         if selector.fleets and fleet.name not in selector.fleets:
@@ -178,6 +193,19 @@ def _selected(policy: CertificatePolicy, fleet: DeviceFleet | None,
             return False
         labels = fleet.metadata.labels
     return all(labels.get(k) == v for k, v in selector.matchLabels.items())
+
+
+def _reason(error: BaseException) -> str:
+    """The innermost message of cel-python's nested error tuples."""
+    text = str(error)
+    pending: list[object] = list(error.args)
+    while pending:
+        item = pending.pop(0)
+        if isinstance(item, tuple | list):
+            pending = list(item) + pending
+        elif isinstance(item, str) and item != "evaluation error":
+            text = item
+    return text
 
 
 def _activation(context: Mapping[str, Any]) -> dict[str, Any]:
@@ -191,8 +219,8 @@ def _run(rule: CompiledRule, activation: dict[str, Any], target: str,
         result = rule.program.evaluate(activation)
     except Exception as exc:  # an evaluation error counts against the rule: fail closed
         return Finding(policy, rule.rule.name, rule.rule.action,
-                       f"{rule.rule.message} (rule could not be evaluated: {exc})", target,
-                       device)
+                       f"{rule.rule.message} (rule could not be evaluated: {_reason(exc)})",
+                       target, device)
     if isinstance(result, celtypes.BoolType | bool) and bool(result):
         return None
     if not isinstance(result, celtypes.BoolType | bool):
@@ -215,14 +243,14 @@ def evaluate(rules: list[CompiledRule], desired: Desired,
         if rule.scope == "authority":
             for name in desired.authorities_in_order():
                 ca = desired.authority(name)
-                if _selected(policy, None, ca):
+                if _selected(policy, None, ca, desired):
                     activation = _activation({"authority": authority_data(ca), "now": now})
                     found = _run(rule, activation, f"CertificateAuthority/{name}", None)
                     findings += [found] if found else []
             continue
         for name, decl in sorted(desired.fleets.items()):
             ca = desired.authority(decl.fleet.spec.issuerRef.name)
-            if not _selected(policy, decl.fleet, ca):
+            if not _selected(policy, decl.fleet, ca, desired):
                 continue
             profile = desired.profile(decl.fleet.spec.profileRef.name)
             activation = _activation({"authority": authority_data(ca),

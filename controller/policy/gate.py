@@ -14,13 +14,19 @@ ISSUING = frozenset({"create-ca", "renew-ca", "issue", "renew", "rekey"})
 def gate(plan: Plan, desired: Desired, findings: list[Finding]) -> Plan:
     """The plan without denied actions; denied ones move to `plan.denied`.
 
-    A denied CA blocks its own creation/renewal and issuance by its fleets; a denied fleet
+    A denied CA blocks its own creation/renewal and issuance by its fleets (and, when the
+    denied CA does not exist yet, everything below it); a denied fleet
     blocks all its issuance; a denied device only its own. Revoking and publishing CRLs is
     never blocked by policy.
     """
     denies = [f for f in findings if f.action == "deny"]
     cas = {f.object.split("/", 1)[1] for f in denies
            if f.object.startswith("CertificateAuthority/")}
+    creating = {a.name for a in plan.actions if a.action == "create-ca"}
+    for name in desired.authorities_in_order():  # parents first
+        parent = desired.authority(name).spec.parentRef
+        if parent is not None and parent.name in cas and parent.name in creating:
+            cas.add(name)  # its parent will not exist, so neither can it
     fleets = {f.object.split("/", 1)[1] for f in denies
               if f.object.startswith("DeviceFleet/") and f.device is None}
     fleets |= {name for name, decl in desired.fleets.items()

@@ -26,6 +26,7 @@ class Outcome:
 
     problems: list[Problem] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
+    blocked_fleets: dict[str, str] = field(default_factory=dict)  # fleet -> denied CA
     refusal: str | None = None
     failed_devices: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
@@ -101,9 +102,12 @@ def build_status(desired: Desired, inventory: Inventory, outcome: Outcome,
                       for f in findings if f.device])[:ATTENTION_LIMIT]
         declared = sum(1 for d in decl.devices if d.revoked is None)
         spec = decl.fleet.spec
+        blocked_by = outcome.blocked_fleets.get(name)
         stalled = (f"{len(problems)} device declaration(s) cannot be issued: "
                    f"{problems[0].message}" if problems else
-                   _denied(denies) if denies else outcome.refusal)
+                   _denied(denies) if denies else
+                   f"issuance blocked: CertificateAuthority/{blocked_by} is denied by policy"
+                   if blocked_by else outcome.refusal)
         missing = max(declared - counts["active"], 0) if not spec.decommissioned else 0
         pending = None
         if spec.suspend:

@@ -6,8 +6,6 @@ import stat
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from .support import (
     SECRET_MARKER,
     Applied,

@@ -6,8 +6,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from controller import jobs
 
 from .support import (
@@ -109,10 +107,6 @@ def test_a_denied_intermediate_is_not_created_and_its_fleets_wait(tmp_path: Path
         == "True"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: gate() blocks a denied CA's create-ca but not "
-                   "the create-ca of the CAs below it nor their fleets' issuance, so the executor "
-                   "raises ApplyRefused ('CertificateAuthority/root has no active certificate') "
-                   "and nothing is applied")
 def test_a_denied_root_blocks_what_depends_on_it_and_apply_still_completes(
         tmp_path: Path, passphrase: str) -> None:
     repo = FleetRepo()

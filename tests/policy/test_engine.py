@@ -46,9 +46,6 @@ def test_scope_follows_the_variables_used(expression: str, scope: str) -> None:
     assert scope_of(expression) == scope
 
 
-@pytest.mark.xfail(strict=True, reason="bug: scope_of scans the source text with regexes, so "
-                   "`device` inside a CEL comment, a triple-quoted or a raw string literal makes "
-                   "a fleet rule device-scoped")
 @pytest.mark.parametrize("expression", [
     "fleet.name != '''it's a device'''",
     'fleet.name != "" // not a device rule',
@@ -104,7 +101,7 @@ def hit(findings_set: set[tuple[str, str, str, str | None]]) -> dict[str, set[st
     return result
 
 
-# CA-only rules under a fleets/profiles selector: see the xfail test below (None: not checked)
+# CA-only rules under a fleets/profiles selector: see the next test (None: not checked here)
 @pytest.mark.parametrize(("selector", "fleets", "cas"), [
     ({}, {"sensors", "gateways", "meters"}, {"root", "issuing", "other"}),
     ({"fleets": ["gateways"]}, {"gateways"}, None),
@@ -125,8 +122,6 @@ def test_selector_picks_fleets_devices_and_cas(tmp_path: Path, selector: dict[st
         assert found["cas"] == cas
 
 
-@pytest.mark.xfail(strict=True, reason="bug: _selected ignores selector.fleets/profiles for "
-                   "CA-only rules, so a policy scoped to one fleet denies every CA")
 def test_a_fleet_selector_limits_ca_rules_to_the_selected_fleets_issuers(
         tmp_path: Path) -> None:
     repo = selector_repo().add_policy(policy(
@@ -287,9 +282,6 @@ def test_has_and_in_test_optional_fields(tmp_path: Path, expression: str,
     assert all("could not be evaluated" not in f.message for f in findings)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: `has (x)` (space before the parenthesis, valid "
-                   "CEL) is not detected by `\"has(\" in expression` and runs on the compiled "
-                   "runner, whose has() breaks `!`/`&&`: every object is denied")
 def test_has_with_a_space_before_the_parenthesis(tmp_path: Path) -> None:
     repo = FleetRepo()
     repo.add_policy(policy("spaced", rule("check", "!has (authority.labels.team)")))

@@ -220,10 +220,6 @@ def test_an_unknown_full_commit_id_is_a_clear_error(fleet: Path) -> None:
     assert f"--base: unknown git revision '{missing}'" in one_line(result.stderr)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: checkout_of checks the revision with "
-                   "repository.commit(ref), which returns the null object id (40 zeros, what CI "
-                   "reports as the `before` of a new branch) without looking it up; `git "
-                   "archive` then fails with an uncaught GitCommandError and a traceback")
 def test_the_null_commit_id_is_a_clear_error(fleet: Path) -> None:
     null = "0" * 40
     result = invoke("plan", fleet, "--base", null, rc=None)
