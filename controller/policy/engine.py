@@ -54,6 +54,31 @@ def _scope(names: set[str]) -> Scope:
     return "authority"
 
 
+def _disjuncts(tree: Tree) -> list[Tree]:
+    """The operands of a top-level `a || b || c` (or the whole expression)."""
+    node = tree.children[0] if tree.data == "expr" and len(tree.children) == 1 else tree
+    operands: list[Tree] = []
+    while isinstance(node, Tree) and node.data == "conditionalor" and len(node.children) == 2:
+        operands.insert(0, node.children[1])
+        node = node.children[0]
+    return [node, *operands] if operands else [tree]
+
+
+def _program(expression: str) -> tuple[Tree, celpy.Runner]:
+    tree = _COMPILED.compile(expression)
+    uses_has = _identifiers(tree)[1]
+    return tree, (_INTERPRETED if uses_has else _COMPILED).program(tree)
+
+
+def _guards(expression: str, tree: Tree) -> tuple[celpy.Runner, ...]:
+    operands = _disjuncts(tree)
+    if len(operands) < 2:
+        return ()
+    sources = [expression[o.meta.start_pos:o.meta.end_pos] for o in operands]
+    return tuple(_program(source)[1] for source, operand in zip(sources, operands, strict=True)
+                 if "device" not in _identifiers(operand)[0])
+
+
 def scope_of(expression: str) -> Scope:
     """`device` -> per device; `fleet`/`profile` (or nothing) -> per fleet; else per CA.
     Read from the parsed expression, so names in strings or comments do not count."""
@@ -62,11 +87,15 @@ def scope_of(expression: str) -> Scope:
 
 @dataclass(frozen=True)
 class CompiledRule:
+    """A rule ready to run. `guards` (device rules only) are its top-level `||` operands that
+    do not read `device`: when one holds for a fleet, the rule holds for all its devices."""
+
     policy: Located
     rule: PolicyRule
     index: int
     scope: Scope
     program: celpy.Runner
+    guards: tuple[celpy.Runner, ...] = ()
 
     @property
     def ref(self) -> str:
@@ -84,9 +113,9 @@ def compile_policies(policies: Iterable[Located]) -> tuple[list[CompiledRule], l
             continue
         for index, rule in enumerate(policy.spec.rules):
             try:
-                tree = _COMPILED.compile(rule.expression)
-                names, uses_has = _identifiers(tree)
-                program = (_INTERPRETED if uses_has else _COMPILED).program(tree)
+                tree, program = _program(rule.expression)
+                scope = _scope(_identifiers(tree)[0])
+                guards = _guards(rule.expression, tree) if scope == "device" else ()
             except Exception as exc:  # cel-python raises parser-specific types
                 where = (f"syntax error at line {exc.line}, column {exc.column}"
                          if isinstance(exc, celpy.CELParseError) else type(exc).__name__)
@@ -96,7 +125,7 @@ def compile_policies(policies: Iterable[Located]) -> tuple[list[CompiledRule], l
                     item.line_of("spec", "rules", index, "expression"), item.ref,
                     f"spec.rules[{index}].expression"))
                 continue
-            rules.append(CompiledRule(item, rule, index, _scope(names), program))
+            rules.append(CompiledRule(item, rule, index, scope, program, guards))
     return rules, problems
 
 
@@ -229,41 +258,62 @@ def _run(rule: CompiledRule, activation: dict[str, Any], target: str,
     return Finding(policy, rule.rule.name, rule.rule.action, rule.rule.message, target, device)
 
 
+def _holds(guard: celpy.Runner, activation: dict[str, Any]) -> bool:
+    try:
+        result = guard.evaluate(activation)
+    except Exception:  # an operand that cannot be evaluated proves nothing
+        return False
+    return isinstance(result, celtypes.BoolType | bool) and bool(result)
+
+
 def evaluate(rules: list[CompiledRule], desired: Desired,
              intents: Mapping[tuple[str, str], DeviceIntent], now: datetime) -> list[Finding]:
     """Every rule over every object it selects; device rules over `intents` (the devices that
-    would get a certificate)."""
-    findings: list[Finding] = []
+    would get a certificate), each device's data converted once for all its rules."""
+    found: list[tuple[tuple[int, int, int], Finding]] = []  # (rule, object, device) order
     by_fleet: dict[str, list[DeviceIntent]] = {}
     for (fleet_name, _), intent in sorted(intents.items()):
         by_fleet.setdefault(fleet_name, []).append(intent)
-    for rule in rules:
-        policy = rule.policy.resource
-        assert isinstance(policy, CertificatePolicy)
-        if rule.scope == "authority":
-            for name in desired.authorities_in_order():
-                ca = desired.authority(name)
-                if _selected(policy, None, ca, desired):
-                    activation = _activation({"authority": authority_data(ca), "now": now})
-                    found = _run(rule, activation, f"CertificateAuthority/{name}", None)
-                    findings += [found] if found else []
+
+    def record(rank: int, target: int, device: int, finding: Finding | None) -> None:
+        if finding is not None:
+            found.append(((rank, target, device), finding))
+
+    def policy_of(rule: CompiledRule) -> CertificatePolicy:
+        assert isinstance(rule.policy.resource, CertificatePolicy)
+        return rule.policy.resource
+
+    ranked = list(enumerate(rules))
+    for position, name in enumerate(desired.authorities_in_order()):
+        ca = desired.authority(name)
+        activation = _activation({"authority": authority_data(ca), "now": now})
+        for rank, rule in ranked:
+            if rule.scope == "authority" and _selected(policy_of(rule), None, ca, desired):
+                record(rank, position, 0,
+                       _run(rule, activation, f"CertificateAuthority/{name}", None))
+    for position, (name, decl) in enumerate(sorted(desired.fleets.items())):
+        ca = desired.authority(decl.fleet.spec.issuerRef.name)
+        profile = desired.profile(decl.fleet.spec.profileRef.name)
+        chosen = [(rank, rule) for rank, rule in ranked if rule.scope != "authority"
+                  and _selected(policy_of(rule), decl.fleet, ca, desired)]
+        if not chosen:
             continue
-        for name, decl in sorted(desired.fleets.items()):
-            ca = desired.authority(decl.fleet.spec.issuerRef.name)
-            if not _selected(policy, decl.fleet, ca, desired):
-                continue
-            profile = desired.profile(decl.fleet.spec.profileRef.name)
-            activation = _activation({"authority": authority_data(ca),
-                                      "profile": profile_data(profile),
-                                      "fleet": fleet_data(decl), "now": now})
+        activation = _activation({"authority": authority_data(ca),
+                                  "profile": profile_data(profile),
+                                  "fleet": fleet_data(decl), "now": now})
+        target = f"DeviceFleet/{name}"
+        for rank, rule in chosen:
             if rule.scope == "fleet":
-                found = _run(rule, activation, f"DeviceFleet/{name}", None)
-                findings += [found] if found else []
-                continue
-            labels = {d.id: d.labels for d in decl.devices}
-            for intent in by_fleet.get(name, []):
-                data = device_data(intent, labels.get(intent.device_id, {}), profile)
-                found = _run(rule, {**activation, "device": _cel(data)}, f"DeviceFleet/{name}",
-                             intent.device_id)
-                findings += [found] if found else []
-    return findings
+                record(rank, position, 0, _run(rule, activation, target, None))
+        device_rules = [(rank, rule) for rank, rule in chosen if rule.scope == "device"
+                        and not any(_holds(g, activation) for g in rule.guards)]
+        if not device_rules:
+            continue
+        labels = {d.id: d.labels for d in decl.devices}
+        for number, intent in enumerate(by_fleet.get(name, [])):
+            data = _cel(device_data(intent, labels.get(intent.device_id, {}), profile))
+            device_activation = {**activation, "device": data}
+            for rank, rule in device_rules:
+                record(rank, position, number,
+                       _run(rule, device_activation, target, intent.device_id))
+    return [finding for _, finding in sorted(found, key=lambda item: item[0])]

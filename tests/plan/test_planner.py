@@ -309,12 +309,13 @@ def test_revocations_within_the_limit_are_not_flagged(removed: int, active_count
     assert result.warnings == ()
 
 
-def test_decommissioning_a_large_fleet_is_a_mass_revocation() -> None:
+def test_decommissioning_is_explicit_so_not_held_back_as_a_mass_revocation() -> None:
     desired = make_desired([], fleet={"decommissioned": True})
     observed = with_fleet(converged(desired), "sensors",
                           FleetObserved("old", gone(1000), active_count=1000))
-    (mass,) = plan(desired, observed, NOW).mass_revocations
-    assert (mass.count, mass.limit) == (1000, 100)
+    result = plan(desired, observed, NOW)
+    assert result.mass_revocations == ()
+    assert sum(a.action == "revoke" for a in result.actions) == 1000
 
 
 # --- the unchanged-fleet fast path --------------------------------------------------------------
