@@ -153,6 +153,10 @@ def plan(directory: DirArg, state_dir: StateOpt = None,
     print(RENDERERS[output.value](the_plan), end="")
     too_many = max_revocations is not None and the_plan.mass_revocations
     if the_plan.problems or the_plan.denies or too_many:
+        _say("error", the_plan.problems)
+        _say("policy", the_plan.denies)
+        if too_many:
+            _say("error", [w for w in the_plan.warnings if "--max-revocations" in w])
         raise typer.Exit(1)
     if detailed_exitcode and the_plan.has_changes:
         raise typer.Exit(2)
@@ -193,7 +197,7 @@ def apply(directory: DirArg, state_dir: StateOpt = None, max_revocations: MaxRev
                       markup=False, highlight=False)
         if report.status_commit:
             out.print(f"Status committed to {status_branch}: {report.status_commit[:12]}")
-    if report.plan.denied:
+    if report.plan.denies:
         raise typer.Exit(1)
 
 

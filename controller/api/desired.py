@@ -53,10 +53,12 @@ class Desired:
     def authorities_in_order(self) -> list[str]:
         """CA names with every parent before its children (requires an acyclic hierarchy)."""
         order: list[str] = []
+        visiting: set[str] = set()
 
         def visit(name: str) -> None:
-            if name in order:
-                return
+            if name in order or name in visiting or name not in self.authorities:
+                return  # done, a cycle, or an undeclared parent (reported by validation)
+            visiting.add(name)
             parent = self.authority(name).spec.parentRef
             if parent is not None:
                 visit(parent.name)

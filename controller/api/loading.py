@@ -15,8 +15,15 @@ from controller.api.resources import API_VERSION, GROUP, KINDS, Resource
 Path_ = tuple[str | int, ...]
 MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
 _NAMED_FIELD = re.compile(r"^([A-Za-z][A-Za-z0-9]*(?:\.[A-Za-z][A-Za-z0-9]*)*): (.+)$", re.S)
+MAX_ALIAS_NODES = 10_000
+MAP_TAG = "tag:yaml.org,2002:map"
+SEQ_TAG = "tag:yaml.org,2002:seq"
 MESSAGES = {"extra_forbidden": "unknown field (misspelt, or not valid here)",
-            "missing": "required field is missing"}
+            "missing": "required field is missing",
+            "model_type": "must be a mapping of fields",
+            "model_attributes_type": "must be a mapping of fields",
+            "dict_type": "must be a mapping",
+            "list_type": "must be a list"}
 
 
 @dataclass(frozen=True)
@@ -37,19 +44,68 @@ class Located:
         return _nearest_line(self.lines, path) or self.line
 
 
-def _to_data(node: yaml.Node, path: Path_, lines: dict[Path_, int], loader: yaml.SafeLoader) -> Any:
-    """Plain data from a composed node, recording the line of every key and item."""
-    lines.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        result: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            name = key_node.value
-            lines[(*path, name)] = key_node.start_mark.line + 1
-            result[name] = _to_data(value_node, (*path, name), lines, loader)
-        return result
-    if isinstance(node, yaml.SequenceNode):
-        return [_to_data(item, (*path, i), lines, loader) for i, item in enumerate(node.value)]
-    return loader.construct_object(node)
+class Refused(yaml.YAMLError):
+    """YAML that is valid but not acceptable here (recursive or exploding aliases, tags)."""
+
+    def __init__(self, message: str, node: yaml.Node) -> None:
+        super().__init__(message)
+        self.line = node.start_mark.line + 1
+
+
+class _Builder:
+    """Plain data from composed nodes, recording the line of every key and item.
+
+    Aliases are followed, but a recursive one is refused and re-expanded nodes are counted, so
+    an alias "bomb" stops at MAX_ALIAS_NODES instead of exhausting memory. Tags other than
+    YAML's own are refused (safe loading would refuse them too).
+    """
+
+    def __init__(self, lines: dict[Path_, int]) -> None:
+        self.lines = lines
+        self.loader = yaml.SafeLoader("")
+        self.seen: set[int] = set()
+        self.active: set[int] = set()
+        self.repeats = 0
+
+    def build(self, node: yaml.Node, path: Path_ = ()) -> Any:
+        self.lines.setdefault(path, node.start_mark.line + 1)
+        if id(node) in self.active:
+            raise Refused("recursive YAML alias", node)
+        if id(node) in self.seen:
+            self.repeats += 1
+            if self.repeats > MAX_ALIAS_NODES:
+                raise Refused(f"YAML aliases expand to more than {MAX_ALIAS_NODES} nodes", node)
+        self.seen.add(id(node))
+        if isinstance(node, yaml.MappingNode | yaml.SequenceNode) and \
+                node.tag not in (MAP_TAG, SEQ_TAG):
+            raise Refused(f"unsupported YAML tag {node.tag!r}", node)
+        self.active.add(id(node))
+        try:
+            if isinstance(node, yaml.MappingNode):
+                result: dict[Any, Any] = {}
+                for key_node, value_node in node.value:
+                    name = key_node.value
+                    self.lines[(*path, name)] = key_node.start_mark.line + 1
+                    result[name] = self.build(value_node, (*path, name))
+                return result
+            if isinstance(node, yaml.SequenceNode):
+                return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+            return self.loader.construct_object(node)
+        finally:
+            self.active.discard(id(node))
+
+
+def _syntax_problem(error: yaml.YAMLError, file: str) -> Problem:
+    """`invalid YAML: <what>` at the problem's line, with the construct it was inside."""
+    mark = getattr(error, "problem_mark", None)
+    reason = getattr(error, "problem", None) or str(error)
+    if "'\\t'" in reason:
+        reason = "a tab character: YAML is indented with spaces, never tabs"
+    context, context_mark = getattr(error, "context", None), getattr(error, "context_mark", None)
+    if context and context_mark is not None:
+        reason += f" ({context} started at line {context_mark.line + 1})"
+    where = context_mark if context_mark is not None else mark  # where the broken construct began
+    return Problem(file, f"invalid YAML: {reason}", where.line + 1 if where is not None else None)
 
 
 def field_path(loc: tuple[str | int, ...]) -> str:
@@ -95,19 +151,23 @@ def parse_documents(text: str, file: str) -> tuple[list[Located], list[Problem]]
     try:
         nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        reason = getattr(exc, "problem", None) or str(exc)
-        return [], [Problem(file, f"invalid YAML: {reason}", line)]
-    loader = yaml.SafeLoader("")
+        return [], [_syntax_problem(exc, file)]
     for node in nodes:
         if node is None:
             continue
         lines: dict[Path_, int] = {}
         try:
-            data = _to_data(node, (), lines, loader)
+            data = _Builder(lines).build(node)
+        except Refused as exc:
+            problems.append(Problem(file, f"invalid YAML: {exc}", exc.line))
+            continue
         except yaml.YAMLError as exc:
             problems.append(Problem(file, f"invalid YAML: {exc}", node.start_mark.line + 1))
+            continue
+        if isinstance(data, list) and any(isinstance(item, dict) and str(
+                item.get("apiVersion", "")).startswith(f"{GROUP}/") for item in data):
+            problems.append(Problem(file, "a document must be one resource (a mapping), not a "
+                                    "list; separate resources with ---", node.start_mark.line + 1))
             continue
         if not isinstance(data, dict):
             continue

@@ -147,11 +147,16 @@ class CertificateProfileSpec(Model):
     @field_validator("usages")
     @classmethod
     def _usages(cls, usages: list[str]) -> list[str]:
-        from controller.pki.usages import USAGE_NAMES
+        from controller.pki.errors import PKIError
+        from controller.pki.usages import USAGE_NAMES, parse_usages
 
         unknown = [u for u in usages if u not in USAGE_NAMES]
         if unknown:
             raise ValueError(f"unknown usage(s) {unknown}; known: {sorted(USAGE_NAMES)}")
+        try:
+            parse_usages(usages)
+        except PKIError as exc:
+            raise ValueError(str(exc)) from None
         return usages
 
     @field_validator("subject")

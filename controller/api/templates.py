@@ -22,6 +22,9 @@ def check_template(template: str) -> None:
     stripped = _FIELD.sub("", template)
     if "{{" in stripped or "}}" in stripped:
         raise TemplateError(f"unbalanced braces in template {template!r}")
+    if any(token in stripped for token in ("{%", "%}", "{#", "#}")):
+        raise TemplateError(f"template {template!r} uses {{% %}} or {{# #}}: only {{{{ field }}}} "
+                            "substitution is supported")
     for expression in _FIELD.findall(template):
         if not _PATH.match(expression):
             raise TemplateError(

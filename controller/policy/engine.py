@@ -7,6 +7,7 @@ CEL `duration`s and `now` is a CEL `timestamp`, so `profile.duration <= duration
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -34,16 +35,32 @@ Scope = Literal["authority", "fleet", "device"]
 # cel-python's compiled runner is ~5x faster, but its has() macro yields a Python bool that
 # breaks `&&`/`!`; expressions using has() run on the (correct) interpreted runner.
 _COMPILED = celpy.Environment(runner_class=celpy.CompiledRunner)
+# Evaluation errors become findings with their reason; cel-python's own logging of them
+# ("Internal error: ...") would only be noise on stderr.
+logging.getLogger("celpy").setLevel(logging.CRITICAL)
 _INTERPRETED = celpy.Environment()
 VARIABLES = ("device", "fleet", "profile", "authority")
 
 
+MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
+
+
 def _identifiers(tree: Tree) -> tuple[set[str], bool]:
-    """Top-level names an expression reads, and whether it uses the has() macro."""
+    """Free top-level names an expression reads (macro variables such as `u` in
+    `list.all(u, ...)` excluded), and whether it uses the has() macro."""
     names = {str(n.children[0]) for n in tree.iter_subtrees() if n.data == "ident"}
+    bound: set[str] = set()
+    for node in tree.iter_subtrees():
+        if node.data == "member_dot_arg" and str(node.children[1]) in MACROS:
+            arguments = node.children[2]
+            if isinstance(arguments, Tree) and arguments.children:
+                first = arguments.children[0]
+                if isinstance(first, Tree):
+                    bound |= {str(n.children[0]) for n in first.iter_subtrees()
+                              if n.data == "ident"}
     uses_has = any(n.data == "ident_arg" and str(n.children[0]) == "has"
                    for n in tree.iter_subtrees())
-    return names, uses_has
+    return names - bound, uses_has
 
 
 def _scope(names: set[str]) -> Scope:
@@ -114,11 +131,15 @@ def compile_policies(policies: Iterable[Located]) -> tuple[list[CompiledRule], l
         for index, rule in enumerate(policy.spec.rules):
             try:
                 tree, program = _program(rule.expression)
+                unknown = _identifiers(tree)[0] - {*VARIABLES, "now"}
+                if unknown:
+                    raise ValueError(f"unknown variable(s) {sorted(unknown)}; rules can use "
+                                     f"{', '.join(VARIABLES)} and now")
                 scope = _scope(_identifiers(tree)[0])
                 guards = _guards(rule.expression, tree) if scope == "device" else ()
             except Exception as exc:  # cel-python raises parser-specific types
                 where = (f"syntax error at line {exc.line}, column {exc.column}"
-                         if isinstance(exc, celpy.CELParseError) else type(exc).__name__)
+                         if isinstance(exc, celpy.CELParseError) else str(exc))
                 problems.append(Problem(
                     item.file, f"rule {rule.name!r}: invalid CEL expression ({where}): "
                     f"{' '.join(rule.expression.split())}",

@@ -59,52 +59,8 @@ class KnownBug:
     symptoms: tuple[type[Symptom], ...]
 
 
-KNOWN_BUGS: dict[str, KnownBug] = {
-    "plan-reports-on-stdout": KnownBug(
-        "bug: `fleetpki plan` prints problems found while planning (device keys, CSRs, rendered "
-        "templates) and policy denials only to stdout ('  x problem: ...', '  x policy deny: "
-        "...'); stderr stays empty although the exit code is 1",
-        (NotOnStderr,)),
-    "apply-exit-0-on-deny": KnownBug(
-        "bug: `fleetpki apply` exits 0 when a deny finding blocks no planned action (the object "
-        "is already converged), although validate and plan exit 1 for the same repository",
-        (WrongExitCode,)),
-    "ca-order-crash": KnownBug(
-        "bug: when a CA is invalid, has an unknown parent or is in a cycle, apply crashes with a "
-        "traceback (KeyError or RecursionError in Desired.authorities_in_order) while writing "
-        "the Stalled status, instead of printing the error",
-        (WrongExitCode,)),
-    "yaml-recursive-alias": KnownBug(
-        "bug: a YAML anchor that refers to itself makes loading.py:_to_data recurse until "
-        "RecursionError, which escapes as a traceback",
-        (WrongExitCode,)),
-    "yaml-collection-tag-ignored": KnownBug(
-        "bug: a YAML tag on a mapping or list (e.g. !!python/object/apply:os.system) is silently "
-        "dropped by loading.py:_to_data and the document accepted, where yaml.safe_load refuses "
-        "it (it is never executed)",
-        (WrongExitCode,)),
-    "yaml-alias-expansion": KnownBug(
-        "bug: YAML aliases are expanded without a limit (a 'billion laughs' file hangs fleetpki "
-        "and exhausts memory); a 10^6-node one takes seconds and is not reported as such",
-        (NotNamed,)),
-    "list-document-ignored": KnownBug(
-        "bug: a YAML document that is a list of fleetpki.io resources is silently ignored, so "
-        "validate reports the repository valid",
-        (WrongExitCode,)),
-    "template-statement-accepted": KnownBug(
-        "bug: template syntax other than {{ }} ({% %}, {# #}) is accepted and copied literally "
-        "into the certificate instead of being refused (apply re-issues the fleet with it)",
-        (WrongExitCode, StateChanged)),
-    "usage-combination-unchecked": KnownBug(
-        "bug: validate and plan accept usages that cannot be encoded (encipher only without key "
-        "agreement); apply then fails with an error naming neither file nor field",
-        (WrongExitCode, NotNamed)),
-    "cel-unknown-variable": KnownBug(
-        "bug: a CEL rule using an undeclared variable compiles; it fails at evaluation as a "
-        "deny naming no file or field (validate, plan), cel-python logs 'Internal error' to "
-        "stderr, and apply exits 0",
-        (NotNamed, WrongExitCode)),
-}
+# Bugs a case may mark with `xfail: {command: key}` in its expect.yaml (none are open now).
+KNOWN_BUGS: dict[str, KnownBug] = {}
 
 
 @dataclass(frozen=True)
