@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,6 +117,25 @@ def field_path(loc: tuple[str | int, ...]) -> str:
     return text
 
 
+PATTERN_HINTS = {
+    "id": "a device id is 1-128 characters: letters, digits and . _ : @ -, starting with a "
+          "letter or digit",
+    "name": "must be a lower-case DNS label (a-z, 0-9, '-' and '.'; at most 63 characters)",
+    "oid": "must be a dotted object identifier such as 1.3.6.1.4.1.55555.1",
+    "country": "must be a two-letter ISO 3166 country code such as DE",
+}
+
+
+def friendly_message(error: Mapping[str, Any]) -> str:
+    """A pydantic error as users should read it: no class names, no bare regexes."""
+    loc = error.get("loc") or ()
+    if error["type"] == "string_pattern_mismatch" and loc and loc[-1] in PATTERN_HINTS:
+        return f"{PATTERN_HINTS[str(loc[-1])]} (got {error.get('input')!r})"
+    if error["type"] == "string_too_long":
+        return f"{error['msg'].lower()} (got {len(str(error.get('input')))})"
+    return MESSAGES.get(error["type"], str(error["msg"]).removeprefix("Value error, "))
+
+
 def _nearest_line(lines: dict[Path_, int], loc: Path_) -> int | None:
     for end in range(len(loc), -1, -1):
         if loc[:end] in lines:
@@ -131,7 +151,7 @@ def _pydantic_problems(
         loc = tuple(p for p in item["loc"]
                     if not (isinstance(p, str) and p.startswith("function-")))
         full = (*base, *loc)
-        message = MESSAGES.get(item["type"], item["msg"].removeprefix("Value error, "))
+        message = friendly_message(item)
         named = _NAMED_FIELD.match(message)
         if named:  # "renewBefore: must be ..." raised by a model validator names its field
             full = (*full, *named.group(1).split("."))

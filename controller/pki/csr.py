@@ -13,8 +13,9 @@ def load_csr(pem: bytes | str) -> x509.CertificateSigningRequest:
         pem = pem.encode()
     try:
         return x509.load_pem_x509_csr(pem)
-    except ValueError as exc:
-        raise PKIError(f"not a PEM certificate signing request: {exc}") from None
+    except ValueError:
+        raise PKIError("not a PEM certificate signing request (expected -----BEGIN CERTIFICATE "
+                       "REQUEST----- with a complete, valid DER body)") from None
 
 
 def verify_csr(csr: x509.CertificateSigningRequest) -> None:

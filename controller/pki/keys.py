@@ -155,8 +155,11 @@ def load_public_key_pem(data: bytes) -> PublicKey:
     """Load a PEM SubjectPublicKeyInfo public key."""
     try:
         key = serialization.load_pem_public_key(data)
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        raise PKIError(f"not a PEM public key: {exc}") from None
+    except UnsupportedAlgorithm:
+        raise PKIError("unsupported public key algorithm") from None
+    except ValueError:
+        raise PKIError("not a PEM public key (expected -----BEGIN PUBLIC KEY----- with valid "
+                       "base64 DER inside)") from None
     return supported_public_key(key)
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from controller.api.desired import Desired, cross_check
-from controller.api.loading import Located, field_path, parse_documents
+from controller.api.loading import Located, field_path, friendly_message, parse_documents
 from controller.api.problems import InvalidDeclaration, Problem
 from controller.api.resources import Device, DeviceFleet
 
@@ -99,8 +100,8 @@ def load_fleet_devices(
                 add(Device.model_validate(raw), source.path, line)
             except ValidationError as exc:
                 for error in exc.errors():
-                    problems.append(Problem(source.path, error["msg"].removeprefix("Value error, "),
-                                            line, item.ref, field_path(error["loc"]) or None))
+                    problems.append(Problem(source.path, friendly_message(error), line, item.ref,
+                                            field_path(error["loc"]) or None))
     return tuple(devices), lines
 
 
@@ -127,4 +128,9 @@ def load_repository(root: Path) -> tuple[Desired, list[Problem]]:
     }
     invalid = frozenset(p.object for p in problems if p.object)
     desired, reference_problems = cross_check(located, fleet_devices, invalid)
+    unparsed = sorted({p.file for p in problems if p.message.startswith("invalid YAML")})
+    if unparsed:  # a "missing" object may well be declared in a file that did not parse
+        note = f" (maybe declared in {', '.join(unparsed)}, which could not be read)"
+        reference_problems = [replace(p, message=p.message + note)
+                              if p.message.startswith("no ") else p for p in reference_problems]
     return desired, problems + reference_problems

@@ -336,7 +336,7 @@ def test_device_id_pattern_violation_in_csv_names_csv_file_and_line(make_repo: M
     problem = only(problems)
     assert (problem.file, problem.line, problem.object, problem.field) == (
         "fleets/s.csv", 3, "DeviceFleet/sensors", "id")
-    assert "pattern" in problem.message
+    assert "letters, digits" in problem.message and "not ok!" in problem.message
 
 
 def test_bad_revocation_reason_in_jsonl(make_repo: MakeRepo) -> None:
