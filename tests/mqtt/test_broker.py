@@ -8,7 +8,9 @@ Mosquitto 2.0.x (Debian bookworm ships 2.0.11):
 - `cafile` needs the self-signed root: with only the issuing intermediate, every client fails
   verification (no partial-chain trust). With the root and the issuing CA, a client may send
   just its leaf certificate.
-- `crlfile` is read as PEM. The broker keeps the CRL it loaded until SIGHUP: a revoked device
+- `cafile` with the root admits clients of every CA under that root whose CRL is in
+  `crlfile`; a client whose issuer has no CRL there is refused (the CRL check is mandatory).
+- `crlfile` is read as PEM; a DER file stops the broker from starting. The broker keeps the CRL it loaded until SIGHUP: a revoked device
   is still admitted after the file is replaced, and refused once the broker has been signalled
   (SIGHUP re-reads the TLS files of the listeners in 2.0.11; no restart is needed).
 - A CRL past its nextUpdate makes the broker refuse every client, revoked or not, until a fresh
@@ -133,6 +135,7 @@ class Broker:
     fleet: Fleet
     port: int = field(default_factory=free_port)
     cafile: Path | None = None  # default: root + issuing CA (out/cafile.pem)
+    crlfile: Path | None = None  # default: the exported PEM CRL (out/crl.pem)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -156,7 +159,7 @@ class Broker:
             f"keyfile {out / 'broker-01' / 'key.pem'}",
             "require_certificate true",
             "use_identity_as_username true",
-            f"crlfile {self.fleet.crl}",
+            f"crlfile {self.crlfile or self.fleet.crl}",
             "",
         ]))
 
@@ -243,8 +246,9 @@ def broker_for(tmp_path: Path) -> Iterator[list[Broker]]:
         broker.stop()
 
 
-def start_broker(fleet: Fleet, started: list[Broker]) -> Broker:
-    broker = Broker(fleet)
+def start_broker(fleet: Fleet, started: list[Broker], cafile: Path | None = None,
+                 crlfile: Path | None = None) -> Broker:
+    broker = Broker(fleet, cafile=cafile, crlfile=crlfile)
     started.append(broker)
     broker.start()
     return broker
@@ -333,16 +337,84 @@ def test_a_crl_past_next_update_makes_the_broker_refuse_everyone(
     broker.assert_admits("sensor-b")
 
 
-def test_cafile_with_only_the_issuing_ca_admits_nobody(
+OTHER_CA = """---
+apiVersion: fleetpki.io/v1alpha1
+kind: CertificateAuthority
+metadata:
+  name: other-ca
+spec:
+  type: intermediate
+  parentRef:
+    name: mqtt-root
+  subject:
+    commonName: Another issuing CA under the same root
+  pathLength: 0
+"""
+
+OTHER_FLEET = """apiVersion: fleetpki.io/v1alpha1
+kind: DeviceFleet
+metadata:
+  name: other
+spec:
+  issuerRef:
+    name: other-ca
+  profileRef:
+    name: device-client
+  devices:
+    - id: intruder
+"""
+
+
+def test_which_cas_admit_clients_and_which_crl_files_load(
         tmp_path: Path, broker_for: list[Broker]) -> None:
-    """No partial-chain trust in mosquitto 2.0.11: the root must be in `cafile`."""
+    """`cafile` and `crlfile` together decide which issuing CAs admit clients."""
     fleet = make_fleet(tmp_path)
+    with open(fleet.repo / "authorities.yaml", "a") as handle:
+        handle.write(OTHER_CA)
+    (fleet.repo / "fleets" / "other.yaml").write_text(OTHER_FLEET)
     fleet.fleetpki("apply", ".")
     fleet.export_all()
-    broker = Broker(fleet, cafile=fleet.out / "broker-01" / "chain.pem")
-    broker_for.append(broker)
-    broker.start()
+    fleet.fleetpki("export", "cert", ".", "--fleet", "other", "--device", "intruder",
+                   "--out", str(fleet.out / "intruder"))
+    intruder = fleet.out / "intruder"
+    # the intruder sends its chain (the broker's cafile does not hold other-ca)
+    full = (intruder / "cert.pem").read_bytes() + (intruder / "chain.pem").read_bytes()
+    (intruder / "cert.pem").write_bytes(full)
+
+    # root + mqtt-devices-ca in cafile, only mqtt-devices-ca's CRL in crlfile: a client of
+    # another CA under the same root is refused, because its issuer has no CRL there
+    broker = start_broker(fleet, broker_for)
+    broker.assert_refuses("intruder")
+    broker.assert_admits("sensor-b")
+    broker.stop()
+
+    # with other-ca's CRL added, the root in cafile admits other-ca's clients too
+    other_crl = fleet.out / "other-ca.crl.pem"
+    fleet.fleetpki("export", "crl", ".", "--ca", "other-ca", "--out", str(other_crl))
+    both = fleet.out / "both.crl.pem"
+    both.write_bytes(fleet.crl.read_bytes() + other_crl.read_bytes())
+    broker = start_broker(fleet, broker_for, crlfile=both)
+    broker.assert_admits("intruder")
+    broker.stop()
+
+    # only the issuing CA in cafile: no partial-chain trust, so nobody gets in
+    broker = start_broker(fleet, broker_for, cafile=fleet.out / "broker-01" / "chain.pem")
     broker.assert_refuses("sensor-b")
+    broker.stop()
+
+    # a DER crlfile (public/crl/<ca>.crl) stops the broker from starting at all
+    der = fleet.state / "public" / "crl" / f"{ISSUING_CA}.crl"
+    assert der.exists()
+    broker = Broker(fleet, crlfile=der)
+    broker.write_conf()
+    assert MOSQUITTO is not None
+    failed = subprocess.run([MOSQUITTO, "-c", str(broker.conf)], capture_output=True, text=True,
+                            timeout=10, check=False)
+    assert failed.returncode != 0
+    assert "no start line" in failed.stdout + failed.stderr
+    # while the PEM file next to it is what `fleetpki export crl` writes
+    pem = fleet.state / "public" / "crl" / f"{ISSUING_CA}.pem"
+    assert pem.read_text().startswith("-----BEGIN X509 CRL-----")
 
 
 def test_run_sh_end_to_end() -> None:
