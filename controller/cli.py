@@ -379,6 +379,72 @@ def schema(out_dir: Annotated[Path | None, typer.Option(
                      check)
 
 
+@app.command()
+@handle_errors
+def serve(directory: DirArg, state_dir: StateOpt = None,
+          http: Annotated[str | None, typer.Option(
+              "--http", help="HOST:PORT for OCSP, CRLs and CA certificates.")] = None,
+          https: Annotated[str | None, typer.Option(
+              "--https", help="HOST:PORT for EST (RFC 7030).")] = None,
+          tls_ca: Annotated[str | None, typer.Option(
+              "--tls-ca", help="CA that issues the HTTPS server certificate at startup.")] = None,
+          tls_name: Annotated[str | None, typer.Option(
+              "--tls-name", help="DNS name or IP of the server certificate (default: the host "
+              "of --https).")] = None) -> None:
+    """Serve devices: OCSP, CRLs and CA certificates over HTTP, EST over HTTPS."""
+    import asyncio
+    import logging
+
+    from controller.servers.app import ServeOptions, parse_listener, serve_forever
+    from controller.servers.state import ServerState
+
+    if http is None and https is None:
+        err.print("error: give --http HOST:PORT and/or --https HOST:PORT", markup=False)
+        raise typer.Exit(1)
+    try:
+        options = ServeOptions(directory, parse_listener(http) if http else None,
+                               parse_listener(https) if https else None, tls_ca, tls_name)
+    except ValueError as exc:
+        err.print(f"error: {exc}", markup=False)
+        raise typer.Exit(1) from None
+    if https and not tls_ca:
+        err.print("error: --https needs --tls-ca NAME", markup=False)
+        raise typer.Exit(1)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    state = ServerState(directory, jobs.StateDir.resolve(state_dir))
+    ports: dict[str, int] = {}
+    try:
+        asyncio.run(serve_forever(state, options, ports.update))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        state.close()
+
+
+@app.command("enroll-secret")
+@handle_errors
+def enroll_secret(directory: DirArg, fleet: Annotated[str, typer.Option()],
+                  device: Annotated[str, typer.Option()], state_dir: StateOpt = None) -> None:
+    """Create a one-time EST enrollment secret for a declared device and print it once
+    (stored only as a salted scrypt hash; a new secret replaces an unused one)."""
+    from controller.servers.est import new_secret
+
+    declaration = jobs.load(directory)
+    decl = declaration.desired.fleets.get(fleet)
+    if decl is None or not any(d.id == device for d in decl.devices):
+        err.print(f"error: device {device!r} is not declared in fleet {fleet!r}", markup=False)
+        raise typer.Exit(1)
+    profile = declaration.desired.profile(decl.fleet.spec.profileRef.name)
+    if profile.spec.keyGeneration != "device":
+        err.print(f"error: fleet {fleet!r} uses keyGeneration: server; EST enrollment needs "
+                  "keyGeneration: device", markup=False)
+        raise typer.Exit(1)
+    secret, record = new_secret(fleet, device, jobs.now_utc())
+    with jobs.StateDir.resolve(state_dir).inventory() as inventory, inventory.transaction():
+        inventory.put_enrollment_secret(record)
+    print(secret)
+
+
 def main() -> None:
     os.environ.setdefault("COLUMNS", "120")
     app(prog_name="fleetpki")

@@ -56,6 +56,15 @@ CREATE TABLE IF NOT EXISTS crls (
     revoked_total INTEGER NOT NULL,
     der BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS enrollment_secrets (
+    fleet TEXT NOT NULL,
+    device TEXT NOT NULL,
+    kdf TEXT NOT NULL,
+    salt BLOB NOT NULL,
+    hash BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (fleet, device)
+);
 CREATE TABLE IF NOT EXISTS journal (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     operation TEXT NOT NULL,
@@ -104,6 +113,18 @@ class CRLRecord:
     entries: int
     revoked_total: int
     der: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class EnrollmentSecret:
+    """A one-time EST enrollment secret, stored only as a salted KDF hash."""
+
+    fleet: str
+    device: str
+    kdf: str  # e.g. "scrypt:16384:8:1"
+    salt: bytes
+    hash: bytes
+    created_at: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,7 +277,29 @@ class Inventory:
         rows = self.db.execute("SELECT id, operation, subject, detail FROM journal ORDER BY id")
         return [(r[0], r[1], r[2], r[3]) for r in rows]
 
+    def enrollment_secret(self, fleet: str, device: str) -> EnrollmentSecret | None:
+        """The hashed one-time EST enrollment secret of a device, if one is outstanding."""
+        row = self.db.execute(
+            "SELECT fleet, device, kdf, salt, hash, created_at FROM enrollment_secrets "
+            "WHERE fleet = ? AND device = ?", (fleet, device)).fetchone()
+        return EnrollmentSecret(*row) if row else None
+
     # --- writes (call inside `transaction()`) ----------------------------------------------
+    def put_enrollment_secret(self, secret: EnrollmentSecret) -> None:
+        """Store (or replace) a device's hashed one-time enrollment secret."""
+        self.db.execute(
+            "INSERT OR REPLACE INTO enrollment_secrets (fleet, device, kdf, salt, hash, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (secret.fleet, secret.device, secret.kdf, secret.salt, secret.hash,
+             secret.created_at))
+
+    def consume_enrollment_secret(self, fleet: str, device: str, hash_: bytes) -> bool:
+        """Delete the secret if it is still the one given; False if it was used meanwhile."""
+        cursor = self.db.execute(
+            "DELETE FROM enrollment_secrets WHERE fleet = ? AND device = ? AND hash = ?",
+            (fleet, device, hash_))
+        return cursor.rowcount == 1
+
     def insert(self, record: CertRecord) -> None:
         placeholders = ", ".join("?" * len(COLUMNS.split(",")))
         self.db.execute(f"INSERT INTO certificates ({COLUMNS}) VALUES ({placeholders})",

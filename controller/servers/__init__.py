@@ -1,0 +1,1 @@
+"""Device-facing servers: OCSP, CRL/CA distribution (HTTP) and EST (HTTPS)."""

@@ -1,0 +1,243 @@
+"""EST (RFC 7030) logic without a web framework: secrets, identity checks, issuance, encodings.
+
+Enrollment identity: the device is the one named by its credential (HTTP Basic user with a
+one-time secret for `simpleenroll`, the TLS client certificate for `simplereenroll`). The CSR
+only proves possession of the key; its subject and SANs are ignored (the certificate is built
+from the fleet's profile), but a CSR whose commonName names another device is refused.
+
+The issued certificate is recorded exactly as `fleetpki apply` records one, with the intent
+digest the planner computes for the device (`<content digest>:<key fingerprint>`), so the next
+plan does not re-issue it. Because git stays the source of truth for device keys, the declared
+`publicKey`/`csr` of the device must be the key the device enrolls with; another key is refused
+(update the declaration first).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+from cryptography.hazmat.primitives.serialization import pkcs7
+
+from controller.api.desired import Desired, FleetDecl
+from controller.api.resources import Device
+from controller.apply.executor import Executor, serial_hex
+from controller.clock import epoch
+from controller.pki import keys
+from controller.pki.csr import verify_csr
+from controller.pki.errors import PKIError
+from controller.plan.intents import IntentError, device_intent
+from controller.plan.model import Action
+from controller.stores.inventory import CertRecord, EnrollmentSecret, Inventory
+
+log = logging.getLogger(__name__)
+
+KDF = "scrypt:16384:8:1"
+CERTS_ONLY = "application/pkcs7-mime; smime-type=certs-only"
+
+
+class ESTError(Exception):
+    """A refusal with its HTTP status; the message is safe to log and to return."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(message)
+
+
+# --- one-time secrets -----------------------------------------------------------------------
+def hash_secret(secret: str, salt: bytes, kdf: str = KDF) -> bytes:
+    name, n, r, p = kdf.split(":")
+    if name != "scrypt":
+        raise ValueError(f"unsupported secret KDF {name!r}")
+    return Scrypt(salt=salt, length=32, n=int(n), r=int(r), p=int(p)).derive(secret.encode())
+
+
+def new_secret(fleet: str, device: str, now: datetime) -> tuple[str, EnrollmentSecret]:
+    """A fresh random secret (shown once) and the record to store (salted scrypt hash)."""
+    secret = secrets.token_urlsafe(18)
+    salt = os.urandom(16)
+    return secret, EnrollmentSecret(fleet, device, KDF, salt, hash_secret(secret, salt),
+                                    epoch(now))
+
+
+def secret_matches(stored: EnrollmentSecret, secret: str) -> bool:
+    return hmac.compare_digest(hash_secret(secret, stored.salt, stored.kdf), stored.hash)
+
+
+def parse_basic(header: str | None) -> tuple[str, str] | None:
+    """(user, password) of an HTTP Basic Authorization header, or None."""
+    if not header or not header.lower().startswith("basic "):
+        return None
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, sep, password = decoded.partition(":")
+    return (user, password) if sep else None
+
+
+# --- encodings ------------------------------------------------------------------------------
+def b64_body(body: bytes) -> bytes:
+    """Decode an EST base64 body (RFC 7030 uses base64 with line breaks allowed)."""
+    try:
+        return base64.b64decode(b"".join(body.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise ESTError(400, "body is not base64") from None
+
+
+def certs_only(certificates: list[x509.Certificate]) -> bytes:
+    """Base64 (76-column lines) of a degenerate PKCS#7 SignedData holding the certificates."""
+    der = pkcs7.serialize_certificates(certificates, serialization.Encoding.DER)
+    return base64.encodebytes(der)
+
+
+def load_csr_der(body: bytes) -> x509.CertificateSigningRequest:
+    try:
+        csr = x509.load_der_x509_csr(b64_body(body))
+    except ValueError:
+        raise ESTError(400, "body is not a DER PKCS#10 certificate request") from None
+    try:
+        verify_csr(csr)
+    except PKIError as exc:
+        raise ESTError(400, f"proof of possession failed: {exc}") from None
+    return csr
+
+
+def _der(tag: int, content: bytes) -> bytes:
+    size = len(content)
+    if size < 0x80:
+        return bytes([tag, size]) + content
+    octets = size.to_bytes((size.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(octets)]) + octets + content
+
+
+def _oid(dotted: str) -> bytes:
+    parts = [int(p) for p in dotted.split(".")]
+    body = bytearray([40 * parts[0] + parts[1]])
+    for part in parts[2:]:
+        chunk = [part & 0x7F]
+        part >>= 7
+        while part:
+            chunk.append(0x80 | (part & 0x7F))
+            part >>= 7
+        body.extend(reversed(chunk))
+    return _der(0x06, bytes(body))
+
+
+_KEY_ATTRS: dict[str, tuple[str, str | None]] = {  # algorithm -> (key OID, curve OID)
+    "ECDSA-P256": ("1.2.840.10045.2.1", "1.2.840.10045.3.1.7"),
+    "ECDSA-P384": ("1.2.840.10045.2.1", "1.3.132.0.34"),
+    "Ed25519": ("1.3.101.112", None),
+    "RSA-3072": ("1.2.840.113549.1.1.1", None),
+    "RSA-4096": ("1.2.840.113549.1.1.1", None),
+}
+
+
+def csr_attributes(key_algorithm: str) -> bytes:
+    """Base64 DER CsrAttrs (RFC 7030 4.5.2) naming the key type the profile requires."""
+    key_oid, curve = _KEY_ATTRS.get(key_algorithm, (None, None))
+    items: list[bytes] = []
+    if key_oid and curve:
+        items.append(_der(0x30, _oid(key_oid) + _der(0x31, _oid(curve))))
+    elif key_oid:
+        items.append(_oid(key_oid))
+    return base64.encodebytes(_der(0x30, b"".join(items)))
+
+
+# --- enrollment -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Target:
+    """A declared device that may enroll."""
+
+    decl: FleetDecl
+    device: Device
+
+
+def find_device(desired: Desired, device_id: str, fleet: str | None) -> Target:
+    matches = [Target(decl, device) for name, decl in sorted(desired.fleets.items())
+               if fleet is None or name == fleet for device in decl.devices
+               if device.id == device_id]
+    if not matches:
+        raise ESTError(403, f"device {device_id!r} is not declared"
+                       + (f" in fleet {fleet!r}" if fleet else ""))
+    if len(matches) > 1:
+        raise ESTError(400, f"device {device_id!r} is declared in several fleets; use "
+                       "/.well-known/est/<fleet>/")
+    return matches[0]
+
+
+def check_csr_identity(csr: x509.CertificateSigningRequest, device_id: str) -> None:
+    for attribute in csr.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME):
+        if attribute.value != device_id:
+            raise ESTError(403, f"CSR commonName {attribute.value!r} names another device "
+                           f"than {device_id!r}")
+
+
+def issue(executor: Executor, inventory: Inventory, target: Target,
+          csr: x509.CertificateSigningRequest, now: datetime,
+          consume: EnrollmentSecret | None = None) -> CertRecord:
+    """Build the device certificate from its profile and record it as `apply` would: the new
+    certificate active, the previous one revoked `superseded`, the secret consumed, in one
+    transaction."""
+    fleet = target.decl.fleet
+    profile = executor.desired.profile(fleet.spec.profileRef.name)
+    device = target.device
+    if fleet.spec.suspend or fleet.spec.decommissioned:
+        raise ESTError(403, f"fleet {fleet.name!r} is suspended or decommissioned")
+    if device.revoked is not None:
+        raise ESTError(403, f"device {device.id!r} is declared revoked")
+    if profile.spec.keyGeneration != "device":
+        raise ESTError(403, f"fleet {fleet.name!r} uses keyGeneration: server (use "
+                       "serverkeygen or fleetpki export)")
+    check_csr_identity(csr, device.id)
+    try:
+        public_key = keys.supported_public_key(csr.public_key())
+    except PKIError as exc:
+        raise ESTError(400, str(exc)) from None
+    pem = keys.public_key_to_pem(public_key).decode()
+    try:
+        declared = device_intent(fleet, profile, device)
+        intent = device_intent(fleet, profile,
+                               device.model_copy(update={"publicKey": pem, "csr": None}))
+    except IntentError as exc:
+        raise ESTError(400, str(exc)) from None
+    if declared.key_fingerprint != intent.key_fingerprint:
+        raise ESTError(403, f"the CSR key of {device.id!r} is not the key declared in git "
+                       "(publicKey/csr); declare the new key and apply first")
+    current = inventory.active_device(fleet.name, device.id)
+    action = Action("renew" if current else "issue", "DeviceFleet", fleet.name, "EST enrollment",
+                    device.id, current.serial if current else None)
+    executor.now = now
+    record = executor._device_certificate(action, intent)
+    with inventory.transaction():
+        if consume is not None and not inventory.consume_enrollment_secret(
+                consume.fleet, consume.device, consume.hash):
+            raise ESTError(401, "enrollment secret already used")
+        if current is not None:
+            inventory.revoke(current.serial, "superseded", epoch(now))
+        inventory.insert(record)
+    log.info("EST: issued %s to %s/%s%s", record.serial, fleet.name, device.id,
+             f" (superseding {current.serial})" if current else "")
+    return record
+
+
+def reenroll_identity(inventory: Inventory, peer_der: bytes | None) -> CertRecord:
+    """The device record of a TLS client certificate: known, active (not revoked), a device."""
+    if not peer_der:
+        raise ESTError(401, "simplereenroll needs a TLS client certificate")
+    certificate = x509.load_der_x509_certificate(peer_der)
+    record = inventory.get(serial_hex(certificate.serial_number))
+    if record is None or record.der != peer_der or record.kind != "device":
+        raise ESTError(403, "client certificate unknown to this CA")
+    if record.state != "active":
+        raise ESTError(403, f"client certificate {record.serial} is {record.state}")
+    return record

@@ -1,0 +1,155 @@
+"""What the servers read: the inventory (re-checked per request), CA keys and the declaration.
+
+One `ServerState` per process, used only from the event-loop thread (SQLite connections are
+per thread). Each request starts with `refresh()`, one `PRAGMA data_version` query: it changes
+exactly when another connection (a `fleetpki apply`) committed, and then the CA generations,
+their keys, the declaration and the OCSP cache are reloaded, so a new CRL or a revocation is
+served on the next request.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+
+from controller import jobs
+from controller.api.desired import Desired
+from controller.apply.executor import Executor, serial_hex
+from controller.clock import epoch, from_epoch, now_utc
+from controller.pki import certificates as certs
+from controller.pki import keys
+from controller.servers import ocsp
+from controller.stores.inventory import Inventory
+
+log = logging.getLogger(__name__)
+
+SERVE_OWNER = "_serve"
+TLS_VALIDITY = timedelta(days=30)
+
+
+class ServerState:
+    def __init__(self, directory: Path | None, state: jobs.StateDir) -> None:
+        self.directory = directory
+        self.state = state
+        self.inventory = Inventory(state.inventory_path)
+        self.keystore = state.keystore()
+        self._keys: dict[str, keys.PrivateKey] = {}
+        self._version: int | None = None
+        self.desired = Desired()
+        self.responder = ocsp.Responder(ocsp.IssuerIndex([]), self._lookup)
+        self.refresh(force=True)
+
+    def close(self) -> None:
+        self.inventory.close()
+
+    # --- refresh ------------------------------------------------------------------------------
+    def refresh(self, force: bool = False) -> None:
+        version = int(self.inventory.db.execute("PRAGMA data_version").fetchone()[0])
+        if version == self._version and not force:
+            return
+        self._version = version
+        self.responder.invalidate(ocsp.IssuerIndex(self._issuers()))
+        if self.directory is not None:
+            try:
+                self.desired = jobs.load(self.directory).desired
+            except Exception as exc:  # keep serving the last good declaration
+                log.warning("cannot reload the declaration from %s: %s", self.directory,
+                            str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        log.debug("state reloaded (data_version %s)", version)
+
+    def changed(self) -> None:
+        """Our own writes do not move data_version: drop caches explicitly."""
+        self.refresh(force=True)
+
+    def _issuers(self) -> list[ocsp.Issuer]:
+        """Every unexpired CA certificate generation with its key (unlocked once each)."""
+        now = epoch(now_utc())
+        issuers = []
+        for name in self.inventory.ca_names():
+            for generation in self.inventory.ca_generations(name):
+                if generation.not_after <= now or not generation.key_id:
+                    continue
+                if generation.key_id not in self._keys:
+                    self._keys[generation.key_id] = self.keystore.get_ca_key(generation.key_id)
+                issuers.append(ocsp.Issuer(generation.serial,
+                                           x509.load_der_x509_certificate(generation.der),
+                                           self._keys[generation.key_id]))
+        return issuers
+
+    def _lookup(self, issuer: ocsp.Issuer, serial: int) -> ocsp.Status:
+        record = self.inventory.get(serial_hex(serial))
+        if record is None or record.issuer_serial != issuer.serial:
+            return ocsp.Status("unknown")
+        if record.state == "revoked":
+            return ocsp.Status("revoked", from_epoch(record.revoked_at or record.issued_at),
+                               record.reason)
+        return ocsp.Status("good")
+
+    # --- distribution -------------------------------------------------------------------------
+    def ocsp_response(self, request_der: bytes) -> bytes:
+        self.refresh()
+        return self.responder.respond(request_der, now_utc())
+
+    def crl_der(self, ca_name: str) -> bytes | None:
+        self.refresh()
+        record = self.inventory.active_ca(ca_name)
+        crl = self.inventory.crl(record.serial) if record else None
+        return crl.der if crl else None
+
+    def ca_pem(self, ca_name: str) -> bytes | None:
+        self.refresh()
+        record = self.inventory.active_ca(ca_name)
+        if record is None:
+            return None
+        return certs.certificate_to_pem(x509.load_der_x509_certificate(record.der))
+
+    def ca_certificates(self, ca_name: str | None = None) -> list[x509.Certificate]:
+        """The chain of one CA (issuing first), or every unexpired CA certificate."""
+        self.refresh()
+        if ca_name is not None:
+            chain = []
+            record = self.inventory.active_ca(ca_name)
+            while record is not None:
+                chain.append(x509.load_der_x509_certificate(record.der))
+                record = self.inventory.get(record.issuer_serial) if record.issuer_serial \
+                    else None
+            return chain
+        now = epoch(now_utc())
+        return [x509.load_der_x509_certificate(g.der) for name in self.inventory.ca_names()
+                for g in self.inventory.ca_generations(name) if g.not_after > now]
+
+    def executor(self, now: datetime) -> Executor:
+        return Executor(self.desired, self.inventory, self.keystore, self.state.public_dir, now)
+
+    # --- TLS ----------------------------------------------------------------------------------
+    def server_certificate(self, ca_name: str, host: str,
+                           now: datetime) -> tuple[x509.Certificate, keys.PrivateKey,
+                                                   list[x509.Certificate]]:
+        """A fresh TLS certificate for `host` from CA `ca_name`; the key never leaves memory.
+        Recorded in the inventory (owner `_serve`), superseding the previous one."""
+        runner = self.executor(now)
+        ca_record, ca_cert, ca_key = runner.signer(ca_name)
+        key = keys.generate_private_key("ECDSA-P256")
+        try:
+            san: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(host))
+        except ValueError:
+            san = x509.DNSName(host)
+        certificate = certs.build_leaf_certificate(
+            subject=certs.build_name({"commonName": host}), subject_alt_names=[san],
+            public_key=key.public_key(), issuer_key=ca_key, issuer_certificate=ca_cert,
+            not_before=now - timedelta(minutes=1), not_after=now + TLS_VALIDITY,
+            usages=["digital signature", "server auth"])
+        record = runner._record(certificate, "device", SERVE_OWNER, host, ca_record.serial,
+                                "serve", TLS_VALIDITY / 3)
+        previous = self.inventory.active_device(SERVE_OWNER, host)
+        with self.inventory.transaction():
+            if previous is not None:
+                self.inventory.revoke(previous.serial, "superseded", epoch(now))
+            self.inventory.insert(record)
+        self.changed()
+        log.info("TLS certificate %s for %s issued by %s", record.serial, host, ca_name)
+        return certificate, key, self.ca_certificates(ca_name)
