@@ -10,9 +10,10 @@ Mosquitto 2.0.x (Debian bookworm ships 2.0.11):
   just its leaf certificate.
 - `cafile` with the root admits clients of every CA under that root whose CRL is in
   `crlfile`; a client whose issuer has no CRL there is refused (the CRL check is mandatory).
-- `crlfile` is read as PEM; a DER file stops the broker from starting. The broker keeps the CRL it loaded until SIGHUP: a revoked device
-  is still admitted after the file is replaced, and refused once the broker has been signalled
-  (SIGHUP re-reads the TLS files of the listeners in 2.0.11; no restart is needed).
+- `crlfile` is read as PEM; a DER file stops the broker from starting.
+- The broker keeps the CRL it loaded until SIGHUP: a revoked device is still admitted after the
+  file is replaced, and refused once the broker has been signalled (SIGHUP re-reads the TLS
+  files of the listeners in 2.0.11; no restart is needed).
 - A CRL past its nextUpdate makes the broker refuse every client, revoked or not, until a fresh
   CRL is exported and the broker reloaded.
 """
