@@ -1,0 +1,171 @@
+"""EST over HTTPS with curl and openssl: cacerts, simpleenroll with one-time secrets,
+simplereenroll with the device's TLS client certificate."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from controller import jobs
+from controller.plan.intents import device_intent
+from tests.servers.conftest import Env, Running, ca_files, run
+
+EST = "/.well-known/est"
+
+
+def fleetpki(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return run("/work/venv/bin/fleetpki", *args)
+
+
+def secret(env: Env, device: str) -> str:
+    result = fleetpki("enroll-secret", env.repo, "--fleet", "sensors", "--device", device,
+                      "--state-dir", env.state.path)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def csr(env: Env, device: str, subject: str, key: str | None = None) -> Path:
+    der = env.work / f"{device}-{subject.strip('/').replace('=', '_')}.der"
+    made = run("openssl", "req", "-new", "-key", env.keys / f"{key or device}.key", "-subj",
+               subject, "-outform", "DER", "-out", der)
+    assert made.returncode == 0, made.stderr
+    encoded = der.with_suffix(".b64")
+    assert run("openssl", "base64", "-in", der, "-out", encoded).returncode == 0
+    return encoded
+
+
+def post(server: Running, env: Env, path: str, body: Path, *auth: str | Path,
+         name: str = "reply") -> tuple[str, Path, str]:
+    """(HTTP status, response body file, response headers)."""
+    _, bundle = ca_files(env)
+    out, headers = env.work / f"{name}.b64", env.work / f"{name}.headers"
+    result = run("curl", "-sS", "--cacert", bundle, *auth, "--data-binary", f"@{body}",
+                 "-H", "Content-Type: application/pkcs10", "-o", out, "-D", headers,
+                 "-w", "%{http_code}", f"{server.https}{EST}{path}")
+    assert result.returncode == 0, result.stderr
+    return result.stdout, out, headers.read_text()
+
+
+def certificate_from(env: Env, body: Path, name: str) -> Path:
+    der, pem = env.work / f"{name}.p7", env.work / f"{name}.pem"
+    assert run("openssl", "base64", "-d", "-in", body, "-out", der).returncode == 0
+    printed = run("openssl", "pkcs7", "-inform", "DER", "-in", der, "-print_certs", "-out", pem)
+    assert printed.returncode == 0, printed.stderr
+    return pem
+
+
+def verify(env: Env, pem: Path) -> None:
+    issuer, bundle = ca_files(env)
+    root = env.pem("root.pem", bundle.read_bytes()[len(issuer.read_bytes()):])
+    result = run("openssl", "verify", "-x509_strict", "-CAfile", root, "-untrusted", issuer, pem)
+    assert result.returncode == 0 and ": OK" in result.stdout, result.stdout + result.stderr
+
+
+def test_cacerts(server: Running, env: Env) -> None:
+    _, bundle = ca_files(env)
+    for path in ("/cacerts", "/sensors/cacerts"):
+        body = env.work / "cacerts.b64"
+        result = run("curl", "-sSf", "--cacert", bundle, "-o", body, f"{server.https}{EST}{path}")
+        assert result.returncode == 0, result.stderr
+        pem = certificate_from(env, body, "cacerts")
+        assert pem.read_text().count("BEGIN CERTIFICATE") == 2
+        assert "subject=CN = Test Issuing" in pem.read_text()
+
+
+def test_csrattrs(server: Running, env: Env) -> None:
+    _, bundle = ca_files(env)
+    body = env.work / "attrs.b64"
+    result = run("curl", "-sSf", "--cacert", bundle, "-o", body,
+                 f"{server.https}{EST}/sensors/csrattrs")
+    assert result.returncode == 0, result.stderr
+    parsed = run("openssl", "asn1parse", "-in", body)
+    assert "id-ecPublicKey" in parsed.stdout and "prime256v1" in parsed.stdout
+
+
+def test_simpleenroll_with_one_time_secret(server: Running, env: Env) -> None:
+    with env.state.inventory() as inventory:
+        before = inventory.active_device("sensors", "dev-3")
+    assert before is not None
+    request = csr(env, "dev-3", "/CN=dev-3")
+
+    status, _, headers = post(server, env, "/simpleenroll", request, name="noauth")
+    assert status == "401" and "WWW-Authenticate: Basic" in headers
+    status, _, _ = post(server, env, "/simpleenroll", request, "--user", "dev-3:guess")
+    assert status == "401"  # no secret issued yet
+
+    token = secret(env, "dev-3")
+    status, _, _ = post(server, env, "/simpleenroll", request, "--user", "dev-3:wrong")
+    assert status == "401"
+    status, body, headers = post(server, env, "/simpleenroll", request, "--user",
+                                 f"dev-3:{token}", name="enrolled")
+    assert status == "200", body.read_text()
+    assert "application/pkcs7-mime; smime-type=certs-only" in headers
+    pem = certificate_from(env, body, "dev-3-est")
+    verify(env, pem)
+    text = run("openssl", "x509", "-in", pem, "-noout", "-subject", "-ext", "subjectAltName")
+    assert "CN = dev-3" in text.stdout and "URI:urn:dev:dev-3" in text.stdout
+
+    status, _, _ = post(server, env, "/simpleenroll", request, "--user", f"dev-3:{token}")
+    assert status == "401"  # the secret was consumed
+
+    with env.state.inventory() as inventory:
+        after = inventory.active_device("sensors", "dev-3")
+        old = inventory.get(before.serial)
+    assert after is not None and old is not None
+    assert after.serial != before.serial and (old.state, old.reason) == ("revoked", "superseded")
+    # Recorded exactly as apply records it: the next plan has nothing to do for the device.
+    declaration = jobs.load(env.repo)
+    decl = declaration.desired.fleets["sensors"]
+    device = next(d for d in decl.devices if d.id == "dev-3")
+    profile = declaration.desired.profile("sensor")
+    assert after.intent == device_intent(decl.fleet, profile, device).digest
+    planned = jobs.plan(env.repo, env.state, jobs.now_utc())
+    assert not [a for a in planned.actions if a.device == "dev-3"]
+
+
+def test_simpleenroll_refusals(server: Running, env: Env) -> None:
+    token = secret(env, "dev-4")
+    other = csr(env, "dev-4", "/CN=dev-3", key="dev-4")
+    status, _, _ = post(server, env, "/simpleenroll", other, "--user", f"dev-4:{token}")
+    assert status == "403"  # the CSR names another device
+    foreign_key = csr(env, "dev-4", "/CN=dev-4", key="dev-2")
+    status, _, _ = post(server, env, "/simpleenroll", foreign_key, "--user", f"dev-4:{token}")
+    assert status == "403"  # not the key declared in git
+    garbage = env.pem("garbage.b64", b"bm90IGEgY3Ny\n")
+    status, _, _ = post(server, env, "/simpleenroll", garbage, "--user", f"dev-4:{token}")
+    assert status == "400"
+    status, _, _ = post(server, env, "/simpleenroll", csr(env, "dev-4", "/CN=dev-4"),
+                        "--user", f"dev-4:{token}", name="dev-4")
+    assert status == "200"  # refusals did not consume the secret
+    status, _, _ = post(server, env, "/nope/simpleenroll", other, "--user", f"dev-4:{token}")
+    assert status == "404"
+
+
+def test_simplereenroll_with_client_certificate(server: Running, env: Env) -> None:
+    with env.state.inventory() as inventory:
+        current = inventory.active_device("sensors", "dev-2")
+    assert current is not None
+    cert = env.pem("dev-2-current.pem",
+                   x509.load_der_x509_certificate(current.der).public_bytes(Encoding.PEM))
+    request = csr(env, "dev-2", "/CN=dev-2")
+    status, _, _ = post(server, env, "/simplereenroll", request, name="nocert")
+    assert status == "401"
+    client = ("--cert", cert, "--key", env.keys / "dev-2.key")
+    status, body, _ = post(server, env, "/simplereenroll", request, *client, name="re")
+    assert status == "200", body.read_text()
+    renewed = certificate_from(env, body, "dev-2-renewed")
+    verify(env, renewed)
+    with env.state.inventory() as inventory:
+        old = inventory.get(current.serial)
+        new = inventory.active_device("sensors", "dev-2")
+    assert old is not None and old.state == "revoked" and new is not None
+    assert new.serial != current.serial
+    status, _, _ = post(server, env, "/simplereenroll", request, *client, name="again")
+    assert status == "403"  # the superseded certificate no longer authenticates
+    stolen = csr(env, "dev-2", "/CN=dev-1")
+    status, _, _ = post(server, env, "/simplereenroll", stolen, "--cert", renewed, "--key",
+                        env.keys / "dev-2.key", name="stolen")
+    assert status == "403"
