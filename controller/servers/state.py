@@ -40,6 +40,7 @@ class ServerState:
         self._keys: dict[str, keys.PrivateKey] = {}
         self._version: int | None = None
         self.desired = Desired()
+        self._executor: Executor | None = None
         self.responder = ocsp.Responder(ocsp.IssuerIndex([]), self._lookup)
         self.refresh(force=True)
 
@@ -53,6 +54,7 @@ class ServerState:
             return
         self._version = version
         self.responder.invalidate(ocsp.IssuerIndex(self._issuers()))
+        self._executor = None
         if self.directory is not None:
             try:
                 self.desired = jobs.load(self.directory).desired
@@ -62,8 +64,9 @@ class ServerState:
         log.debug("state reloaded (data_version %s)", version)
 
     def changed(self) -> None:
-        """Our own writes do not move data_version: drop caches explicitly."""
-        self.refresh(force=True)
+        """Our own writes (certificates, revocations) do not move data_version: drop the cached
+        OCSP answers. The declaration and the CA generations did not change."""
+        self.responder.invalidate()
 
     def _issuers(self) -> list[ocsp.Issuer]:
         """Every unexpired CA certificate generation with its key (unlocked once each)."""
@@ -123,7 +126,13 @@ class ServerState:
                 for g in self.inventory.ca_generations(name) if g.not_after > now]
 
     def executor(self, now: datetime) -> Executor:
-        return Executor(self.desired, self.inventory, self.keystore, self.state.public_dir, now)
+        """The apply executor over the current declaration (its CA signers stay unlocked until
+        the next reload)."""
+        if self._executor is None or self._executor.desired is not self.desired:
+            self._executor = Executor(self.desired, self.inventory, self.keystore,
+                                      self.state.public_dir, now)
+        self._executor.now = now
+        return self._executor
 
     # --- TLS ----------------------------------------------------------------------------------
     def server_certificate(self, ca_name: str, host: str,
