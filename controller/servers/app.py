@@ -25,6 +25,7 @@ from controller.pki import certificates as certs
 from controller.pki import keys
 from controller.servers import est
 from controller.servers.state import ServerState
+from controller.stores.inventory import EnrollmentSecret
 
 log = logging.getLogger(__name__)
 
@@ -122,21 +123,53 @@ def _issued(record_der: bytes) -> web.Response:
                                             "Content-Transfer-Encoding": "base64"})
 
 
-async def simpleenroll(request: web.Request, state: ServerState) -> web.Response:
+async def _secret_holder(request: web.Request, state: ServerState,
+                         fleet: str | None) -> tuple[est.Target, EnrollmentSecret]:
+    """The device named by HTTP Basic `device-id:secret`, with its (matching) stored secret."""
     credentials = est.parse_basic(request.headers.get("Authorization"))
     if credentials is None:
         raise est.ESTError(401, "HTTP Basic authentication (device-id:secret) required")
     device_id, secret = credentials
-    fleet = _label_fleet(request, state)
-    csr = await _csr(request)
     target = est.find_device(state.desired, device_id, fleet)
     stored = state.inventory.enrollment_secret(target.decl.fleet.name, device_id)
     if stored is None or not await asyncio.to_thread(est.secret_matches, stored, secret):
         raise est.ESTError(401, f"wrong or used enrollment secret for {device_id!r}")
+    return target, stored
+
+
+async def simpleenroll(request: web.Request, state: ServerState) -> web.Response:
+    fleet = _label_fleet(request, state)
+    if "Authorization" not in request.headers:
+        raise est.ESTError(401, "HTTP Basic authentication (device-id:secret) required")
+    csr = await _csr(request)
+    target, stored = await _secret_holder(request, state, fleet)
     now = now_utc()
     record = est.issue(state.executor(now), state.inventory, target, csr, now, consume=stored)
     state.changed()
     return _issued(record.der)
+
+
+async def serverkeygen(request: web.Request, state: ServerState) -> web.Response:
+    """RFC 7030 4.4 for `keyGeneration: server` fleets: a one-time secret (first time) or the
+    current certificate (TLS client auth); the new key is returned once, over this TLS
+    connection, and kept wrapped in the inventory as `apply` keeps server-generated keys."""
+    fleet = _label_fleet(request, state)
+    csr = await _csr(request)
+    consume: EnrollmentSecret | None = None
+    peer = _peer_certificate(request)
+    if "Authorization" in request.headers or not peer:
+        target, consume = await _secret_holder(request, state, fleet)
+    else:
+        current = est.reenroll_identity(state.inventory, peer)
+        if fleet is not None and fleet != current.owner:
+            raise est.ESTError(403, f"client certificate belongs to fleet {current.owner!r}")
+        target = est.find_device(state.desired, current.device, current.owner)
+    now = now_utc()
+    record = est.issue(state.executor(now), state.inventory, target, csr, now, consume=consume,
+                       server_key=True)
+    state.changed()
+    body, content_type = est.server_key_response(state.keystore, record)
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 def _peer_certificate(request: web.Request) -> bytes | None:
@@ -180,6 +213,7 @@ def https_app(state: ServerState) -> web.Application:
         app.router.add_get(f"{prefix}/csrattrs", _est(csrattrs))
         app.router.add_post(f"{prefix}/simpleenroll", _est(simpleenroll))
         app.router.add_post(f"{prefix}/simplereenroll", _est(simplereenroll))
+        app.router.add_post(f"{prefix}/serverkeygen", _est(serverkeygen))
     return app
 
 

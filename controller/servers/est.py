@@ -29,15 +29,16 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from cryptography.hazmat.primitives.serialization import pkcs7
 
 from controller.api.desired import Desired, FleetDecl
-from controller.api.resources import Device
+from controller.api.resources import CertificateProfile, Device
 from controller.apply.executor import Executor, serial_hex
 from controller.clock import epoch
 from controller.pki import keys
 from controller.pki.csr import verify_csr
 from controller.pki.errors import PKIError
-from controller.plan.intents import IntentError, device_intent
-from controller.plan.model import Action
+from controller.plan.intents import DeviceIntent, IntentError, device_intent
+from controller.plan.model import Action, ActionName
 from controller.stores.inventory import CertRecord, EnrollmentSecret, Inventory
+from controller.stores.keystore import FileKeyStore
 
 log = logging.getLogger(__name__)
 
@@ -184,10 +185,11 @@ def check_csr_identity(csr: x509.CertificateSigningRequest, device_id: str) -> N
 
 def issue(executor: Executor, inventory: Inventory, target: Target,
           csr: x509.CertificateSigningRequest, now: datetime,
-          consume: EnrollmentSecret | None = None) -> CertRecord:
+          consume: EnrollmentSecret | None = None, server_key: bool = False) -> CertRecord:
     """Build the device certificate from its profile and record it as `apply` would: the new
     certificate active, the previous one revoked `superseded`, the secret consumed, in one
-    transaction."""
+    transaction. `server_key` (serverkeygen): a new key generated here and kept wrapped in the
+    inventory as for `keyGeneration: server`; the CSR's key is then ignored."""
     fleet = target.decl.fleet
     profile = executor.desired.profile(fleet.spec.profileRef.name)
     device = target.device
@@ -195,26 +197,22 @@ def issue(executor: Executor, inventory: Inventory, target: Target,
         raise ESTError(403, f"fleet {fleet.name!r} is suspended or decommissioned")
     if device.revoked is not None:
         raise ESTError(403, f"device {device.id!r} is declared revoked")
-    if profile.spec.keyGeneration != "device":
-        raise ESTError(403, f"fleet {fleet.name!r} uses keyGeneration: server (use "
-                       "serverkeygen or fleetpki export)")
+    wanted = "server" if server_key else "device"
+    if profile.spec.keyGeneration != wanted:
+        raise ESTError(403, f"fleet {fleet.name!r} uses keyGeneration: "
+                       f"{profile.spec.keyGeneration}; use "
+                       + ("simpleenroll" if server_key else "serverkeygen"))
     check_csr_identity(csr, device.id)
     try:
-        public_key = keys.supported_public_key(csr.public_key())
-    except PKIError as exc:
-        raise ESTError(400, str(exc)) from None
-    pem = keys.public_key_to_pem(public_key).decode()
-    try:
-        declared = device_intent(fleet, profile, device)
-        intent = device_intent(fleet, profile,
-                               device.model_copy(update={"publicKey": pem, "csr": None}))
+        if server_key:
+            intent = device_intent(fleet, profile, device)
+        else:
+            intent = _device_key_intent(target, profile, csr)
     except IntentError as exc:
         raise ESTError(400, str(exc)) from None
-    if declared.key_fingerprint != intent.key_fingerprint:
-        raise ESTError(403, f"the CSR key of {device.id!r} is not the key declared in git "
-                       "(publicKey/csr); declare the new key and apply first")
     current = inventory.active_device(fleet.name, device.id)
-    action = Action("renew" if current else "issue", "DeviceFleet", fleet.name, "EST enrollment",
+    name: ActionName = ("rekey" if server_key else "renew") if current else "issue"
+    action = Action(name, "DeviceFleet", fleet.name, "EST enrollment",
                     device.id, current.serial if current else None)
     executor.now = now
     record = executor._device_certificate(action, intent)
@@ -228,6 +226,37 @@ def issue(executor: Executor, inventory: Inventory, target: Target,
     log.info("EST: issued %s to %s/%s%s", record.serial, fleet.name, device.id,
              f" (superseding {current.serial})" if current else "")
     return record
+
+
+def _device_key_intent(target: Target, profile: CertificateProfile,
+                       csr: x509.CertificateSigningRequest) -> DeviceIntent:
+    """The planner's intent for the device with the CSR's key, which must be the declared one."""
+    fleet, device = target.decl.fleet, target.device
+    try:
+        public_key = keys.supported_public_key(csr.public_key())
+    except PKIError as exc:
+        raise ESTError(400, str(exc)) from None
+    pem = keys.public_key_to_pem(public_key).decode()
+    declared = device_intent(fleet, profile, device)
+    intent = device_intent(fleet, profile,
+                           device.model_copy(update={"publicKey": pem, "csr": None}))
+    if declared.key_fingerprint != intent.key_fingerprint:
+        raise ESTError(403, f"the CSR key of {device.id!r} is not the key declared in git "
+                       "(publicKey/csr); declare the new key and apply first")
+    return intent
+
+
+def server_key_response(keystore: FileKeyStore, record: CertRecord,
+                        boundary: str = "fleetpki-est") -> tuple[bytes, str]:
+    """RFC 7030 4.4.2 multipart/mixed body: the PKCS#8 key, then the certificate."""
+    if record.key_blob is None:
+        raise ESTError(500, "no server-generated key recorded")
+    key = keystore.unwrap_device_key(record.serial, record.key_blob)
+    parts = [("application/pkcs8", base64.encodebytes(keys.private_key_to_der(key))),
+             (CERTS_ONLY, certs_only([x509.load_der_x509_certificate(record.der)]))]
+    body = b"".join(f"--{boundary}\r\nContent-Type: {kind}\r\nContent-Transfer-Encoding: "
+                    f"base64\r\n\r\n".encode() + content + b"\r\n" for kind, content in parts)
+    return body + f"--{boundary}--\r\n".encode(), f"multipart/mixed; boundary={boundary}"
 
 
 def reenroll_identity(inventory: Inventory, peer_der: bytes | None) -> CertRecord:

@@ -43,6 +43,19 @@ spec:
   keyGeneration: device
   subject: {commonName: "{{ device.id }}"}
   subjectAltNames: {uris: ["urn:dev:{{ device.id }}"]}
+---
+apiVersion: fleetpki.io/v1alpha1
+kind: CertificateProfile
+metadata: {name: gateway}
+spec: {subject: {commonName: "{{ device.id }}"}}
+---
+apiVersion: fleetpki.io/v1alpha1
+kind: DeviceFleet
+metadata: {name: gateways}
+spec:
+  issuerRef: {name: issuing}
+  profileRef: {name: gateway}
+  devices: [{id: gw-1}]
 """
 DEVICES = ("dev-1", "dev-2", "dev-3", "dev-4")
 
@@ -96,7 +109,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     (environment.repo / "cas.yaml").write_text(CAS)
     environment.write()
     report = environment.apply()
-    assert report.result.done == {"create-ca": 2, "issue": 4, "publish-crl": 2}
+    assert report.result.done == {"create-ca": 2, "issue": 5, "publish-crl": 2}
     yield environment
     del os.environ["FLEETPKI_PASSPHRASE"]
 

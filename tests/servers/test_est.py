@@ -3,6 +3,8 @@ simplereenroll with the device's TLS client certificate."""
 
 from __future__ import annotations
 
+import base64
+import re
 import subprocess
 from pathlib import Path
 
@@ -10,6 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from controller import jobs
+from controller.pki import keys
 from controller.plan.intents import device_intent
 from tests.servers.conftest import Env, Running, ca_files, run
 
@@ -20,8 +23,8 @@ def fleetpki(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return run("/work/venv/bin/fleetpki", *args)
 
 
-def secret(env: Env, device: str) -> str:
-    result = fleetpki("enroll-secret", env.repo, "--fleet", "sensors", "--device", device,
+def secret(env: Env, device: str, fleet: str = "sensors") -> str:
+    result = fleetpki("enroll-secret", env.repo, "--fleet", fleet, "--device", device,
                       "--state-dir", env.state.path)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
@@ -168,4 +171,47 @@ def test_simplereenroll_with_client_certificate(server: Running, env: Env) -> No
     stolen = csr(env, "dev-2", "/CN=dev-1")
     status, _, _ = post(server, env, "/simplereenroll", stolen, "--cert", renewed, "--key",
                         env.keys / "dev-2.key", name="stolen")
+    assert status == "403"
+
+
+def _multipart(body: bytes, headers: str) -> dict[str, bytes]:
+    boundary = re.search(r"boundary=([^\s;]+)", headers)
+    assert boundary is not None, headers
+    parts: dict[str, bytes] = {}
+    for chunk in body.split(f"--{boundary.group(1)}".encode())[1:-1]:
+        head, _, content = chunk.strip(b"\r\n").partition(b"\r\n\r\n")
+        kind = re.search(rb"Content-Type: ([^;\r\n]+)", head)
+        assert kind is not None
+        parts[kind.group(1).decode()] = base64.b64decode(content)
+    return parts
+
+
+def test_serverkeygen(server: Running, env: Env) -> None:
+    """keyGeneration: server fleets: the server makes the key and returns it with the cert."""
+    request = csr(env, "gw-1", "/CN=gw-1", key="dev-1")  # the CSR key is ignored
+    status, _, _ = post(server, env, "/serverkeygen", request, "--user",
+                        f"gw-1:{secret(env, 'gw-1', 'gateways')}", name="keygen")
+    assert status == "200"
+    body = (env.work / "keygen.b64").read_bytes()
+    parts = _multipart(body, (env.work / "keygen.headers").read_text())
+    key = keys.private_key_from_der(parts["application/pkcs8"])
+    (env.work / "gw-1.key").write_bytes(keys.private_key_to_pem(key))
+    cert_file = env.pem("gw-1.b64", base64.encodebytes(parts["application/pkcs7-mime"]))
+    cert = certificate_from(env, cert_file, "gw-1")
+    verify(env, cert)
+    issued = x509.load_pem_x509_certificate(cert.read_bytes())
+    assert keys.public_key_fingerprint(issued.public_key()) == keys.public_key_fingerprint(
+        key.public_key())
+    planned = jobs.plan(env.repo, env.state, jobs.now_utc())
+    assert not [a for a in planned.actions if a.device == "gw-1"]
+    # Again with the new certificate as TLS client credential: a new key each time.
+    status, _, _ = post(server, env, "/serverkeygen", request, "--cert", cert, "--key",
+                        env.work / "gw-1.key", name="keygen2")
+    assert status == "200"
+    again = _multipart((env.work / "keygen2.b64").read_bytes(),
+                       (env.work / "keygen2.headers").read_text())
+    assert again["application/pkcs8"] != parts["application/pkcs8"]
+    # simpleenroll is for device-generated keys only
+    status, _, _ = post(server, env, "/simpleenroll", request, "--user",
+                        f"gw-1:{secret(env, 'gw-1', 'gateways')}", name="wrongkind")
     assert status == "403"
