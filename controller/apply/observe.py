@@ -26,7 +26,9 @@ def observe(inventory: Inventory, desired: Desired, now: datetime) -> Observed:
             missing = inventory.revoked_total(record.serial) - crl.revoked_total
             crls[name] = CRLObserved(crl.this_update, crl.next_update, missing)
     fleets: dict[str, FleetObserved] = {}
-    for name in sorted(set(inventory.fleet_names()) | set(desired.fleets)):
+    # Owners starting with "_" (e.g. `fleetpki serve`'s own TLS certificate) are not fleets.
+    known = {name for name in inventory.fleet_names() if not name.startswith("_")}
+    for name in sorted(known | set(desired.fleets)):
         stored_hash = inventory.fleet_hash(name)
         decl = desired.fleets.get(name)
         count = inventory.active_count(name)
