@@ -80,7 +80,7 @@ def run(devices: int, revoke: int) -> list[tuple[str, float, str]]:
         subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
         now = jobs.now_utc()
         timed("validate", rows, lambda: jobs.validate(repo, now),
-              lambda p: f"{len(p)} problems")
+              lambda r: f"{len(r[0])} problems, {len(r[1])} policy findings")
         timed("plan (empty inventory)", rows, lambda: jobs.plan(repo, state, now),
               lambda p: f"{len(p.actions)} actions")
         timed("apply (create CAs, issue all)", rows, lambda: jobs.apply(repo, state, now),

@@ -39,6 +39,7 @@ DEFAULT_RULES = {
     "ca-access/same-team",
     "identity/device-id-pattern", "identity/uri-san-prefix", "identity/dns-san-suffix",
     "key-algorithms/ca-key-algorithm", "key-algorithms/device-key-algorithm",
+    "key-algorithms/profile-key-algorithm",
     "path-length/root-declares-path-length", "path-length/issuing-ca-is-terminal",
     "validity/device-max-validity", "validity/root-max-validity",
     "validity/intermediate-max-validity", "validity/renewal-window",
@@ -78,6 +79,7 @@ def test_the_default_set_is_the_policies_directory_and_every_rule_is_covered() -
     scopes = {rule.ref: rule.scope for rule in rules}
     assert scopes["key-algorithms/ca-key-algorithm"] == "authority"
     assert scopes["key-algorithms/device-key-algorithm"] == "device"
+    assert scopes["key-algorithms/profile-key-algorithm"] == "fleet"
     assert scopes["validity/device-max-validity"] == "fleet"
     assert scopes["ca-access/same-team"] == "fleet"
     assert {scopes[f"identity/{name}"] for name in
@@ -148,16 +150,35 @@ def test_an_rsa_2048_csr_under_an_rsa_profile_is_a_problem_before_any_policy(
 
 def test_device_key_algorithm_denies_a_weak_device_key(
         repo: FleetRepo, tmp_path: Path, rsa_2048: rsa.RSAPrivateKey) -> None:
-    """The rule over an intent carrying an RSA-2048 device key (as if intents let it through)."""
+    """The rule over an intent carrying an RSA-2048 device key (as if intents let it through)
+    in a fleet whose devices bring their own keys (model_copy skips validation)."""
     declaration = jobs.load(repo.write(tmp_path / "repo"))
+    desired = declaration.desired
     planned = declaration.plan(Observed(), NOW)
+    client = desired.profile("client")
+    own_keys = client.model_copy(update={
+        "spec": client.spec.model_copy(update={"keyGeneration": "device"})})
+    profiles = {**desired.profiles,
+                "client": replace(desired.profiles["client"], resource=own_keys)}
+    weakened = Desired(desired.authorities, profiles, desired.fleets, desired.policies)
     intents = {key: replace(intent, device_public_key=rsa_2048.public_key())
                if key == ("sensors", "dev-2") else intent
                for key, intent in planned.intents.items()}
     assert all(isinstance(i, DeviceIntent) for i in intents.values())
-    findings = evaluate(declaration.rules, declaration.desired, intents, NOW)
+    findings = evaluate(declaration.rules, weakened, intents, NOW)
     assert keyed(findings) == {("deny", "key-algorithms/device-key-algorithm",
                                 "DeviceFleet/sensors", "dev-2")}
+
+
+def test_device_key_algorithm_is_checked_once_per_fleet_for_server_keys(
+        repo: FleetRepo, tmp_path: Path, rsa_2048: rsa.RSAPrivateKey) -> None:
+    """With server keygen the key is the profile's, checked by profile-key-algorithm; the
+    device rule's fleet-level guard holds, so no device is evaluated (or denied)."""
+    declaration = jobs.load(repo.write(tmp_path / "repo"))
+    planned = declaration.plan(Observed(), NOW)
+    intents = {key: replace(intent, device_public_key=rsa_2048.public_key())
+               for key, intent in planned.intents.items()}
+    assert evaluate(declaration.rules, declaration.desired, intents, NOW) == []
 
 
 # --- validity ------------------------------------------------------------------------------------
