@@ -225,11 +225,19 @@ class DeviceSource(Model):
         return self.format or ("jsonl" if self.path.endswith((".jsonl", ".ndjson")) else "csv")
 
 
+class EnrollmentSpec(Model):
+    """Devices of this fleet may enroll over EST (`fleetpki serve`) with a key that is not in
+    git; `bootstrap` is how a first enrollment authenticates."""
+
+    bootstrap: Literal["secret"] = "secret"
+
+
 class DeviceFleetSpec(Model):
     issuerRef: LocalRef
     profileRef: LocalRef
     devices: list[Device] = []
     deviceSource: DeviceSource | None = None
+    enrollment: EnrollmentSpec | None = None
     suspend: bool = False
     decommissioned: bool = False
     deletionPolicy: Literal["Revoke", "Orphan"] = "Revoke"

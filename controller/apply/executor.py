@@ -27,7 +27,7 @@ from controller.clock import epoch, from_epoch
 from controller.pki import certificates as certs
 from controller.pki import keys
 from controller.pki.crl import RevokedEntry, build_crl, crl_to_der, crl_to_pem
-from controller.plan.intents import DeviceIntent
+from controller.plan.intents import ENROLLED, DeviceIntent
 from controller.plan.model import Action, Plan
 from controller.plan.planner import ca_intent
 from controller.plan.schedule import renew_before, renewal_time
@@ -180,8 +180,12 @@ class Executor:
         ca_record, ca_cert, ca_key = self.signer(issuer.name)
         serial = certs.random_serial()
         key_blob = None
+        digest = intent.digest
         if intent.device_public_key is not None:
             public_key = intent.device_public_key
+        elif intent.key_fingerprint == ENROLLED:  # renew with the key the device enrolled
+            public_key = self._enrolled_key(action)
+            digest = f"{intent.content_digest}:{keys.public_key_fingerprint(public_key)}"
         else:
             private_key = self._server_key(action, profile.spec.keyAlgorithm)
             public_key = private_key.public_key()
@@ -202,7 +206,15 @@ class Executor:
         )
         window = renew_before(profile.spec.duration, profile.spec.renewBefore)
         return self._record(certificate, "device", fleet.name, intent.device_id,
-                            ca_record.serial, intent.digest, window, key_blob=key_blob)
+                            ca_record.serial, digest, window, key_blob=key_blob)
+
+    def _enrolled_key(self, action: Action) -> keys.PublicKey:
+        previous = self.inventory.get(action.serial or "")
+        if previous is None:
+            raise ApplyRefused(f"device {action.device!r} of DeviceFleet/{action.name} has no "
+                               "enrolled key to renew")
+        certificate = x509.load_der_x509_certificate(previous.der)
+        return keys.supported_public_key(certificate.public_key())
 
     def _server_key(self, action: Action, algorithm: str) -> keys.PrivateKey:
         """A new key, except on `renew` of a server-generated key (rotationPolicy: Never)."""

@@ -27,6 +27,9 @@ _DNS = re.compile(r"^(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
 
 
+ENROLLED = "enrolled"  # key fingerprint of a device whose key comes from its EST enrollment
+
+
 class IntentError(ValueError):
     """A device cannot get a certificate as declared; `field` names the culprit."""
 
@@ -45,7 +48,7 @@ class DeviceIntent:
     extensions: tuple[tuple[str, str], ...]  # (oid, UTF-8 value)
     device_public_key: keys.PublicKey | None
     content_digest: str
-    key_fingerprint: str  # of the device's key, or "server-<algorithm>" for server keygen
+    key_fingerprint: str  # device key; "server-<algorithm>"; or ENROLLED (key from EST)
 
     @property
     def digest(self) -> str:
@@ -66,15 +69,20 @@ def _check_san(kind: str, value: str) -> None:
         raise ValueError(f"{value!r} is not an email address")
 
 
-def device_public_key(device: Device, profile: CertificateProfile) -> keys.PublicKey | None:
-    """The device's own key (from `publicKey` or a verified `csr`), or None for server keygen."""
+def device_public_key(device: Device, profile: CertificateProfile,
+                      enrolls: bool = False) -> keys.PublicKey | None:
+    """The device's own key (from `publicKey` or a verified `csr`), or None for server keygen
+    and for a device of an `enrollment` fleet that declares no key (it enrolls over EST)."""
     if profile.spec.keyGeneration == "server":
         if device.publicKey or device.csr:
             raise IntentError("csr" if device.csr else "publicKey", "profile uses "
                               "keyGeneration: server; the device must not supply publicKey or csr")
         return None
     if not (device.publicKey or device.csr):
-        raise IntentError("csr", "profile uses keyGeneration: device; give publicKey or csr")
+        if enrolls:
+            return None
+        raise IntentError("csr", "profile uses keyGeneration: device; give publicKey or csr "
+                          "(or set spec.enrollment on the fleet to let devices enroll over EST)")
     field = "csr" if device.csr else "publicKey"
     try:
         if device.csr:
@@ -128,10 +136,13 @@ def device_intent(fleet: DeviceFleet, profile: CertificateProfile, device: Devic
         extensions = tuple((e.oid, fill(e.value)) for e in spec.extensions)
     except TemplateError as exc:
         raise IntentError("labels", f"profile {profile.name} extension: {exc}") from None
-    public_key = device_public_key(device, profile)
+    enrolls = fleet.spec.enrollment is not None and profile.spec.keyGeneration == "device"
+    public_key = device_public_key(device, profile, enrolls)
     digest = content_hash(fleet.spec.issuerRef.name, spec.keyAlgorithm, spec.keyGeneration,
                           sorted(spec.usages), subject, sans, extensions)
-    fingerprint = (keys.public_key_fingerprint(public_key) if public_key is not None
-                   else f"server-{spec.keyAlgorithm}")
+    if public_key is not None:
+        fingerprint = keys.public_key_fingerprint(public_key)
+    else:
+        fingerprint = ENROLLED if enrolls else f"server-{spec.keyAlgorithm}"
     return DeviceIntent(device.id, subject, tuple(sans), extensions, public_key, digest,
                         fingerprint)

@@ -8,7 +8,7 @@ from controller.api.desired import Desired, FleetDecl, content_hash
 from controller.api.problems import Problem
 from controller.api.resources import CertificateAuthority, Device
 from controller.clock import epoch, from_epoch
-from controller.plan.intents import DeviceIntent, IntentError, device_intent
+from controller.plan.intents import ENROLLED, DeviceIntent, IntentError, device_intent
 from controller.plan.model import (
     Action,
     ActionName,
@@ -115,15 +115,21 @@ class _FleetPlanner:
         renewal: ActionName = (
             "rekey" if spec.keyGeneration == "server" and spec.rotationPolicy == "Always"
             else "renew")
+        enrolled = intent.key_fingerprint == ENROLLED
+        if current is None and enrolled:
+            return  # awaiting its EST enrollment: there is no key to certify yet
         if current is None:
             self._add("issue", device.id, "no certificate yet")
-        elif current[1].split(":")[-1] != intent.key_fingerprint:
+        elif enrolled and current[1].split(":")[0] != intent.content_digest:
+            self._add("renew", device.id, "declaration changed (profile, labels or issuer); "
+                      "the enrolled key is kept", current[0])
+        elif not enrolled and current[1].split(":")[-1] != intent.key_fingerprint:
             self._add("rekey", device.id, "key changed (device key or key algorithm)", current[0])
-        elif current[1] != intent.digest:
+        elif not enrolled and current[1] != intent.digest:
             self._add(renewal, device.id, "declaration changed (profile, labels or issuer)",
                       current[0])
         elif self.now >= current[2]:
-            self._add(renewal, device.id, "due for renewal", current[0])
+            self._add("renew" if enrolled else renewal, device.id, "due for renewal", current[0])
         else:
             return
         self.intents[(self.fleet.name, device.id)] = intent

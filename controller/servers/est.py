@@ -7,9 +7,10 @@ from the fleet's profile), but a CSR whose commonName names another device is re
 
 The issued certificate is recorded exactly as `fleetpki apply` records one, with the intent
 digest the planner computes for the device (`<content digest>:<key fingerprint>`), so the next
-plan does not re-issue it. Because git stays the source of truth for device keys, the declared
-`publicKey`/`csr` of the device must be the key the device enrolls with; another key is refused
-(update the declaration first).
+plan does not re-issue it. A device that declares `publicKey`/`csr` in git must enroll with
+that key (another is refused: update the declaration first). In a fleet with
+`spec.enrollment`, a device that declares no key enrolls with a key of its own; the planner
+then keeps certifying that enrolled key at renewals.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from controller.clock import epoch
 from controller.pki import keys
 from controller.pki.csr import verify_csr
 from controller.pki.errors import PKIError
-from controller.plan.intents import DeviceIntent, IntentError, device_intent
+from controller.plan.intents import ENROLLED, DeviceIntent, IntentError, device_intent
 from controller.plan.model import Action, ActionName
 from controller.stores.inventory import CertRecord, EnrollmentSecret, Inventory
 from controller.stores.keystore import FileKeyStore
@@ -240,7 +241,7 @@ def _device_key_intent(target: Target, profile: CertificateProfile,
     declared = device_intent(fleet, profile, device)
     intent = device_intent(fleet, profile,
                            device.model_copy(update={"publicKey": pem, "csr": None}))
-    if declared.key_fingerprint != intent.key_fingerprint:
+    if declared.key_fingerprint not in (ENROLLED, intent.key_fingerprint):
         raise ESTError(403, f"the CSR key of {device.id!r} is not the key declared in git "
                        "(publicKey/csr); declare the new key and apply first")
     return intent

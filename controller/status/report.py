@@ -109,6 +109,9 @@ def build_status(desired: Desired, inventory: Inventory, outcome: Outcome,
                    f"issuance blocked: CertificateAuthority/{blocked_by} is denied by policy"
                    if blocked_by else outcome.refusal)
         missing = max(declared - counts["active"], 0) if not spec.decommissioned else 0
+        awaiting = 0
+        if spec.enrollment is not None:  # devices without a declared key enroll over EST
+            awaiting, missing = missing, 0
         pending = None
         if spec.suspend:
             pending = "fleet is suspended"
@@ -119,6 +122,8 @@ def build_status(desired: Desired, inventory: Inventory, outcome: Outcome,
                         "revoked": counts["revoked"], "due": counts["due"],
                         "expired": counts["expired"], "failed": len(problems)},
         }
+        if awaiting:
+            status["devices"]["awaitingEnrollment"] = awaiting
         if attention:
             status["attention"] = attention
         warnings = sorted({f"{f.policy}/{f.rule}: {f.message}" for f in findings

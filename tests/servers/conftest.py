@@ -58,6 +58,17 @@ spec:
   devices: [{id: gw-1}]
 """
 DEVICES = ("dev-1", "dev-2", "dev-3", "dev-4")
+# A fleet whose devices declare no key: they enroll over EST with a key of their own.
+ENROLLEES = """\
+apiVersion: fleetpki.io/v1alpha1
+kind: DeviceFleet
+metadata: {name: enrollees}
+spec:
+  issuerRef: {name: issuing}
+  profileRef: {name: sensor}
+  enrollment: {bootstrap: secret}
+  devices: [{id: new-1}]
+"""
 
 
 def fleet_yaml(key_dir: Path, revoked: dict[str, str]) -> str:
@@ -80,6 +91,7 @@ class Env:
 
     def write(self, revoked: dict[str, str] | None = None) -> None:
         (self.repo / "fleet.yaml").write_text(fleet_yaml(self.keys, revoked or {}))
+        (self.repo / "enrollees.yaml").write_text(ENROLLEES)
 
     def apply(self) -> jobs.ApplyReport:
         return jobs.apply(self.repo, self.state, jobs.now_utc(), write_status=False)

@@ -129,6 +129,30 @@ def test_simpleenroll_with_one_time_secret(server: Running, env: Env) -> None:
     assert not [a for a in planned.actions if a.device == "dev-3"]
 
 
+def test_enrollment_fleet_device_enrolls_a_key_that_is_not_in_git(server: Running,
+                                                                   env: Env) -> None:
+    planned = jobs.plan(env.repo, env.state, jobs.now_utc())
+    assert not [a for a in planned.actions if a.name == "enrollees"]  # awaiting enrollment
+    with env.state.inventory() as inventory:
+        assert inventory.active_device("enrollees", "new-1") is None
+    key = env.keys / "new-1.key"  # made on the device; never declared anywhere
+    made = run("openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+               "-out", key)
+    assert made.returncode == 0, made.stderr
+    request = csr(env, "new-1", "/CN=new-1")
+    token = secret(env, "new-1", fleet="enrollees")
+    status, body, _ = post(server, env, "/simpleenroll", request, "--user", f"new-1:{token}",
+                           name="new-1")
+    assert status == "200", body.read_text()
+    pem = certificate_from(env, body, "new-1-est")
+    verify(env, pem)
+    certified = run("openssl", "x509", "-in", pem, "-noout", "-pubkey").stdout
+    own = run("openssl", "pkey", "-in", key, "-pubout").stdout
+    assert certified == own != ""  # the device's own key, certified
+    planned = jobs.plan(env.repo, env.state, jobs.now_utc())
+    assert not [a for a in planned.actions if a.name == "enrollees"]  # recorded as converged
+
+
 def test_simpleenroll_refusals(server: Running, env: Env) -> None:
     token = secret(env, "dev-4")
     other = csr(env, "dev-4", "/CN=dev-3", key="dev-4")
