@@ -101,6 +101,11 @@ def _add(
         index[name] = item
 
 
+def _external(item: Located) -> bool:
+    return isinstance(item.resource, CertificateAuthority) and \
+        item.resource.spec.type == "external"
+
+
 def cross_check(
     located: list[Located],
     fleet_devices: dict[str, tuple[tuple[Device, ...], dict[str, tuple[str, int | None]]]],
@@ -126,6 +131,12 @@ def cross_check(
         assert isinstance(ca, CertificateAuthority)
         parent = ca.spec.parentRef
         if parent is None:
+            continue
+        if parent.name in authorities and _external(authorities[parent.name]):
+            problems.append(Problem(item.file, f"CertificateAuthority {parent.name!r} is "
+                                    "external (no key held here): it cannot be a parent",
+                                    item.line_of("spec", "parentRef", "name"), item.ref,
+                                    "spec.parentRef.name"))
             continue
         if parent.name not in authorities:
             if f"CertificateAuthority/{parent.name}" in invalid:
@@ -163,6 +174,24 @@ def cross_check(
                 problems.append(Problem(item.file, f"no {kind} named {target!r}",
                                         item.line_of("spec", field_name, "name"), item.ref,
                                         f"spec.{field_name}.name"))
+        issuer_item = authorities.get(fleet.spec.issuerRef.name)
+        if issuer_item is not None and _external(issuer_item):
+            ok = False
+            problems.append(Problem(item.file, f"CertificateAuthority "
+                                    f"{fleet.spec.issuerRef.name!r} is external (no key held "
+                                    "here): it cannot issue a fleet's certificates",
+                                    item.line_of("spec", "issuerRef", "name"), item.ref,
+                                    "spec.issuerRef.name"))
+        enrollment = fleet.spec.enrollment
+        if enrollment is not None and enrollment.idevid is not None:
+            idevid_ca = enrollment.idevid.issuerRef.name
+            idevid_item = authorities.get(idevid_ca)
+            if (idevid_item is None or not _external(idevid_item)) \
+                    and f"CertificateAuthority/{idevid_ca}" not in invalid:
+                problems.append(Problem(
+                    item.file, f"no external CertificateAuthority named {idevid_ca!r}",
+                    item.line_of("spec", "enrollment", "idevid", "issuerRef", "name"),
+                    item.ref, "spec.enrollment.idevid.issuerRef.name"))
         profile_item = profiles.get(fleet.spec.profileRef.name)
         devices, lines = fleet_devices.get(name, ((), {}))
         if ok and profile_item is not None:

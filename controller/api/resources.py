@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Literal
 
+from cryptography import x509
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from controller.api.durations import Duration
@@ -83,10 +84,19 @@ class NameConstraints(Model):
     permittedDNSDomains: list[str] = []
 
 
+EXTERNAL_UNUSED = ("parentRef", "keyAlgorithm", "duration", "renewBefore", "pathLength",
+                   "nameConstraints", "crl", "ocsp")
+
+
 class CertificateAuthoritySpec(Model):
-    type: Literal["root", "intermediate"]
+    """`root`/`intermediate`: created and renewed by fleetpki, which keeps the key.
+    `external`: a CA fleetpki only trusts (e.g. a manufacturer's IDevID CA): its `certificate`
+    (PEM) is given and no key is ever held; it issues nothing here."""
+
+    type: Literal["root", "intermediate", "external"]
     parentRef: LocalRef | None = None
-    subject: Subject
+    subject: Subject = Subject()
+    certificate: Annotated[str | None, Field(max_length=65536)] = None
     keyAlgorithm: KeyAlgorithm = "ECDSA-P256"
     duration: Duration = timedelta(days=3650)
     renewBefore: Duration | None = None
@@ -97,6 +107,11 @@ class CertificateAuthoritySpec(Model):
 
     @model_validator(mode="after")
     def _check(self) -> CertificateAuthoritySpec:
+        if self.type == "external":
+            return self._check_external()
+        if self.certificate is not None:
+            raise ValueError("certificate: only for type: external (fleetpki makes the "
+                             "certificates of its own CAs)")
         if self.type == "intermediate" and self.parentRef is None:
             raise ValueError("parentRef: required for an intermediate CA")
         if self.type == "root" and self.parentRef is not None:
@@ -106,6 +121,25 @@ class CertificateAuthoritySpec(Model):
         if self.renewBefore is not None and self.renewBefore >= self.duration:
             raise ValueError("renewBefore: must be shorter than duration")
         return self
+
+    def _check_external(self) -> CertificateAuthoritySpec:
+        unused = [name for name in EXTERNAL_UNUSED if name in self.model_fields_set]
+        if unused:
+            raise ValueError(f"{unused[0]}: not allowed for type: external (fleetpki holds no "
+                             "key and makes no certificate for it)")
+        if not self.certificate:
+            raise ValueError("certificate: required for type: external (PEM)")
+        try:
+            x509.load_pem_x509_certificate(self.certificate.encode())
+        except ValueError:
+            raise ValueError("certificate: not a PEM X.509 certificate") from None
+        return self
+
+    def external_certificate(self) -> x509.Certificate:
+        """The certificate of an external CA (validated when the spec was loaded)."""
+        if self.type != "external" or not self.certificate:
+            raise ValueError("not an external CA")
+        return x509.load_pem_x509_certificate(self.certificate.encode())
 
 
 class SubjectAltNames(Model):
@@ -225,11 +259,30 @@ class DeviceSource(Model):
         return self.format or ("jsonl" if self.path.endswith((".jsonl", ".ndjson")) else "csv")
 
 
+class IDevIDSpec(Model):
+    """First enrollment with a manufacturer-installed certificate (RFC 7030 3.3.2): the TLS
+    client certificate must be issued directly by the external CA `issuerRef`; the device id is
+    its subject attribute `identity`."""
+
+    issuerRef: LocalRef
+    identity: Literal["commonName", "serialNumber"] = "serialNumber"
+
+
 class EnrollmentSpec(Model):
     """Devices of this fleet may enroll over EST (`fleetpki serve`) with a key that is not in
-    git; `bootstrap` is how a first enrollment authenticates."""
+    git; `bootstrap` is how a first enrollment authenticates: a one-time `secret`
+    (`fleetpki enroll-secret`) or the device's manufacturer certificate (`idevid`)."""
 
-    bootstrap: Literal["secret"] = "secret"
+    bootstrap: Literal["secret", "idevid"] = "secret"
+    idevid: IDevIDSpec | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> EnrollmentSpec:
+        if self.bootstrap == "idevid" and self.idevid is None:
+            raise ValueError("idevid: required for bootstrap: idevid")
+        if self.bootstrap != "idevid" and self.idevid is not None:
+            raise ValueError("idevid: only for bootstrap: idevid")
+        return self
 
 
 class DeviceFleetSpec(Model):
@@ -288,7 +341,8 @@ class Resource(Model):
 
 
 class CertificateAuthority(Resource):
-    """A root or intermediate CA that fleetpki creates, renews and whose key it keeps."""
+    """A root or intermediate CA that fleetpki creates, renews and whose key it keeps, or an
+    external CA (certificate only) trusted for IDevID bootstrap."""
 
     kind: Literal["CertificateAuthority"] = "CertificateAuthority"
     spec: CertificateAuthoritySpec

@@ -143,6 +143,8 @@ def plan(desired: Desired, observed: Observed, now: datetime,
     changed_cas: set[str] = set()
     for name in desired.authorities_in_order():
         ca = desired.authority(name)
+        if ca.spec.type == "external":
+            continue  # trusted only: no key, no certificate, no CRL of ours
         action = _plan_authority(ca, observed.authorities.get(name),
                                  name in observed.known_authorities, now_s)
         if action is not None:
@@ -190,6 +192,8 @@ def plan(desired: Desired, observed: Observed, now: datetime,
 
     crl_actions: list[Action] = []
     for name in desired.authorities_in_order():
+        if desired.authority(name).spec.type == "external":
+            continue
         crl = observed.crls.get(name)
         ca_seen = observed.authorities.get(name)
         reason = None

@@ -307,6 +307,8 @@ def evaluate(rules: list[CompiledRule], desired: Desired,
     ranked = list(enumerate(rules))
     for position, name in enumerate(desired.authorities_in_order()):
         ca = desired.authority(name)
+        if ca.spec.type == "external":
+            continue  # nothing is made for it: no rule to gate
         activation = _activation({"authority": authority_data(ca), "now": now})
         for rank, rule in ranked:
             if rule.scope == "authority" and _selected(policy_of(rule), None, ca, desired):

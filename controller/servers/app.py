@@ -138,13 +138,23 @@ async def _secret_holder(request: web.Request, state: ServerState,
 
 
 async def simpleenroll(request: web.Request, state: ServerState) -> web.Response:
+    """A one-time secret (HTTP Basic), or for `bootstrap: idevid` fleets the manufacturer
+    certificate as TLS client certificate (without an Authorization header)."""
     fleet = _label_fleet(request, state)
-    if "Authorization" not in request.headers:
-        raise est.ESTError(401, "HTTP Basic authentication (device-id:secret) required")
-    csr = await _csr(request)
-    target, stored = await _secret_holder(request, state, fleet)
     now = now_utc()
-    record = est.issue(state.executor(now), state.inventory, target, csr, now, consume=stored)
+    stored: EnrollmentSecret | None = None
+    if "Authorization" not in request.headers:
+        peer = _peer_certificate(request)
+        if not peer:
+            raise est.ESTError(401, "HTTP Basic authentication (device-id:secret) or an IDevID "
+                               "TLS client certificate required")
+        csr = await _csr(request)
+        target = est.idevid_identity(state.desired, peer, fleet, now)
+    else:
+        csr = await _csr(request)
+        target, stored = await _secret_holder(request, state, fleet)
+    record = est.issue(state.executor(now), state.inventory, target, csr, now, consume=stored,
+                       rules=state.rules)
     state.changed()
     return _issued(record.der)
 
@@ -166,7 +176,7 @@ async def serverkeygen(request: web.Request, state: ServerState) -> web.Response
         target = est.find_device(state.desired, current.device, current.owner)
     now = now_utc()
     record = est.issue(state.executor(now), state.inventory, target, csr, now, consume=consume,
-                       server_key=True)
+                       server_key=True, rules=state.rules)
     state.changed()
     body, content_type = est.server_key_response(state.keystore, record)
     return web.Response(body=body, headers={"Content-Type": content_type})
@@ -188,7 +198,7 @@ async def simplereenroll(request: web.Request, state: ServerState) -> web.Respon
     csr = await _csr(request)
     target = est.find_device(state.desired, current.device, current.owner)
     now = now_utc()
-    record = est.issue(state.executor(now), state.inventory, target, csr, now)
+    record = est.issue(state.executor(now), state.inventory, target, csr, now, rules=state.rules)
     state.changed()
     return _issued(record.der)
 
@@ -221,7 +231,8 @@ def tls_context(certificate: x509.Certificate, key: keys.PrivateKey,
                 chain: list[x509.Certificate], client_cas: list[x509.Certificate]
                 ) -> ssl.SSLContext:
     """Server context; the key goes through an anonymous memory file, never to disk. Client
-    certificates are optional (needed only by simplereenroll) and verified against the CAs."""
+    certificates are optional (simplereenroll, IDevID simpleenroll) and verified against the CAs
+    (ours and the declared external ones)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     pem = certs.certificates_to_pem([certificate, *chain]) + keys.private_key_to_pem(key)
@@ -232,6 +243,7 @@ def tls_context(certificate: x509.Certificate, key: keys.PrivateKey,
     finally:
         os.close(descriptor)
     context.verify_mode = ssl.CERT_OPTIONAL
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # an external CA may be intermediate
     context.load_verify_locations(cadata=certs.certificates_to_pem(client_cas).decode())
     return context
 
@@ -270,7 +282,8 @@ class Server:
                                  "certificate)")
             name = opts.tls_name or opts.https.host
             certificate, key, chain = self.state.server_certificate(opts.tls_ca, name, now_utc())
-            context = tls_context(certificate, key, chain, self.state.ca_certificates())
+            context = tls_context(certificate, key, chain, self.state.ca_certificates()
+                                  + self.state.external_certificates())
             await self._site("https", https_app(self.state), opts.https, context)
 
     async def _site(self, kind: str, app: web.Application, listener: Listener,

@@ -1,16 +1,19 @@
 """EST (RFC 7030) logic without a web framework: secrets, identity checks, issuance, encodings.
 
 Enrollment identity: the device is the one named by its credential (HTTP Basic user with a
-one-time secret for `simpleenroll`, the TLS client certificate for `simplereenroll`). The CSR
-only proves possession of the key; its subject and SANs are ignored (the certificate is built
-from the fleet's profile), but a CSR whose commonName names another device is refused.
+one-time secret for `simpleenroll`, or in a `bootstrap: idevid` fleet the manufacturer's
+certificate (IDevID) as TLS client certificate; the current certificate for
+`simplereenroll`). The CSR only proves possession of the key; its subject and SANs are
+ignored (the certificate is built from the fleet's profile), but a CSR whose commonName
+names another device is refused.
 
 The issued certificate is recorded exactly as `fleetpki apply` records one, with the intent
 digest the planner computes for the device (`<content digest>:<key fingerprint>`), so the next
 plan does not re-issue it. A device that declares `publicKey`/`csr` in git must enroll with
 that key (another is refused: update the declaration first). In a fleet with
 `spec.enrollment`, a device that declares no key enrolls with a key of its own; the planner
-then keeps certifying that enrolled key at renewals.
+then keeps certifying that enrolled key at renewals. Every issuance first evaluates the
+declaration's policies over the device, as `plan` does: a failed deny rule refuses it (403).
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ import hmac
 import logging
 import os
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 from cryptography.hazmat.primitives.serialization import pkcs7
@@ -38,6 +43,7 @@ from controller.pki.csr import verify_csr
 from controller.pki.errors import PKIError
 from controller.plan.intents import ENROLLED, DeviceIntent, IntentError, device_intent
 from controller.plan.model import Action, ActionName
+from controller.policy.engine import CompiledRule, evaluate
 from controller.stores.inventory import CertRecord, EnrollmentSecret, Inventory
 from controller.stores.keystore import FileKeyStore
 
@@ -45,6 +51,8 @@ log = logging.getLogger(__name__)
 
 KDF = "scrypt:16384:8:1"
 CERTS_ONLY = "application/pkcs7-mime; smime-type=certs-only"
+IDENTITY_OIDS = {"commonName": x509.NameOID.COMMON_NAME,
+                 "serialNumber": x509.NameOID.SERIAL_NUMBER}
 
 
 class ESTError(Exception):
@@ -186,11 +194,13 @@ def check_csr_identity(csr: x509.CertificateSigningRequest, device_id: str) -> N
 
 def issue(executor: Executor, inventory: Inventory, target: Target,
           csr: x509.CertificateSigningRequest, now: datetime,
-          consume: EnrollmentSecret | None = None, server_key: bool = False) -> CertRecord:
+          consume: EnrollmentSecret | None = None, server_key: bool = False,
+          rules: Sequence[CompiledRule] = ()) -> CertRecord:
     """Build the device certificate from its profile and record it as `apply` would: the new
     certificate active, the previous one revoked `superseded`, the secret consumed, in one
     transaction. `server_key` (serverkeygen): a new key generated here and kept wrapped in the
-    inventory as for `keyGeneration: server`; the CSR's key is then ignored."""
+    inventory as for `keyGeneration: server`; the CSR's key is then ignored. The declaration's
+    policy `rules` are evaluated over this one device first, as `plan` gates an issuance."""
     fleet = target.decl.fleet
     profile = executor.desired.profile(fleet.spec.profileRef.name)
     device = target.device
@@ -211,6 +221,7 @@ def issue(executor: Executor, inventory: Inventory, target: Target,
             intent = _device_key_intent(target, profile, csr)
     except IntentError as exc:
         raise ESTError(400, str(exc)) from None
+    check_policy(rules, executor.desired, fleet.name, device.id, intent, now)
     current = inventory.active_device(fleet.name, device.id)
     name: ActionName = ("rekey" if server_key else "renew") if current else "issue"
     action = Action(name, "DeviceFleet", fleet.name, "EST enrollment",
@@ -227,6 +238,61 @@ def issue(executor: Executor, inventory: Inventory, target: Target,
     log.info("EST: issued %s to %s/%s%s", record.serial, fleet.name, device.id,
              f" (superseding {current.serial})" if current else "")
     return record
+
+
+def check_policy(rules: Sequence[CompiledRule], desired: Desired, fleet: str, device: str,
+                 intent: DeviceIntent, now: datetime) -> None:
+    """Refuse (403) when a deny rule fails for this device, its fleet or its issuing CA."""
+    if not rules:
+        return
+    issuer = desired.fleets[fleet].fleet.spec.issuerRef.name
+    findings = evaluate(list(rules), desired, {(fleet, device): intent}, now)
+    denies = [f for f in findings if f.action == "deny" and (
+        (f.object == f"DeviceFleet/{fleet}" and f.device in (None, device))
+        or f.object == f"CertificateAuthority/{issuer}")]
+    if denies:
+        raise ESTError(403, "denied by policy: " + "; ".join(
+            f"{f.policy}/{f.rule}: {f.message}" for f in denies))
+
+
+def idevid_identity(desired: Desired, peer_der: bytes, fleet: str | None,
+                    now: datetime) -> Target:
+    """The declared device named by an IDevID TLS client certificate: issued directly by the
+    external CA of a `bootstrap: idevid` fleet, currently valid, its subject attribute
+    (`identity`) a device id declared in that fleet."""
+    certificate = x509.load_der_x509_certificate(peer_der)
+    candidates = [decl for name, decl in sorted(desired.fleets.items())
+                  if (fleet is None or name == fleet) and decl.fleet.spec.enrollment is not None
+                  and decl.fleet.spec.enrollment.idevid is not None]
+    if not candidates:
+        raise ESTError(401, "no fleet accepts IDevID enrollment"
+                       + (f" (fleet {fleet!r})" if fleet else "")
+                       + "; use HTTP Basic authentication (device-id:secret)")
+    issuers: list[str] = []
+    for decl in candidates:
+        enrollment = decl.fleet.spec.enrollment
+        assert enrollment is not None and enrollment.idevid is not None
+        idevid = enrollment.idevid
+        external = desired.authority(idevid.issuerRef.name).spec.external_certificate()
+        issuers.append(idevid.issuerRef.name)
+        try:
+            certificate.verify_directly_issued_by(external)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
+            raise ESTError(403, f"IDevID certificate {certificate.serial_number:x} is not valid "
+                           "now")
+        oid = IDENTITY_OIDS[idevid.identity]
+        values = [str(a.value) for a in certificate.subject.get_attributes_for_oid(oid)]
+        if len(values) != 1:
+            raise ESTError(403, f"IDevID certificate has no single subject {idevid.identity}")
+        device = next((d for d in decl.devices if d.id == values[0]), None)
+        if device is None:
+            raise ESTError(403, f"IDevID {idevid.identity} {values[0]!r} is not a device "
+                           f"declared in fleet {decl.fleet.name!r}")
+        return Target(decl, device)
+    raise ESTError(403, "client certificate is not an IDevID issued by "
+                   + ", ".join(repr(i) for i in sorted(set(issuers))))
 
 
 def _device_key_intent(target: Target, profile: CertificateProfile,

@@ -22,6 +22,7 @@ from controller.apply.executor import Executor, serial_hex
 from controller.clock import epoch, from_epoch, now_utc
 from controller.pki import certificates as certs
 from controller.pki import keys
+from controller.policy.engine import CompiledRule
 from controller.servers import ocsp
 from controller.stores.inventory import Inventory
 
@@ -40,6 +41,7 @@ class ServerState:
         self._keys: dict[str, keys.PrivateKey] = {}
         self._version: int | None = None
         self.desired = Desired()
+        self.rules: list[CompiledRule] = []
         self._executor: Executor | None = None
         self.responder = ocsp.Responder(ocsp.IssuerIndex([]), self._lookup)
         self.refresh(force=True)
@@ -57,7 +59,8 @@ class ServerState:
         self._executor = None
         if self.directory is not None:
             try:
-                self.desired = jobs.load(self.directory).desired
+                declaration = jobs.load(self.directory)
+                self.desired, self.rules = declaration.desired, declaration.rules
             except Exception as exc:  # keep serving the last good declaration
                 log.warning("cannot reload the declaration from %s: %s", self.directory,
                             str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
@@ -133,6 +136,12 @@ class ServerState:
                                       self.state.public_dir, now)
         self._executor.now = now
         return self._executor
+
+    def external_certificates(self) -> list[x509.Certificate]:
+        """The declared external CAs (IDevID issuers), trusted for TLS client certificates."""
+        return [self.desired.authority(name).spec.external_certificate()
+                for name in sorted(self.desired.authorities)
+                if self.desired.authority(name).spec.type == "external"]
 
     # --- TLS ----------------------------------------------------------------------------------
     def server_certificate(self, ca_name: str, host: str,

@@ -14,6 +14,7 @@ from controller.api.desired import Desired
 from controller.api.problems import Finding, Problem
 from controller.api.resources import API_VERSION
 from controller.clock import epoch, rfc3339
+from controller.pki.certificates import certificate_fingerprint
 from controller.status.conditions import summarize
 from controller.stores.inventory import Inventory
 
@@ -66,9 +67,18 @@ def build_status(desired: Desired, inventory: Inventory, outcome: Outcome,
     for name in desired.authorities_in_order():
         path = status_path("CertificateAuthority", name)
         before = _load(previous, path)
-        record = inventory.active_ca(name)
+        ca_spec = desired.authority(name).spec
+        record = None if ca_spec.type == "external" else inventory.active_ca(name)
         status: dict[str, Any] = {}
-        if record is not None:
+        if ca_spec.type == "external":
+            external = ca_spec.external_certificate()
+            status["certificate"] = {
+                "serial": format(external.serial_number, "x"),
+                "fingerprint": certificate_fingerprint(external),
+                "notBefore": rfc3339(epoch(external.not_valid_before_utc)),
+                "notAfter": rfc3339(epoch(external.not_valid_after_utc)), "external": True,
+            }
+        elif record is not None:
             status["certificate"] = {
                 "serial": record.serial, "fingerprint": record.fingerprint,
                 "notBefore": rfc3339(record.not_before), "notAfter": rfc3339(record.not_after),
@@ -83,10 +93,12 @@ def build_status(desired: Desired, inventory: Inventory, outcome: Outcome,
                   if f.object == f"CertificateAuthority/{name}" and f.action == "deny"]
         stalled = (problems[0].message if problems else
                    _denied(denies) if denies else outcome.refusal)
-        pending = None if record is not None else "CA not yet created"
+        pending = None if record is not None or ca_spec.type == "external" else \
+            "CA not yet created"
         conditions = summarize((before.get("status") or {}).get("conditions", []),
                                stalled=stalled, reconciling=pending,
-                               ready_message="CA certificate is current",
+                               ready_message="external CA certificate declared (no key held)"
+                               if ca_spec.type == "external" else "CA certificate is current",
                                reason=_reason(stalled, pending), now=stamp)
         files[path] = _document("CertificateAuthority", name, {**status, "conditions": conditions},
                                 before, commit)

@@ -102,11 +102,11 @@ def test_schema_is_structural(kind: str) -> None:
 def test_spec_schema_follows_the_models(kind: str) -> None:
     spec = schema_of(crds()[kind])["properties"]["spec"]
     if kind == "CertificateAuthority":
-        assert spec["properties"]["type"]["enum"] == ["root", "intermediate"]
+        assert spec["properties"]["type"]["enum"] == ["root", "intermediate", "external"]
         assert "RSA-1024" not in spec["properties"]["keyAlgorithm"]["enum"]
         assert spec["properties"]["duration"]["type"] == "string"
         assert spec["properties"]["parentRef"]["properties"]["name"]["type"] == "string"
-        assert set(spec["required"]) == {"type", "subject"}
+        assert set(spec["required"]) == {"type"}
     elif kind == "CertificateProfile":
         assert spec["properties"]["keyGeneration"]["enum"] == ["server", "device"]
         assert "pattern" in spec["properties"]["renewBefore"]
