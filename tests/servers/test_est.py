@@ -239,3 +239,18 @@ def test_serverkeygen(server: Running, env: Env) -> None:
     status, _, _ = post(server, env, "/simpleenroll", request, "--user",
                         f"gw-1:{secret(env, 'gw-1', 'gateways')}", name="wrongkind")
     assert status == "403"
+
+
+def test_simplereenroll_refused_after_revocation_in_git(server: Running, env: Env) -> None:
+    with env.state.inventory() as inventory:
+        latest = inventory.device_history("sensors", "dev-1")[-1]
+    env.write({"dev-1": "keyCompromise"})  # as test_distribution does; idempotent
+    env.apply()
+    with env.state.inventory() as inventory:
+        record = inventory.get(latest.serial)
+    assert record is not None and (record.state, record.reason) == ("revoked", "keyCompromise")
+    cert = env.pem("dev-1-revoked.pem",
+                   x509.load_der_x509_certificate(latest.der).public_bytes(Encoding.PEM))
+    status, body, _ = post(server, env, "/simplereenroll", csr(env, "dev-1", "/CN=dev-1"),
+                           "--cert", cert, "--key", env.keys / "dev-1.key", name="revoked")
+    assert status == "403", body.read_text()
