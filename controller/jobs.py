@@ -218,6 +218,7 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
     """
     root = git_root(directory) if write_status else None
     with state.lock(), state.inventory() as inventory:
+        previous = read_status_branch(root, status_branch) if root is not None else {}
         declaration, problems = read_declaration(directory, use_default_policies)
         desired = declaration.desired
         outcome = Outcome(problems=list(problems))
@@ -231,19 +232,21 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
             outcome.problems.extend(the_plan.problems)
             outcome.findings.extend(the_plan.findings)
             outcome.blocked_fleets.update(blocked_fleets(the_plan, desired))
-            if root is not None:
-                refuse_unknown_new_cas(the_plan, read_status_branch(root, status_branch), state)
+            refuse_unknown_new_cas(the_plan, previous, state)
             result = execute(the_plan, desired, inventory, keystore, state.public_dir, now,
                              allow_mass_revocation=allow_mass_revocation, progress=progress)
         except (ApplyRefused, KeyStoreError, PKIError) as exc:
             outcome.refusal = str(exc)
-            _write_status(root, desired, inventory, outcome, now, status_branch, "refused")
+            _write_status(root, previous, desired, inventory, outcome, now, status_branch,
+                          "refused")
             raise
         except InvalidDeclaration:
-            _write_status(root, desired, inventory, outcome, now, status_branch, "invalid")
+            _write_status(root, previous, desired, inventory, outcome, now, status_branch,
+                          "invalid")
             raise
         done = ", ".join(f"{k} {v}" for k, v in sorted(result.done.items())) or "no changes"
-        commit = _write_status(root, desired, inventory, outcome, now, status_branch, done)
+        commit = _write_status(root, previous, desired, inventory, outcome, now, status_branch,
+                               done)
     return ApplyReport(the_plan, result, commit)
 
 
@@ -272,11 +275,12 @@ def refuse_unknown_new_cas(the_plan: Plan, previous: dict[str, bytes], state: St
                 "directory (or delete the status branch to start a new PKI deliberately)")
 
 
-def _write_status(root: Path | None, desired: Desired, inventory: Inventory, outcome: Outcome,
-                  now: datetime, branch: str, summary: str) -> str | None:
+def _write_status(root: Path | None, previous: dict[str, bytes], desired: Desired,
+                  inventory: Inventory, outcome: Outcome, now: datetime, branch: str,
+                  summary: str) -> str | None:
+    """Commit the status files (built against the branch as read at the start of the run)."""
     if root is None:
         return None
-    previous = read_status_branch(root, branch)
     files = build_status(desired, inventory, outcome, previous, now, _head(root))
     return write_status_branch(root, files, message=f"fleetpki status: {summary}",
                                branch=branch)
