@@ -231,7 +231,7 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
             the_plan = declaration.plan(observe(inventory, desired, now), now, max_revocations)
             outcome.problems.extend(the_plan.problems)
             outcome.findings.extend(the_plan.findings)
-            outcome.blocked_fleets.update(blocked_fleets(the_plan, desired))
+            outcome.blocked_fleets.update(the_plan.blocked_fleets)
             refuse_unknown_new_cas(the_plan, previous, state)
             result = execute(the_plan, desired, inventory, keystore, state.public_dir, now,
                              allow_mass_revocation=allow_mass_revocation, progress=progress)
@@ -248,15 +248,6 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
         commit = _write_status(root, previous, desired, inventory, outcome, now, status_branch,
                                done)
     return ApplyReport(the_plan, result, commit)
-
-
-def blocked_fleets(the_plan: Plan, desired: Desired) -> dict[str, str]:
-    """Fleets whose issuance a policy denial on their issuing CA (or its parents) removed."""
-    denied_cas = {a.name for a in the_plan.denied if a.kind == "CertificateAuthority"}
-    denied_cas |= {f.object.split("/", 1)[1] for f in the_plan.denies
-                   if f.object.startswith("CertificateAuthority/")}
-    return {name: decl.fleet.spec.issuerRef.name for name, decl in desired.fleets.items()
-            if decl.fleet.spec.issuerRef.name in denied_cas}
 
 
 def refuse_unknown_new_cas(the_plan: Plan, previous: dict[str, bytes], state: StateDir) -> None:

@@ -102,6 +102,7 @@ class Plan:
     fleet_sizes: dict[str, int] = field(default_factory=dict)  # active certificates before
     findings: tuple[Finding, ...] = ()  # policy results (deny and warn)
     denied: tuple[Action, ...] = ()  # actions a deny finding removed
+    blocked_fleets: dict[str, str] = field(default_factory=dict)  # fleet -> its denied CA
     dangers: tuple[str, ...] = ()  # what a reviewer must not miss (see plan/dangers.py)
 
     @property

@@ -27,10 +27,10 @@ def gate(plan: Plan, desired: Desired, findings: list[Finding]) -> Plan:
         parent = desired.authority(name).spec.parentRef
         if parent is not None and parent.name in cas and parent.name in creating:
             cas.add(name)  # its parent will not exist, so neither can it
+    by_ca = {name: decl.fleet.spec.issuerRef.name for name, decl in desired.fleets.items()
+             if decl.fleet.spec.issuerRef.name in cas}
     fleets = {f.object.split("/", 1)[1] for f in denies
-              if f.object.startswith("DeviceFleet/") and f.device is None}
-    fleets |= {name for name, decl in desired.fleets.items()
-               if decl.fleet.spec.issuerRef.name in cas}
+              if f.object.startswith("DeviceFleet/") and f.device is None} | set(by_ca)
     devices = {(f.object.split("/", 1)[1], f.device) for f in denies if f.device is not None}
 
     def blocked(action: Action) -> bool:
@@ -45,4 +45,4 @@ def gate(plan: Plan, desired: Desired, findings: list[Finding]) -> Plan:
     touched = {a.name for a in denied if a.kind == "DeviceFleet"}
     completed = {k: v for k, v in plan.completed_fleets.items() if k not in touched}
     return replace(plan, actions=kept, denied=denied, findings=tuple(findings),
-                   completed_fleets=completed)
+                   completed_fleets=completed, blocked_fleets=by_ca)

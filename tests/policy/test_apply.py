@@ -125,6 +125,10 @@ def test_a_denied_root_blocks_what_depends_on_it_and_apply_still_completes(
     assert conditions(ca)["Stalled"] == ("True", (
         "1 policy denial(s); first: path-length/root-declares-path-length: a root CA must "
         "declare pathLength so the depth of its hierarchy is bounded"))
+    assert report.plan.blocked_fleets == {"sensors": "issuing"}  # issuing sits below root
+    fleet = show(root, STATUS, "status/DeviceFleet/sensors.yaml")
+    assert conditions(fleet)["Stalled"] == (
+        "True", "issuance blocked: CertificateAuthority/issuing is denied by policy")
 
 
 def test_cli_validate_plan_and_apply_on_a_deny(tmp_path: Path, passphrase: str,
