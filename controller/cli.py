@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
+import sqlite3
 from collections.abc import Callable, Sequence
 from enum import StrEnum
 from pathlib import Path
@@ -20,11 +22,13 @@ from controller import exports, jobs
 from controller.api.crds import render_crds
 from controller.api.durations import parse_duration
 from controller.api.problems import InvalidDeclaration
+from controller.apply.evidence import ExistingCA
 from controller.apply.executor import ApplyRefused
 from controller.clock import epoch, rfc3339
 from controller.pki.errors import PKIError
 from controller.plan.render import RENDERERS
 from controller.status.gitbranch import StatusBranchError
+from controller.stores.inventory import InventoryError
 from controller.stores.keystore import KeyStoreError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -43,6 +47,10 @@ DefaultPoliciesOpt = Annotated[bool, typer.Option(
     help="Apply the built-in recommended policies (a repo policy of the same name replaces one).")]
 MaxRevOpt = Annotated[int | None, typer.Option(
     "--max-revocations", help="Revocations allowed per fleet (default: 10% of it or 100).")]
+NewCAOpt = Annotated[list[str] | None, typer.Option(
+    "--new-ca", help="Create this CA although evidence says it exists already (a wrong or lost "
+    "state directory otherwise stops the run): starts a new PKI on purpose. Repeatable.",
+    show_default=False)]
 
 
 class PlanFormat(StrEnum):
@@ -62,8 +70,8 @@ class ExportFormat(StrEnum):
     p12 = "p12"
 
 
-EXPECTED_ERRORS = (InvalidDeclaration, ApplyRefused, KeyStoreError, PKIError,
-                   exports.ExportError, jobs.StateLocked, StatusBranchError, OSError)
+EXPECTED_ERRORS = (InvalidDeclaration, ApplyRefused, ExistingCA, KeyStoreError, PKIError,
+                   exports.ExportError, jobs.StateLocked, StatusBranchError, InventoryError)
 
 
 def handle_errors(function: F) -> F:
@@ -79,9 +87,23 @@ def handle_errors(function: F) -> F:
             err.print(f"{len(exc.problems)} problem(s); nothing applied.", markup=False)
         except EXPECTED_ERRORS as exc:
             err.print(f"error: {exc}", markup=False, highlight=False)
+        except OSError as exc:
+            err.print(f"error: {describe_os_error(exc)}", markup=False, highlight=False)
+        except sqlite3.Error as exc:
+            err.print(f"error: the inventory: {exc}", markup=False, highlight=False)
         raise typer.Exit(1)
 
     return wrapper  # type: ignore[return-value]
+
+
+def describe_os_error(exc: OSError) -> str:
+    """`cannot write /x/y: No space left on device`, with what to do for the usual causes."""
+    where = f" {exc.filename}" if exc.filename else ""
+    hint = {errno.ENOSPC: "free some space and re-run",
+            errno.EROFS: "the file system is read-only",
+            errno.EACCES: "check its permissions and owner",
+            errno.EPERM: "check its permissions and owner"}.get(exc.errno or 0)
+    return f"cannot access{where}: {exc.strerror or exc}" + (f" ({hint})" if hint else "")
 
 
 def _emit(data: Any, fmt: OutputFormat) -> None:
@@ -134,7 +156,7 @@ def plan(directory: DirArg, state_dir: StateOpt = None,
              help="Like --base, with the base declaration in a directory.")] = None,
          danger_fraction: Annotated[float, typer.Option(
              help="Flag changes revoking more than this share of a fleet.")] =
-         jobs.DANGER_FRACTION) -> None:
+         jobs.DANGER_FRACTION, new_ca: NewCAOpt = None) -> None:
     """Show what apply would do: create/renew CAs, issue, renew, re-key, revoke, publish CRLs.
     Exit 1 on problems, policy denials, or (with --max-revocations) too many revocations."""
     now = jobs.now_utc()
@@ -149,7 +171,8 @@ def plan(directory: DirArg, state_dir: StateOpt = None,
                                     default_policies, danger_fraction)
     else:
         the_plan = jobs.plan(directory, jobs.StateDir.resolve(state_dir), now,
-                             max_revocations, default_policies, danger_fraction)
+                             max_revocations, default_policies, danger_fraction,
+                             frozenset(new_ca or ()))
     print(RENDERERS[output.value](the_plan), end="")
     too_many = max_revocations is not None and the_plan.mass_revocations
     if the_plan.problems or the_plan.denies or too_many:
@@ -171,7 +194,7 @@ def apply(directory: DirArg, state_dir: StateOpt = None, max_revocations: MaxRev
               help="Commit status to the status branch when DIR is in a git repo.")] = True,
           status_branch: Annotated[str, typer.Option()] = jobs.STATUS_BRANCH,
           output: Annotated[OutputFormat, typer.Option("-o", "--output")] = OutputFormat.text,
-          default_policies: DefaultPoliciesOpt = True) -> None:
+          default_policies: DefaultPoliciesOpt = True, new_ca: NewCAOpt = None) -> None:
     """Converge the state to the declaration and write status back. Actions a policy denies
     are skipped (their objects become Stalled) and the exit code is 1."""
     state = jobs.StateDir.resolve(state_dir)
@@ -181,7 +204,8 @@ def apply(directory: DirArg, state_dir: StateOpt = None, max_revocations: MaxRev
                             allow_mass_revocation=allow_mass_revocation, write_status=status,
                             status_branch=status_branch,
                             progress=lambda n: bar.advance(task, n),
-                            use_default_policies=default_policies)
+                            use_default_policies=default_policies,
+                            new_cas=frozenset(new_ca or ()))
     if output != OutputFormat.text:
         _emit({"done": report.result.done, "summary": report.plan.summary(),
                "warnings": list(report.plan.warnings),
@@ -211,10 +235,8 @@ def show_status(directory: DirArg, state_dir: StateOpt = None,
                 OutputFormat.text) -> None:
     """Tables of CAs and fleets from the inventory; --fleet F --devices for per-device rows."""
     state = jobs.StateDir.resolve(state_dir)
-    if not state.exists():
-        raise exports.ExportError(f"no inventory in {state.path}: run `fleetpki apply` first")
     now = epoch(jobs.now_utc())
-    with state.inventory() as inventory:
+    with state.reader() as inventory:
         if devices:
             if fleet is None:
                 raise typer.BadParameter("--devices needs --fleet")
@@ -260,7 +282,7 @@ def export_cert(directory: DirArg, fleet: Annotated[str, typer.Option()],
                 ) -> None:
     """cert.pem, chain.pem, ca.pem and (server keygen only) key.pem under OUT/."""
     state = jobs.StateDir.resolve(state_dir)
-    with state.inventory() as inventory:
+    with state.reader() as inventory:
         for path in exports.export_device_pem(inventory, state.keystore, fleet, device, out_dir):
             out.print(str(path), highlight=False)
 
@@ -273,7 +295,7 @@ def export_fleet(directory: DirArg, fleet: Annotated[str, typer.Option()],
                  ) -> None:
     """The same files per device under OUT/<device-id>/ (p12: OUT/<id>/<id>.p12)."""
     state = jobs.StateDir.resolve(state_dir)
-    with state.inventory() as inventory, Progress(console=err, transient=True,
+    with state.reader() as inventory, Progress(console=err, transient=True,
                                                    disable=not err.is_terminal) as bar:
         task = bar.add_task("exporting", total=None)
         count = exports.export_fleet(inventory, state.keystore, fleet, out_dir, format.value,
@@ -289,7 +311,7 @@ def export_crl(directory: DirArg, ca: Annotated[str, typer.Option()],
                ) -> None:
     """The CA's CRL (PEM: every unexpired CA generation; --der: the current one)."""
     state = jobs.StateDir.resolve(state_dir)
-    with state.inventory() as inventory:
+    with state.reader() as inventory:
         exports.write_file(out_file, exports.crl_bytes(inventory, ca, der))
 
 
@@ -299,7 +321,7 @@ def export_bundle(directory: DirArg, out_file: Annotated[Path, typer.Option("--o
                   state_dir: StateOpt = None) -> None:
     """Trust bundle: every unexpired CA certificate, PEM."""
     state = jobs.StateDir.resolve(state_dir)
-    with state.inventory() as inventory:
+    with state.reader() as inventory:
         exports.write_file(out_file, exports.trust_bundle(inventory, epoch(jobs.now_utc())))
 
 
@@ -311,17 +333,21 @@ def reconcile(repo: Annotated[str, typer.Option(help="Git URL or path of the fle
               push: Annotated[bool, typer.Option(help="Push the status branch.")] = False,
               once: Annotated[bool, typer.Option(help="Run once and exit.")] = False,
               path: Annotated[str, typer.Option(help="Directory inside the repo.")] = ".",
-              state_dir: StateOpt = None, max_revocations: MaxRevOpt = None) -> None:
+              state_dir: StateOpt = None, max_revocations: MaxRevOpt = None,
+              new_ca: NewCAOpt = None) -> None:
     """The controller loop (git-only mode): fetch, apply, write and push status, sleep."""
     from controller.sources.reconciler import Reconciler
 
+    if new_ca and not once:
+        raise typer.BadParameter("--new-ca is for one run: use it with --once",
+                                 param_hint="--new-ca")
     state = jobs.StateDir.resolve(state_dir)
     try:
         period = parse_duration(interval)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--interval") from None
     reconciler = Reconciler(repo, ref, state, path=path, push=push,
-                            max_revocations=max_revocations)
+                            max_revocations=max_revocations, new_cas=frozenset(new_ca or ()))
     reconciler.run(period if not once else None, log=lambda m: err.print(m, markup=False,
                                                                           highlight=False))
 
@@ -436,7 +462,8 @@ def enroll_secret(directory: DirArg, fleet: Annotated[str, typer.Option()],
         err.print(f"error: device {device!r} is not declared in fleet {fleet!r}", markup=False)
         raise typer.Exit(1)
     secret, record = new_secret(fleet, device, jobs.now_utc())
-    with jobs.StateDir.resolve(state_dir).inventory() as inventory, inventory.transaction():
+    with jobs.StateDir.resolve(state_dir).inventory(create=False) as inventory, \
+            inventory.transaction():
         inventory.put_enrollment_secret(record)
     print(secret)
 

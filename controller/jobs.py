@@ -13,13 +13,14 @@ from datetime import datetime
 from pathlib import Path
 
 import git
-import yaml
 
 from controller.api.desired import Desired
 from controller.api.loading import Located
 from controller.api.problems import Finding, InvalidDeclaration, Problem
-from controller.apply.executor import ApplyRefused, ApplyResult, Progress, execute
+from controller.apply.evidence import ExistingCA, Places, refuse_existing_cas
+from controller.apply.executor import ApplyRefused, ApplyResult, Progress, execute, prepare
 from controller.apply.observe import observe
+from controller.clock import epoch
 from controller.clock import now_utc as now_utc  # part of the job API
 from controller.pki.errors import PKIError
 from controller.plan.baseline import as_if_applied
@@ -31,9 +32,10 @@ from controller.policy.engine import CompiledRule, compile_policies, evaluate
 from controller.policy.gate import gate
 from controller.sources.repo import load_repository
 from controller.status.gitbranch import read_status_branch, write_status_branch
-from controller.status.report import Outcome, build_status, status_path
-from controller.stores.inventory import Inventory
+from controller.status.report import Outcome, build_status
+from controller.stores.inventory import Inventory, InventoryError
 from controller.stores.keystore import FileKeyStore, KeyStoreError
+from controller.stores.publish import sync_public
 
 STATE_ENV = "FLEETPKI_STATE_DIR"
 STATUS_BRANCH = "fleetpki/status"
@@ -70,10 +72,20 @@ class StateDir:
     def exists(self) -> bool:
         return self.inventory_path.exists()
 
-    def inventory(self) -> Inventory:
+    def inventory(self, create: bool = True) -> Inventory:
+        """The inventory for writing: created if absent (only with `create`), never in place
+        of a damaged one."""
+        if not create and not self.exists():
+            raise InventoryError(f"no inventory in {self.path}: run `fleetpki apply` first "
+                                 "(or restore a backup)")
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.path.chmod(0o700)
+        if self.path.stat().st_mode & 0o077:
+            self.path.chmod(0o700)
         return Inventory(self.inventory_path)
+
+    def reader(self) -> Inventory:
+        """The existing inventory, read-only (works in a read-only state directory)."""
+        return Inventory(self.inventory_path, read_only=True)
 
     def keystore(self) -> FileKeyStore:
         return FileKeyStore.from_env(self.path / "keys")
@@ -82,13 +94,39 @@ class StateDir:
     def lock(self) -> Iterator[None]:
         """One applier per state directory; a second one fails at once instead of racing."""
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with open(self.path / "apply.lock", "a+") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise StateLocked(f"another fleetpki process is applying with state directory "
-                                  f"{self.path}; try again when it has finished") from None
+        with _locked(self.path / "apply.lock", f"another fleetpki process is applying with "
+                     f"state directory {self.path}; try again when it has finished"):
             yield
+
+    def places(self, repo_root: Path | None, status_branch: str) -> Places:
+        """Where evidence of existing CAs is looked for."""
+        return Places(self.path, self.path / "keys", self.public_dir, repo_root, status_branch)
+
+
+@contextmanager
+def _locked(path: Path, busy: str) -> Iterator[None]:
+    """An exclusive lock file (0600), or StateLocked(busy) at once."""
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    with os.fdopen(descriptor, "r+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StateLocked(busy) from None
+        yield
+
+
+@contextmanager
+def repository_lock(root: Path | None) -> Iterator[None]:
+    """One apply per repository at a time, whatever its state directory: a second one with
+    another state directory then sees the first one's CAs on the status branch."""
+    if root is None:
+        yield
+        return
+    common = Path(git.Repo(root).common_dir)
+    with _locked(common / "fleetpki-apply.lock", f"another fleetpki apply is running on the "
+                 f"repository {root} (lock {common / 'fleetpki-apply.lock'}); try again when "
+                 "it has finished"):
+        yield
 
 
 @dataclass(frozen=True)
@@ -138,14 +176,25 @@ def validate(directory: Path, now: datetime,
 
 
 def plan(directory: Path, state: StateDir, now: datetime, max_revocations: int | None = None,
-         use_default_policies: bool = True, danger_fraction: float = DANGER_FRACTION) -> Plan:
-    """Plan against the inventory (read-only; an absent state directory is empty)."""
+         use_default_policies: bool = True, danger_fraction: float = DANGER_FRACTION,
+         new_cas: frozenset[str] = frozenset(), status_branch: str = STATUS_BRANCH) -> Plan:
+    """Plan against the inventory (read-only; an absent state directory is empty). A CA to
+    create that exists elsewhere is refused (ExistingCA), as apply would."""
     declaration = load(directory, use_default_policies)
+    places = state.places(git_root(directory), status_branch)
     if not state.exists():
-        return declaration.plan(Observed(), now, max_revocations, danger_fraction)
-    with state.inventory() as inventory:
-        return declaration.plan(observe(inventory, declaration.desired, now), now,
-                                max_revocations, danger_fraction)
+        the_plan = declaration.plan(Observed(), now, max_revocations, danger_fraction)
+        refuse_existing_cas(_created_cas(the_plan), places, None, new_cas)
+        return the_plan
+    with state.reader() as inventory:
+        the_plan = declaration.plan(observe(inventory, declaration.desired, now), now,
+                                    max_revocations, danger_fraction)
+        refuse_existing_cas(_created_cas(the_plan), places, inventory, new_cas)
+        return the_plan
+
+
+def _created_cas(the_plan: Plan) -> list[str]:
+    return [a.name for a in the_plan.actions if a.action == "create-ca"]
 
 
 def plan_change(directory: Path, base: Path, now: datetime, max_revocations: int | None = None,
@@ -211,59 +260,55 @@ def _head(root: Path) -> str | None:
 def apply(directory: Path, state: StateDir, now: datetime, *,
           max_revocations: int | None = None, allow_mass_revocation: bool = False,
           write_status: bool = True, status_branch: str = STATUS_BRANCH,
-          progress: Progress = lambda n: None, use_default_policies: bool = True) -> ApplyReport:
+          progress: Progress = lambda n: None, use_default_policies: bool = True,
+          new_cas: frozenset[str] = frozenset()) -> ApplyReport:
     """Converge, then write status to the status branch (when in a git repository).
 
-    Invalid declarations and refused plans still write `Stalled` status, then re-raise.
+    Everything that can refuse (the declaration, policies, existing CAs, the passphrase and
+    every CA key the plan signs with) is checked before the first change. A refused run keeps
+    every object's last known status, Stalled; a failure while applying writes status from the
+    inventory. The public directory is re-derived from the inventory on every run.
     """
-    root = git_root(directory) if write_status else None
-    with state.lock(), state.inventory() as inventory:
+    root = git_root(directory)
+    status_root = root if write_status else None
+    with repository_lock(root), state.lock(), state.inventory() as inventory:
         previous = read_status_branch(root, status_branch) if root is not None else {}
         declaration, problems = read_declaration(directory, use_default_policies)
         desired = declaration.desired
         outcome = Outcome(problems=list(problems))
         the_plan = Plan(())
-        result = ApplyResult()
         try:
             if problems:
                 raise InvalidDeclaration(problems)
-            keystore = state.keystore()
             the_plan = declaration.plan(observe(inventory, desired, now), now, max_revocations)
             outcome.problems.extend(the_plan.problems)
             outcome.findings.extend(the_plan.findings)
             outcome.blocked_fleets.update(the_plan.blocked_fleets)
-            refuse_unknown_new_cas(the_plan, previous, state)
-            result = execute(the_plan, desired, inventory, keystore, state.public_dir, now,
-                             allow_mass_revocation=allow_mass_revocation, progress=progress)
+            refuse_existing_cas(_created_cas(the_plan), state.places(root, status_branch),
+                                inventory, new_cas)
+            runner = prepare(the_plan, desired, inventory, state.keystore(), now,
+                             allow_mass_revocation=allow_mass_revocation)
+        except (ApplyRefused, ExistingCA, KeyStoreError, PKIError, InvalidDeclaration) as exc:
+            outcome.applied_nothing = True
+            if not isinstance(exc, InvalidDeclaration):
+                outcome.refusal = str(exc)
+            sync_public(inventory, state.public_dir, epoch(now))
+            _write_status(status_root, previous, desired, inventory, outcome, now, status_branch,
+                          "invalid" if isinstance(exc, InvalidDeclaration) else "refused")
+            raise
+        try:
+            result = execute(runner, the_plan, progress)
         except (ApplyRefused, KeyStoreError, PKIError) as exc:
             outcome.refusal = str(exc)
-            _write_status(root, previous, desired, inventory, outcome, now, status_branch,
-                          "refused")
+            _write_status(status_root, previous, desired, inventory, outcome, now, status_branch,
+                          "failed")
             raise
-        except InvalidDeclaration:
-            _write_status(root, previous, desired, inventory, outcome, now, status_branch,
-                          "invalid")
-            raise
+        finally:
+            sync_public(inventory, state.public_dir, epoch(now))
         done = ", ".join(f"{k} {v}" for k, v in sorted(result.done.items())) or "no changes"
-        commit = _write_status(root, previous, desired, inventory, outcome, now, status_branch,
-                               done)
+        commit = _write_status(status_root, previous, desired, inventory, outcome, now,
+                               status_branch, done)
     return ApplyReport(the_plan, result, commit)
-
-
-def refuse_unknown_new_cas(the_plan: Plan, previous: dict[str, bytes], state: StateDir) -> None:
-    """A CA the status branch has seen must never be re-created from an empty state directory."""
-    for action in the_plan.actions:
-        if action.action != "create-ca":
-            continue
-        recorded = previous.get(status_path("CertificateAuthority", action.name))
-        status = (yaml.safe_load(recorded) or {}).get("status", {}) if recorded else {}
-        serial = (status.get("certificate") or {}).get("serial")
-        if serial:
-            raise ApplyRefused(
-                f"CertificateAuthority/{action.name} exists (serial {serial} on the status "
-                f"branch) but the state directory {state.path} has no record of it: wrong "
-                "--state-dir, or lost state? Refusing to create a new CA; restore the state "
-                "directory (or delete the status branch to start a new PKI deliberately)")
 
 
 def _write_status(root: Path | None, previous: dict[str, bytes], desired: Desired,

@@ -7,6 +7,9 @@ Steps run in plan order: CAs, revocations, issuance, CRLs. Crash safety comes fr
   so a batch lost in a crash was never seen by anyone and is simply planned again;
 - a CA key is journalled before it is written and the journal entry is closed in the transaction
   that records its certificate; leftover entries name keys that never signed anything kept.
+Before the first change, `prepare` refuses an unsafe plan and loads every CA key the plan signs
+with, so a wrong passphrase or a missing key changes nothing. Public files (CA certificates,
+CRLs) are derived from the inventory afterwards (`stores.publish.sync_public`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ import ipaddress
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -26,14 +28,13 @@ from controller.api.resources import CertificateAuthority
 from controller.clock import epoch, from_epoch
 from controller.pki import certificates as certs
 from controller.pki import keys
-from controller.pki.crl import RevokedEntry, build_crl, crl_to_der, crl_to_pem
+from controller.pki.crl import RevokedEntry, build_crl, crl_to_der
 from controller.plan.intents import ENROLLED, DeviceIntent
 from controller.plan.model import Action, Plan
 from controller.plan.planner import ca_intent
 from controller.plan.schedule import renew_before, renewal_time
 from controller.stores.inventory import CertRecord, CRLRecord, Inventory
 from controller.stores.keystore import FileKeyStore
-from controller.stores.publish import publish_file
 
 BACKDATE = timedelta(minutes=1)  # tolerate device clock skew, as step-ca does
 BATCH = 500
@@ -71,14 +72,37 @@ class Executor:
     """Carries the stores and the clock through one apply."""
 
     def __init__(self, desired: Desired, inventory: Inventory, keystore: FileKeyStore,
-                 public_dir: Path, now: datetime) -> None:
+                 now: datetime) -> None:
         self.desired = desired
         self.inventory = inventory
         self.keystore = keystore
-        self.public_dir = public_dir
         self.now = now
         self._signers: dict[str, tuple[CertRecord, x509.Certificate, keys.PrivateKey]] = {}
+        self._keys: dict[str, keys.PrivateKey] = {}
         self.result = ApplyResult()
+
+    def preload(self, plan: Plan) -> None:
+        """Unlock the keystore and load every existing CA key the plan signs with, so that a
+        wrong passphrase or a missing or damaged key stops the run before its first change."""
+        self.keystore.unlock()
+        issuers: set[str] = set()
+        for action in plan.actions:
+            if action.action in ("issue", "renew", "rekey"):
+                issuers.add(self.desired.fleets[action.name].fleet.spec.issuerRef.name)
+            elif action.action in ("create-ca", "renew-ca"):
+                parent = self.desired.authority(action.name).spec.parentRef
+                issuers.update([parent.name] if parent else [])
+            elif action.action == "publish-crl":
+                for generation in self._crl_generations(action.name):
+                    self._ca_key(generation.key_id or "")
+        for issuer in sorted(issuers):
+            if self.inventory.active_ca(issuer) is not None:  # else created in this run
+                self.signer(issuer)
+
+    def _ca_key(self, key_id: str) -> keys.PrivateKey:
+        if key_id not in self._keys:
+            self._keys[key_id] = self.keystore.get_ca_key(key_id)
+        return self._keys[key_id]
 
     # --- CAs ---------------------------------------------------------------------------------
     def signer(self, ca_name: str) -> tuple[CertRecord, x509.Certificate, keys.PrivateKey]:
@@ -87,7 +111,7 @@ class Executor:
             record = self.inventory.active_ca(ca_name)
             if record is None:
                 raise ApplyRefused(f"CertificateAuthority/{ca_name} has no active certificate")
-            key = self.keystore.get_ca_key(record.key_id or "")
+            key = self._ca_key(record.key_id or "")
             self._signers[ca_name] = (record, x509.load_der_x509_certificate(record.der), key)
         return self._signers[ca_name]
 
@@ -126,8 +150,6 @@ class Executor:
             self.inventory.insert(record)
             self.inventory.journal_end(entry)
         self._signers.pop(ca.name, None)
-        publish_file(self.public_dir / "ca" / f"{ca.name}.pem",
-                     certs.certificate_to_pem(certificate))
         self.result.count(action.action)
 
     @staticmethod
@@ -225,15 +247,17 @@ class Executor:
         return keys.generate_private_key(algorithm)
 
     # --- CRLs --------------------------------------------------------------------------------
+    def _crl_generations(self, ca_name: str) -> list[CertRecord]:
+        """The CA certificates that need a CRL: unexpired and not revoked, newest first."""
+        return [g for g in self.inventory.ca_generations(ca_name)
+                if g.not_after > epoch(self.now) and g.state != "revoked"]
+
     def publish_crl(self, action: Action) -> None:
         """A fresh CRL for every unexpired certificate of the CA (old generations included)."""
         ca = self.desired.authority(action.name)
         now_s = epoch(self.now)
-        pem_parts: list[bytes] = []
-        for generation in self.inventory.ca_generations(ca.name):
-            if generation.not_after <= now_s or generation.state == "revoked":
-                continue
-            key = self.keystore.get_ca_key(generation.key_id or "")
+        for generation in self._crl_generations(ca.name):
+            key = self._ca_key(generation.key_id or "")
             ca_cert = x509.load_der_x509_certificate(generation.der)
             entries = [RevokedEntry(int(serial, 16), from_epoch(at), reason)
                        for serial, at, reason in self.inventory.revoked_by_issuer(
@@ -247,10 +271,6 @@ class Executor:
                 self.inventory.put_crl(CRLRecord(generation.serial, ca.name, number, now_s,
                                                  epoch(self.now + ca.spec.crl.duration),
                                                  len(entries), revoked_total, crl_to_der(crl)))
-            if generation.state == "active":
-                publish_file(self.public_dir / "crl" / f"{ca.name}.crl", crl_to_der(crl))
-            pem_parts.append(crl_to_pem(crl))
-        publish_file(self.public_dir / "crl" / f"{ca.name}.pem", b"".join(pem_parts))
         self.result.count("publish-crl")
 
 
@@ -275,10 +295,9 @@ def recover(inventory: Inventory, keystore: FileKeyStore) -> list[str]:
     return quarantined
 
 
-def execute(plan: Plan, desired: Desired, inventory: Inventory, keystore: FileKeyStore,
-            public_dir: Path, now: datetime, *, allow_mass_revocation: bool = False,
-            progress: Progress = lambda n: None) -> ApplyResult:
-    """Run the plan's steps in order; refuse before any change if the plan is unsafe."""
+def prepare(plan: Plan, desired: Desired, inventory: Inventory, keystore: FileKeyStore,
+            now: datetime, *, allow_mass_revocation: bool = False) -> Executor:
+    """Refuse an unsafe plan and unlock what it needs; nothing is changed."""
     if plan.problems:
         raise InvalidDeclaration(list(plan.problems))
     if plan.mass_revocations and not allow_mass_revocation:
@@ -287,8 +306,14 @@ def execute(plan: Plan, desired: Desired, inventory: Inventory, keystore: FileKe
             f"refusing to revoke {worst.count} certificates of DeviceFleet/{worst.fleet} "
             f"(limit {worst.limit}); check the change, then pass --allow-mass-revocation or "
             "--max-revocations N; nothing applied")
-    recover(inventory, keystore)
-    runner = Executor(desired, inventory, keystore, public_dir, now)
+    runner = Executor(desired, inventory, keystore, now)
+    runner.preload(plan)
+    return runner
+
+
+def execute(runner: Executor, plan: Plan, progress: Progress = lambda n: None) -> ApplyResult:
+    """Run a prepared plan's steps in order: CAs, revocations, issuance, CRLs."""
+    recover(runner.inventory, runner.keystore)
     for action in plan.actions:
         if action.action in ("create-ca", "renew-ca"):
             runner.create_ca(action)
@@ -298,8 +323,9 @@ def execute(plan: Plan, desired: Desired, inventory: Inventory, keystore: FileKe
     for action in plan.actions:
         if action.action == "publish-crl":
             runner.publish_crl(action)
-    with inventory.transaction():
+    with runner.inventory.transaction():
         for name, digest in plan.completed_fleets.items():
-            decl = desired.fleets[name]
-            inventory.set_fleet(name, digest, decl.fleet.spec.decommissioned, epoch(now))
+            decl = runner.desired.fleets[name]
+            runner.inventory.set_fleet(name, digest, decl.fleet.spec.decommissioned,
+                                       epoch(runner.now))
     return runner.result

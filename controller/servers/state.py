@@ -132,8 +132,7 @@ class ServerState:
         """The apply executor over the current declaration (its CA signers stay unlocked until
         the next reload)."""
         if self._executor is None or self._executor.desired is not self.desired:
-            self._executor = Executor(self.desired, self.inventory, self.keystore,
-                                      self.state.public_dir, now)
+            self._executor = Executor(self.desired, self.inventory, self.keystore, now)
         self._executor.now = now
         return self._executor
 

@@ -14,6 +14,7 @@ import git
 
 from controller import jobs
 from controller.api.problems import InvalidDeclaration
+from controller.apply.evidence import ExistingCA
 from controller.apply.executor import ApplyRefused
 from controller.pki.errors import PKIError
 from controller.status.gitbranch import StatusBranchError, push_status_branch
@@ -24,13 +25,15 @@ class Reconciler:
     """Keeps a private checkout of `repo` at `ref` in the state directory and applies it."""
 
     def __init__(self, repo: str, ref: str, state: jobs.StateDir, *, path: str = ".",
-                 push: bool = False, max_revocations: int | None = None) -> None:
+                 push: bool = False, max_revocations: int | None = None,
+                 new_cas: frozenset[str] = frozenset()) -> None:
         self.repo = repo
         self.ref = ref
         self.state = state
         self.path = path
         self.push = push
         self.max_revocations = max_revocations
+        self.new_cas = new_cas
         digest = hashlib.sha256(repo.encode()).hexdigest()[:12]
         self.checkout = state.path / "checkouts" / digest
         self.stopping = threading.Event()
@@ -54,8 +57,8 @@ class Reconciler:
         head = repository.head.commit.hexsha[:12]
         try:
             report = jobs.apply(Path(self.checkout) / self.path, self.state, jobs.now_utc(),
-                                max_revocations=self.max_revocations)
-        except (InvalidDeclaration, ApplyRefused) as exc:
+                                max_revocations=self.max_revocations, new_cas=self.new_cas)
+        except (InvalidDeclaration, ApplyRefused, ExistingCA) as exc:
             log(f"reconcile {head}: not applied: {exc}")
             ok = False
         else:

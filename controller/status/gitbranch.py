@@ -9,7 +9,7 @@ commit is made with ``commit-tree`` and the branch is moved with a compare-and-s
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -92,6 +92,26 @@ def read_status_branch(
             for item in repo.commit(base).tree.traverse()
             if isinstance(item, Blob)
         }
+
+
+def status_file_history(repo_dir: Path, path: str,
+                        branch: str = DEFAULT_BRANCH) -> Iterator[bytes]:
+    """Every version of one status file, newest first, across every commit of the local
+    status branch and of each remote's copy of it (evidence outlives a later commit)."""
+    with _open_repo(repo_dir) as repo:
+        ref = _branch_ref(repo, branch)
+        refs = [name for name in _git(repo, "for-each-ref", "--format=%(refname)",
+                                      "refs/heads", "refs/remotes").splitlines()
+                if name == ref or (name.startswith("refs/remotes/")
+                                   and name.split("/", 3)[-1] == branch)]
+        if not refs:
+            return
+        for commit in _git(repo, "log", "--format=%H", *refs, "--", path).splitlines():
+            try:
+                yield repo.git.execute(["git", "show", f"{commit}:{path}"],
+                                       strip_newline_in_stdout=False).encode()
+            except GitCommandError:  # the commit deleted the file
+                continue
 
 
 def push_status_branch(

@@ -30,10 +30,19 @@ class Outcome:
     blocked_fleets: dict[str, str] = field(default_factory=dict)  # fleet -> denied CA
     refusal: str | None = None
     failed_devices: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    applied_nothing: bool = False  # refused before any change: keep the last known status
 
 
 def status_path(kind: str, name: str) -> str:
     return f"status/{kind}/{name}.yaml"
+
+
+def _object_of(path: str) -> str | None:
+    """"Kind/name" of a status file path."""
+    parts = path.split("/")
+    if len(parts) != 3 or parts[0] != "status" or not parts[2].endswith(".yaml"):
+        return None
+    return f"{parts[1]}/{parts[2].removesuffix('.yaml')}"
 
 
 def _load(previous: Mapping[str, bytes], path: str) -> dict[str, Any]:
@@ -58,7 +67,13 @@ def _document(kind: str, name: str, status: dict[str, Any], previous: dict[str, 
 def build_status(desired: Desired, inventory: Inventory, outcome: Outcome,
                  previous: Mapping[str, bytes], now: datetime,
                  commit: str | None) -> dict[str, bytes]:
-    """Every status file for the status branch (absent objects' files are dropped)."""
+    """Every status file for the status branch.
+
+    An object removed from the declaration loses its file once a run applies; a run refused
+    before any change (an invalid declaration among others) keeps every object's last known
+    status, and those the error concerns (or that could not be loaded) become Stalled with the
+    error and its field path.
+    """
     stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
     by_object: dict[str, list[Problem]] = defaultdict(list)
     for problem in outcome.problems:
@@ -78,6 +93,10 @@ def build_status(desired: Desired, inventory: Inventory, outcome: Outcome,
                 "notBefore": rfc3339(epoch(external.not_valid_before_utc)),
                 "notAfter": rfc3339(epoch(external.not_valid_after_utc)), "external": True,
             }
+        elif record is None and (before.get("status") or {}).get("certificate"):
+            # never forget a CA this run cannot see (wrong or lost state directory): it is
+            # the evidence that stops a second PKI
+            status = {k: v for k, v in before["status"].items() if k in ("certificate", "crl")}
         elif record is not None:
             status["certificate"] = {
                 "serial": record.serial, "fingerprint": record.fingerprint,
@@ -99,7 +118,7 @@ def build_status(desired: Desired, inventory: Inventory, outcome: Outcome,
                                stalled=stalled, reconciling=pending,
                                ready_message="external CA certificate declared (no key held)"
                                if ca_spec.type == "external" else "CA certificate is current",
-                               reason=_reason(stalled, pending), now=stamp)
+                               reason=_reason(stalled, pending, bool(problems)), now=stamp)
         files[path] = _document("CertificateAuthority", name, {**status, "conditions": conditions},
                                 before, commit)
     for name, decl in sorted(desired.fleets.items()):
@@ -145,10 +164,56 @@ def build_status(desired: Desired, inventory: Inventory, outcome: Outcome,
         conditions = summarize((before.get("status") or {}).get("conditions", []),
                                stalled=stalled, reconciling=pending,
                                ready_message=f"{counts['active']} device certificate(s) current",
-                               reason=_reason(stalled, pending), now=stamp)
+                               reason=_reason(stalled, pending, bool(problems)), now=stamp)
         files[path] = _document("DeviceFleet", name, {**status, "conditions": conditions},
                                 before, commit)
+    if outcome.applied_nothing:
+        files.update(_kept(desired, previous, files, outcome, stamp, commit))
     return files
+
+
+def _references(desired: Desired, name: str) -> list[str]:
+    """"Kind/name" of the objects an object depends on (a fleet's CA and profile, a CA's
+    parent): a mistake in one of them concerns it too."""
+    kind, object_name = name.split("/", 1)
+    if kind == "DeviceFleet" and object_name in desired.fleets:
+        spec = desired.fleets[object_name].fleet.spec
+        return [f"CertificateAuthority/{spec.issuerRef.name}",
+                f"CertificateProfile/{spec.profileRef.name}"]
+    if kind == "CertificateAuthority" and object_name in desired.authorities:
+        parent = desired.authority(object_name).spec.parentRef
+        return [f"CertificateAuthority/{parent.name}"] if parent else []
+    return []
+
+
+def _kept(desired: Desired, previous: Mapping[str, bytes], built: Mapping[str, bytes],
+          outcome: Outcome, stamp: str, commit: str | None) -> dict[str, bytes]:
+    """Last known status of objects this run did not converge, with Stalled conditions."""
+    unloaded = [p for p in outcome.problems if p.object is None]
+    kept: dict[str, bytes] = {}
+    for path in previous:
+        name = _object_of(path)
+        before = _load(previous, path)
+        if name is None or not before:
+            continue
+        concerned = {name, *_references(desired, name)}
+        own = [p for p in outcome.problems if p.object in concerned]
+        status = dict(before.get("status") or {})
+        status.pop("observedCommit", None)
+        if own:
+            message: str | None = f"{len(own)} problem(s) in the declaration: {own[0]}"
+        elif outcome.problems and path not in built:  # its file or a dependency is broken
+            message = f"not loaded: {(unloaded or outcome.problems)[0]}"
+        else:
+            message = outcome.refusal
+        if message is not None:
+            reason = "InvalidSpec" if own or path not in built else "Failed"
+            status["conditions"] = summarize(status.get("conditions", []), stalled=message,
+                                             reconciling=None, ready_message="",
+                                             reason=reason, now=stamp)
+        kind, object_name = name.split("/", 1)
+        kept[path] = _document(kind, object_name, status, before, commit)
+    return kept
 
 
 def _denied(denies: list[Finding]) -> str:
@@ -157,9 +222,9 @@ def _denied(denies: list[Finding]) -> str:
             f"{first.message}" + (f" (device {first.device})" if first.device else ""))
 
 
-def _reason(stalled: str | None, pending: str | None) -> str:
+def _reason(stalled: str | None, pending: str | None, invalid: bool = False) -> str:
     if stalled:
-        return "Failed"
+        return "InvalidSpec" if invalid else "Failed"
     if pending == "fleet is suspended":
         return "Suspended"
     return "Progressing" if pending else "Succeeded"

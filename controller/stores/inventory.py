@@ -9,6 +9,8 @@ Times are integer epoch seconds (UTC) so renewal queries are indexed range scans
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -133,23 +135,125 @@ class Revocation:
     reason: str
 
 
-class Inventory:
-    """SQLite-backed store; use as a context manager or call `close()`."""
+class InventoryError(Exception):
+    """The inventory cannot be opened, read or written; the message names it and what to do."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def describe(path: Path, exc: sqlite3.Error) -> str:
+    """A user's message for an SQLite error on the inventory at `path`."""
+    text = str(exc)
+    if "full" in text:
+        return (f"cannot write the inventory {path}: {text}; free some space and re-run "
+                "(each batch is atomic: nothing was half-written)")
+    if "readonly" in text or "read-only" in text:
+        return (f"cannot write the inventory {path}: {text}; it or its directory is read-only "
+                "(status, plan and export work read-only, apply needs write access)")
+    if "locked" in text or "busy" in text:
+        return f"the inventory {path} is locked by another process ({text}); re-run later"
+    if "unable to open" in text:
+        return (f"cannot open the inventory {path}: {text} (is the state directory readable, "
+                "and writable for apply?)")
+    return damaged(path, text)
+
+
+def damaged(path: Path, why: str) -> str:
+    return (f"the inventory {path} is damaged ({why}): restore it from a backup "
+            "(fleetpki restore); fleetpki never starts a new inventory in its place")
+
+
+def _check_header(path: Path) -> None:
+    """An existing inventory file must be an SQLite database: a 0-byte or overwritten file
+    would otherwise open as a new, empty inventory and start a second PKI."""
+    with open(path, "rb") as handle:
+        header = handle.read(len(SQLITE_HEADER))
+    if header != SQLITE_HEADER:
+        raise InventoryError(damaged(path, "empty file" if not header else "not an SQLite "
+                                     "database"))
+
+
+class Inventory:
+    """SQLite-backed store; use as a context manager or call `close()`.
+
+    An existing file must be a fleetpki inventory (else InventoryError, never a new one); a
+    new one is created 0600. `read_only` opens an existing inventory without writing to it,
+    also in a read-only state directory.
+    """
+
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = path
-        self.db = sqlite3.connect(path, isolation_level=None, timeout=30)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
-        path.chmod(0o600)
+        try:
+            self.db = self._open_read_only() if read_only else self._open_for_writing()
+        except OSError as exc:
+            raise InventoryError(f"cannot open the inventory {path}: {exc.strerror}") from None
+        except sqlite3.Error as exc:
+            raise InventoryError(describe(path, exc)) from None
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        if not self.path.exists():
+            raise InventoryError(f"no inventory in {self.path.parent}: run `fleetpki apply` "
+                                 "first (or restore a backup)")
+        _check_header(self.path)
+        uri = f"{self.path.resolve().as_uri()}?mode=ro"
+        db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30)
+        try:
+            self._check_tables(db)
+        except sqlite3.OperationalError:  # a read-only directory: no -shm can be made
+            db.close()
+            db = sqlite3.connect(f"{uri}&immutable=1", uri=True, isolation_level=None)
+            self._check_tables(db)
+        return db
+
+    def _open_for_writing(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not self.path.exists():
+            self._create()
+        _check_header(self.path)
+        db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        self._check_tables(db)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(SCHEMA)
+        for path in (self.path, self.path.with_name(self.path.name + "-wal"),
+                     self.path.with_name(self.path.name + "-shm")):
+            if path.exists() and path.stat().st_mode & 0o077:
+                path.chmod(0o600)
+        return db
+
+    def _create(self) -> None:
+        """Build the empty inventory beside its place, 0600 (SQLite gives its -wal and -shm
+        files the same mode), and link it in: a crash never leaves a half-made file."""
+        temporary = self.path.with_name(f".{self.path.name}.{os.urandom(6).hex()}.new")
+        try:
+            os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            db = sqlite3.connect(temporary, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(SCHEMA)
+            db.close()
+            with contextlib.suppress(FileExistsError):  # another process made it first
+                os.link(temporary, self.path)
+        finally:
+            for leftover in (temporary, temporary.with_name(temporary.name + "-wal"),
+                             temporary.with_name(temporary.name + "-shm")):
+                leftover.unlink(missing_ok=True)
+
+    def _check_tables(self, db: sqlite3.Connection) -> None:
+        names = {row[0] for row in db.execute("SELECT name FROM sqlite_master "
+                                              "WHERE type = 'table'")}
+        if "certificates" not in names:
+            raise InventoryError(damaged(self.path, "no certificates table: not a fleetpki "
+                                         "inventory"))
 
     def __enter__(self) -> Inventory:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: object, exc: BaseException | None, traceback: object) -> None:
+        """Close; an SQLite error raised inside the block becomes an InventoryError."""
         self.close()
+        if isinstance(exc, sqlite3.Error):
+            raise InventoryError(describe(self.path, exc)) from None
 
     def close(self) -> None:
         self.db.close()

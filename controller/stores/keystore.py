@@ -37,6 +37,7 @@ _KEK_FILE_VERSION = 1
 _KEK_VERIFIER_PLAINTEXT = b"fleetpki kek verifier v1"
 _KEK_VERIFIER_AAD = b"fleetpki kek.json"
 _BLOB_VERSION = 1
+MIN_PASSPHRASE = 12  # characters, asked of a new keystore only
 
 
 class KeyStoreError(Exception):
@@ -195,6 +196,15 @@ class FileKeyStore:
                 f"cannot decrypt CA key '{key_id}' ({path}): wrong {PASSPHRASE_ENV} or corrupt file"
             ) from None
 
+    def ca_key_files(self) -> list[Path]:
+        """Every CA key file, orphaned ones included."""
+        return sorted((self._root / "ca").rglob("*.pem"))
+
+    def unlock(self) -> None:
+        """Check the passphrase now (or create the KEK of an empty keystore), before any
+        change that would need it."""
+        self._kek_aead()
+
     # -- device keys (envelope encryption) ------------------------------------------------
 
     def _kek_aead(self) -> AESGCM:
@@ -212,6 +222,14 @@ class FileKeyStore:
             pass
         except OSError as exc:
             raise KeyStoreError(f"cannot read KEK parameters {path}: {exc}") from exc
+        if self.ca_key_files():
+            raise KeyStoreError(
+                f"{path} is missing but the keystore {self._root} holds CA keys: restore "
+                "kek.json from a backup of the state directory (a new one would not open them)")
+        if len(self._passphrase.decode("utf-8", "replace")) < MIN_PASSPHRASE:
+            raise KeyStoreError(
+                f"{PASSPHRASE_ENV} is too short for a new keystore: use at least "
+                f"{MIN_PASSPHRASE} characters")
         salt = os.urandom(_SALT_LEN)
         self._kek = _derive_kek(self._passphrase, salt)
         aead = AESGCM(self._kek)

@@ -63,8 +63,7 @@ def enrolled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     device_key = ec.generate_private_key(ec.SECP256R1())
     declaration = jobs.load(repo)
     with state.inventory() as inventory:
-        executor = Executor(declaration.desired, inventory, state.keystore(), state.public_dir,
-                            now)
+        executor = Executor(declaration.desired, inventory, state.keystore(), now)
         issue(executor, inventory, find_device(declaration.desired, "unit-1", "field"),
               csr_for("unit-1", device_key), now)
     return repo, state, device_key

@@ -103,7 +103,8 @@ def test_lost_state_directory_does_not_silently_start_a_new_pki(applied_example:
     empty = tmp_path / "wrong-state"
     refused = cli("apply", repo, "--state-dir", empty, rc=1)
     message = one_line(refused.stderr)
-    assert "CertificateAuthority/acme-root exists" in message and "Refusing" in message
+    assert "CertificateAuthority/acme-root exists already" in message
+    assert "--new-ca acme-root" in message
     assert not list(empty.glob("keys/ca/*.pem")), "no CA key generated"
     assert not (empty / "inventory.db").exists() or not query(
         empty, "SELECT 1 FROM certificates"), "no CA certificate recorded"

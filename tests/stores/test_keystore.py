@@ -145,6 +145,7 @@ def test_corrupt_ca_key_file(store: FileKeyStore, tmp_path: Path) -> None:
 
 def test_unencrypted_ca_key_file_is_rejected(store: FileKeyStore, tmp_path: Path) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
+    store.unlock()  # an initialised keystore (kek.json), then a plaintext file among its keys
     ca_dir = tmp_path / "state" / "keys" / "ca"
     ca_dir.mkdir(mode=0o700)
     (ca_dir / "root.pem").write_bytes(
@@ -157,6 +158,21 @@ def test_unencrypted_ca_key_file_is_rejected(store: FileKeyStore, tmp_path: Path
     with pytest.raises(KeyStoreError, match="cannot decrypt CA key 'root'") as info:
         store.get_ca_key("root")
     _assert_no_key_material(str(info.value), key)
+
+
+def test_missing_kek_with_ca_keys_is_refused(store: FileKeyStore, tmp_path: Path) -> None:
+    store.put_ca_key("root", ec.generate_private_key(ec.SECP256R1()))
+    kek = tmp_path / "state" / "keys" / "kek.json"
+    kek.unlink()
+    with pytest.raises(KeyStoreError, match="kek.json is missing but the keystore"):
+        FileKeyStore(tmp_path / "state" / "keys", PASS).get_ca_key("root")
+    assert not kek.exists(), "no new kek.json beside existing keys"
+
+
+def test_new_keystore_needs_a_long_passphrase(tmp_path: Path) -> None:
+    with pytest.raises(KeyStoreError, match="too short for a new keystore"):
+        FileKeyStore(tmp_path / "keys", b"short").unlock()
+    assert not (tmp_path / "keys" / "kek.json").exists()
 
 
 def test_missing_ca_key(store: FileKeyStore) -> None:
