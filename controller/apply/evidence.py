@@ -104,7 +104,8 @@ def refuse_existing_cas(names: Iterable[str], places: Places, inventory: Invento
              for name, found in sorted(blocked.items())]
     flags = " ".join(f"--new-ca {name}" for name in sorted(blocked))
     raise ExistingCA(
-        "\n".join(lines) + f"\nThe state directory {places.state_dir} has no record of it: "
+        "\n".join(lines) + f"\nThe state directory {places.state_dir} has no record of "
+        f"{'it' if len(lines) == 1 else 'them'}: "
         "wrong --state-dir, or a lost or damaged state directory? Point --state-dir at the "
         "right one or restore it (fleetpki restore BACKUP --state-dir DIR). fleetpki never "
         f"creates a CA where one existed; to start a new one on purpose, pass {flags}")
