@@ -24,6 +24,7 @@ from controller.apply.executor import ApplyRefused
 from controller.clock import epoch, rfc3339
 from controller.pki.errors import PKIError
 from controller.plan.render import RENDERERS
+from controller.sources.reconciler import Reconciler, SourceError
 from controller.status.gitbranch import StatusBranchError
 from controller.stores.keystore import KeyStoreError
 
@@ -63,7 +64,7 @@ class ExportFormat(StrEnum):
 
 
 EXPECTED_ERRORS = (InvalidDeclaration, ApplyRefused, KeyStoreError, PKIError,
-                   exports.ExportError, jobs.StateLocked, StatusBranchError, OSError)
+                   exports.ExportError, jobs.StateLocked, StatusBranchError, SourceError, OSError)
 
 
 def handle_errors(function: F) -> F:
@@ -312,9 +313,8 @@ def reconcile(repo: Annotated[str, typer.Option(help="Git URL or path of the fle
               once: Annotated[bool, typer.Option(help="Run once and exit.")] = False,
               path: Annotated[str, typer.Option(help="Directory inside the repo.")] = ".",
               state_dir: StateOpt = None, max_revocations: MaxRevOpt = None) -> None:
-    """The controller loop (git-only mode): fetch, apply, write and push status, sleep."""
-    from controller.sources.reconciler import Reconciler
-
+    """The controller loop (git-only mode): fetch, apply, write and push status, sleep. With
+    --once, any failure exits 1; in the loop, failures are logged and retried."""
     state = jobs.StateDir.resolve(state_dir)
     try:
         period = parse_duration(interval)
