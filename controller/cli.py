@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -36,7 +37,19 @@ out = Console()
 err = Console(stderr=True, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
-DirArg = Annotated[Path, typer.Argument(help="Fleet repository directory.", show_default=False)]
+
+def _existing_directory(value: Path) -> Path:
+    """DIR must be a directory: a typo is an error (exit 1), never an empty fleet."""
+    if not value.is_dir():
+        reason = "is not a directory" if value.exists() else "does not exist"
+        err.print(f"error: {value} {reason} (DIR is the fleet repository directory)",
+                  markup=False, highlight=False)
+        raise typer.Exit(1)
+    return value
+
+
+DirArg = Annotated[Path, typer.Argument(help="Fleet repository directory.", show_default=False,
+                                        callback=_existing_directory)]
 StateOpt = Annotated[Path | None, typer.Option(
     "--state-dir", help="State directory (inventory, keys). Default: $FLEETPKI_STATE_DIR or "
     "~/.local/state/fleetpki.", show_default=False)]
@@ -95,6 +108,19 @@ def _emit(data: Any, fmt: OutputFormat) -> None:
 def _say(prefix: str, items: Sequence[object]) -> None:
     for item in items:
         err.print(f"{prefix}: {item}", markup=False, highlight=False)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"fleetpki {importlib.metadata.version('fleetpki')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def options(version: Annotated[bool, typer.Option(
+        "--version", callback=_show_version, is_eager=True,
+        help="Print the version and exit.")] = False) -> None:
+    """Declarative, GitOps-driven PKI for IoT device fleets."""
 
 
 @app.command()
@@ -216,6 +242,9 @@ def show_status(directory: DirArg, state_dir: StateOpt = None,
         raise exports.ExportError(f"no inventory in {state.path}: run `fleetpki apply` first")
     now = epoch(jobs.now_utc())
     with state.inventory() as inventory:
+        if fleet is not None and fleet not in inventory.fleet_names():
+            raise exports.ExportError(f"no fleet {fleet!r} in the inventory (fleets: "
+                                      f"{', '.join(inventory.fleet_names()) or 'none'})")
         if devices:
             if fleet is None:
                 raise typer.BadParameter("--devices needs --fleet")
