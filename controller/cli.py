@@ -26,6 +26,7 @@ from controller.clock import epoch, rfc3339
 from controller.pki.errors import PKIError
 from controller.plan.render import RENDERERS
 from controller.sources.reconciler import Reconciler, SourceError
+from controller.sources.worktree import uncommitted_changes
 from controller.status.gitbranch import StatusBranchError
 from controller.stores.keystore import KeyStoreError
 
@@ -78,6 +79,7 @@ class ExportFormat(StrEnum):
 
 EXPECTED_ERRORS = (InvalidDeclaration, ApplyRefused, KeyStoreError, PKIError,
                    exports.ExportError, jobs.StateLocked, StatusBranchError, SourceError, OSError)
+LISTED_PATHS = 10  # uncommitted files named in a message; the rest are counted
 
 
 def handle_errors(function: F) -> F:
@@ -108,6 +110,14 @@ def _emit(data: Any, fmt: OutputFormat) -> None:
 def _say(prefix: str, items: Sequence[object]) -> None:
     for item in items:
         err.print(f"{prefix}: {item}", markup=False, highlight=False)
+
+
+def _uncommitted(paths: Sequence[str]) -> str:
+    """`a, b and 3 more have uncommitted changes` (at most LISTED_PATHS named)."""
+    named = ", ".join(paths[:LISTED_PATHS])
+    more = f" and {len(paths) - LISTED_PATHS} more" if len(paths) > LISTED_PATHS else ""
+    verb = "has" if len(paths) == 1 else "have"
+    return f"{named}{more} {verb} uncommitted changes"
 
 
 def _show_version(value: bool) -> None:
@@ -167,6 +177,10 @@ def plan(directory: DirArg, state_dir: StateOpt = None,
     now = jobs.now_utc()
     if base is not None and base_dir is not None:
         raise typer.BadParameter("give --base or --base-dir, not both")
+    dirty = uncommitted_changes(directory)
+    if dirty:
+        _say("warning", [f"{_uncommitted(dirty)}: this plan shows the working tree; apply "
+                         "refuses it until they are committed"])
     if base is not None:
         with jobs.checkout_of(directory, base) as base_tree:
             the_plan = jobs.plan_change(directory, base_tree, now, max_revocations,
@@ -198,9 +212,18 @@ def apply(directory: DirArg, state_dir: StateOpt = None, max_revocations: MaxRev
               help="Commit status to the status branch when DIR is in a git repo.")] = True,
           status_branch: Annotated[str, typer.Option()] = jobs.STATUS_BRANCH,
           output: Annotated[OutputFormat, typer.Option("-o", "--output")] = OutputFormat.text,
-          default_policies: DefaultPoliciesOpt = True) -> None:
+          default_policies: DefaultPoliciesOpt = True,
+          allow_uncommitted: Annotated[bool, typer.Option(
+              help="Apply the working tree even when files under DIR are not committed.")] =
+          False) -> None:
     """Converge the state to the declaration and write status back. Actions a policy denies
-    are skipped (their objects become Stalled) and the exit code is 1."""
+    are skipped (their objects become Stalled) and the exit code is 1. In a git work tree,
+    only what is committed is applied: uncommitted files under DIR are refused."""
+    dirty = [] if allow_uncommitted else uncommitted_changes(directory)
+    if dirty:
+        _say("error", [f"{_uncommitted(dirty)}: commit them first (status records the commit "
+                       "that was applied), or pass --allow-uncommitted"])
+        raise typer.Exit(1)
     state = jobs.StateDir.resolve(state_dir)
     with Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task("applying", total=None)
