@@ -14,7 +14,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 import yaml
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from controller import exports, jobs
@@ -326,11 +326,14 @@ def export_fleet(directory: DirArg, fleet: Annotated[str, typer.Option()],
                  ) -> None:
     """The same files per device under OUT/<device-id>/ (p12: OUT/<id>/<id>.p12)."""
     state = jobs.StateDir.resolve(state_dir)
-    with state.inventory() as inventory, Progress(console=err, transient=True,
+    columns = (TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), TextColumn("devices"),
+               TimeElapsedColumn())
+    with state.inventory() as inventory, Progress(*columns, console=err, transient=True,
                                                    disable=not err.is_terminal) as bar:
         task = bar.add_task("exporting", total=None)
         count = exports.export_fleet(inventory, state.keystore, fleet, out_dir, format.value,
-                                     lambda n: bar.advance(task, n))
+                                     lambda done, total: bar.update(task, completed=done,
+                                                                    total=total))
     out.print(f"exported {count} device(s) to {out_dir}")
 
 
