@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import importlib.metadata
 import json
 import os
 import sqlite3
@@ -15,7 +16,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 import yaml
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from controller import exports, jobs
@@ -27,6 +28,8 @@ from controller.apply.executor import ApplyRefused
 from controller.clock import epoch, rfc3339
 from controller.pki.errors import PKIError
 from controller.plan.render import RENDERERS
+from controller.sources.reconciler import Reconciler, SourceError
+from controller.sources.worktree import uncommitted_changes
 from controller.status.gitbranch import StatusBranchError
 from controller.stores.inventory import InventoryError
 from controller.stores.keystore import KeyStoreError
@@ -39,7 +42,19 @@ out = Console()
 err = Console(stderr=True, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
-DirArg = Annotated[Path, typer.Argument(help="Fleet repository directory.", show_default=False)]
+
+def _existing_directory(value: Path) -> Path:
+    """DIR must be a directory: a typo is an error (exit 1), never an empty fleet."""
+    if not value.is_dir():
+        reason = "is not a directory" if value.exists() else "does not exist"
+        err.print(f"error: {value} {reason} (DIR is the fleet repository directory)",
+                  markup=False, highlight=False)
+        raise typer.Exit(1)
+    return value
+
+
+DirArg = Annotated[Path, typer.Argument(help="Fleet repository directory.", show_default=False,
+                                        callback=_existing_directory)]
 StateOpt = Annotated[Path | None, typer.Option(
     "--state-dir", help="State directory (inventory, keys). Default: $FLEETPKI_STATE_DIR or "
     "~/.local/state/fleetpki.", show_default=False)]
@@ -71,7 +86,9 @@ class ExportFormat(StrEnum):
 
 
 EXPECTED_ERRORS = (InvalidDeclaration, ApplyRefused, ExistingCA, KeyStoreError, PKIError,
-                   exports.ExportError, jobs.StateLocked, StatusBranchError, InventoryError)
+                   exports.ExportError, jobs.StateLocked, StatusBranchError, InventoryError,
+                   SourceError)
+LISTED_PATHS = 10  # uncommitted files named in a message; the rest are counted
 
 
 def handle_errors(function: F) -> F:
@@ -118,6 +135,27 @@ def _say(prefix: str, items: Sequence[object]) -> None:
         err.print(f"{prefix}: {item}", markup=False, highlight=False)
 
 
+def _uncommitted(paths: Sequence[str]) -> str:
+    """`a, b and 3 more have uncommitted changes` (at most LISTED_PATHS named)."""
+    named = ", ".join(paths[:LISTED_PATHS])
+    more = f" and {len(paths) - LISTED_PATHS} more" if len(paths) > LISTED_PATHS else ""
+    verb = "has" if len(paths) == 1 else "have"
+    return f"{named}{more} {verb} uncommitted changes"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"fleetpki {importlib.metadata.version('fleetpki')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def options(version: Annotated[bool, typer.Option(
+        "--version", callback=_show_version, is_eager=True,
+        help="Print the version and exit.")] = False) -> None:
+    """Declarative, GitOps-driven PKI for IoT device fleets."""
+
+
 @app.command()
 @handle_errors
 def validate(directory: DirArg, output: Annotated[OutputFormat, typer.Option(
@@ -162,6 +200,10 @@ def plan(directory: DirArg, state_dir: StateOpt = None,
     now = jobs.now_utc()
     if base is not None and base_dir is not None:
         raise typer.BadParameter("give --base or --base-dir, not both")
+    dirty = uncommitted_changes(directory)
+    if dirty:
+        _say("warning", [f"{_uncommitted(dirty)}: this plan shows the working tree; apply "
+                         "refuses it until they are committed"])
     if base is not None:
         with jobs.checkout_of(directory, base) as base_tree:
             the_plan = jobs.plan_change(directory, base_tree, now, max_revocations,
@@ -194,9 +236,18 @@ def apply(directory: DirArg, state_dir: StateOpt = None, max_revocations: MaxRev
               help="Commit status to the status branch when DIR is in a git repo.")] = True,
           status_branch: Annotated[str, typer.Option()] = jobs.STATUS_BRANCH,
           output: Annotated[OutputFormat, typer.Option("-o", "--output")] = OutputFormat.text,
-          default_policies: DefaultPoliciesOpt = True, new_ca: NewCAOpt = None) -> None:
+          default_policies: DefaultPoliciesOpt = True, new_ca: NewCAOpt = None,
+          allow_uncommitted: Annotated[bool, typer.Option(
+              help="Apply the working tree even when files under DIR are not committed.")] =
+          False) -> None:
     """Converge the state to the declaration and write status back. Actions a policy denies
-    are skipped (their objects become Stalled) and the exit code is 1."""
+    are skipped (their objects become Stalled) and the exit code is 1. In a git work tree,
+    only what is committed is applied: uncommitted files under DIR are refused."""
+    dirty = [] if allow_uncommitted else uncommitted_changes(directory)
+    if dirty:
+        _say("error", [f"{_uncommitted(dirty)}: commit them first (status records the commit "
+                       "that was applied), or pass --allow-uncommitted"])
+        raise typer.Exit(1)
     state = jobs.StateDir.resolve(state_dir)
     with Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task("applying", total=None)
@@ -237,6 +288,9 @@ def show_status(directory: DirArg, state_dir: StateOpt = None,
     state = jobs.StateDir.resolve(state_dir)
     now = epoch(jobs.now_utc())
     with state.reader() as inventory:
+        if fleet is not None and fleet not in inventory.fleet_names():
+            raise exports.ExportError(f"no fleet {fleet!r} in the inventory (fleets: "
+                                      f"{', '.join(inventory.fleet_names()) or 'none'})")
         if devices:
             if fleet is None:
                 raise typer.BadParameter("--devices needs --fleet")
@@ -295,11 +349,14 @@ def export_fleet(directory: DirArg, fleet: Annotated[str, typer.Option()],
                  ) -> None:
     """The same files per device under OUT/<device-id>/ (p12: OUT/<id>/<id>.p12)."""
     state = jobs.StateDir.resolve(state_dir)
-    with state.reader() as inventory, Progress(console=err, transient=True,
+    columns = (TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), TextColumn("devices"),
+               TimeElapsedColumn())
+    with state.reader() as inventory, Progress(*columns, console=err, transient=True,
                                                    disable=not err.is_terminal) as bar:
         task = bar.add_task("exporting", total=None)
         count = exports.export_fleet(inventory, state.keystore, fleet, out_dir, format.value,
-                                     lambda n: bar.advance(task, n))
+                                     lambda done, total: bar.update(task, completed=done,
+                                                                    total=total))
     out.print(f"exported {count} device(s) to {out_dir}")
 
 
@@ -335,9 +392,8 @@ def reconcile(repo: Annotated[str, typer.Option(help="Git URL or path of the fle
               path: Annotated[str, typer.Option(help="Directory inside the repo.")] = ".",
               state_dir: StateOpt = None, max_revocations: MaxRevOpt = None,
               new_ca: NewCAOpt = None) -> None:
-    """The controller loop (git-only mode): fetch, apply, write and push status, sleep."""
-    from controller.sources.reconciler import Reconciler
-
+    """The controller loop (git-only mode): fetch, apply, write and push status, sleep. With
+    --once, any failure exits 1; in the loop, failures are logged and retried."""
     if new_ca and not once:
         raise typer.BadParameter("--new-ca is for one run: use it with --once",
                                  param_hint="--new-ca")

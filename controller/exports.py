@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from cryptography import x509
@@ -16,6 +16,7 @@ from cryptography.x509 import load_der_x509_certificate
 
 from controller.pki import bundles, certificates, keys
 from controller.pki.crl import crl_to_pem
+from controller.sources.worktree import enclosing_work_tree
 from controller.stores.inventory import CertRecord, Inventory
 from controller.stores.keystore import FileKeyStore
 
@@ -67,9 +68,25 @@ def _active(inventory: Inventory, fleet: str, device: str) -> CertRecord:
     return record
 
 
+def _refuse_keys_in_work_tree(out: Path, records: Iterable[CertRecord]) -> None:
+    """A private key must never be one `git add` away from a repository: refuse an `out` inside
+    a git work tree when any of `records` (read only then) has a server-generated key."""
+    top = enclosing_work_tree(out)
+    if top is not None and any(record.key_blob is not None for record in records):
+        raise ExportError(f"{out} is inside the git work tree {top}: the export would write "
+                          f"private keys there, one `git add` away from the repository; choose "
+                          f"an --out outside {top}")
+
+
 def export_device_pem(inventory: Inventory, keystore: Callable[[], FileKeyStore], fleet: str,
                       device: str, out: Path) -> list[Path]:
     record = _active(inventory, fleet, device)
+    _refuse_keys_in_work_tree(out, [record])
+    return _write_pem(inventory, keystore, record, out)
+
+
+def _write_pem(inventory: Inventory, keystore: Callable[[], FileKeyStore], record: CertRecord,
+               out: Path) -> list[Path]:
     cert, chain, key = _device_files(inventory, keystore, record)
     written = {
         out / "cert.pem": certificates.certificate_to_pem(cert),
@@ -87,17 +104,25 @@ def export_device_pem(inventory: Inventory, keystore: Callable[[], FileKeyStore]
 def export_device_p12(inventory: Inventory, keystore: Callable[[], FileKeyStore], fleet: str,
                       device: str, out: Path, passphrase: bytes) -> Path:
     record = _active(inventory, fleet, device)
+    _refuse_keys_in_work_tree(out, [record])
+    return _write_p12(inventory, keystore, record, out, passphrase)
+
+
+def _write_p12(inventory: Inventory, keystore: Callable[[], FileKeyStore], record: CertRecord,
+               out: Path, passphrase: bytes) -> Path:
     cert, chain, key = _device_files(inventory, keystore, record)
-    data = bundles.to_pkcs12(name=device, key=key, certificate=cert, chain=chain,
+    data = bundles.to_pkcs12(name=record.device, key=key, certificate=cert, chain=chain,
                              passphrase=passphrase)
-    path = out / f"{device}.p12"
+    path = out / f"{record.device}.p12"
     write_file(path, data, 0o600)
     return path
 
 
 def export_fleet(inventory: Inventory, keystore: Callable[[], FileKeyStore], fleet: str,
-                 out: Path, fmt: str, progress: Callable[[int], None] = lambda n: None) -> int:
-    """Per device under `out/<device-id>/`; returns the number of devices exported."""
+                 out: Path, fmt: str,
+                 progress: Callable[[int, int], None] = lambda done, total: None) -> int:
+    """Per device under `out/<device-id>/`, calling `progress(done, total)` after each device;
+    returns the number of devices exported."""
     keystore = functools.cache(keystore)  # unlock (one scrypt derivation) once, not per device
     devices = sorted(inventory.active_devices(fleet))
     if not devices:
@@ -107,12 +132,14 @@ def export_fleet(inventory: Inventory, keystore: Callable[[], FileKeyStore], fle
         passphrase = os.environ.get(EXPORT_PASSPHRASE_ENV, "").encode()
         if not passphrase:
             raise ExportError(f"set {EXPORT_PASSPHRASE_ENV} to the PKCS#12 password")
-    for device in devices:
+    _refuse_keys_in_work_tree(out, (_active(inventory, fleet, device) for device in devices))
+    for done, device in enumerate(devices, start=1):
+        record = _active(inventory, fleet, device)
         if fmt == "p12":
-            export_device_p12(inventory, keystore, fleet, device, out / device, passphrase)
+            _write_p12(inventory, keystore, record, out / device, passphrase)
         else:
-            export_device_pem(inventory, keystore, fleet, device, out / device)
-        progress(1)
+            _write_pem(inventory, keystore, record, out / device)
+        progress(done, len(devices))
     return len(devices)
 
 

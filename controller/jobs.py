@@ -31,6 +31,7 @@ from controller.policy.defaults import default_policies, effective_policies
 from controller.policy.engine import CompiledRule, compile_policies, evaluate
 from controller.policy.gate import gate
 from controller.sources.repo import load_repository
+from controller.sources.worktree import uncommitted_changes
 from controller.status.gitbranch import read_status_branch, write_status_branch
 from controller.status.report import Outcome, build_status
 from controller.stores.inventory import Inventory, InventoryError
@@ -250,11 +251,14 @@ def git_root(directory: Path) -> Path | None:
     return Path(repo.working_tree_dir) if repo.working_tree_dir else None
 
 
-def _head(root: Path) -> str | None:
+def observed_commit(directory: Path, root: Path) -> str | None:
+    """HEAD, marked `-dirty` when files under `directory` are not committed (what status
+    records as applied: `apply --allow-uncommitted` applies the working tree)."""
     try:
-        return git.Repo(root).head.commit.hexsha
+        head = git.Repo(root).head.commit.hexsha
     except ValueError:  # no commits yet
         return None
+    return f"{head}-dirty" if uncommitted_changes(directory) else head
 
 
 def apply(directory: Path, state: StateDir, now: datetime, *,
@@ -271,6 +275,7 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
     """
     root = git_root(directory)
     status_root = root if write_status else None
+    commit = observed_commit(directory, status_root) if status_root is not None else None
     with repository_lock(root), state.lock(), state.inventory() as inventory:
         previous = read_status_branch(root, status_branch) if root is not None else {}
         declaration, problems = read_declaration(directory, use_default_policies)
@@ -293,30 +298,31 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
             if not isinstance(exc, InvalidDeclaration):
                 outcome.refusal = str(exc)
             sync_public(inventory, state.public_dir, epoch(now))
-            _write_status(status_root, previous, desired, inventory, outcome, now, status_branch,
+            _write_status(status_root, commit, previous, desired, inventory, outcome, now,
+                          status_branch,
                           "invalid" if isinstance(exc, InvalidDeclaration) else "refused")
             raise
         try:
             result = execute(runner, the_plan, progress)
         except (ApplyRefused, KeyStoreError, PKIError) as exc:
             outcome.refusal = str(exc)
-            _write_status(status_root, previous, desired, inventory, outcome, now, status_branch,
-                          "failed")
+            _write_status(status_root, commit, previous, desired, inventory, outcome, now,
+                          status_branch, "failed")
             raise
         finally:
             sync_public(inventory, state.public_dir, epoch(now))
         done = ", ".join(f"{k} {v}" for k, v in sorted(result.done.items())) or "no changes"
-        commit = _write_status(status_root, previous, desired, inventory, outcome, now,
-                               status_branch, done)
-    return ApplyReport(the_plan, result, commit)
+        status_commit = _write_status(status_root, commit, previous, desired, inventory,
+                                      outcome, now, status_branch, done)
+    return ApplyReport(the_plan, result, status_commit)
 
 
-def _write_status(root: Path | None, previous: dict[str, bytes], desired: Desired,
-                  inventory: Inventory, outcome: Outcome, now: datetime, branch: str,
-                  summary: str) -> str | None:
+def _write_status(root: Path | None, observed: str | None, previous: dict[str, bytes],
+                  desired: Desired, inventory: Inventory, outcome: Outcome, now: datetime,
+                  branch: str, summary: str) -> str | None:
     """Commit the status files (built against the branch as read at the start of the run)."""
     if root is None:
         return None
-    files = build_status(desired, inventory, outcome, previous, now, _head(root))
+    files = build_status(desired, inventory, outcome, previous, now, observed)
     return write_status_branch(root, files, message=f"fleetpki status: {summary}",
                                branch=branch)

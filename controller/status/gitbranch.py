@@ -125,7 +125,9 @@ def push_status_branch(
         try:
             repo.git.execute(["git", "push", "--porcelain", remote, f"{ref}:{ref}"])
         except GitCommandError as exc:
-            raise StatusBranchError(f"pushing {ref} to {remote!r} failed: {_stderr(exc)}") from None
+            raise StatusBranchError(
+                f"pushing {ref} to {remote!r} failed: {git_stderr(exc)}"
+            ) from None
 
 
 def _open_repo(repo_dir: Path) -> Repo:
@@ -135,7 +137,8 @@ def _open_repo(repo_dir: Path) -> Repo:
         raise StatusBranchError(f"{repo_dir} is not a git repository") from None
 
 
-def _stderr(exc: GitCommandError) -> str:
+def git_stderr(exc: GitCommandError) -> str:
+    """What git wrote to stderr, without GitPython's quoting."""
     text = str(exc.stderr).strip().removeprefix("stderr: ").strip()
     return text[1:-1].strip() if len(text) > 1 and text[0] == text[-1] == "'" else text
 
@@ -152,7 +155,7 @@ def _git(
             stream.seek(0)
             return repo.git.execute(["git", *args], istream=stream, env=env)
     except GitCommandError as exc:
-        raise StatusBranchError(f"git {args[0]} failed: {_stderr(exc)}") from None
+        raise StatusBranchError(f"git {args[0]} failed: {git_stderr(exc)}") from None
 
 
 def _branch_ref(repo: Repo, branch: str) -> str:
@@ -194,7 +197,7 @@ def _is_ancestor(repo: Repo, ancestor: str, descendant: str) -> bool:
     except GitCommandError as exc:
         if exc.status == 1:
             return False
-        raise StatusBranchError(f"git merge-base failed: {_stderr(exc)}") from None
+        raise StatusBranchError(f"git merge-base failed: {git_stderr(exc)}") from None
     return True
 
 
@@ -252,8 +255,15 @@ def _update_ref(repo: Repo, ref: str, new: str, expected_old: str | None, reason
     try:
         repo.git.execute(["git", "update-ref", "-m", reason, ref, new, expected_old or ""])
     except GitCommandError as exc:
+        lock = Path(repo.common_dir).resolve() / f"{ref}.lock"
+        if lock.exists():
+            raise StatusBranchError(
+                f"could not move {ref}: {lock} exists: another git process is updating the "
+                f"status branch, or one crashed; if no git process is running, delete {lock} "
+                "and re-run"
+            ) from None
         raise StatusBranchError(
             f"could not move {ref} to {new[:12]}: lost the compare-and-swap against a concurrent "
             f"update (expected {expected_old[:12] if expected_old else 'no branch'}); "
-            f"re-run to retry. git said: {_stderr(exc)}"
+            f"re-run to retry. git said: {git_stderr(exc)}"
         ) from None

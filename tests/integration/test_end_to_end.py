@@ -42,7 +42,8 @@ def test_example_validate_plan_apply_status(cli_process: Cli, tmp_path: Path) ->
 
     cli("plan", repo, "--state-dir", state, "--detailed-exitcode", rc=2)
 
-    # Dirty the checkout (a tracked file edited, another change staged): apply must not care.
+    # Dirty the checkout (a tracked file edited, another change staged): apply (told to take
+    # the working tree) must not touch it.
     (repo / "authorities.yaml").write_text((repo / "authorities.yaml").read_text() + "# local\n")
     (repo / "NOTES.txt").write_text("staged, not committed\n")
     git(repo, "add", "NOTES.txt")
@@ -52,7 +53,7 @@ def test_example_validate_plan_apply_status(cli_process: Cli, tmp_path: Path) ->
     staged = git(repo, "ls-files", "--stage")
     assert porcelain.strip(), "the working tree is dirty before apply"
 
-    first = cli("apply", repo, "--state-dir", state)
+    first = cli("apply", repo, "--state-dir", state, "--allow-uncommitted")
     assert "2 create-ca" in first.stdout and "1002 issue" in first.stdout
     assert "2 publish-crl" in first.stdout
     status_tip = branch_sha(repo, STATUS_BRANCH)
@@ -65,7 +66,7 @@ def test_example_validate_plan_apply_status(cli_process: Cli, tmp_path: Path) ->
     assert git(repo, "status", "--porcelain") == porcelain
     assert "# local" in (repo / "authorities.yaml").read_text()
 
-    second = cli("apply", repo, "--state-dir", state)
+    second = cli("apply", repo, "--state-dir", state, "--allow-uncommitted")
     assert "no changes" in second.stdout
     assert branch_sha(repo, STATUS_BRANCH) == status_tip, "a no-op apply commits nothing"
     cli("plan", repo, "--state-dir", state, "--detailed-exitcode", rc=0)

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import functools
+import os
+import pty
+import re
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
+from controller import exports
+from controller.jobs import StateDir
 from controller.stores import keystore
 
 from .support import (
@@ -17,6 +23,8 @@ from .support import (
     Cli,
     active_serials,
     device_ids,
+    git,
+    one_line,
     openssl,
     openssl_serial,
     small_repo,
@@ -223,3 +231,72 @@ def test_trust_bundle_and_der_crl(applied_example: Applied, cli: Cli, tmp_path: 
     unknown = cli("export", "crl", repo, "--state-dir", state, "--ca", "nope", "--out",
                   tmp_path / "x", rc=1)
     assert "no CertificateAuthority 'nope'" in unknown.stderr
+
+
+def test_private_keys_are_never_exported_into_a_work_tree(applied_example: Applied, cli: Cli,
+                                                         tmp_path: Path) -> None:
+    repo, state = applied_example
+    secret = {"FLEETPKI_EXPORT_PASSPHRASE": "p12-transport-secret"}
+    for command, out in (
+            (("cert", "--device", "sensor-0001"), repo / "sensor-0001"),
+            (("cert", "--device", "sensor-0001"), repo / "fleets" / "not" / "yet" / "there"),
+            (("fleet", "--format", "pem"), repo / "export"),
+            (("fleet", "--format", "p12"), repo / "export")):
+        refused = cli("export", command[0], repo, "--state-dir", state, "--fleet", "sensors",
+                      *command[1:], "--out", out, rc=1, env=secret)
+        assert one_line(refused.stderr) == (
+            f"error: {out} is inside the git work tree {repo}: the export would write private "
+            f"keys there, one `git add` away from the repository; choose an --out outside "
+            f"{repo}")
+        assert not out.exists()
+    assert git(repo, "status", "--porcelain") == "", "nothing written into the repository"
+
+    # A gateway's key stays on the gateway: its certificates alone may go anywhere.
+    cli("export", "cert", repo, "--state-dir", state, "--fleet", "gateways", "--device",
+        "gw-berlin-01", "--out", repo / "gw")
+    assert {p.name for p in (repo / "gw").iterdir()} == {"cert.pem", "chain.pem", "ca.pem"}
+    cli("export", "cert", repo, "--state-dir", state, "--fleet", "sensors", "--device",
+        "sensor-0001", "--out", tmp_path / "outside")
+    assert (tmp_path / "outside" / "key.pem").exists()
+
+
+def test_fleet_export_reports_progress_per_device(cli: Cli, passphrase: str,
+                                                  tmp_path: Path) -> None:
+    repo = small_repo(tmp_path / "repo", device_ids("meter", 3))
+    state = StateDir(tmp_path / "state")
+    cli("apply", repo, "--state-dir", state.path)
+    calls: list[tuple[int, int]] = []
+    with state.inventory() as inventory:
+        exports.export_fleet(inventory, state.keystore, "meters", tmp_path / "out", "pem",
+                             lambda done, total: calls.append((done, total)))
+    assert calls == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_fleet_export_progress_only_on_a_terminal(cli_process: Cli, tmp_path: Path) -> None:
+    cli = cli_process  # the real command, in a subprocess
+    repo = small_repo(tmp_path / "repo", device_ids("meter", 3))
+    state = tmp_path / "state"
+    cli("apply", repo, "--state-dir", state)
+    export = ("export", "fleet", repo, "--state-dir", state, "--fleet", "meters")
+
+    piped = cli(*export, "--out", tmp_path / "piped")
+    assert piped.stderr == "", "no progress in a pipe"
+
+    controller, terminal = pty.openpty()
+    with subprocess.Popen(cli.command(*export, "--out", tmp_path / "tty"), cwd=cli.cwd,
+                          env={**cli.env, "TERM": "xterm", "NO_COLOR": "1"},
+                          stdout=subprocess.DEVNULL, stderr=terminal) as process:
+        os.close(terminal)
+        shown = b""
+        while chunk := _read_pty(controller):
+            shown += chunk
+        assert process.wait(timeout=60) == 0
+    os.close(controller)
+    assert re.search(rb"exporting.*3/3 devices", shown), shown
+
+
+def _read_pty(descriptor: int) -> bytes:
+    try:
+        return os.read(descriptor, 65536)
+    except OSError:  # EIO: the other side closed
+        return b""

@@ -80,6 +80,7 @@ def test_mass_revocation_is_refused_until_allowed(applied_example: Applied, cli:
 def test_raised_limit_allows_a_large_revocation(applied_example: Applied, cli: Cli) -> None:
     repo, state = applied_example
     edit_csv(repo / "fleets" / "sensors.csv", delete=[f"sensor-{n:04d}" for n in range(1, 151)])
+    commit_all(repo, "retire 150 sensors")
     cli("apply", repo, "--state-dir", state, "--max-revocations", "149", rc=1)
     assert revoked_count(state) == 0
     cli("apply", repo, "--state-dir", state, "--max-revocations", "150")
@@ -153,6 +154,7 @@ def test_decommissioning_a_large_fleet_is_explicit_and_needs_no_flag(
     revocation guard (meant for accidental deletions) does not apply; the plan flags it."""
     repo, state = applied_example
     set_spec(repo / "fleets" / "sensors.yaml", decommissioned=True)
+    commit_all(repo, "decommission the sensors")
     planned = cli("plan", repo, "--state-dir", state)
     assert "danger: revokes 1000 of 1000 active certificates" in planned.stdout
     cli("apply", repo, "--state-dir", state)

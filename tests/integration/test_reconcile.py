@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import fcntl
+import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
+
+import pytest
+
+from controller.jobs import StateDir
+from controller.sources.reconciler import Reconciler
 
 from .support import (
     Cli,
@@ -146,3 +154,88 @@ def test_invalid_interval_is_a_clean_error(cli_process: Cli, tmp_path: Path) -> 
     assert failed.returncode in (1, 2)
     assert "invalid duration '5x'" in one_line(failed.stderr)
     assert "Traceback" not in failed.stderr
+
+
+def test_reconcile_once_names_a_missing_repo_or_branch(cli: Cli, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    missing = tmp_path / "nowhere"
+    failed = cli("reconcile", "--repo", missing, "--once", "--state-dir", state, rc=1)
+    assert one_line(failed.stderr).startswith(f"error: cannot clone {missing}: ")
+    assert "Traceback" not in failed.stderr
+
+    repo = small_repo(tmp_path / "repo", device_ids("meter", 2))
+    failed = cli("reconcile", "--repo", repo, "--ref", "nope", "--once", "--state-dir", state,
+                 rc=1)
+    assert one_line(failed.stderr) == f"error: {repo} has no branch 'nope' (--ref); it has: main"
+    assert "2 issue" in cli("reconcile", "--repo", repo, "--once", "--state-dir", state).stderr
+
+
+@pytest.mark.parametrize("damage", ["no-refspec", "half-written", "foreign-origin"])
+def test_reconcile_clones_again_over_a_broken_checkout(cli: Cli, tmp_path: Path,
+                                                       damage: str) -> None:
+    repo = small_repo(tmp_path / "repo", device_ids("meter", 2))
+    state = tmp_path / "state"
+    cli("reconcile", "--repo", repo, "--once", "--state-dir", state)
+    checkout = next((state / "checkouts").iterdir())
+    if damage == "no-refspec":  # what a clone killed after `git init` leaves behind
+        git(checkout, "config", "--unset-all", "remote.origin.fetch")
+    elif damage == "half-written":
+        shutil.rmtree(checkout)
+        (checkout / ".git").mkdir(parents=True)
+        (checkout / ".git" / "config").write_text("[core]\n")
+    else:
+        other = small_repo(tmp_path / "other", device_ids("other", 1))
+        git(checkout, "remote", "set-url", "origin", str(other))
+    (checkout.parent / f"{checkout.name}.partial").mkdir()  # an interrupted clone's leftovers
+
+    edit_csv(repo / "fleets" / "meters.csv", add=["meter-00003,lab,"])
+    head = commit_all(repo, "one more meter")
+    again = cli("reconcile", "--repo", repo, "--once", "--state-dir", state)
+    assert f"{checkout} is not a complete clone of {repo}: cloning again" in one_line(
+        again.stderr)
+    assert f"reconcile {head[:12]}: 1 issue" in again.stderr
+    assert sorted(p.name for p in (state / "checkouts").iterdir()) == [checkout.name]
+    assert cli("reconcile", "--repo", repo, "--once", "--state-dir", state).stderr == \
+        f"reconcile {head[:12]}: no changes\n", "the new clone is used as it is"
+
+
+def test_reconcile_loop_logs_and_retries_every_failure(cli_process: Cli, tmp_path: Path) -> None:
+    cli = cli_process  # the real command, in a subprocess
+    repo = small_repo(tmp_path / "repo", device_ids("meter", 2))
+    log = tmp_path / "loop.log"
+    process = cli.popen("reconcile", "--repo", repo, "--ref", "nope", "--interval", "1s",
+                        "--state-dir", tmp_path / "state", log=log)
+    try:
+        deadline = time.monotonic() + 120  # safety net only
+        while process.poll() is None and time.monotonic() < deadline:
+            if log.read_text().count("has no branch 'nope'") >= 2:
+                break
+            time.sleep(0.05)
+        assert process.poll() is None, f"the loop exited:\n{log.read_text()}"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    text = log.read_text()
+    assert f"reconcile failed, will retry: {repo} has no branch 'nope'" in one_line(text)
+    assert "Traceback" not in text
+
+
+def test_reconcile_loop_survives_unexpected_errors(monkeypatch: pytest.MonkeyPatch,
+                                                   tmp_path: Path) -> None:
+    reconciler = Reconciler(str(tmp_path / "repo"), "main", StateDir(tmp_path / "state"))
+    calls: list[int] = []
+
+    def failing_once(log: Callable[[str], None]) -> bool:
+        calls.append(1)
+        if len(calls) == 2:
+            reconciler.stopping.set()
+        raise RuntimeError("something nobody expected")
+
+    monkeypatch.setattr(reconciler, "once", failing_once)
+    monkeypatch.setattr(signal, "signal", lambda *args: None)  # keep pytest's handlers
+    logged: list[str] = []
+    reconciler.run(timedelta(0), logged.append)
+    assert logged == ["reconcile failed, will retry: something nobody expected"] * 2

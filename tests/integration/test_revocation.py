@@ -161,6 +161,7 @@ def test_revoked_stays_revoked(applied_example: Applied, cli: Cli) -> None:
     revoke_two(applied_example)
     cli("apply", repo, "--state-dir", state)
     edit_csv(repo / "fleets" / "sensors.csv", revoke={REVOKED_KEY: ""})
+    commit_all(repo, f"{REVOKED_KEY} is trusted again")
     plan = json.loads(cli("plan", repo, "--state-dir", state, "-o", "json").stdout)
     assert [(a["action"], a.get("device")) for a in plan["actions"]
             if a["action"] != "publish-crl"] == [("issue", REVOKED_KEY)]

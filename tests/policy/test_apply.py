@@ -157,6 +157,7 @@ def test_cli_validate_plan_and_apply_on_a_deny(tmp_path: Path, passphrase: str,
     warned.fleets["sensors"]["metadata"]["annotations"] = {}
     warned.profiles["client"]["spec"]["renewBefore"] = "12h"  # validity/renewal-window warns
     warned.write(root)
+    commit_all(root, "warned, not denied")
     result = invoke("validate", root)
     assert "policy: warn: DeviceFleet/sensors: validity/renewal-window" in one_line(result.stderr)
     result = invoke("apply", root, "--state-dir", state)

@@ -254,6 +254,20 @@ def test_lost_compare_and_swap_on_creation(repo: Path, monkeypatch: pytest.Monke
     assert rev(repo, REF) == other
 
 
+def test_stale_lock_is_named(repo: Path, tmp_path: Path) -> None:
+    first = write_status_branch(repo, STATUS, message="one")
+    git(repo, "worktree", "add", "-q", "--detach", str(tmp_path / "linked"))
+    lock = repo / ".git" / "refs" / "heads" / "fleetpki" / "status.lock"
+    lock.write_text("")  # a git process crashed while moving the branch
+    for checkout in (repo, tmp_path / "linked"):  # branches live in the common git directory
+        with pytest.raises(StatusBranchError) as refused:
+            write_status_branch(checkout, {"new": b"1"}, message="two")
+        assert str(refused.value) == (
+            f"could not move {REF}: {lock} exists: another git process is updating the status "
+            f"branch, or one crashed; if no git process is running, delete {lock} and re-run")
+    assert rev(repo, REF) == first
+
+
 def test_refuses_branch_checked_out(repo: Path) -> None:
     write_status_branch(repo, STATUS, message="one")
     git(repo, "stash", "-q", "--include-untracked")
