@@ -90,14 +90,17 @@ def backup(state_dir: Path, out: Path, now: datetime) -> Summary:
 
 def restore(archive: Path, target: Path) -> Summary:
     """Unpack a backup into `target`, which must be absent or empty. The archive is checked
-    in full (names, types, format, checksums, SQLite integrity) in a temporary directory
-    beside `target` that is renamed into place only when everything passed."""
+    in full (names, types, format, checksums, SQLite integrity) in a temporary directory, which
+    is renamed into place only when everything passed. It is made beside an absent `target`,
+    and inside an empty one (which may be the mount point of a new disk)."""
     target = target.absolute()
-    if target.exists() and not (target.is_dir() and not any(target.iterdir())):
+    existing = target.exists()
+    if existing and not (target.is_dir() and not any(target.iterdir())):
         raise BackupError(f"refusing to restore into {target}: it exists and is not an empty "
                           "directory")
-    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    work = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.restore-"))
+    staging = target if existing else target.parent
+    staging.mkdir(parents=True, exist_ok=True, mode=0o700)
+    work = Path(tempfile.mkdtemp(dir=staging, prefix=f".{target.name}.restore-"))
     try:
         try:
             with tarfile.open(archive, "r:*") as tar:
@@ -106,14 +109,19 @@ def restore(archive: Path, target: Path) -> Summary:
             raise BackupError(f"cannot read backup {archive}: {exc}") from None
         for path in _tree(work):
             path.chmod(0o700 if path.is_dir() else 0o600)
-        work.chmod(0o700)
         certificates = _check_database(work / INVENTORY)
         _check_ca_keys(work / INVENTORY, manifest["members"])
-        os.replace(work, target)  # replaces an empty directory in one step
+        if existing:  # the inventory last: without it a directory is no state directory
+            for name in sorted(os.listdir(work), key=lambda n: n == INVENTORY):
+                os.rename(work / name, target / name)
+            work.rmdir()
+            target.chmod(0o700)
+        else:
+            os.rename(work, target)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    _fsync_dir(target.parent)
+    _fsync_dir(target if existing else target.parent)
     return Summary(target, certificates, len(manifest["members"]) - 1, archive.stat().st_size)
 
 
