@@ -171,7 +171,11 @@ def _key_files(root: Path) -> Iterator[tuple[str, bytes]]:
             raise BackupError(f"unexpected non-regular file in the keystore: {path}")
         if path.is_dir() or (path.name.startswith(".") and path.name.endswith(".tmp")):
             continue
-        yield f"{KEYS}/{path.relative_to(root).as_posix()}", path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:  # moved to ca/orphaned/ meanwhile: it signed nothing kept
+            continue
+        yield f"{KEYS}/{path.relative_to(root).as_posix()}", data
 
 
 def _tree(root: Path) -> Iterator[Path]:
