@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import sqlite3
+import stat
 import tarfile
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -167,11 +168,12 @@ def _key_files(root: Path) -> Iterator[tuple[str, bytes]]:
     if not root.is_dir():
         return
     for path in sorted(_tree(root)):
-        if path.is_symlink() or not (path.is_dir() or path.is_file()):
-            raise BackupError(f"unexpected non-regular file in the keystore: {path}")
-        if path.is_dir() or (path.name.startswith(".") and path.name.endswith(".tmp")):
-            continue
         try:
+            mode = path.lstat().st_mode
+            if stat.S_ISDIR(mode) or (path.name.startswith(".") and path.name.endswith(".tmp")):
+                continue
+            if not stat.S_ISREG(mode):
+                raise BackupError(f"unexpected non-regular file in the keystore: {path}")
             data = path.read_bytes()
         except FileNotFoundError:  # moved to ca/orphaned/ meanwhile: it signed nothing kept
             continue

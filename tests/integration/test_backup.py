@@ -222,7 +222,11 @@ def test_backup_refusals(applied_example: Applied, cli: Cli, tmp_path: Path) -> 
     assert f"no inventory in {empty}" in one_line(refused.stderr)
     refused = cli("backup", "--state-dir", state, "--out", state / "b.tgz", rc=1)
     assert "inside the state directory" in one_line(refused.stderr)
+    (state / "keys" / "ca" / "elsewhere.pem").symlink_to(tmp_path / "elsewhere.pem")
+    refused = cli("backup", "--state-dir", state, "--out", tmp_path / "b.tgz", rc=1)
+    assert "unexpected non-regular file in the keystore" in one_line(refused.stderr)
     assert not (tmp_path / "b.tgz").exists() and not (state / "b.tgz").exists()
+    assert leftovers(tmp_path) == ["empty", "home", "repo", "state"]
 
 
 # --- restore refuses, and leaves nothing behind ------------------------------------------------
