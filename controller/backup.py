@@ -131,10 +131,13 @@ def _snapshot(source: Path, destination: Path) -> int:
     """Copy the inventory with SQLite's online backup API from a read-only connection, in one
     step (one read transaction: a consistent snapshot; in WAL mode writers are not blocked),
     then check it. Returns the number of certificates in it."""
-    reader = sqlite3.connect(f"{source.as_uri()}?mode=ro", uri=True, timeout=30)
-    with closing(reader), closing(sqlite3.connect(destination)) as copy:
-        reader.backup(copy)
-        copy.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+    try:
+        reader = sqlite3.connect(f"{source.as_uri()}?mode=ro", uri=True, timeout=30)
+        with closing(reader), closing(sqlite3.connect(destination)) as copy:
+            reader.backup(copy)
+            copy.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+    except sqlite3.Error as exc:
+        raise BackupError(f"cannot read the inventory {source}: {exc}") from None
     return _check_database(destination)
 
 

@@ -93,6 +93,8 @@ def test_restored_state_applies_as_a_no_op_with_the_same_cas(
     status_before = cli("status", repo, "--state-dir", state, "-o", "json").stdout
     cas_before = query(state, CA_COLUMNS)
     status_commit = branch_sha(repo, STATUS)
+    public = {p.relative_to(state): p.read_bytes() for p in state.rglob("public/*/*")}
+    assert len(public) == 6
 
     archive = tmp_path / "backups" / "fleet.tgz"
     made = cli_process("backup", "--state-dir", state, "--out", archive)  # as scripts run it
@@ -113,6 +115,7 @@ def test_restored_state_applies_as_a_no_op_with_the_same_cas(
     applied = json.loads(cli("apply", repo, "--state-dir", new, "-o", "json").stdout)
     assert applied["done"] == {} and applied["statusCommit"] is None
     assert branch_sha(repo, STATUS) == status_commit
+    assert {p.relative_to(new): p.read_bytes() for p in new.rglob("public/*/*")} == public
     assert cli("status", repo, "--state-dir", new, "-o", "json").stdout == status_before
     cli("plan", repo, "--state-dir", new, "--detailed-exitcode")
 
@@ -220,6 +223,9 @@ def test_backup_refusals(applied_example: Applied, cli: Cli, tmp_path: Path) -> 
     empty.mkdir()
     refused = cli("backup", "--state-dir", empty, "--out", tmp_path / "b.tgz", rc=1)
     assert f"no inventory in {empty}" in one_line(refused.stderr)
+    (empty / "inventory.db").write_bytes(b"")
+    refused = cli("backup", "--state-dir", empty, "--out", tmp_path / "b.tgz", rc=1)
+    assert "not a usable database" in one_line(refused.stderr)
     refused = cli("backup", "--state-dir", state, "--out", state / "b.tgz", rc=1)
     assert "inside the state directory" in one_line(refused.stderr)
     (state / "keys" / "ca" / "elsewhere.pem").symlink_to(tmp_path / "elsewhere.pem")
