@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from controller import exports, jobs
+from controller import backup, exports, jobs
 from controller.api.crds import render_crds
 from controller.api.durations import parse_duration
 from controller.api.problems import InvalidDeclaration
@@ -32,7 +32,7 @@ from controller.sources.reconciler import Reconciler, SourceError
 from controller.sources.worktree import uncommitted_changes
 from controller.status.gitbranch import StatusBranchError
 from controller.stores.inventory import InventoryError
-from controller.stores.keystore import KeyStoreError
+from controller.stores.keystore import PASSPHRASE_ENV, KeyStoreError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Declarative, GitOps-driven PKI for IoT device fleets.")
@@ -87,7 +87,7 @@ class ExportFormat(StrEnum):
 
 EXPECTED_ERRORS = (InvalidDeclaration, ApplyRefused, ExistingCA, KeyStoreError, PKIError,
                    exports.ExportError, jobs.StateLocked, StatusBranchError, InventoryError,
-                   SourceError)
+                   SourceError, backup.BackupError)
 LISTED_PATHS = 10  # uncommitted files named in a message; the rest are counted
 
 
@@ -522,6 +522,36 @@ def enroll_secret(directory: DirArg, fleet: Annotated[str, typer.Option()],
             inventory.transaction():
         inventory.put_enrollment_secret(record)
     print(secret)
+
+
+@app.command("backup")
+@handle_errors
+def backup_state(out_file: Annotated[Path, typer.Option(
+                     "--out", help="The backup file (gzip tar, written 0600, replaced atomically).",
+                     show_default=False)],
+                 state_dir: StateOpt = None) -> None:
+    """Snapshot the inventory (SQLite online backup, safe while serve or apply run) and the
+    encrypted keystore into one file. Keys stay encrypted; no passphrase needed."""
+    state = jobs.StateDir.resolve(state_dir)
+    summary = backup.backup(state.path, out_file, jobs.now_utc())
+    out.print(f"Backed up {state.path} to {summary.path}: {summary.certificates} "
+              f"certificate(s), {summary.key_files} keystore file(s), {summary.size} bytes.",
+              highlight=False)
+
+
+@app.command("restore")
+@handle_errors
+def restore_state(archive: Annotated[Path, typer.Argument(
+                      help="A file written by `fleetpki backup`.", show_default=False)],
+                  state_dir: StateOpt = None) -> None:
+    """Restore a backup into a new state directory (refused unless it is absent or empty).
+    All-or-nothing: the archive is verified before anything appears there."""
+    state = jobs.StateDir.resolve(state_dir)
+    summary = backup.restore(archive, state.path)
+    out.print(f"Restored {summary.certificates} certificate(s) and {summary.key_files} "
+              f"keystore file(s) into {summary.path}.", highlight=False)
+    out.print(f"The keys are still encrypted: use the same {PASSPHRASE_ENV} as the backed-up "
+              "state directory.", highlight=False)
 
 
 def main() -> None:
