@@ -1,3 +1,5 @@
 """fleetpki: declarative, GitOps-driven PKI for IoT device fleets."""
 
-__version__ = "0.1.0"
+from importlib.metadata import version
+
+__version__ = version("fleetpki")

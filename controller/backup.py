@@ -26,7 +26,7 @@ from typing import Any
 
 from controller import __version__
 from controller.clock import epoch
-from controller.stores.keystore import _fsync_dir
+from controller.stores.keystore import fsync_dir
 
 FORMAT = "fleetpki-backup"
 FORMAT_VERSION = 1
@@ -85,7 +85,7 @@ def backup(state_dir: Path, out: Path, now: datetime) -> Summary:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(partial, out)
-    _fsync_dir(out.parent)
+    fsync_dir(out.parent)
     return Summary(out, certificates, len(keys), out.stat().st_size)
 
 
@@ -122,7 +122,7 @@ def restore(archive: Path, target: Path) -> Summary:
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    _fsync_dir(target if existing else target.parent)
+    fsync_dir(target if existing else target.parent)
     return Summary(target, certificates, len(manifest["members"]) - 1, archive.stat().st_size)
 
 

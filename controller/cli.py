@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import importlib.metadata
 import json
 import os
 import sqlite3
@@ -19,7 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from controller import backup, exports, jobs
+from controller import __version__, backup, exports, jobs
 from controller.api.crds import render_crds
 from controller.api.durations import parse_duration
 from controller.api.problems import InvalidDeclaration
@@ -145,7 +144,7 @@ def _uncommitted(paths: Sequence[str]) -> str:
 
 def _show_version(value: bool) -> None:
     if value:
-        print(f"fleetpki {importlib.metadata.version('fleetpki')}")
+        print(f"fleetpki {__version__}")
         raise typer.Exit()
 
 
