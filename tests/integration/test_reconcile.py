@@ -32,6 +32,26 @@ from .support import (
 STATUS = "fleetpki/status"
 
 
+
+def loop_until(cli: Cli, log: Path, marker: str, *args: str | Path) -> str:
+    """Run the reconcile loop (1 s interval) until `marker` was logged twice, stop it with
+    SIGTERM (a clean exit), and return its log."""
+    process = cli.popen("reconcile", "--interval", "1s", *args, log=log)
+    try:
+        deadline = time.monotonic() + 120  # safety net only
+        while process.poll() is None and time.monotonic() < deadline:
+            if log.read_text().count(marker) >= 2:
+                break
+            time.sleep(0.05)
+        assert process.poll() is None, f"the loop exited:\n{log.read_text()}"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return log.read_text()
+
 def test_reconcile_once_then_push_to_a_bare_remote(cli: Cli, tmp_path: Path) -> None:
     repo = copy_example(tmp_path / "repo")
     head = git(repo, "rev-parse", "HEAD").strip()
@@ -120,23 +140,9 @@ def test_reconcile_loop_survives_a_rejected_push(cli_process: Cli, tmp_path: Pat
     hook = remote / "hooks" / "pre-receive"
     hook.write_text("#!/bin/sh\necho 'status pushes are closed today' >&2\nexit 1\n")
     hook.chmod(0o755)
-    log = tmp_path / "loop.log"
-    process = cli.popen("reconcile", "--repo", remote, "--push", "--interval", "1s",
-                        "--state-dir", tmp_path / "state", log=log)
-    try:
-        deadline = time.monotonic() + 120  # safety net only
-        while process.poll() is None and time.monotonic() < deadline:
-            if log.read_text().count("status pushes are closed today") >= 2:
-                break
-            time.sleep(0.05)
-        assert process.poll() is None, f"the loop exited:\n{log.read_text()}"
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert "2 issue" in log.read_text()
+    text = loop_until(cli, tmp_path / "loop.log", "status pushes are closed today",
+                      "--repo", remote, "--push", "--state-dir", tmp_path / "state")
+    assert "2 issue" in text
 
 
 def test_apply_outside_git_writes_no_status(cli: Cli, tmp_path: Path) -> None:
@@ -202,23 +208,8 @@ def test_reconcile_clones_again_over_a_broken_checkout(cli: Cli, tmp_path: Path,
 def test_reconcile_loop_logs_and_retries_every_failure(cli_process: Cli, tmp_path: Path) -> None:
     cli = cli_process  # the real command, in a subprocess
     repo = small_repo(tmp_path / "repo", device_ids("meter", 2))
-    log = tmp_path / "loop.log"
-    process = cli.popen("reconcile", "--repo", repo, "--ref", "nope", "--interval", "1s",
-                        "--state-dir", tmp_path / "state", log=log)
-    try:
-        deadline = time.monotonic() + 120  # safety net only
-        while process.poll() is None and time.monotonic() < deadline:
-            if log.read_text().count("has no branch 'nope'") >= 2:
-                break
-            time.sleep(0.05)
-        assert process.poll() is None, f"the loop exited:\n{log.read_text()}"
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    text = log.read_text()
+    text = loop_until(cli, tmp_path / "loop.log", "has no branch 'nope'",
+                      "--repo", repo, "--ref", "nope", "--state-dir", tmp_path / "state")
     assert f"reconcile failed, will retry: {repo} has no branch 'nope'" in one_line(text)
     assert "Traceback" not in text
 
