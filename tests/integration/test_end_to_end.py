@@ -72,7 +72,8 @@ def test_example_validate_plan_apply_status(cli_process: Cli, tmp_path: Path) ->
     cli("plan", repo, "--state-dir", state, "--detailed-exitcode", rc=0)
     assert git(repo, "rev-parse", "HEAD").strip() == head
 
-    # The status branch: one file per object, public data only, observedCommit = HEAD.
+    # The status branch: one file per object, public data only, observedCommit = HEAD, marked
+    # dirty since the working tree was applied.
     files = status_files(repo)
     assert set(files) == {
         "status/CertificateAuthority/acme-root.yaml", "status/CertificateAuthority/devices-ca.yaml",
@@ -80,7 +81,7 @@ def test_example_validate_plan_apply_status(cli_process: Cli, tmp_path: Path) ->
     for path, document in files.items():
         conditions = {c["type"]: c["status"] for c in document["status"]["conditions"]}
         assert conditions == {"Ready": "True", "Reconciling": "False", "Stalled": "False"}, path
-        assert document["status"]["observedCommit"] == head
+        assert document["status"]["observedCommit"] == f"{head}-dirty"
     sensors = files["status/DeviceFleet/sensors.yaml"]["status"]["devices"]
     assert sensors == {"declared": 1000, "active": 1000, "revoked": 0, "due": 0, "expired": 0,
                        "failed": 0}
