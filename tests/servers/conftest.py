@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -100,6 +101,12 @@ class Env:
         path = self.work / name
         path.write_bytes(data)
         return path
+
+
+def fleetpki_command() -> list[str]:
+    """The `fleetpki` console script beside this interpreter (or the module, if it is not there)."""
+    script = Path(sys.executable).parent / "fleetpki"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "controller.cli"]
 
 
 def run(*args: str | Path, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:

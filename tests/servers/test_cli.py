@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers.conftest import Env, ca_files, run
+from tests.servers.conftest import Env, ca_files, fleetpki_command, run
 
-FLEETPKI = "/work/venv/bin/fleetpki"
+FLEETPKI = fleetpki_command()
 
 
 def free_port() -> int:
@@ -28,7 +28,7 @@ def served(env: Env, tmp_path: Path) -> Iterator[tuple[int, int, Path]]:
     log = tmp_path / "serve.log"
     with open(log, "w") as handle:
         process = subprocess.Popen(
-            [FLEETPKI, "serve", str(env.repo), "--state-dir", str(env.state.path), "--http",
+            [*FLEETPKI, "serve", str(env.repo), "--state-dir", str(env.state.path), "--http",
              f"127.0.0.1:{http}", "--https", f"127.0.0.1:{https}", "--tls-ca", "issuing"],
             stdout=handle, stderr=subprocess.STDOUT, env=dict(os.environ))
     try:
@@ -57,8 +57,8 @@ def test_serve_command(served: tuple[int, int, Path], env: Env) -> None:
 
 
 def test_serve_needs_a_listener(env: Env) -> None:
-    result = run(FLEETPKI, "serve", env.repo, "--state-dir", env.state.path)
+    result = run(*FLEETPKI, "serve", env.repo, "--state-dir", env.state.path)
     assert result.returncode == 1 and "--http" in result.stderr
-    result = run(FLEETPKI, "serve", env.repo, "--state-dir", env.state.path, "--https",
+    result = run(*FLEETPKI, "serve", env.repo, "--state-dir", env.state.path, "--https",
                  "127.0.0.1:1")
     assert result.returncode == 1 and "--tls-ca" in result.stderr
