@@ -20,7 +20,9 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from controller import jobs
 from controller.pki import keys
 from controller.servers.app import Listener, ServeOptions, Server
+from controller.servers.limits import Limits
 from controller.servers.state import ServerState
+from controller.servers.throttle import Backoff
 
 CAS = """\
 apiVersion: fleetpki.io/v1alpha1
@@ -136,8 +138,11 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
 class Running:
     """The server on 127.0.0.1, ports picked by the OS."""
 
-    def __init__(self, env: Env) -> None:
+    def __init__(self, env: Env, limits: Limits | None = None,
+                 backoff: Backoff | None = None) -> None:
         self.env = env
+        self.limits = limits or Limits()
+        self.backoff = backoff or Backoff()
         self.ports: dict[str, int] = {}
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -153,7 +158,8 @@ class Running:
         asyncio.set_event_loop(self._loop)
         state = ServerState(self.env.repo, self.env.state)
         options = ServeOptions(self.env.repo, Listener("127.0.0.1", 0),
-                               Listener("127.0.0.1", 0), "issuing", "127.0.0.1")
+                               Listener("127.0.0.1", 0), "issuing", "127.0.0.1", self.limits,
+                               self.backoff)
         server = Server(state, options)
         try:
             self._loop.run_until_complete(server.start())
