@@ -114,3 +114,12 @@ def test_connections_beyond_the_limit_are_refused(env: Env) -> None:
         assert result.stdout == "200", result.stderr
     finally:
         limited.stop()
+
+
+def test_oversized_body_gets_413(strict: Running) -> None:
+    size = 70 * 1024  # over the 64 KiB a request body may have
+    sock = connect(strict.ports["http"])
+    sock.sendall(b"POST /ocsp HTTP/1.1\r\nHost: test\r\nContent-Type: application/ocsp-request"
+                 + f"\r\nContent-Length: {size}\r\n\r\n".encode() + bytes(size))
+    assert until_closed(sock).startswith(b"HTTP/1.1 413 ")
+    works(strict)
