@@ -468,13 +468,16 @@ def serve(directory: DirArg, state_dir: StateOpt = None,
           https: Annotated[str | None, typer.Option(
               "--https", help="HOST:PORT for EST (RFC 7030).")] = None,
           tls_ca: Annotated[str | None, typer.Option(
-              "--tls-ca", help="CA that issues the HTTPS server certificate at startup.")] = None,
+              "--tls-ca", help="CA that issues the HTTPS server certificate at startup "
+              "(default: the CA that issues every declared fleet, else the only CA declared).")
+          ] = None,
           tls_name: Annotated[str | None, typer.Option(
               "--tls-name", help="DNS name or IP of the server certificate (default: the host "
               "of --https).")] = None) -> None:
     """Serve devices: OCSP, CRLs and CA certificates over HTTP, EST over HTTPS."""
     import asyncio
     import logging
+    import sqlite3
 
     from controller.servers.app import ServeOptions, parse_listener, serve_forever
     from controller.servers.state import ServerState
@@ -488,16 +491,21 @@ def serve(directory: DirArg, state_dir: StateOpt = None,
     except ValueError as exc:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(1) from None
-    if https and not tls_ca:
-        err.print("error: --https needs --tls-ca NAME", markup=False)
-        raise typer.Exit(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    state = ServerState(directory, jobs.StateDir.resolve(state_dir))
-    ports: dict[str, int] = {}
+    state_path = jobs.StateDir.resolve(state_dir)
     try:
-        asyncio.run(serve_forever(state, options, ports.update))
+        state = ServerState(directory, state_path)  # an empty state directory: OSError
+    except sqlite3.Error as exc:
+        err.print(f"error: cannot read the inventory in {state_path.path}: {exc}",
+                  markup=False)
+        raise typer.Exit(1) from None
+    try:
+        asyncio.run(serve_forever(state, options))
     except KeyboardInterrupt:
         pass
+    except ValueError as exc:  # e.g. --https without --tls-ca and no CA to default to
+        err.print(f"error: {exc}", markup=False)
+        raise typer.Exit(1) from None
     finally:
         state.close()
 

@@ -10,26 +10,31 @@ import asyncio
 import base64
 import binascii
 import logging
+import math
 import os
 import ssl
 import urllib.parse
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
 from cryptography import x509
+from cryptography.x509.ocsp import OCSPResponseStatus
 
 from controller.clock import now_utc
 from controller.pki import certificates as certs
 from controller.pki import keys
-from controller.servers import est
+from controller.servers import est, ocsp
+from controller.servers.limits import ConnectionGuard, Limits
 from controller.servers.state import ServerState
+from controller.servers.throttle import Backoff, Throttle
 from controller.stores.inventory import EnrollmentSecret
 
 log = logging.getLogger(__name__)
 
 STATE_KEY = web.AppKey("state", ServerState)
+THROTTLE_KEY = web.AppKey("throttle", Throttle)
 OCSP_RESPONSE = "application/ocsp-response"
 WWW_AUTH = {"WWW-Authenticate": 'Basic realm="fleetpki EST"'}
 MAX_BODY = 64 * 1024
@@ -37,10 +42,18 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 # --- distribution (plain HTTP) -------------------------------------------------------------------
-async def ocsp_post(request: web.Request) -> web.Response:
-    body = await request.read()
-    der = request.app[STATE_KEY].ocsp_response(body)
+def _ocsp_answer(request: web.Request, body: bytes) -> web.Response:
+    """Always an OCSP response (RFC 6960 `internalError` if answering failed), never a 500."""
+    try:
+        der = request.app[STATE_KEY].ocsp_response(body)
+    except Exception:
+        log.exception("OCSP: cannot answer a request from %s", request.remote)
+        der = ocsp.unsuccessful(OCSPResponseStatus.INTERNAL_ERROR)
     return web.Response(body=der, content_type=OCSP_RESPONSE)
+
+
+async def ocsp_post(request: web.Request) -> web.Response:
+    return _ocsp_answer(request, await request.read())
 
 
 async def ocsp_get(request: web.Request) -> web.Response:
@@ -49,8 +62,7 @@ async def ocsp_get(request: web.Request) -> web.Response:
         body = base64.b64decode(encoded, validate=False)
     except (binascii.Error, ValueError):
         body = b""
-    der = request.app[STATE_KEY].ocsp_response(body)
-    return web.Response(body=der, content_type=OCSP_RESPONSE)
+    return _ocsp_answer(request, body)
 
 
 async def crl(request: web.Request) -> web.Response:
@@ -69,8 +81,9 @@ async def ca(request: web.Request) -> web.Response:
 
 # --- EST (HTTPS) -----------------------------------------------------------------------------
 def _refusal(exc: est.ESTError, request: web.Request) -> web.Response:
-    log.warning("EST %s %s refused (%d): %s", request.method, request.path, exc.status, exc)
-    headers = WWW_AUTH if exc.status == 401 else None
+    log.warning("EST %s %s from %s refused (%d): %s", request.method, request.path,
+                request.remote, exc.status, exc.detail or exc)
+    headers = {**(WWW_AUTH if exc.status == 401 else {}), **exc.headers}
     return web.Response(status=exc.status, text=f"{exc}\n", headers=headers)
 
 
@@ -112,9 +125,7 @@ async def csrattrs(request: web.Request, state: ServerState) -> web.Response:
 
 
 async def _csr(request: web.Request) -> x509.CertificateSigningRequest:
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise est.ESTError(413, "request too large")
-    return est.load_csr_der(await request.content.read(MAX_BODY))
+    return est.load_csr_der(await request.read())  # at most MAX_BODY, else 413
 
 
 def _issued(record_der: bytes) -> web.Response:
@@ -125,15 +136,36 @@ def _issued(record_der: bytes) -> web.Response:
 
 async def _secret_holder(request: web.Request, state: ServerState,
                          fleet: str | None) -> tuple[est.Target, EnrollmentSecret]:
-    """The device named by HTTP Basic `device-id:secret`, with its (matching) stored secret."""
+    """The device named by HTTP Basic `device-id:secret`, with its (matching) stored secret.
+
+    An undeclared device and a wrong (or used) secret get the same 401, after the same work.
+    Failures are throttled per claimed device id and per client address (429 while locked)."""
     credentials = est.parse_basic(request.headers.get("Authorization"))
     if credentials is None:
         raise est.ESTError(401, "HTTP Basic authentication (device-id:secret) required")
     device_id, secret = credentials
-    target = est.find_device(state.desired, device_id, fleet)
-    stored = state.inventory.enrollment_secret(target.decl.fleet.name, device_id)
-    if stored is None or not await asyncio.to_thread(est.secret_matches, stored, secret):
-        raise est.ESTError(401, f"wrong or used enrollment secret for {device_id!r}")
+    throttle = request.app[THROTTLE_KEY]
+    keys = (f"device {device_id!r}", f"client {request.remote}")
+    wait = throttle.retry_after(keys)
+    if wait > 0:
+        seconds = math.ceil(wait)
+        raise est.ESTError(429, f"too many failed attempts for {device_id!r}; retry in "
+                           f"{seconds} s", {"Retry-After": str(seconds)})
+    target = est.declared_device(state.desired, device_id, fleet)
+    stored = (state.inventory.enrollment_secret(target.decl.fleet.name, device_id)
+              if target is not None else None)
+    if target is None or not await asyncio.to_thread(est.secret_matches, stored, secret):
+        for key in keys:
+            lock = throttle.failed(key)
+            if lock:
+                log.warning("EST: %s locked for %g s after repeated failures (device %r, "
+                            "client %s)", key, lock, device_id, request.remote)
+        reason = "not declared" if target is None else "wrong, used or no secret"
+        raise est.ESTError(401, f"wrong or used enrollment secret for {device_id!r}",
+                           detail=f"enrollment secret refused for {device_id!r}: {reason}")
+    assert stored is not None
+    for key in keys:
+        throttle.succeeded(key)
     return target, stored
 
 
@@ -204,8 +236,8 @@ async def simplereenroll(request: web.Request, state: ServerState) -> web.Respon
 
 
 # --- application -----------------------------------------------------------------------------
-def http_app(state: ServerState) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY)
+def http_app(state: ServerState, guard: ConnectionGuard) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[guard.middleware])
     app[STATE_KEY] = state
     app.router.add_post("/ocsp", ocsp_post)
     app.router.add_post("/ocsp/", ocsp_post)
@@ -215,9 +247,10 @@ def http_app(state: ServerState) -> web.Application:
     return app
 
 
-def https_app(state: ServerState) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY)
+def https_app(state: ServerState, guard: ConnectionGuard, throttle: Throttle) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[guard.middleware])
     app[STATE_KEY] = state
+    app[THROTTLE_KEY] = throttle
     for prefix in ("/.well-known/est", "/.well-known/est/{label}"):
         app.router.add_get(f"{prefix}/cacerts", _est(cacerts))
         app.router.add_get(f"{prefix}/csrattrs", _est(csrattrs))
@@ -259,55 +292,66 @@ class ServeOptions:
     directory: Path
     http: Listener | None
     https: Listener | None
-    tls_ca: str | None
+    tls_ca: str | None  # None: ServerState.default_tls_ca()
     tls_name: str | None
+    limits: Limits = field(default_factory=Limits)
+    backoff: Backoff = field(default_factory=Backoff)
 
 
 class Server:
-    """Start/stop the listeners on the current event loop; `ports` are the bound ports."""
+    """Start/stop the listeners on the current event loop; `ports` are the bound ports. Each
+    listener is an asyncio server whose protocol factory is a `ConnectionGuard`."""
 
     def __init__(self, state: ServerState, options: ServeOptions) -> None:
         self.state = state
         self.options = options
         self.runners: list[web.AppRunner] = []
+        self.listeners: list[asyncio.Server] = []
         self.ports: dict[str, int] = {}
 
     async def start(self) -> None:
         opts = self.options
         if opts.http is not None:
-            await self._site("http", http_app(self.state), opts.http, None)
+            guard = ConnectionGuard(opts.limits, "http")
+            await self._listen(guard, http_app(self.state, guard), opts.http, None)
         if opts.https is not None:
-            if not opts.tls_ca:
-                raise ValueError("--https needs --tls-ca NAME (the CA that issues the server "
-                                 "certificate)")
+            ca_name = opts.tls_ca or self.state.default_tls_ca()
             name = opts.tls_name or opts.https.host
-            certificate, key, chain = self.state.server_certificate(opts.tls_ca, name, now_utc())
+            certificate, key, chain = self.state.server_certificate(ca_name, name, now_utc())
             context = tls_context(certificate, key, chain, self.state.ca_certificates()
                                   + self.state.external_certificates())
-            await self._site("https", https_app(self.state), opts.https, context)
+            guard = ConnectionGuard(opts.limits, "https")
+            app = https_app(self.state, guard, Throttle(opts.backoff))
+            await self._listen(guard, app, opts.https, context)
 
-    async def _site(self, kind: str, app: web.Application, listener: Listener,
-                    context: ssl.SSLContext | None) -> None:
-        runner = web.AppRunner(app, access_log=None)
+    async def _listen(self, guard: ConnectionGuard, app: web.Application, listener: Listener,
+                      context: ssl.SSLContext | None) -> None:
+        # no lingering read of an unread body (after a 408 or 413): the connection just closes
+        runner = web.AppRunner(app, access_log=None, lingering_time=0)
         await runner.setup()
-        site = web.TCPSite(runner, listener.host, listener.port, ssl_context=context)
-        await site.start()
         self.runners.append(runner)
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.ports[kind] = sockets[0].getsockname()[1] if sockets else listener.port
-        log.info("serving %s on %s:%d", kind, listener.host, self.ports[kind])
+        server = runner.server
+        assert server is not None
+        listening = await asyncio.get_running_loop().create_server(
+            lambda: guard.factory(server), listener.host, listener.port, ssl=context,
+            ssl_handshake_timeout=guard.limits.header_timeout if context else None)
+        self.listeners.append(listening)
+        self.ports[guard.kind] = listening.sockets[0].getsockname()[1]
+        log.info("serving %s on %s:%d", guard.kind, listener.host, self.ports[guard.kind])
 
     async def stop(self) -> None:
+        for listening in self.listeners:
+            listening.close()
         for runner in self.runners:
             await runner.cleanup()
+        self.listeners.clear()
         self.runners.clear()
 
 
 def parse_listener(value: str) -> Listener:
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT with a port from 1 to 65535, got {value!r}")
     return Listener(host.strip("[]") or "0.0.0.0", int(port))
 
 

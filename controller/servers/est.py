@@ -56,10 +56,14 @@ IDENTITY_OIDS = {"commonName": x509.NameOID.COMMON_NAME,
 
 
 class ESTError(Exception):
-    """A refusal with its HTTP status; the message is safe to log and to return."""
+    """A refusal with its HTTP status and extra response headers; the message is safe to log
+    and to return, `detail` (if any) is logged instead of it."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None,
+                 detail: str | None = None) -> None:
         self.status = status
+        self.headers = headers or {}
+        self.detail = detail
         super().__init__(message)
 
 
@@ -79,8 +83,16 @@ def new_secret(fleet: str, device: str, now: datetime) -> tuple[str, EnrollmentS
                                     epoch(now))
 
 
-def secret_matches(stored: EnrollmentSecret, secret: str) -> bool:
-    return hmac.compare_digest(hash_secret(secret, stored.salt, stored.kdf), stored.hash)
+_NO_SECRET = EnrollmentSecret("", "", KDF, bytes(16), bytes(32), 0)
+
+
+def secret_matches(stored: EnrollmentSecret | None, secret: str) -> bool:
+    """Whether `secret` is the stored one. Without a stored secret (no such device, none
+    issued, used) the same work is done before answering False: timing does not tell."""
+    reference = stored or _NO_SECRET
+    matches = hmac.compare_digest(hash_secret(secret, reference.salt, reference.kdf),
+                                  reference.hash)
+    return matches and stored is not None
 
 
 def parse_basic(header: str | None) -> tuple[str, str] | None:
@@ -172,17 +184,23 @@ class Target:
     device: Device
 
 
-def find_device(desired: Desired, device_id: str, fleet: str | None) -> Target:
+def declared_device(desired: Desired, device_id: str, fleet: str | None) -> Target | None:
+    """The device declared with this id (in `fleet`, if given), or None."""
     matches = [Target(decl, device) for name, decl in sorted(desired.fleets.items())
                if fleet is None or name == fleet for device in decl.devices
                if device.id == device_id]
-    if not matches:
-        raise ESTError(403, f"device {device_id!r} is not declared"
-                       + (f" in fleet {fleet!r}" if fleet else ""))
     if len(matches) > 1:
         raise ESTError(400, f"device {device_id!r} is declared in several fleets; use "
                        "/.well-known/est/<fleet>/")
-    return matches[0]
+    return matches[0] if matches else None
+
+
+def find_device(desired: Desired, device_id: str, fleet: str | None) -> Target:
+    target = declared_device(desired, device_id, fleet)
+    if target is None:
+        raise ESTError(403, f"device {device_id!r} is not declared"
+                       + (f" in fleet {fleet!r}" if fleet else ""))
+    return target
 
 
 def check_csr_identity(csr: x509.CertificateSigningRequest, device_id: str) -> None:

@@ -3,6 +3,9 @@
 Limits, by design:
 - cryptography's `OCSPRequest` holds exactly one CertID, so a request naming several
   certificates is answered `malformedRequest` (clients such as OpenSSL send one per request).
+- A CertID hashed with an algorithm other than SHA-1/SHA-2, or naming a negative serial number
+  (which no certificate has, RFC 5280 4.1.2.2, and which a response cannot carry), is a
+  `malformedRequest`; one whose issuer this responder does not hold is `unauthorized`.
 - Responses are signed by the issuing CA itself (no delegated responder certificate).
 - Nonce-less responses are cached per (issuer, serial, hash algorithm) until `invalidate()`
   (called when the inventory changes) or until half their validity has passed; a request with
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
@@ -132,11 +136,12 @@ class Responder:
             serial = request.serial_number
             key_hash, name_hash = request.issuer_key_hash, request.issuer_name_hash
             nonce = self._nonce(request)
-        except (ValueError, NotImplementedError, TypeError) as exc:
+        except (ValueError, NotImplementedError, TypeError, UnsupportedAlgorithm) as exc:
             # also: more than one CertID in the request (cryptography supports exactly one)
             log.info("OCSP: malformed request (%s)", exc)
             return unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
-        if algorithm.name not in _HASHES:
+        if algorithm.name not in _HASHES or serial < 0:
+            log.info("OCSP: malformed request (hash %s, serial %d)", algorithm.name, serial)
             return unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
         issuer = self.index.find(algorithm, key_hash, name_hash)
         if issuer is None:

@@ -34,6 +34,10 @@ TLS_VALIDITY = timedelta(days=30)
 
 class ServerState:
     def __init__(self, directory: Path | None, state: jobs.StateDir) -> None:
+        """Refuses (FileNotFoundError) a state directory without an inventory: serving never
+        creates one."""
+        if not state.exists():
+            raise FileNotFoundError(f"no inventory in {state.path}: run `fleetpki apply` first")
         self.directory = directory
         self.state = state
         self.inventory = Inventory(state.inventory_path)
@@ -143,6 +147,18 @@ class ServerState:
                 if self.desired.authority(name).spec.type == "external"]
 
     # --- TLS ----------------------------------------------------------------------------------
+    def default_tls_ca(self) -> str:
+        """The CA for the HTTPS certificate when none is named: the one CA that issues the
+        declared fleets, else the one CA of our own (not external) declared."""
+        issuers = {decl.fleet.spec.issuerRef.name for decl in self.desired.fleets.values()}
+        own = {name for name in self.desired.authorities
+               if self.desired.authority(name).spec.type != "external"}
+        for candidates in (issuers, own):
+            if len(candidates) == 1:
+                return candidates.pop()
+        raise ValueError("--https needs --tls-ca NAME: the declared fleets are issued by "
+                         + (", ".join(sorted(issuers)) or "no CA")
+                         + "; name the CA that issues the server certificate")
     def server_certificate(self, ca_name: str, host: str,
                            now: datetime) -> tuple[x509.Certificate, keys.PrivateKey,
                                                    list[x509.Certificate]]:

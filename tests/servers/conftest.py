@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +20,9 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from controller import jobs
 from controller.pki import keys
 from controller.servers.app import Listener, ServeOptions, Server
+from controller.servers.limits import Limits
 from controller.servers.state import ServerState
+from controller.servers.throttle import Backoff
 
 CAS = """\
 apiVersion: fleetpki.io/v1alpha1
@@ -102,6 +105,12 @@ class Env:
         return path
 
 
+def fleetpki_command() -> list[str]:
+    """The `fleetpki` console script beside this interpreter (or the module, if it is not there)."""
+    script = Path(sys.executable).parent / "fleetpki"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "controller.cli"]
+
+
 def run(*args: str | Path, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(a) for a in args], input=stdin.decode() if stdin else None,
                           capture_output=True, text=True, check=False, timeout=30)
@@ -129,8 +138,11 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
 class Running:
     """The server on 127.0.0.1, ports picked by the OS."""
 
-    def __init__(self, env: Env) -> None:
+    def __init__(self, env: Env, limits: Limits | None = None,
+                 backoff: Backoff | None = None) -> None:
         self.env = env
+        self.limits = limits or Limits()
+        self.backoff = backoff or Backoff()
         self.ports: dict[str, int] = {}
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -146,7 +158,8 @@ class Running:
         asyncio.set_event_loop(self._loop)
         state = ServerState(self.env.repo, self.env.state)
         options = ServeOptions(self.env.repo, Listener("127.0.0.1", 0),
-                               Listener("127.0.0.1", 0), "issuing", "127.0.0.1")
+                               Listener("127.0.0.1", 0), "issuing", "127.0.0.1", self.limits,
+                               self.backoff)
         server = Server(state, options)
         try:
             self._loop.run_until_complete(server.start())

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers.conftest import Env, ca_files, run
+from tests.servers.conftest import Env, ca_files, fleetpki_command, run
 
-FLEETPKI = "/work/venv/bin/fleetpki"
+FLEETPKI = fleetpki_command()
 
 
 def free_port() -> int:
@@ -28,8 +28,8 @@ def served(env: Env, tmp_path: Path) -> Iterator[tuple[int, int, Path]]:
     log = tmp_path / "serve.log"
     with open(log, "w") as handle:
         process = subprocess.Popen(
-            [FLEETPKI, "serve", str(env.repo), "--state-dir", str(env.state.path), "--http",
-             f"127.0.0.1:{http}", "--https", f"127.0.0.1:{https}", "--tls-ca", "issuing"],
+            [*FLEETPKI, "serve", str(env.repo), "--state-dir", str(env.state.path), "--http",
+             f"127.0.0.1:{http}", "--https", f"127.0.0.1:{https}"],  # --tls-ca: the default
             stdout=handle, stderr=subprocess.STDOUT, env=dict(os.environ))
     try:
         for _ in range(200):
@@ -54,11 +54,71 @@ def test_serve_command(served: tuple[int, int, Path], env: Env) -> None:
     assert cacerts.returncode == 0, cacerts.stderr
     with env.state.inventory() as inventory:
         assert inventory.active_device("_serve", "127.0.0.1") is not None
+    # without --tls-ca: the CA that issues every declared fleet
+    assert "for 127.0.0.1 issued by issuing" in log.read_text()
+
+
+def refused(result: subprocess.CompletedProcess[str], message: str) -> None:
+    """Exit 1 with one clear `error:` line, no traceback."""
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"error: {message}" in result.stderr and "Traceback" not in result.stderr, \
+        result.stderr
 
 
 def test_serve_needs_a_listener(env: Env) -> None:
-    result = run(FLEETPKI, "serve", env.repo, "--state-dir", env.state.path)
-    assert result.returncode == 1 and "--http" in result.stderr
-    result = run(FLEETPKI, "serve", env.repo, "--state-dir", env.state.path, "--https",
-                 "127.0.0.1:1")
-    assert result.returncode == 1 and "--tls-ca" in result.stderr
+    result = run(*FLEETPKI, "serve", env.repo, "--state-dir", env.state.path)
+    refused(result, "give --http HOST:PORT")
+
+
+@pytest.mark.parametrize("port", ["99999", "65536", "0", "-1", "http"])
+def test_serve_port_out_of_range(env: Env, port: str) -> None:
+    result = run(*FLEETPKI, "serve", env.repo, "--state-dir", env.state.path, "--http",
+                 f"127.0.0.1:{port}")
+    refused(result, f"expected HOST:PORT with a port from 1 to 65535, got '127.0.0.1:{port}'")
+
+
+def test_https_without_tls_ca_and_no_single_issuer(env: Env, tmp_path: Path) -> None:
+    for source in env.repo.iterdir():
+        (tmp_path / source.name).write_text(source.read_text())
+    (tmp_path / "by-root.yaml").write_text(
+        "apiVersion: fleetpki.io/v1alpha1\nkind: DeviceFleet\nmetadata: {name: by-root}\n"
+        "spec: {issuerRef: {name: root}, profileRef: {name: gateway}, devices: []}\n")
+    result = run(*FLEETPKI, "serve", tmp_path, "--state-dir", env.state.path, "--https",
+                 f"127.0.0.1:{free_port()}")
+    refused(result, "--https needs --tls-ca NAME: the declared fleets are issued by issuing, "
+                    "root")
+
+
+def test_serve_refuses_an_empty_state_directory(env: Env, tmp_path: Path) -> None:
+    empty = tmp_path / "state"
+    empty.mkdir()
+    result = run(*FLEETPKI, "serve", env.repo, "--state-dir", empty, "--http",
+                 f"127.0.0.1:{free_port()}")
+    refused(result, f"no inventory in {empty}: run `fleetpki apply` first")
+    assert list(empty.iterdir()) == []  # no inventory.db created
+
+
+@pytest.mark.parametrize("damage", ["garbage", "directory"])
+def test_serve_with_an_unreadable_inventory(env: Env, tmp_path: Path, damage: str) -> None:
+    inventory = tmp_path / "inventory.db"
+    if damage == "garbage":
+        inventory.write_bytes(b"not a database" * 100)
+    else:
+        inventory.mkdir()
+    result = run(*FLEETPKI, "serve", env.repo, "--state-dir", tmp_path, "--http",
+                 f"127.0.0.1:{free_port()}")
+    refused(result, f"cannot read the inventory in {tmp_path}: ")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any directory")
+def test_serve_with_an_unreadable_state_directory(env: Env, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "inventory.db").write_bytes(b"")
+    state.chmod(0)
+    try:
+        result = run(*FLEETPKI, "serve", env.repo, "--state-dir", state, "--http",
+                     f"127.0.0.1:{free_port()}")
+    finally:
+        state.chmod(0o700)
+    refused(result, "")

@@ -14,13 +14,13 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from controller import jobs
 from controller.pki import keys
 from controller.plan.intents import device_intent
-from tests.servers.conftest import Env, Running, ca_files, run
+from tests.servers.conftest import Env, Running, ca_files, fleetpki_command, run
 
 EST = "/.well-known/est"
 
 
 def fleetpki(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return run("/work/venv/bin/fleetpki", *args)
+    return run(*fleetpki_command(), *args)
 
 
 def secret(env: Env, device: str, fleet: str = "sensors") -> str:

@@ -138,6 +138,19 @@ def _new_key(env: Env, name: str) -> None:
     (env.keys / f"{name}.key").write_bytes(keys.private_key_to_pem(key))
 
 
+def _enrolled_with_secret(server: Running, env: Env, fleet: str,
+                          device: str) -> tuple[Path, Path]:
+    """(certificate PEM, key PEM) of a fresh secret enrollment of `device` (a key of its own)."""
+    name = f"{device}-own"
+    _new_key(env, name)
+    token = secret(env, device, fleet=fleet)
+    status, body, _ = post(server, env, "/simpleenroll", csr(env, device, f"/CN={device}",
+                                                             key=name),
+                           "--user", f"{device}:{token}", name=name)
+    assert status == "200", body.read_text()
+    return certificate_from(env, body, name), env.keys / f"{name}.key"
+
+
 def test_external_ca_is_planned_for_nothing(idevid_env: Env) -> None:
     plan = jobs.plan(idevid_env.repo, idevid_env.state, jobs.now_utc())
     assert not [a for a in plan.actions if a.name == "maker"]
@@ -220,13 +233,9 @@ def test_idevid_refusals(idevid_server: Running, idevid_env: Env,
     assert result.returncode != 0 or result.stdout in ("401", "403"), result.stdout
 
     # a certificate of ours (not issued by the maker) is no IDevID either
-    with env.state.inventory() as inventory:
-        ok = inventory.active_device("field", "ok-1")
-    assert ok is not None
-    ours = env.pem("ok-1-cert.pem", x509.load_der_x509_certificate(ok.der).public_bytes(
-        Encoding.PEM))
+    ours, ours_key = _enrolled_with_secret(idevid_server, env, "field", "ok-1")
     status, body, _ = post(idevid_server, env, "/simpleenroll", request, "--cert", ours,
-                           "--key", env.keys / "ok-1.key", name="ours")
+                           "--key", ours_key, name="ours")
     assert status == "403" and "not an IDevID issued by 'maker'" in body.read_text()
 
     status, _, _ = post(idevid_server, env, "/simpleenroll", request, name="nocert")

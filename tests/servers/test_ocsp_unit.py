@@ -11,9 +11,12 @@ from cryptography.x509 import ocsp as x509_ocsp
 
 from controller.pki import certificates as certs
 from controller.servers import ocsp
-from controller.servers.est import _der
+from controller.servers.est import _der, _oid
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
+SHA1 = "1.3.14.3.2.26"
+UNSUPPORTED_HASHES = {"md5": "1.2.840.113549.2.5", "sha3-256": "2.16.840.1.101.3.4.2.8",
+                      "made-up": "1.2.3.4"}
 
 
 def _ca() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
@@ -105,3 +108,50 @@ def test_two_certificates_in_one_request_is_malformed() -> None:
         serialization.Encoding.DER)) == len(single)
     answer = x509_ocsp.load_der_ocsp_response(responder.respond(double, NOW))
     assert answer.response_status == x509_ocsp.OCSPResponseStatus.MALFORMED_REQUEST
+
+
+def cert_id_request(hash_oid: str, name_hash: bytes, key_hash: bytes, serial: int) -> bytes:
+    """A DER OCSPRequest naming one CertID, built by hand: any hash OID, any (even negative)
+    serial number."""
+    serial_der = serial.to_bytes((serial.bit_length() + 8) // 8, "big", signed=True)
+    cert_id = _der(0x30, _der(0x30, _oid(hash_oid) + b"\x05\x00") + _der(0x04, name_hash)
+                   + _der(0x04, key_hash) + _der(0x02, serial_der))
+    return _der(0x30, _der(0x30, _der(0x30, _der(0x30, cert_id))))
+
+
+def _hashes(leaf: x509.Certificate, ca: x509.Certificate) -> tuple[bytes, bytes]:
+    """(issuer name hash, issuer key hash), SHA-1, of the CertID naming `leaf`."""
+    request = x509_ocsp.load_der_ocsp_request(_request(leaf, ca))
+    return request.issuer_name_hash, request.issuer_key_hash
+
+
+def test_hand_built_request_parses_as_built() -> None:
+    responder, ca, leaf, _ = _responder()
+    name_hash, key_hash = _hashes(leaf, ca)
+    der = cert_id_request(SHA1, name_hash, key_hash, 1000)
+    assert der == _request(leaf, ca)
+    answer = x509_ocsp.load_der_ocsp_response(responder.respond(der, NOW))
+    assert answer.certificate_status == x509_ocsp.OCSPCertStatus.REVOKED
+
+
+def test_unsupported_hash_algorithm_is_malformed() -> None:
+    responder, ca, leaf, calls = _responder()
+    name_hash, key_hash = _hashes(leaf, ca)
+    for oid in UNSUPPORTED_HASHES.values():
+        der = responder.respond(cert_id_request(oid, name_hash, key_hash, 1000), NOW)
+        answer = x509_ocsp.load_der_ocsp_response(der)
+        assert answer.response_status == x509_ocsp.OCSPResponseStatus.MALFORMED_REQUEST, oid
+    assert calls == []
+
+
+def test_negative_serial_is_malformed_zero_is_unknown() -> None:
+    responder, ca, leaf, calls = _responder()
+    name_hash, key_hash = _hashes(leaf, ca)
+    for serial in (-1, -1000, -(2**159)):
+        der = responder.respond(cert_id_request(SHA1, name_hash, key_hash, serial), NOW)
+        answer = x509_ocsp.load_der_ocsp_response(der)
+        assert answer.response_status == x509_ocsp.OCSPResponseStatus.MALFORMED_REQUEST
+    assert calls == []
+    zero = x509_ocsp.load_der_ocsp_response(
+        responder.respond(cert_id_request(SHA1, name_hash, key_hash, 0), NOW))
+    assert zero.certificate_status == x509_ocsp.OCSPCertStatus.UNKNOWN
