@@ -56,7 +56,7 @@ DirArg = Annotated[Path, typer.Argument(help="Fleet repository directory.", show
                                         callback=_existing_directory)]
 StateOpt = Annotated[Path | None, typer.Option(
     "--state-dir", help="State directory (inventory, keys). Default: $FLEETPKI_STATE_DIR or "
-    "~/.local/state/fleetpki.", show_default=False)]
+    "~/.local/state/fleetpki.", show_default=False, readable=False)]  # commands explain (exit 1)
 DefaultPoliciesOpt = Annotated[bool, typer.Option(
     help="Apply the built-in recommended policies (a repo policy of the same name replaces one).")]
 MaxRevOpt = Annotated[int | None, typer.Option(
@@ -477,7 +477,6 @@ def serve(directory: DirArg, state_dir: StateOpt = None,
     """Serve devices: OCSP, CRLs and CA certificates over HTTP, EST over HTTPS."""
     import asyncio
     import logging
-    import sqlite3
 
     from controller.servers.app import ServeOptions, parse_listener, serve_forever
     from controller.servers.state import ServerState
@@ -492,13 +491,7 @@ def serve(directory: DirArg, state_dir: StateOpt = None,
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(1) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    state_path = jobs.StateDir.resolve(state_dir)
-    try:
-        state = ServerState(directory, state_path)  # an empty state directory: OSError
-    except sqlite3.Error as exc:
-        err.print(f"error: cannot read the inventory in {state_path.path}: {exc}",
-                  markup=False)
-        raise typer.Exit(1) from None
+    state = ServerState(directory, jobs.StateDir.resolve(state_dir))
     try:
         asyncio.run(serve_forever(state, options))
     except KeyboardInterrupt:

@@ -24,7 +24,6 @@ from controller.pki import certificates as certs
 from controller.pki import keys
 from controller.policy.engine import CompiledRule
 from controller.servers import ocsp
-from controller.stores.inventory import Inventory
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +33,11 @@ TLS_VALIDITY = timedelta(days=30)
 
 class ServerState:
     def __init__(self, directory: Path | None, state: jobs.StateDir) -> None:
-        """Refuses (FileNotFoundError) a state directory without an inventory: serving never
+        """Refuses (InventoryError) a state directory without an inventory: serving never
         creates one."""
-        if not state.exists():
-            raise FileNotFoundError(f"no inventory in {state.path}: run `fleetpki apply` first")
         self.directory = directory
         self.state = state
-        self.inventory = Inventory(state.inventory_path)
+        self.inventory = state.inventory(create=False)
         self.keystore = state.keystore()
         self._keys: dict[str, keys.PrivateKey] = {}
         self._version: int | None = None
