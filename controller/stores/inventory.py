@@ -139,9 +139,6 @@ class InventoryError(Exception):
     """The inventory cannot be opened, read or written; the message names it and what to do."""
 
 
-SQLITE_HEADER = b"SQLite format 3\x00"
-
-
 def describe(path: Path, exc: sqlite3.Error) -> str:
     """A user's message for an SQLite error on the inventory at `path`."""
     text = str(exc)
@@ -162,16 +159,6 @@ def describe(path: Path, exc: sqlite3.Error) -> str:
 def damaged(path: Path, why: str) -> str:
     return (f"the inventory {path} is damaged ({why}): restore it from a backup "
             "(fleetpki restore); fleetpki never starts a new inventory in its place")
-
-
-def _check_header(path: Path) -> None:
-    """An existing inventory file must be an SQLite database: a 0-byte or overwritten file
-    would otherwise open as a new, empty inventory and start a second PKI."""
-    with open(path, "rb") as handle:
-        header = handle.read(len(SQLITE_HEADER))
-    if header != SQLITE_HEADER:
-        raise InventoryError(damaged(path, "empty file" if not header else "not an SQLite "
-                                     "database"))
 
 
 class Inventory:
@@ -195,24 +182,19 @@ class Inventory:
         if not self.path.exists():
             raise InventoryError(f"no inventory in {self.path.parent}: run `fleetpki apply` "
                                  "first (or restore a backup)")
-        _check_header(self.path)
         uri = f"{self.path.resolve().as_uri()}?mode=ro"
-        db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30)
         try:
-            self._check_tables(db)
+            return self._checked(sqlite3.connect(uri, uri=True, isolation_level=None,
+                                                 timeout=30))
         except sqlite3.OperationalError:  # a read-only directory: no -shm can be made
-            db.close()
-            db = sqlite3.connect(f"{uri}&immutable=1", uri=True, isolation_level=None)
-            self._check_tables(db)
-        return db
+            return self._checked(sqlite3.connect(f"{uri}&immutable=1", uri=True,
+                                                 isolation_level=None))
 
     def _open_for_writing(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not self.path.exists():
             self._create()
-        _check_header(self.path)
-        db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
-        self._check_tables(db)
+        db = self._checked(sqlite3.connect(self.path, isolation_level=None, timeout=30))
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(SCHEMA)
@@ -239,12 +221,21 @@ class Inventory:
                              temporary.with_name(temporary.name + "-shm")):
                 leftover.unlink(missing_ok=True)
 
-    def _check_tables(self, db: sqlite3.Connection) -> None:
-        names = {row[0] for row in db.execute("SELECT name FROM sqlite_master "
-                                              "WHERE type = 'table'")}
-        if "certificates" not in names:
-            raise InventoryError(damaged(self.path, "no certificates table: not a fleetpki "
-                                         "inventory"))
+    def _checked(self, db: sqlite3.Connection) -> sqlite3.Connection:
+        """`db` if it is a fleetpki inventory (closed otherwise): a 0-byte or overwritten file
+        would else open as a new, empty inventory and start a second PKI. Only SQLite opens
+        the file: closing another descriptor of it would drop SQLite's POSIX locks."""
+        try:
+            names = {row[0] for row in db.execute("SELECT name FROM sqlite_master "
+                                                  "WHERE type = 'table'")}
+            if "certificates" not in names:
+                empty = self.path.stat().st_size == 0
+                raise InventoryError(damaged(self.path, "empty file" if empty else
+                                             "no certificates table: not a fleetpki inventory"))
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def __enter__(self) -> Inventory:
         return self

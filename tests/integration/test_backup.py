@@ -5,8 +5,8 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import re
 import shutil
+import socket
 import sqlite3
 import stat
 import tarfile
@@ -41,14 +41,18 @@ CA_COLUMNS = "SELECT owner, serial, state, key_id, fingerprint, der FROM certifi
 
 @contextmanager
 def serving(cli: Cli, repo: Path, state: Path, log: Path) -> Iterator[str]:
-    """`fleetpki serve --http` in a subprocess on a port the OS picks; yields its base URL."""
-    process = cli.popen("serve", repo, "--state-dir", state, "--http", "127.0.0.1:0", log=log)
+    """`fleetpki serve --http` in a subprocess on a free port; yields its base URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = cli.popen("serve", repo, "--state-dir", state, "--http", f"127.0.0.1:{port}",
+                        log=log)
     try:
         deadline = time.monotonic() + 60
-        while not (found := re.search(r"serving http on 127\.0\.0\.1:(\d+)", log.read_text())):
+        while f"serving http on 127.0.0.1:{port}" not in log.read_text():
             assert process.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
-        yield f"http://127.0.0.1:{found.group(1)}"
+        yield f"http://127.0.0.1:{port}"
     finally:
         process.terminate()
         process.wait(10)

@@ -109,7 +109,7 @@ def test_serve_with_an_unreadable_inventory(env: Env, tmp_path: Path, damage: st
     result = run(*FLEETPKI, "serve", env.repo, "--state-dir", tmp_path, "--http",
                  f"127.0.0.1:{free_port()}")
     refused(result, f"the inventory {inventory} is damaged" if damage == "garbage" else
-            f"cannot open the inventory {inventory}: Is a directory")
+            f"cannot open the inventory {inventory}: ")
 
 
 def unprivileged() -> list[str]:
