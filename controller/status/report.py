@@ -200,14 +200,14 @@ def _kept(desired: Desired, previous: Mapping[str, bytes], built: Mapping[str, b
         own = [p for p in outcome.problems if p.object in concerned]
         status = dict(before.get("status") or {})
         status.pop("observedCommit", None)
+        reason = "InvalidSpec"
         if own:
             message: str | None = f"{len(own)} problem(s) in the declaration: {own[0]}"
         elif outcome.problems and path not in built:  # its file or a dependency is broken
             message = f"not loaded: {(unloaded or outcome.problems)[0]}"
         else:
-            message = outcome.refusal
+            message, reason = outcome.refusal, "Failed"
         if message is not None:
-            reason = "InvalidSpec" if own or path not in built else "Failed"
             status["conditions"] = summarize(status.get("conditions", []), stalled=message,
                                              reconciling=None, ready_message="",
                                              reason=reason, now=stamp)

@@ -52,6 +52,7 @@ def test_wrong_state_dir_is_refused_every_time(applied_example: Applied, cli: Cl
     document = status_files(repo)[CA_STATUS]["status"]
     stalled = {c["type"]: c for c in document["conditions"]}["Stalled"]
     assert stalled["status"] == "True" and "exists already" in stalled["message"]
+    assert stalled["reason"] == "Failed", "a refusal, not a mistake in the spec"
 
 
 def test_lost_inventory_is_refused(applied_example: Applied, cli: Cli) -> None:
