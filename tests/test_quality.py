@@ -22,3 +22,13 @@ def test_ruff_is_clean() -> None:
 def test_mypy_is_clean() -> None:
     result = run("mypy", "controller")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_pure_layers_do_no_io() -> None:
+    """The import-linter contract in pyproject.toml: models, PKI, planning and policy import
+    no store, source, status writer, server, CLI, git, SQLite or web library."""
+    script = Path(sys.executable).parent / "lint-imports"
+    result = subprocess.run([str(script)], cwd=ROOT, capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 0 and "1 kept, 0 broken" in result.stdout, \
+        result.stdout + result.stderr
