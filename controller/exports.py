@@ -70,7 +70,7 @@ def _active(inventory: Inventory, fleet: str, device: str) -> CertRecord:
 
 def _refuse_keys_in_work_tree(out: Path, records: Iterable[CertRecord]) -> None:
     """A private key must never be one `git add` away from a repository: refuse an `out` inside
-    a git work tree when any of `records` (read only then) has a server-generated key."""
+    a git work tree when any of `records` has a server-generated key."""
     top = enclosing_work_tree(out)
     if top is not None and any(record.key_blob is not None for record in records):
         raise ExportError(f"{out} is inside the git work tree {top}: the export would write "
@@ -132,14 +132,14 @@ def export_fleet(inventory: Inventory, keystore: Callable[[], FileKeyStore], fle
         passphrase = os.environ.get(EXPORT_PASSPHRASE_ENV, "").encode()
         if not passphrase:
             raise ExportError(f"set {EXPORT_PASSPHRASE_ENV} to the PKCS#12 password")
-    _refuse_keys_in_work_tree(out, (_active(inventory, fleet, device) for device in devices))
-    for done, device in enumerate(devices, start=1):
-        record = _active(inventory, fleet, device)
+    records = [_active(inventory, fleet, device) for device in devices]
+    _refuse_keys_in_work_tree(out, records)
+    for done, record in enumerate(records, start=1):
         if fmt == "p12":
-            _write_p12(inventory, keystore, record, out / device, passphrase)
+            _write_p12(inventory, keystore, record, out / record.device, passphrase)
         else:
-            _write_pem(inventory, keystore, record, out / device)
-        progress(done, len(devices))
+            _write_pem(inventory, keystore, record, out / record.device)
+        progress(done, len(records))
     return len(devices)
 
 

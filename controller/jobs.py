@@ -31,7 +31,7 @@ from controller.policy.defaults import default_policies, effective_policies
 from controller.policy.engine import CompiledRule, compile_policies, evaluate
 from controller.policy.gate import gate
 from controller.sources.repo import load_repository
-from controller.sources.worktree import uncommitted_changes
+from controller.sources.worktree import enclosing_work_tree, uncommitted_changes
 from controller.status.gitbranch import read_status_branch, write_status_branch
 from controller.status.report import Outcome, build_status
 from controller.stores.inventory import Inventory, InventoryError
@@ -182,7 +182,7 @@ def plan(directory: Path, state: StateDir, now: datetime, max_revocations: int |
     """Plan against the inventory (read-only; an absent state directory is empty). A CA to
     create that exists elsewhere is refused (ExistingCA), as apply would."""
     declaration = load(directory, use_default_policies)
-    places = state.places(git_root(directory), status_branch)
+    places = state.places(enclosing_work_tree(directory), status_branch)
     if not state.exists():
         the_plan = declaration.plan(Observed(), now, max_revocations, danger_fraction)
         refuse_existing_cas(_created_cas(the_plan), places, None, new_cas)
@@ -216,7 +216,7 @@ def plan_change(directory: Path, base: Path, now: datetime, max_revocations: int
 def checkout_of(directory: Path, ref: str) -> Iterator[Path]:
     """The same directory of the repository at `ref`, exported to a temporary directory (the
     repository, its index and work tree are not touched)."""
-    root = git_root(directory)
+    root = enclosing_work_tree(directory)
     if root is None:
         raise InvalidDeclaration([Problem(str(directory), "--base needs DIR inside a git "
                                           "repository (or use --base-dir)")])
@@ -243,14 +243,6 @@ class ApplyReport:
     status_commit: str | None
 
 
-def git_root(directory: Path) -> Path | None:
-    try:
-        repo = git.Repo(directory, search_parent_directories=True)
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
-        return None
-    return Path(repo.working_tree_dir) if repo.working_tree_dir else None
-
-
 def observed_commit(directory: Path, root: Path) -> str | None:
     """HEAD, marked `-dirty` when files under `directory` are not committed (what status
     records as applied: `apply --allow-uncommitted` applies the working tree)."""
@@ -273,7 +265,7 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
     every object's last known status, Stalled; a failure while applying writes status from the
     inventory. The public directory is re-derived from the inventory on every run.
     """
-    root = git_root(directory)
+    root = enclosing_work_tree(directory)
     status_root = root if write_status else None
     commit = observed_commit(directory, status_root) if status_root is not None else None
     with repository_lock(root), state.lock(), state.inventory() as inventory:

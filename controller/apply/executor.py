@@ -93,7 +93,7 @@ class Executor:
                 parent = self.desired.authority(action.name).spec.parentRef
                 issuers.update([parent.name] if parent else [])
             elif action.action == "publish-crl":
-                for generation in self._crl_generations(action.name):
+                for generation in self.inventory.crl_generations(action.name, epoch(self.now)):
                     self._ca_key(generation.key_id or "")
         for issuer in sorted(issuers):
             if self.inventory.active_ca(issuer) is not None:  # else created in this run
@@ -247,16 +247,11 @@ class Executor:
         return keys.generate_private_key(algorithm)
 
     # --- CRLs --------------------------------------------------------------------------------
-    def _crl_generations(self, ca_name: str) -> list[CertRecord]:
-        """The CA certificates that need a CRL: unexpired and not revoked, newest first."""
-        return [g for g in self.inventory.ca_generations(ca_name)
-                if g.not_after > epoch(self.now) and g.state != "revoked"]
-
     def publish_crl(self, action: Action) -> None:
         """A fresh CRL for every unexpired certificate of the CA (old generations included)."""
         ca = self.desired.authority(action.name)
         now_s = epoch(self.now)
-        for generation in self._crl_generations(ca.name):
+        for generation in self.inventory.crl_generations(ca.name, now_s):
             key = self._ca_key(generation.key_id or "")
             ca_cert = x509.load_der_x509_certificate(generation.der)
             entries = [RevokedEntry(int(serial, 16), from_epoch(at), reason)

@@ -278,6 +278,10 @@ class Inventory:
         return self._records("kind = 'ca' AND owner = ? ORDER BY issued_at DESC, rowid DESC",
                              (name,))
 
+    def crl_generations(self, name: str, now: int) -> list[CertRecord]:
+        """The certificates of a CA that need a CRL: unexpired and not revoked, newest first."""
+        return [g for g in self.ca_generations(name) if g.not_after > now and g.state != "revoked"]
+
     def ca_names(self) -> list[str]:
         rows = self.db.execute("SELECT DISTINCT owner FROM certificates WHERE kind = 'ca'")
         return sorted(r[0] for r in rows)

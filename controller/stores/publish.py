@@ -41,8 +41,7 @@ def sync_public(inventory: Inventory, public_dir: Path, now: int) -> list[Path]:
         current = inventory.crl(active.serial)
         if current is not None:
             wanted[public_dir / "crl" / f"{name}.crl"] = current.der
-        crls = [inventory.crl(g.serial) for g in generations
-                if g.not_after > now and g.state != "revoked"]
+        crls = [inventory.crl(g.serial) for g in inventory.crl_generations(name, now)]
         pems = [crl_to_pem(x509.load_der_x509_crl(c.der)) for c in crls if c is not None]
         if pems:
             wanted[public_dir / "crl" / f"{name}.pem"] = b"".join(pems)
