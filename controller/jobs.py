@@ -31,9 +31,10 @@ from controller.policy.defaults import default_policies, effective_policies
 from controller.policy.engine import CompiledRule, compile_policies, evaluate
 from controller.policy.gate import gate
 from controller.sources.repo import load_repository
-from controller.sources.worktree import enclosing_work_tree, uncommitted_changes
-from controller.status.gitbranch import read_status_branch, write_status_branch
+from controller.sources.worktree import enclosing_work_tree
+from controller.status.gitbranch import GitStatus
 from controller.status.report import Outcome, build_status
+from controller.status.store import StatusStore, StatusUpdate
 from controller.stores.inventory import Inventory, InventoryError
 from controller.stores.keystore import FileKeyStore, KeyStoreError
 from controller.stores.publish import sync_public
@@ -99,9 +100,9 @@ class StateDir:
                      f"state directory {self.path}; try again when it has finished"):
             yield
 
-    def places(self, repo_root: Path | None, status_branch: str) -> Places:
+    def places(self, status: StatusStore | None) -> Places:
         """Where evidence of existing CAs is looked for."""
-        return Places(self.path, self.path / "keys", self.public_dir, repo_root, status_branch)
+        return Places(self.path, self.path / "keys", self.public_dir, status)
 
 
 @contextmanager
@@ -182,7 +183,8 @@ def plan(directory: Path, state: StateDir, now: datetime, max_revocations: int |
     """Plan against the inventory (read-only; an absent state directory is empty). A CA to
     create that exists elsewhere is refused (ExistingCA), as apply would."""
     declaration = load(directory, use_default_policies)
-    places = state.places(enclosing_work_tree(directory), status_branch)
+    root = enclosing_work_tree(directory)
+    places = state.places(GitStatus(root, status_branch, directory) if root else None)
     if not state.exists():
         the_plan = declaration.plan(Observed(), now, max_revocations, danger_fraction)
         refuse_existing_cas(_created_cas(the_plan), places, None, new_cas)
@@ -243,22 +245,14 @@ class ApplyReport:
     status_commit: str | None
 
 
-def observed_commit(directory: Path, root: Path) -> str | None:
-    """HEAD, marked `-dirty` when files under `directory` are not committed (what status
-    records as applied: `apply --allow-uncommitted` applies the working tree)."""
-    try:
-        head = git.Repo(root).head.commit.hexsha
-    except ValueError:  # no commits yet
-        return None
-    return f"{head}-dirty" if uncommitted_changes(directory) else head
-
-
 def apply(directory: Path, state: StateDir, now: datetime, *,
           max_revocations: int | None = None, allow_mass_revocation: bool = False,
           write_status: bool = True, status_branch: str = STATUS_BRANCH,
+          status_store: StatusStore | None = None,
           progress: Progress = lambda n: None, use_default_policies: bool = True,
           new_cas: frozenset[str] = frozenset()) -> ApplyReport:
-    """Converge, then write status to the status branch (when in a git repository).
+    """Converge, then write status: to `status_store`, else to the status branch (when in a
+    git repository and `write_status`).
 
     Everything that can refuse (the declaration, policies, existing CAs, the passphrase and
     every CA key the plan signs with) is checked before the first change. A refused run keeps
@@ -266,10 +260,19 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
     inventory. The public directory is re-derived from the inventory on every run.
     """
     root = enclosing_work_tree(directory)
-    status_root = root if write_status else None
-    commit = observed_commit(directory, status_root) if status_root is not None else None
+    branch = GitStatus(root, status_branch, directory) if root is not None else None
+    store = status_store or (branch if write_status else None)
+    evidence = status_store or branch  # the status branch is evidence even when not written
+    commit = store.observed() if store is not None else None
     with repository_lock(root), state.lock(), state.inventory() as inventory:
-        previous = read_status_branch(root, status_branch) if root is not None else {}
+        previous = store.read() if store is not None else {}
+
+        def write(summary: str, done: dict[str, int] | None = None) -> str | None:
+            if store is None:
+                return None
+            files = build_status(desired, inventory, outcome, previous, now, commit)
+            return store.write(StatusUpdate(files, summary, the_plan, outcome, now, done or {}))
+
         declaration, problems = read_declaration(directory, use_default_policies)
         desired = declaration.desired
         outcome = Outcome(problems=list(problems))
@@ -281,8 +284,8 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
             outcome.problems.extend(the_plan.problems)
             outcome.findings.extend(the_plan.findings)
             outcome.blocked_fleets.update(the_plan.blocked_fleets)
-            refuse_existing_cas(_created_cas(the_plan), state.places(root, status_branch),
-                                inventory, new_cas)
+            refuse_existing_cas(_created_cas(the_plan), state.places(evidence), inventory,
+                                new_cas)
             runner = prepare(the_plan, desired, inventory, state.keystore(), now,
                              allow_mass_revocation=allow_mass_revocation)
         except (ApplyRefused, ExistingCA, KeyStoreError, PKIError, InvalidDeclaration) as exc:
@@ -290,31 +293,16 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
             if not isinstance(exc, InvalidDeclaration):
                 outcome.refusal = str(exc)
             sync_public(inventory, state.public_dir, epoch(now))
-            _write_status(status_root, commit, previous, desired, inventory, outcome, now,
-                          status_branch,
-                          "invalid" if isinstance(exc, InvalidDeclaration) else "refused")
+            write("invalid" if isinstance(exc, InvalidDeclaration) else "refused")
             raise
         try:
             result = execute(runner, the_plan, progress)
         except (ApplyRefused, KeyStoreError, PKIError) as exc:
             outcome.refusal = str(exc)
-            _write_status(status_root, commit, previous, desired, inventory, outcome, now,
-                          status_branch, "failed")
+            write("failed")
             raise
         finally:
             sync_public(inventory, state.public_dir, epoch(now))
         done = ", ".join(f"{k} {v}" for k, v in sorted(result.done.items())) or "no changes"
-        status_commit = _write_status(status_root, commit, previous, desired, inventory,
-                                      outcome, now, status_branch, done)
+        status_commit = write(done, dict(result.done))
     return ApplyReport(the_plan, result, status_commit)
-
-
-def _write_status(root: Path | None, observed: str | None, previous: dict[str, bytes],
-                  desired: Desired, inventory: Inventory, outcome: Outcome, now: datetime,
-                  branch: str, summary: str) -> str | None:
-    """Commit the status files (built against the branch as read at the start of the run)."""
-    if root is None:
-        return None
-    files = build_status(desired, inventory, outcome, previous, now, observed)
-    return write_status_branch(root, files, message=f"fleetpki status: {summary}",
-                               branch=branch)

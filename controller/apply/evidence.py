@@ -18,8 +18,9 @@ from pathlib import Path
 
 import yaml
 
-from controller.status.gitbranch import StatusBranchError, status_file_history
+from controller.status.gitbranch import StatusBranchError
 from controller.status.report import status_path
+from controller.status.store import StatusStore
 from controller.stores.inventory import Inventory
 
 
@@ -29,29 +30,25 @@ class ExistingCA(Exception):
 
 @dataclass(frozen=True)
 class Places:
-    """Where evidence of a CA may be: the state directory's parts and the fleet repository."""
+    """Where evidence of a CA may be: the state directory's parts and the status (with its
+    history: every commit of a status branch)."""
 
     state_dir: Path
     keys_dir: Path
     public_dir: Path
-    repo_root: Path | None
-    status_branch: str
+    status: StatusStore | None
 
 
-def recorded_serial(places: Places, name: str) -> str | None:
-    """The newest serial any commit of the status branch recorded for CA `name`."""
-    if places.repo_root is None:
-        return None
+def recorded_serial(status: StatusStore, name: str) -> str | None:
+    """The newest serial any known status of CA `name` recorded."""
     try:
-        for text in status_file_history(places.repo_root, status_path("CertificateAuthority",
-                                                                         name),
-                                        places.status_branch):
+        for text in status.history(status_path("CertificateAuthority", name)):
             try:
                 document = yaml.safe_load(text) or {}
             except yaml.YAMLError:
                 continue
-            status = document.get("status") if isinstance(document, dict) else None
-            certificate = (status or {}).get("certificate") if isinstance(status, dict) else None
+            recorded = document.get("status") if isinstance(document, dict) else None
+            certificate = recorded.get("certificate") if isinstance(recorded, dict) else None
             if isinstance(certificate, dict) and certificate.get("serial") \
                     and not certificate.get("external"):
                 return str(certificate["serial"])
@@ -79,9 +76,10 @@ def evidence_of(name: str, places: Places, inventory: Inventory | None) -> list[
                                   places.public_dir / "crl" / f"{name}.crl") if p.exists()]
     if published:
         found.append(f"its published {' and '.join(published)}")
-    serial = recorded_serial(places, name)
-    if serial:
-        found.append(f"serial {serial} on the status branch {places.status_branch}")
+    if places.status is not None:
+        serial = recorded_serial(places.status, name)
+        if serial:
+            found.append(f"serial {serial} {places.status.where}")
     return found
 
 

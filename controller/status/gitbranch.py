@@ -16,6 +16,9 @@ from pathlib import Path, PurePosixPath
 from git import Blob, Repo
 from git.exc import GitCommandError, InvalidGitRepositoryError, NoSuchPathError
 
+from controller.sources.worktree import uncommitted_changes
+from controller.status.store import StatusUpdate
+
 DEFAULT_BRANCH = "fleetpki/status"
 DEFAULT_REMOTE = "origin"
 
@@ -33,6 +36,37 @@ class BotIdentity:
 
 
 DEFAULT_IDENTITY = BotIdentity()
+
+
+@dataclass(frozen=True)
+class GitStatus:
+    """Status on a branch of the fleet repository (`root`), for the declaration in
+    `directory`; records HEAD as `observedCommit` (`-dirty` with uncommitted changes)."""
+
+    root: Path
+    branch: str
+    directory: Path
+
+    @property
+    def where(self) -> str:
+        return f"on the status branch {self.branch}"
+
+    def observed(self) -> str | None:
+        try:
+            head = Repo(self.root).head.commit.hexsha
+        except ValueError:  # no commits yet
+            return None
+        return f"{head}-dirty" if uncommitted_changes(self.directory) else head
+
+    def read(self) -> dict[str, bytes]:
+        return read_status_branch(self.root, self.branch)
+
+    def history(self, path: str) -> Iterator[bytes]:
+        return status_file_history(self.root, path, self.branch)
+
+    def write(self, update: StatusUpdate) -> str | None:
+        return write_status_branch(self.root, update.files, branch=self.branch,
+                                   message=f"fleetpki status: {update.summary}")
 
 
 def write_status_branch(
