@@ -155,6 +155,9 @@ def build_status(desired: Desired, inventory: Inventory, outcome: Outcome,
         }
         if awaiting:
             status["devices"]["awaitingEnrollment"] = awaiting
+        next_renewal = inventory.next_renewal(name)
+        if next_renewal is not None:
+            status["nextRenewalAt"] = rfc3339(next_renewal)
         if attention:
             status["attention"] = attention
         warnings = sorted({f"{f.policy}/{f.rule}: {f.message}" for f in findings
@@ -167,8 +170,29 @@ def build_status(desired: Desired, inventory: Inventory, outcome: Outcome,
                                reason=_reason(stalled, pending, bool(problems)), now=stamp)
         files[path] = _document("DeviceFleet", name, {**status, "conditions": conditions},
                                 before, commit)
+    files.update(_validity(desired, by_object, previous, stamp, commit))
     if outcome.applied_nothing:
         files.update(_kept(desired, previous, files, outcome, stamp, commit))
+    return files
+
+
+def _validity(desired: Desired, by_object: Mapping[str, list[Problem]],
+              previous: Mapping[str, bytes], stamp: str,
+              commit: str | None) -> dict[str, bytes]:
+    """Profiles and policies: Ready when valid, Stalled (InvalidSpec) with their first
+    problem."""
+    files: dict[str, bytes] = {}
+    for kind, names in (("CertificateProfile", desired.profiles),
+                        ("CertificatePolicy", desired.policies)):
+        for name in sorted(names):
+            path = status_path(kind, name)
+            before = _load(previous, path)
+            problems = by_object.get(f"{kind}/{name}", [])
+            stalled = f"{len(problems)} problem(s): {problems[0]}" if problems else None
+            conditions = summarize((before.get("status") or {}).get("conditions", []),
+                                   stalled=stalled, reconciling=None, ready_message="valid",
+                                   reason=_reason(stalled, None, True), now=stamp)
+            files[path] = _document(kind, name, {"conditions": conditions}, before, commit)
     return files
 
 

@@ -342,6 +342,12 @@ class Inventory:
             "AND state = 'active' AND not_after <= ?", (fleet, now)).fetchone()[0]
         return counts
 
+    def next_renewal(self, fleet: str) -> int | None:
+        """When the fleet's next active certificate is due for renewal."""
+        row = self.db.execute("SELECT min(renew_at) FROM certificates WHERE kind = 'device' "
+                              "AND owner = ? AND state = 'active'", (fleet,)).fetchone()
+        return None if row[0] is None else int(row[0])
+
     def revoked_by_issuer(self, issuer_serial: str, now: int) -> list[tuple[str, int, str]]:
         """(serial, revoked_at, reason) of unexpired revoked certificates issued by a CA cert."""
         rows = self.db.execute(
