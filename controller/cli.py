@@ -409,6 +409,37 @@ def reconcile(repo: Annotated[str, typer.Option(help="Git URL or path of the fle
 
 @app.command()
 @handle_errors
+def operator(
+        namespace: Annotated[list[str] | None, typer.Option(
+            "--namespace", "-n", help="Watch this namespace (repeatable).")] = None,
+        all_namespaces: Annotated[bool, typer.Option(
+            "--all-namespaces", "-A", help="Watch every namespace.")] = False,
+        standalone: Annotated[bool, typer.Option(
+            help="Run without peering (no other operator is looked for).")] = False,
+        peering: Annotated[str, typer.Option(
+            help="kopf peering object: of several operators with it, one acts.")] = "fleetpki",
+        state_dir: StateOpt = None,
+        resync: Annotated[str, typer.Option(
+            help="How often renewals, CRLs and retries are looked at.")] = "5m",
+        health_port: Annotated[int | None, typer.Option(
+            help="Serve /healthz on this port (kopf's liveness endpoint).")] = None) -> None:
+    """Kubernetes mode: reconcile the fleetpki objects of the cluster (kopf), status in
+    `.status`. Each namespace has its own state: <state-dir>/namespaces/<namespace>."""
+    from controller.operator.main import OperatorOptions, run
+
+    if bool(namespace) == all_namespaces:
+        raise typer.BadParameter("give --namespace NS (repeatable) or --all-namespaces",
+                                 param_hint="--namespace")
+    try:
+        period = parse_duration(resync)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--resync") from None
+    run(OperatorOptions(jobs.StateDir.resolve(state_dir).path, tuple(namespace or ()),
+                        standalone, peering, period, health_port))
+
+
+@app.command()
+@handle_errors
 def crds(out_dir: Annotated[Path, typer.Option("--out")] = Path("crds"),
          check: Annotated[bool, typer.Option(help="Exit 1 if the files are stale.")] = False,
          ) -> None:

@@ -6,7 +6,7 @@ import fcntl
 import os
 import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -248,11 +248,12 @@ class ApplyReport:
 def apply(directory: Path, state: StateDir, now: datetime, *,
           max_revocations: int | None = None, allow_mass_revocation: bool = False,
           write_status: bool = True, status_branch: str = STATUS_BRANCH,
-          status_store: StatusStore | None = None,
+          status_store: StatusStore | None = None, source_problems: Sequence[Problem] = (),
           progress: Progress = lambda n: None, use_default_policies: bool = True,
           new_cas: frozenset[str] = frozenset()) -> ApplyReport:
     """Converge, then write status: to `status_store`, else to the status branch (when in a
-    git repository and `write_status`).
+    git repository and `write_status`). `source_problems` are what the source found before
+    writing `directory` (an unreadable device source in Kubernetes mode).
 
     Everything that can refuse (the declaration, policies, existing CAs, the passphrase and
     every CA key the plan signs with) is checked before the first change. A refused run keeps
@@ -274,6 +275,7 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
             return store.write(StatusUpdate(files, summary, the_plan, outcome, now, done or {}))
 
         declaration, problems = read_declaration(directory, use_default_policies)
+        problems = [*source_problems, *problems]
         desired = declaration.desired
         outcome = Outcome(problems=list(problems))
         the_plan = Plan(())

@@ -1,0 +1,1 @@
+"""Kubernetes mode: kopf handlers over the same job as git-only mode."""

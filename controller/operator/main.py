@@ -1,0 +1,62 @@
+"""`fleetpki operator`: settings, credentials and the kopf event loop."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import kopf
+from kubernetes import client, config
+
+from controller.operator.handlers import build_registry
+from controller.operator.namespaces import Namespaces
+from controller.operator.readers import cluster_readers
+from controller.status.kube import BACKOFF_BASE
+
+
+@dataclass(frozen=True)
+class OperatorOptions:
+    state_root: Path
+    namespaces: tuple[str, ...] = ()  # empty: every namespace
+    standalone: bool = False
+    peering: str = "fleetpki"
+    resync: timedelta = timedelta(minutes=5)
+    health_port: int | None = None
+    backoff_base: timedelta = BACKOFF_BASE
+
+
+def api_client() -> client.ApiClient:
+    """In-cluster credentials when running in a pod, else the kubeconfig ($KUBECONFIG)."""
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+def settings(options: OperatorOptions) -> kopf.OperatorSettings:
+    result = kopf.OperatorSettings()
+    result.scanning.disabled = True  # the resources are known; no cluster-wide CRD watch
+    result.posting.enabled = False  # our own events, one per fleet and action
+    return result
+
+
+def run(options: OperatorOptions, stop: threading.Event | None = None,
+        ready: threading.Event | None = None) -> None:
+    """Run until stopped (SIGTERM/SIGINT, or `stop` when given)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s "
+                        "%(message)s")
+    api = api_client()
+    namespaces = Namespaces(api, options.state_root, cluster_readers(api),
+                            backoff_base=options.backoff_base)
+    registry = build_registry(namespaces, options.resync)
+    kopf.on.login(registry=registry)(kopf.login_via_client)
+    health = (f"http://0.0.0.0:{options.health_port}/healthz"
+              if options.health_port is not None else None)
+    kopf.run(registry=registry, settings=settings(options), standalone=options.standalone,
+             peering_name=options.peering, liveness_endpoint=health,
+             clusterwide=not options.namespaces, namespaces=options.namespaces,
+             stop_flag=stop, ready_flag=ready)

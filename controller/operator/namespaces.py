@@ -1,0 +1,76 @@
+"""One namespace's reconcile: its objects -> a declaration directory -> the job -> `.status`."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+
+from controller import jobs
+from controller.api.problems import InvalidDeclaration
+from controller.apply.evidence import ExistingCA
+from controller.apply.executor import ApplyRefused
+from controller.pki.errors import PKIError
+from controller.sources.kube import Readers, write_declaration
+from controller.status.kube import BACKOFF_BASE, KubeStatus
+from controller.stores.keystore import KeyStoreError
+
+log = logging.getLogger("fleetpki.operator")
+Bodies = Callable[[], Iterable[Mapping[str, Any]]]
+
+
+def state_of(root: Path, namespace: str) -> jobs.StateDir:
+    """A namespace's own state directory: inventory, public files and declaration."""
+    return jobs.StateDir(root / "namespaces" / namespace)
+
+
+@dataclass
+class Namespaces:
+    """Reconciles namespaces, one run at a time per namespace. A request made before a run
+    started is covered by that run (it reads the objects when it starts) and is not repeated:
+    a burst of changes costs one run, not one per object."""
+
+    api: client.ApiClient
+    state_root: Path
+    readers: Readers
+    clock: Callable[[], datetime] = jobs.now_utc
+    backoff_base: timedelta = BACKOFF_BASE
+    _locks: dict[str, threading.Lock] = field(default_factory=dict)
+    _started: dict[str, float] = field(default_factory=dict)
+    _guard: threading.Lock = field(default_factory=threading.Lock)
+
+    def _lock(self, namespace: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(namespace, threading.Lock())
+
+    def reconcile(self, namespace: str, bodies: Bodies) -> jobs.ApplyReport | None:
+        """Converge the namespace; None when another run covered the request or the run was
+        refused (its reasons are on the objects' Stalled conditions)."""
+        requested = time.monotonic()
+        with self._lock(namespace):
+            if self._started.get(namespace, float("-inf")) > requested:
+                return None
+            self._started[namespace] = time.monotonic()
+            objects = list(bodies())
+            state = state_of(self.state_root, namespace)
+            declaration = state.path / "declaration"
+            problems = write_declaration(namespace, objects, declaration, self.readers)
+            status = KubeStatus(self.api, namespace, objects, self.backoff_base)
+            try:
+                report = jobs.apply(declaration, state, self.clock(), status_store=status,
+                                    source_problems=problems)
+            except (InvalidDeclaration, ApplyRefused, ExistingCA, KeyStoreError,
+                    PKIError) as exc:
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                log.warning("namespace %s not converged: %s", namespace, first)
+                return None
+            done = ", ".join(f"{k} {v}" for k, v in sorted(report.result.done.items()))
+            log.info("namespace %s reconciled: %s", namespace, done or "no changes")
+            return report

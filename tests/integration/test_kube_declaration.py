@@ -1,0 +1,150 @@
+"""Kubernetes mode without a cluster: a namespace's objects (as the API returns them) become a
+declaration directory, and the same job converges it, writing status through a StatusStore."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from controller import jobs
+from controller.api.problems import InvalidDeclaration
+from controller.sources.kube import DeviceSourceUnavailable, Readers, write_declaration
+from controller.status.store import StatusUpdate
+
+from .support import EXAMPLE, PASSPHRASE
+
+NAMESPACE = "fleet-demo"
+
+
+class MemoryStatus:
+    """A StatusStore that keeps what the job writes."""
+
+    where = "in memory"
+
+    def __init__(self) -> None:
+        self.updates: list[StatusUpdate] = []
+
+    def observed(self) -> str | None:
+        return None
+
+    def read(self) -> dict[str, bytes]:
+        return self.updates[-1].files if self.updates else {}
+
+    def history(self, path: str) -> Iterable[bytes]:
+        return [u.files[path] for u in reversed(self.updates) if path in u.files]
+
+    def write(self, update: StatusUpdate) -> str | None:
+        self.updates.append(update)
+        return None
+
+    def status(self, kind: str, name: str) -> dict[str, Any]:
+        return yaml.safe_load(self.read()[f"status/{kind}/{name}.yaml"])["status"]
+
+
+def as_served(document: Mapping[str, Any]) -> dict[str, Any]:
+    """A repository document as the API server returns it: namespaced, with server fields."""
+    served = copy.deepcopy(dict(document))
+    served["metadata"] |= {"namespace": NAMESPACE, "uid": "u-" + document["metadata"]["name"],
+                           "generation": 1, "resourceVersion": "7",
+                           "annotations": {"kopf.zalando.org/last-handled-configuration": "{}",
+                                           **document["metadata"].get("annotations", {})}}
+    served["status"] = {"conditions": []}
+    return served
+
+
+def example_bodies() -> list[dict[str, Any]]:
+    bodies = []
+    for path in sorted(EXAMPLE.rglob("*.yaml")):
+        bodies += [as_served(d) for d in yaml.safe_load_all(path.read_text()) if d]
+    sensors = next(b for b in bodies if b["metadata"]["name"] == "sensors")
+    sensors["spec"]["deviceSource"] = {"configMapRef": [{"name": "sensors-a", "key": "a.csv"},
+                                                        {"name": "sensors-b", "key": "b.csv"}]}
+    return bodies
+
+
+def readers(config_maps: Mapping[str, Mapping[str, str]]) -> Readers:
+    def flux(*_: str) -> None:
+        return None
+
+    def artifact(*_: Any) -> str:
+        raise DeviceSourceUnavailable("no artifacts here")
+
+    return Readers(lambda namespace, name: config_maps.get(name), flux, artifact)
+
+
+def split_sensors() -> dict[str, dict[str, str]]:
+    lines = (EXAMPLE / "fleets" / "sensors.csv").read_text().splitlines()
+    header, rows = lines[0], lines[1:]
+    half = len(rows) // 2
+    return {"sensors-a": {"a.csv": "\n".join([header, *rows[:half]]) + "\n"},
+            "sensors-b": {"b.csv": "\n".join([header, *rows[half:]]) + "\n"}}
+
+
+@pytest.fixture(autouse=True)
+def passphrase(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEETPKI_PASSPHRASE", PASSPHRASE)
+
+
+def test_a_namespace_converges_through_the_same_job(tmp_path: Path) -> None:
+    target = tmp_path / "state" / "declaration"
+    problems = write_declaration(NAMESPACE, example_bodies(), target, readers(split_sensors()))
+    assert problems == []
+    written = yaml.safe_load((target / "devicefleets" / "sensors.yaml").read_text())
+    assert written["spec"]["deviceSource"] == {"path": "devices/sensors.csv", "format": "csv"}
+    assert "namespace" not in written["metadata"] and "status" not in written
+    assert not any(k.startswith("kopf") for k in written["metadata"].get("annotations", {}))
+    store = MemoryStatus()
+    report = jobs.apply(target, jobs.StateDir(tmp_path / "state"), jobs.now_utc(),
+                        status_store=store)
+    declared = len((EXAMPLE / "fleets" / "sensors.csv").read_text().splitlines()) - 1
+    sensors = store.status("DeviceFleet", "sensors")
+    assert sensors["devices"]["active"] == declared > 1
+    assert next(c for c in sensors["conditions"] if c["type"] == "Ready")["status"] == "True"
+    assert store.updates[-1].done["issue"] == report.result.done["issue"]
+    assert "CertificateProfile/mqtt-client" in {
+        f"{p.split('/')[1]}/{p.split('/')[2][:-5]}" for p in store.read()}
+
+
+def test_a_missing_config_map_is_a_problem_of_the_fleet_and_nothing_is_applied(
+        tmp_path: Path) -> None:
+    config_maps = split_sensors()
+    del config_maps["sensors-b"]
+    target = tmp_path / "state" / "declaration"
+    problems = write_declaration(NAMESPACE, example_bodies(), target, readers(config_maps))
+    assert [(p.object, p.field) for p in problems] == [
+        ("DeviceFleet/sensors", "spec.deviceSource.configMapRef")]
+    assert "ConfigMap fleet-demo/sensors-b not found" in problems[0].message
+    store = MemoryStatus()
+    state = jobs.StateDir(tmp_path / "state")
+    with pytest.raises(InvalidDeclaration):
+        jobs.apply(target, state, jobs.now_utc(), status_store=store, source_problems=problems)
+    with state.reader() as inventory:
+        assert inventory.ca_names() == []
+    stalled = next(c for c in store.status("DeviceFleet", "sensors")["conditions"]
+                   if c["type"] == "Stalled")
+    assert stalled["status"] == "True" and "sensors-b not found" in stalled["message"]
+
+
+def test_csv_parts_must_share_their_header(tmp_path: Path) -> None:
+    config_maps = split_sensors()
+    config_maps["sensors-b"] = {"b.csv": "id,labels.other\nx-1,y\n"}
+    problems = write_declaration(NAMESPACE, example_bodies(), tmp_path / "d", readers(config_maps))
+    assert "differs from the first part's" in problems[0].message
+
+
+def test_the_directory_holds_exactly_the_namespace(tmp_path: Path) -> None:
+    target = tmp_path / "d"
+    bodies = example_bodies()
+    write_declaration(NAMESPACE, bodies, target, readers(split_sensors()))
+    kept = [b for b in bodies if b["kind"] != "DeviceFleet"]
+    write_declaration(NAMESPACE, kept, target, readers({}))
+    assert sorted(p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file()) \
+        == sorted(f"{d}/{b['metadata']['name']}.yaml" for b in kept for d in
+                  [{"CertificateAuthority": "certificateauthorities",
+                    "CertificateProfile": "certificateprofiles",
+                    "CertificatePolicy": "certificatepolicies"}[b["kind"]]])
