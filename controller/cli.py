@@ -422,7 +422,9 @@ def operator(
         resync: Annotated[str, typer.Option(
             help="How often renewals, CRLs and retries are looked at.")] = "5m",
         health_port: Annotated[int | None, typer.Option(
-            help="Serve /healthz on this port (kopf's liveness endpoint).")] = None) -> None:
+            help="Serve /healthz on this port (kopf's liveness endpoint).")] = None,
+        metrics_port: Annotated[int | None, typer.Option(
+            help="Serve Prometheus /metrics on this port.")] = None) -> None:
     """Kubernetes mode: reconcile the fleetpki objects of the cluster (kopf), status in
     `.status`. Each namespace has its own state: <state-dir>/namespaces/<namespace>."""
     from controller.operator.main import OperatorOptions, run
@@ -435,7 +437,7 @@ def operator(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--resync") from None
     run(OperatorOptions(jobs.StateDir.resolve(state_dir).path, tuple(namespace or ()),
-                        standalone, peering, period, health_port))
+                        standalone, peering, period, health_port, metrics_port))
 
 
 @app.command()

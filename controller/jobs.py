@@ -31,7 +31,7 @@ from controller.policy.defaults import default_policies, effective_policies
 from controller.policy.engine import CompiledRule, compile_policies, evaluate
 from controller.policy.gate import gate
 from controller.sources.repo import load_repository
-from controller.sources.worktree import enclosing_work_tree
+from controller.sources.worktree import enclosing_work_tree, uncommitted_changes
 from controller.status.gitbranch import GitStatus
 from controller.status.report import Outcome, build_status
 from controller.status.store import StatusStore, StatusUpdate
@@ -184,7 +184,7 @@ def plan(directory: Path, state: StateDir, now: datetime, max_revocations: int |
     create that exists elsewhere is refused (ExistingCA), as apply would."""
     declaration = load(directory, use_default_policies)
     root = enclosing_work_tree(directory)
-    places = state.places(GitStatus(root, status_branch, directory) if root else None)
+    places = state.places(GitStatus(root, status_branch) if root else None)
     if not state.exists():
         the_plan = declaration.plan(Observed(), now, max_revocations, danger_fraction)
         refuse_existing_cas(_created_cas(the_plan), places, None, new_cas)
@@ -245,6 +245,16 @@ class ApplyReport:
     status_commit: str | None
 
 
+def observed_commit(directory: Path, root: Path) -> str | None:
+    """HEAD, marked `-dirty` when files under `directory` are not committed (what status
+    records as applied: `apply --allow-uncommitted` applies the working tree)."""
+    try:
+        head = git.Repo(root).head.commit.hexsha
+    except ValueError:  # no commits yet
+        return None
+    return f"{head}-dirty" if uncommitted_changes(directory) else head
+
+
 def apply(directory: Path, state: StateDir, now: datetime, *,
           max_revocations: int | None = None, allow_mass_revocation: bool = False,
           write_status: bool = True, status_branch: str = STATUS_BRANCH,
@@ -261,7 +271,8 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
     inventory. The public directory is re-derived from the inventory on every run.
     """
     root = enclosing_work_tree(directory)
-    branch = GitStatus(root, status_branch, directory) if root is not None else None
+    branch = GitStatus(root, status_branch, observed_commit(directory, root)) \
+        if root is not None else None
     store = status_store or (branch if write_status else None)
     evidence = status_store or branch  # the status branch is evidence even when not written
     commit = store.observed() if store is not None else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 from dataclasses import dataclass
 from datetime import timedelta
@@ -11,6 +12,7 @@ from pathlib import Path
 import kopf
 from kubernetes import client, config
 
+from controller.operator import metrics
 from controller.operator.handlers import build_registry
 from controller.operator.namespaces import Namespaces
 from controller.operator.readers import cluster_readers
@@ -25,6 +27,8 @@ class OperatorOptions:
     peering: str = "fleetpki"
     resync: timedelta = timedelta(minutes=5)
     health_port: int | None = None
+    metrics_port: int | None = None
+    priority: int | None = None  # kopf peering: the highest acts; default random per process
     backoff_base: timedelta = BACKOFF_BASE
 
 
@@ -50,13 +54,18 @@ def run(options: OperatorOptions, stop: threading.Event | None = None,
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s "
                         "%(message)s")
     api = api_client()
+    if options.metrics_port is not None:
+        metrics.serve(options.metrics_port)
     namespaces = Namespaces(api, options.state_root, cluster_readers(api),
                             backoff_base=options.backoff_base)
     registry = build_registry(namespaces, options.resync)
     kopf.on.login(registry=registry)(kopf.login_via_client)
     health = (f"http://0.0.0.0:{options.health_port}/healthz"
               if options.health_port is not None else None)
+    # operators of equal priority would both act: a random one makes exactly one active
+    priority = options.priority if options.priority is not None else \
+        secrets.randbelow(2**31 - 1) + 1
     kopf.run(registry=registry, settings=settings(options), standalone=options.standalone,
-             peering_name=options.peering, liveness_endpoint=health,
+             peering_name=options.peering, priority=priority, liveness_endpoint=health,
              clusterwide=not options.namespaces, namespaces=options.namespaces,
              stop_flag=stop, ready_flag=ready)

@@ -17,6 +17,7 @@ from controller import jobs
 from controller.api.problems import InvalidDeclaration
 from controller.apply.evidence import ExistingCA
 from controller.apply.executor import ApplyRefused
+from controller.operator.metrics import ACTIONS, DURATION, RECONCILES
 from controller.pki.errors import PKIError
 from controller.sources.kube import Readers, write_declaration
 from controller.status.kube import BACKOFF_BASE, KubeStatus
@@ -58,7 +59,12 @@ class Namespaces:
             if self._started.get(namespace, float("-inf")) > requested:
                 return None
             self._started[namespace] = time.monotonic()
-            objects = list(bodies())
+            with DURATION.labels(namespace).time():
+                return self._run(namespace, list(bodies()))
+
+    def _run(self, namespace: str, objects: list[Mapping[str, Any]]) -> jobs.ApplyReport | None:
+        result = "error"
+        try:
             state = state_of(self.state_root, namespace)
             declaration = state.path / "declaration"
             problems = write_declaration(namespace, objects, declaration, self.readers)
@@ -68,9 +74,15 @@ class Namespaces:
                                     source_problems=problems)
             except (InvalidDeclaration, ApplyRefused, ExistingCA, KeyStoreError,
                     PKIError) as exc:
+                result = "refused"
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 log.warning("namespace %s not converged: %s", namespace, first)
                 return None
+            result = "applied"
+            for action, number in report.result.done.items():
+                ACTIONS.labels(namespace, action).inc(number)
             done = ", ".join(f"{k} {v}" for k, v in sorted(report.result.done.items()))
             log.info("namespace %s reconciled: %s", namespace, done or "no changes")
             return report
+        finally:
+            RECONCILES.labels(namespace, result).inc()

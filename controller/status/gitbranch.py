@@ -16,7 +16,6 @@ from pathlib import Path, PurePosixPath
 from git import Blob, Repo
 from git.exc import GitCommandError, InvalidGitRepositoryError, NoSuchPathError
 
-from controller.sources.worktree import uncommitted_changes
 from controller.status.store import StatusUpdate
 
 DEFAULT_BRANCH = "fleetpki/status"
@@ -40,23 +39,18 @@ DEFAULT_IDENTITY = BotIdentity()
 
 @dataclass(frozen=True)
 class GitStatus:
-    """Status on a branch of the fleet repository (`root`), for the declaration in
-    `directory`; records HEAD as `observedCommit` (`-dirty` with uncommitted changes)."""
+    """Status on a branch of the fleet repository (`root`), recording the commit applied."""
 
     root: Path
     branch: str
-    directory: Path
+    commit: str | None = None
 
     @property
     def where(self) -> str:
         return f"on the status branch {self.branch}"
 
     def observed(self) -> str | None:
-        try:
-            head = Repo(self.root).head.commit.hexsha
-        except ValueError:  # no commits yet
-            return None
-        return f"{head}-dirty" if uncommitted_changes(self.directory) else head
+        return self.commit
 
     def read(self) -> dict[str, bytes]:
         return read_status_branch(self.root, self.branch)
