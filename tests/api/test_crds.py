@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -81,11 +82,114 @@ def test_one_crd_per_kind_with_status_subresource_and_printer_columns() -> None:
     assert {"Issuer", "Ready"} <= {c["name"] for c in fleet_columns}
 
 
+READY = '.status.conditions[?(@.type=="Ready")]'
+COLUMNS = {  # name, type, jsonPath, priority (0: shown by default, 1: with -o wide)
+    "CertificateAuthority": [
+        ("Type", "string", ".spec.type", 0),
+        ("Algorithm", "string", ".spec.keyAlgorithm", 0),
+        ("Ready", "string", f"{READY}.status", 0),
+        ("Serial", "string", ".status.certificate.serial", 1),
+        ("NotAfter", "string", ".status.certificate.notAfter", 0),
+        ("Age", "date", ".metadata.creationTimestamp", 0),
+    ],
+    "CertificateProfile": [
+        ("Algorithm", "string", ".spec.keyAlgorithm", 0),
+        ("Duration", "string", ".spec.duration", 0),
+        ("Ready", "string", f"{READY}.status", 0),
+        ("Age", "date", ".metadata.creationTimestamp", 0),
+    ],
+    "CertificatePolicy": [
+        ("Disabled", "boolean", ".spec.disabled", 0),
+        ("Ready", "string", f"{READY}.status", 0),
+        ("Age", "date", ".metadata.creationTimestamp", 0),
+    ],
+    "DeviceFleet": [
+        ("Issuer", "string", ".spec.issuerRef.name", 0),
+        ("Ready", "string", f"{READY}.status", 0),
+        ("Issued", "integer", ".status.devices.active", 0),
+        ("Due", "integer", ".status.devices.due", 0),
+        ("Revoked", "integer", ".status.devices.revoked", 0),
+        ("Age", "date", ".metadata.creationTimestamp", 0),
+        ("Status", "string", f"{READY}.message", 1),
+    ],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_printer_columns(kind: str) -> None:
+    crd = crds()[kind]
+    (version,) = crd["spec"]["versions"]
+    columns = [(c["name"], c["type"], c["jsonPath"], c.get("priority", 0))
+               for c in version["additionalPrinterColumns"]]
+    assert columns == COLUMNS[kind]
+    assert crd["spec"]["names"]["categories"] == ["fleetpki"]
+    assert crd["spec"]["names"]["shortNames"]
+
+
+def resolve(schema: dict[str, Any], json_path: str) -> dict[str, Any] | None:
+    """The schema node a printer column's simple JSONPath points at (None: not in the schema;
+    filters such as `[?(@.type=="Ready")]` step into the list's items)."""
+    node = schema
+    for part in re.findall(r"\.(\w+)|(\[\?\(.*?\)\])", json_path):
+        if part[1]:
+            node = node["items"]
+            continue
+        if part[0] not in node.get("properties", {}):
+            return None
+        node = node["properties"][part[0]]
+    return node
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_printer_columns_point_at_fields_of_the_schema(kind: str) -> None:
+    crd = crds()[kind]
+    (version,) = crd["spec"]["versions"]
+    schema = version["schema"]["openAPIV3Schema"]
+    schema = {**schema, "properties": {**schema["properties"],
+                                       "metadata": {"properties": {"creationTimestamp": {
+                                           "type": "string", "format": "date-time"}}}}}
+    for column in version["additionalPrinterColumns"]:
+        node = resolve(schema, column["jsonPath"])
+        assert node is not None, f"{kind} column {column['name']}: {column['jsonPath']}"
+        expected = {"date": "string", "integer": "integer", "boolean": "boolean",
+                    "string": "string"}[column["type"]]
+        assert node["type"] == expected, column
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_status_schema_is_structural_with_conditions_as_a_map(kind: str) -> None:
+    status = schema_of(crds()[kind])["properties"]["status"]
+    assert status["type"] == "object"
+    preserved = [path for path, node in schemas(status)
+                 if node.get("x-kubernetes-preserve-unknown-fields")]
+    assert preserved == [".kopf"], "only status.kopf keeps unknown fields"
+    common = {"observedGeneration", "lastHandledReconcileAt", "observedCommit", "conditions",
+              "failedAttempts", "nextAttemptAt", "kopf"}
+    assert common <= set(status["properties"])
+    conditions = status["properties"]["conditions"]
+    assert conditions["x-kubernetes-list-type"] == "map"
+    assert conditions["x-kubernetes-list-map-keys"] == ["type"]
+    condition = conditions["items"]
+    assert "type" in condition["required"], "a list-map key must be required"
+    assert condition["properties"]["status"]["enum"] == ["True", "False", "Unknown"]
+    assert condition["properties"]["observedGeneration"]["type"] == "integer"
+    assert condition["properties"]["lastTransitionTime"]["format"] == "date-time"
+    assert status["properties"]["observedGeneration"]["type"] == "integer"
+    extra = set(status["properties"]) - common
+    assert extra == {"CertificateAuthority": {"certificate", "crl"},
+                     "DeviceFleet": {"devices", "attention", "policyWarnings", "nextRenewalAt",
+                                     "source"}}.get(kind, set())
+    if kind == "DeviceFleet":
+        assert status["properties"]["attention"]["maxItems"] == 50
+        assert status["properties"]["policyWarnings"]["maxItems"] == 50
+        assert status["properties"]["devices"]["properties"]["active"]["type"] == "integer"
+
+
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_schema_is_structural(kind: str) -> None:
     schema = schema_of(crds()[kind])
     assert schema["required"] == ["spec"]
-    assert schema["properties"]["status"]["x-kubernetes-preserve-unknown-fields"] is True
+    assert "x-kubernetes-preserve-unknown-fields" not in schema["properties"]["status"]
     for node in all_dicts(schema):
         assert "$ref" not in node and "$defs" not in node
         assert {"type": "null"} not in node.get("anyOf", [])
@@ -94,7 +198,7 @@ def test_schema_is_structural(kind: str) -> None:
         if node.get("x-kubernetes-preserve-unknown-fields") or "/" in path:
             continue
         assert "type" in node, f"{kind} schema node {path or '<root>'} has no type"
-        if node["type"] == "object" and path.startswith(".spec"):
+        if node["type"] == "object" and path.startswith((".spec", ".status")):
             assert "properties" in node or "additionalProperties" in node, path
 
 
@@ -121,11 +225,7 @@ def test_spec_schema_follows_the_models(kind: str) -> None:
         assert set(spec["required"]) == {"issuerRef", "profileRef"}
 
 
-@pytest.mark.parametrize("kind", [
-    "CertificateAuthority",
-    "CertificateProfile",
-    "DeviceFleet",
-])
+@pytest.mark.parametrize("kind", sorted(KINDS))
 def test_schema_uses_only_keywords_kubernetes_knows(kind: str) -> None:
     unknown = {key for path, node in schemas(schema_of(crds()[kind])) for key in node
                if key not in K8S_SCHEMA_KEYWORDS}

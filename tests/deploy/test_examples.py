@@ -1,0 +1,83 @@
+"""examples/kubernetes: the bundled example as namespaced custom resources, valid for the models
+and equal to examples/fleet-repo (the sensors CSV as inline devices)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller import jobs
+from controller.api.resources import KINDS
+from controller.clock import now_utc
+
+from .support import ROOT, documents, objects
+
+KUBERNETES = ROOT / "examples" / "kubernetes"
+FLEET_REPO = ROOT / "examples" / "fleet-repo"
+
+
+def fleetpki_objects(directory: Path) -> dict[tuple[str, str], dict[str, Any]]:
+    found = {}
+    for path in sorted(directory.rglob("*.yaml")):
+        for doc in documents(path):
+            if str(doc.get("apiVersion", "")).startswith("fleetpki.io/"):
+                found[(doc["kind"], doc["metadata"]["name"])] = doc
+    return found
+
+
+@pytest.mark.parametrize("key", sorted(fleetpki_objects(KUBERNETES)), ids="/".join)
+def test_every_resource_is_namespaced_and_valid_for_the_models(key: tuple[str, str]) -> None:
+    document = fleetpki_objects(KUBERNETES)[key]
+    assert document["metadata"]["namespace"] == "fleet-demo"
+    # ObjectMeta ignores keys it does not know, so metadata.namespace passes as it is
+    model = KINDS[key[0]].model_validate(document)
+    assert model.name == key[1]
+
+
+def test_the_directory_is_a_valid_declaration() -> None:
+    """References, CSRs and the default policies, as `fleetpki validate` checks them (the
+    Namespace and kustomization.yaml are of other API groups and ignored)."""
+    problems, findings = jobs.validate(KUBERNETES, now_utc())
+    assert problems == [] and [f for f in findings if f.action == "deny"] == []
+
+
+def test_same_objects_as_the_fleet_repository() -> None:
+    ours, theirs = fleetpki_objects(KUBERNETES), fleetpki_objects(FLEET_REPO)
+    assert sorted(ours) == sorted(theirs)
+    for key, doc in theirs.items():
+        mine = ours[key]
+        assert {k: v for k, v in mine["metadata"].items() if k != "namespace"} == doc["metadata"]
+        spec = dict(doc["spec"])
+        if key[0] == "CertificateAuthority":  # URLs of the in-cluster Service
+            for url in ("crl", "ocsp"):
+                spec.pop(url, None)
+            assert {k: v for k, v in mine["spec"].items() if k not in ("crl", "ocsp")} == spec
+            assert "fleetpki.fleetpki-system.svc" in mine["spec"]["crl"]["distributionPoint"]
+            continue
+        if "deviceSource" in spec:
+            source = spec.pop("deviceSource")
+            spec["devices"] = csv_devices(FLEET_REPO / source["path"])
+        assert mine["spec"] == spec, key
+
+
+def csv_devices(path: Path) -> list[dict[str, Any]]:
+    devices = []
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            device: dict[str, Any] = {"id": row["id"], "labels": {
+                k.split(".", 1)[1]: v for k, v in row.items() if k.startswith("labels.") and v}}
+            if row.get("revoked"):
+                device["revoked"] = {"reason": row["revoked"]}
+            devices.append(device)
+    return devices
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    (kustomization,) = documents(KUBERNETES / "kustomization.yaml")
+    assert sorted(kustomization["resources"]) == sorted(
+        p.name for p in KUBERNETES.glob("*.yaml") if p.name != "kustomization.yaml")
+    kinds = {d["kind"] for d in objects(KUBERNETES)}
+    assert kinds == {"Namespace", "CertificateAuthority", "CertificateProfile", "DeviceFleet"}
