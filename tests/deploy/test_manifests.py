@@ -143,9 +143,7 @@ def test_serve_uses_only_options_fleetpki_serve_has(tmp_path: Path) -> None:
     state = next(w for w in script.split() if w.startswith("state="))
     words = [w.replace('"$state"', state.split("=", 1)[1]) for w in words]
     serve = typer.main.get_command(app).commands["serve"]  # type: ignore[attr-defined]
-    assert words[1] == "/var/run/fleetpki/declaration"
-    assert {"mountPath": words[1], "name": "declaration", "readOnly": True} in \
-        containers()["serve"]["volumeMounts"]
+    assert words[1] == '"$state/declaration"'  # what the operator writes for the namespace
     context = serve.make_context("serve", [str(tmp_path), *words[2:]])  # DIR must exist here
     assert context.params["state_dir"] == Path("/var/lib/fleetpki/namespaces/fleet-demo")
     assert context.params["http"] == "0.0.0.0:8081" and context.params["https"] == "0.0.0.0:8443"
@@ -202,3 +200,15 @@ def test_kubectl_kustomize_builds(directory: str) -> None:
         DEPLOY / "crds" / "kopf-peering.yaml")] if directory == "deploy" else [])
     assert sorted((d["kind"], d["metadata"]["name"]) for d in built) == \
         sorted((d["kind"], d["metadata"]["name"]) for d in expected)
+
+
+def test_operator_uses_only_options_fleetpki_operator_has() -> None:
+    import typer
+
+    from controller.cli import app
+
+    args = containers()["operator"]["args"]
+    operator = typer.main.get_command(app).commands["operator"]  # type: ignore[attr-defined]
+    context = operator.make_context("operator", args[1:])
+    assert context.params["all_namespaces"] and context.params["peering"] == "fleetpki"
+    assert (context.params["health_port"], context.params["metrics_port"]) == (8080, 9090)
