@@ -8,7 +8,7 @@ import tarfile
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -35,7 +35,7 @@ from controller.sources.worktree import enclosing_work_tree, uncommitted_changes
 from controller.status.gitbranch import read_status_branch, write_status_branch
 from controller.status.report import Outcome, build_status
 from controller.stores.inventory import Inventory, InventoryError
-from controller.stores.keystore import FileKeyStore, KeyStoreError
+from controller.stores.keystore import FileBlobs, KeyBlobs, KeyStore, KeyStoreError
 from controller.stores.publish import sync_public
 
 STATE_ENV = "FLEETPKI_STATE_DIR"
@@ -49,9 +49,13 @@ class StateLocked(Exception):
 
 @dataclass(frozen=True)
 class StateDir:
-    """Where the inventory, keys and published CRLs/CA certificates live (never in git)."""
+    """Where the inventory, keys and published CRLs/CA certificates live (never in git).
+
+    The keys are files in `<path>/keys` unless `key_blobs` names another backend (the operator
+    passes `SecretBlobs`: Kubernetes Secrets)."""
 
     path: Path
+    key_blobs: KeyBlobs | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def resolve(cls, option: Path | None) -> StateDir:
@@ -88,8 +92,14 @@ class StateDir:
         """The existing inventory, read-only (works in a read-only state directory)."""
         return Inventory(self.inventory_path, read_only=True)
 
-    def keystore(self) -> FileKeyStore:
-        return FileKeyStore.from_env(self.path / "keys")
+    @property
+    def keys(self) -> KeyBlobs:
+        """Where the keystore's blobs are: `key_blobs`, else the files in `<path>/keys`."""
+        return self.key_blobs if self.key_blobs is not None else FileBlobs(self.path / "keys")
+
+    def keystore(self) -> KeyStore:
+        """The keystore over `keys`, unlocked with $FLEETPKI_PASSPHRASE (when first used)."""
+        return KeyStore.from_env(self.keys)
 
     @contextmanager
     def lock(self) -> Iterator[None]:
@@ -99,9 +109,11 @@ class StateDir:
                      f"state directory {self.path}; try again when it has finished"):
             yield
 
-    def places(self, repo_root: Path | None, status_branch: str) -> Places:
-        """Where evidence of existing CAs is looked for."""
-        return Places(self.path, self.path / "keys", self.public_dir, repo_root, status_branch)
+    def places(self, repo_root: Path | None, status_branch: str,
+               keys: KeyBlobs | None = None) -> Places:
+        """Where evidence of existing CAs is looked for (the keys in `keys`, else `self.keys`)."""
+        return Places(self.path, keys if keys is not None else self.keys, self.public_dir,
+                      repo_root, status_branch)
 
 
 @contextmanager
@@ -257,8 +269,12 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
           max_revocations: int | None = None, allow_mass_revocation: bool = False,
           write_status: bool = True, status_branch: str = STATUS_BRANCH,
           progress: Progress = lambda n: None, use_default_policies: bool = True,
-          new_cas: frozenset[str] = frozenset()) -> ApplyReport:
+          new_cas: frozenset[str] = frozenset(),
+          keystore: KeyStore | None = None) -> ApplyReport:
     """Converge, then write status to the status branch (when in a git repository).
+
+    The keys are in `keystore` when given (its blobs are also where evidence of existing CAs is
+    looked for), else in `state.keystore()`.
 
     Everything that can refuse (the declaration, policies, existing CAs, the passphrase and
     every CA key the plan signs with) is checked before the first change. A refused run keeps
@@ -281,9 +297,11 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
             outcome.problems.extend(the_plan.problems)
             outcome.findings.extend(the_plan.findings)
             outcome.blocked_fleets.update(the_plan.blocked_fleets)
-            refuse_existing_cas(_created_cas(the_plan), state.places(root, status_branch),
-                                inventory, new_cas)
-            runner = prepare(the_plan, desired, inventory, state.keystore(), now,
+            places = state.places(root, status_branch,
+                                  keystore.blobs if keystore is not None else None)
+            refuse_existing_cas(_created_cas(the_plan), places, inventory, new_cas)
+            runner = prepare(the_plan, desired, inventory,
+                             keystore if keystore is not None else state.keystore(), now,
                              allow_mass_revocation=allow_mass_revocation)
         except (ApplyRefused, ExistingCA, KeyStoreError, PKIError, InvalidDeclaration) as exc:
             outcome.applied_nothing = True
