@@ -4,6 +4,8 @@ Archive contract (format 1, a gzip-compressed tar): `manifest.json` first, then 
 (an online SQLite backup, consistent while `serve` or `apply` runs) and `keys/...` (the keystore
 files as they are on disk: CA keys stay encrypted, `kek.json` and `ca/orphaned/` included).
 `public/` is left out (derived from the inventory), as are `checkouts/` and lock files.
+Keys kept in Kubernetes Secrets (`SecretBlobs`, the operator) are out of scope: back up the
+Secrets with your cluster's backup tool.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from controller.pki import bundles, certificates, keys
 from controller.pki.crl import crl_to_pem
 from controller.sources.worktree import enclosing_work_tree
 from controller.stores.inventory import CertRecord, Inventory
-from controller.stores.keystore import FileKeyStore
+from controller.stores.keystore import KeyStore
 
 EXPORT_PASSPHRASE_ENV = "FLEETPKI_EXPORT_PASSPHRASE"
 
@@ -48,7 +48,7 @@ def issuer_chain(inventory: Inventory, record: CertRecord) -> list[x509.Certific
     return chain
 
 
-def _device_files(inventory: Inventory, keystore: Callable[[], FileKeyStore],
+def _device_files(inventory: Inventory, keystore: Callable[[], KeyStore],
                   record: CertRecord) -> tuple[x509.Certificate, list[x509.Certificate],
                                                keys.PrivateKey | None]:
     chain = issuer_chain(inventory, record)
@@ -78,14 +78,14 @@ def _refuse_keys_in_work_tree(out: Path, records: Iterable[CertRecord]) -> None:
                           f"an --out outside {top}")
 
 
-def export_device_pem(inventory: Inventory, keystore: Callable[[], FileKeyStore], fleet: str,
+def export_device_pem(inventory: Inventory, keystore: Callable[[], KeyStore], fleet: str,
                       device: str, out: Path) -> list[Path]:
     record = _active(inventory, fleet, device)
     _refuse_keys_in_work_tree(out, [record])
     return _write_pem(inventory, keystore, record, out)
 
 
-def _write_pem(inventory: Inventory, keystore: Callable[[], FileKeyStore], record: CertRecord,
+def _write_pem(inventory: Inventory, keystore: Callable[[], KeyStore], record: CertRecord,
                out: Path) -> list[Path]:
     cert, chain, key = _device_files(inventory, keystore, record)
     written = {
@@ -101,14 +101,14 @@ def _write_pem(inventory: Inventory, keystore: Callable[[], FileKeyStore], recor
     return list(written)
 
 
-def export_device_p12(inventory: Inventory, keystore: Callable[[], FileKeyStore], fleet: str,
+def export_device_p12(inventory: Inventory, keystore: Callable[[], KeyStore], fleet: str,
                       device: str, out: Path, passphrase: bytes) -> Path:
     record = _active(inventory, fleet, device)
     _refuse_keys_in_work_tree(out, [record])
     return _write_p12(inventory, keystore, record, out, passphrase)
 
 
-def _write_p12(inventory: Inventory, keystore: Callable[[], FileKeyStore], record: CertRecord,
+def _write_p12(inventory: Inventory, keystore: Callable[[], KeyStore], record: CertRecord,
                out: Path, passphrase: bytes) -> Path:
     cert, chain, key = _device_files(inventory, keystore, record)
     data = bundles.to_pkcs12(name=record.device, key=key, certificate=cert, chain=chain,
@@ -118,7 +118,7 @@ def _write_p12(inventory: Inventory, keystore: Callable[[], FileKeyStore], recor
     return path
 
 
-def export_fleet(inventory: Inventory, keystore: Callable[[], FileKeyStore], fleet: str,
+def export_fleet(inventory: Inventory, keystore: Callable[[], KeyStore], fleet: str,
                  out: Path, fmt: str,
                  progress: Callable[[int, int], None] = lambda done, total: None) -> int:
     """Per device under `out/<device-id>/`, calling `progress(done, total)` after each device;

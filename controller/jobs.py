@@ -8,7 +8,7 @@ import tarfile
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -36,7 +36,7 @@ from controller.status.gitbranch import GitStatus
 from controller.status.report import Outcome, build_status
 from controller.status.store import StatusStore, StatusUpdate
 from controller.stores.inventory import Inventory, InventoryError
-from controller.stores.keystore import FileKeyStore, KeyStoreError
+from controller.stores.keystore import FileBlobs, KeyBlobs, KeyStore, KeyStoreError
 from controller.stores.publish import sync_public
 
 STATE_ENV = "FLEETPKI_STATE_DIR"
@@ -50,9 +50,13 @@ class StateLocked(Exception):
 
 @dataclass(frozen=True)
 class StateDir:
-    """Where the inventory, keys and published CRLs/CA certificates live (never in git)."""
+    """Where the inventory, keys and published CRLs/CA certificates live (never in git).
+
+    The keys are files in `<path>/keys` unless `key_blobs` names another backend (the operator
+    passes `SecretBlobs`: Kubernetes Secrets)."""
 
     path: Path
+    key_blobs: KeyBlobs | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def resolve(cls, option: Path | None) -> StateDir:
@@ -89,8 +93,14 @@ class StateDir:
         """The existing inventory, read-only (works in a read-only state directory)."""
         return Inventory(self.inventory_path, read_only=True)
 
-    def keystore(self) -> FileKeyStore:
-        return FileKeyStore.from_env(self.path / "keys")
+    @property
+    def keys(self) -> KeyBlobs:
+        """Where the keystore's blobs are: `key_blobs`, else the files in `<path>/keys`."""
+        return self.key_blobs if self.key_blobs is not None else FileBlobs(self.path / "keys")
+
+    def keystore(self) -> KeyStore:
+        """The keystore over `keys`, unlocked with $FLEETPKI_PASSPHRASE (when first used)."""
+        return KeyStore.from_env(self.keys)
 
     @contextmanager
     def lock(self) -> Iterator[None]:
@@ -102,7 +112,7 @@ class StateDir:
 
     def places(self, status: StatusStore | None) -> Places:
         """Where evidence of existing CAs is looked for."""
-        return Places(self.path, self.path / "keys", self.public_dir, status)
+        return Places(self.path, self.keys, self.public_dir, status)
 
 
 @contextmanager
@@ -263,7 +273,8 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
           new_cas: frozenset[str] = frozenset()) -> ApplyReport:
     """Converge, then write status: to `status_store`, else to the status branch (when in a
     git repository and `write_status`). `source_problems` are what the source found before
-    writing `directory` (an unreadable device source in Kubernetes mode).
+    writing `directory` (an unreadable device source in Kubernetes mode). The keys are where
+    `state` keeps them (files, or Secrets in Kubernetes mode).
 
     Everything that can refuse (the declaration, policies, existing CAs, the passphrase and
     every CA key the plan signs with) is checked before the first change. A refused run keeps

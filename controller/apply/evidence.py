@@ -1,10 +1,12 @@
 """Evidence that a CA already exists, looked for before fleetpki creates one.
 
 A CA is created only where nothing says it exists. Evidence is any of: the inventory's record of
-an earlier certificate of the CA; a key file of the CA in the keystore (other than one a crashed
-run left in its journal, which recovery quarantines); a published CA certificate or CRL in the
-public directory; a certificate serial for the CA in any commit of the status branch (local or a
-remote's copy); and, when the inventory holds no CA at all, an initialised keystore (`kek.json`).
+an earlier certificate of the CA; a key of the CA in the keystore, a file or a Kubernetes Secret
+(other than one a crashed run left in its journal, which recovery quarantines); a published CA
+certificate or CRL in the public directory; a certificate serial for the CA in any commit of the
+status branch (local or a remote's copy); and, when the inventory holds no CA at all, an
+initialised keystore (`kek.json`). The keystore is asked through its blob backend, never
+globbed, and a keystore that cannot be listed is an error (KeyStoreError), never "no evidence".
 An empty or wrong state directory therefore never starts a second PKI: creating a CA despite
 the evidence takes `--new-ca NAME`.
 """
@@ -22,6 +24,7 @@ from controller.status.gitbranch import StatusBranchError
 from controller.status.report import status_path
 from controller.status.store import StatusStore
 from controller.stores.inventory import Inventory
+from controller.stores.keystore import CA_PREFIX, KEK_BLOB, KeyBlobs, ca_key_ids, initialised
 
 
 class ExistingCA(Exception):
@@ -30,11 +33,11 @@ class ExistingCA(Exception):
 
 @dataclass(frozen=True)
 class Places:
-    """Where evidence of a CA may be: the state directory's parts and the status (with its
-    history: every commit of a status branch)."""
+    """Where evidence of a CA may be: the state directory's parts, the keystore's blobs (files
+    or Secrets) and the status with its history (every commit of a status branch)."""
 
     state_dir: Path
-    keys_dir: Path
+    keys: KeyBlobs
     public_dir: Path
     status: StatusStore | None
 
@@ -67,11 +70,11 @@ def evidence_of(name: str, places: Places, inventory: Inventory | None) -> list[
             found.append(f"the inventory holds {len(generations)} earlier certificate(s) of it")
         in_journal = {detail for _, operation, _, detail in inventory.journal_entries()
                       if operation == "ca-key"}
-    pattern = re.compile(rf"{re.escape(name)}-[0-9a-f]{{16}}\.pem")
-    keys = [p.name for p in sorted((places.keys_dir / "ca").glob("*.pem"))
-            if pattern.fullmatch(p.name) and p.stem not in in_journal]
+    pattern = re.compile(rf"{re.escape(name)}-[0-9a-f]{{16}}")
+    keys = [places.keys.describe(f"{CA_PREFIX}{key_id}.pem") for key_id in ca_key_ids(places.keys)
+            if pattern.fullmatch(key_id) and key_id not in in_journal]
     if keys:
-        found.append(f"its key file(s) {', '.join(keys)} in {places.keys_dir / 'ca'}")
+        found.append(f"its key(s) {', '.join(keys)}")
     published = [str(p) for p in (places.public_dir / "ca" / f"{name}.pem",
                                   places.public_dir / "crl" / f"{name}.crl") if p.exists()]
     if published:
@@ -90,12 +93,13 @@ def refuse_existing_cas(names: Iterable[str], places: Places, inventory: Invento
     blocked = {name: evidence_of(name, places, inventory)
                for name in names if name not in allowed}
     blocked = {name: found for name, found in blocked.items() if found}
-    kek = places.keys_dir / "kek.json"
     has_cas = inventory is not None and bool(inventory.ca_names())
     pending = inventory is not None and bool(inventory.journal_entries())
-    if names and not blocked and not allowed and kek.exists() and not has_cas and not pending:
-        blocked = {name: [f"the keystore {places.keys_dir} is initialised ({kek.name}) but the "
-                          "inventory holds no CA"] for name in names}
+    if names and not blocked and not allowed and not has_cas and not pending \
+            and initialised(places.keys):
+        blocked = {name: [f"the keystore {places.keys.describe('')} is initialised "
+                          f"({places.keys.describe(KEK_BLOB)}) but the inventory holds no CA"]
+                   for name in names}
     if not blocked:
         return
     lines = [f"CertificateAuthority/{name} exists already: {'; '.join(found)}"

@@ -34,7 +34,7 @@ from controller.plan.model import Action, Plan
 from controller.plan.planner import ca_intent
 from controller.plan.schedule import renew_before, renewal_time
 from controller.stores.inventory import CertRecord, CRLRecord, Inventory
-from controller.stores.keystore import FileKeyStore
+from controller.stores.keystore import KeyStore
 
 BACKDATE = timedelta(minutes=1)  # tolerate device clock skew, as step-ca does
 BATCH = 500
@@ -71,7 +71,7 @@ def _general_name(kind: str, value: str) -> x509.GeneralName:
 class Executor:
     """Carries the stores and the clock through one apply."""
 
-    def __init__(self, desired: Desired, inventory: Inventory, keystore: FileKeyStore,
+    def __init__(self, desired: Desired, inventory: Inventory, keystore: KeyStore,
                  now: datetime) -> None:
         self.desired = desired
         self.inventory = inventory
@@ -274,7 +274,7 @@ def _chunks(actions: list[Action]) -> Iterator[list[Action]]:
         yield actions[start:start + BATCH]
 
 
-def recover(inventory: Inventory, keystore: FileKeyStore) -> list[str]:
+def recover(inventory: Inventory, keystore: KeyStore) -> list[str]:
     """Close journal entries left by a crash; returns the quarantined CA key ids.
 
     An open `ca-key` entry whose key id no inventory certificate uses means the process died
@@ -290,7 +290,7 @@ def recover(inventory: Inventory, keystore: FileKeyStore) -> list[str]:
     return quarantined
 
 
-def prepare(plan: Plan, desired: Desired, inventory: Inventory, keystore: FileKeyStore,
+def prepare(plan: Plan, desired: Desired, inventory: Inventory, keystore: KeyStore,
             now: datetime, *, allow_mass_revocation: bool = False) -> Executor:
     """Refuse an unsafe plan and unlock what it needs; nothing is changed."""
     if plan.problems:

@@ -45,7 +45,7 @@ from controller.plan.intents import ENROLLED, DeviceIntent, IntentError, device_
 from controller.plan.model import Action, ActionName
 from controller.policy.engine import CompiledRule, evaluate
 from controller.stores.inventory import CertRecord, EnrollmentSecret, Inventory
-from controller.stores.keystore import FileKeyStore
+from controller.stores.keystore import KeyStore
 
 log = logging.getLogger(__name__)
 
@@ -331,7 +331,7 @@ def _device_key_intent(target: Target, profile: CertificateProfile,
     return intent
 
 
-def server_key_response(keystore: FileKeyStore, record: CertRecord,
+def server_key_response(keystore: KeyStore, record: CertRecord,
                         boundary: str = "fleetpki-est") -> tuple[bytes, str]:
     """RFC 7030 4.4.2 multipart/mixed body: the PKCS#8 key, then the certificate."""
     if record.key_blob is None:

@@ -1,8 +1,15 @@
-"""Encrypted private-key storage in the controller's state directory (never in git).
+"""Encrypted private-key storage (never in git).
 
-CA keys are stored one per file as passphrase-encrypted PKCS#8 PEM. Device keys are
-envelope-encrypted with AES-GCM under a key-encryption key (KEK) derived once per
-store instance with scrypt; the resulting blobs are persisted by the caller.
+`KeyStore` does all the cryptography over a small blob backend (`KeyBlobs`): CA keys are stored
+one blob each (`ca/<key id>.pem`) as passphrase-encrypted PKCS#8 PEM, next to `kek.json` (the
+scrypt salt and a verifier of the key-encryption key). Device keys are envelope-encrypted with
+AES-GCM under the KEK, derived once per store instance with scrypt; the resulting blobs are
+persisted by the caller (in the inventory).
+
+Backends: `FileBlobs` (files in the state directory's `keys/`, the layout of every fleetpki
+state directory) and `controller.stores.secrets.SecretBlobs` (one Kubernetes Secret per blob).
+A backend only stores bytes: the encryption is the same for both, so a Secret is an envelope,
+not the protection.
 
 Private key material and the passphrase never appear in exception messages.
 """
@@ -16,6 +23,7 @@ import os
 import re
 import threading
 from pathlib import Path
+from typing import Protocol
 
 from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, hmac, serialization
@@ -42,6 +50,16 @@ MIN_PASSPHRASE = 12  # characters, asked of a new keystore only
 
 class KeyStoreError(Exception):
     """Key storage failure; messages name key ids and paths, never key material."""
+
+
+class BlobError(KeyStoreError):
+    """A backend could not read or write a blob: `where` names it (a path, a Secret), `reason`
+    says why (an OS error, an HTTP status), never its content."""
+
+    def __init__(self, where: str, reason: str) -> None:
+        super().__init__(f"{where}: {reason}")
+        self.where = where
+        self.reason = reason
 
 
 def _derive_kek(passphrase: bytes, salt: bytes) -> bytes:
@@ -95,45 +113,171 @@ def _spki(key: PrivateKey) -> bytes:
     )
 
 
-class FileKeyStore:
-    """Passphrase-protected key store rooted at e.g. ``<state-dir>/keys``."""
+KEK_BLOB = "kek.json"
+CA_PREFIX = "ca/"
+_SEGMENT_RE = re.compile(r"[A-Za-z0-9._-]{1,250}")
 
-    def __init__(self, root: Path, passphrase: bytes) -> None:
+
+def check_blob_name(name: str) -> None:
+    """Blob names are `/`-separated segments of [A-Za-z0-9._-] (no `.` or `..`)."""
+    segments = name.split("/")
+    if not all(_SEGMENT_RE.fullmatch(s) and s not in (".", "..") for s in segments):
+        raise KeyStoreError(f"invalid keystore blob name {name!r}")
+
+
+def check_blob_prefix(prefix: str) -> None:
+    """A listing prefix is "" (the top level) or a blob folder ending in `/`."""
+    if prefix and not prefix.endswith("/"):
+        raise KeyStoreError(f"invalid keystore blob prefix {prefix!r}")
+    if prefix:
+        check_blob_name(prefix[:-1])
+
+
+class KeyBlobs(Protocol):
+    """Where a KeyStore keeps its (already encrypted) blobs: `kek.json` and `ca/<key id>.pem`.
+
+    A blob is live or quarantined (set aside, kept, never read or listed as live again).
+    Errors are BlobError (a KeyStoreError) naming the blob, never its content.
+    """
+
+    def read(self, name: str) -> bytes | None:
+        """The live blob's bytes; None when there is none (absent or quarantined). A blob that
+        exists but cannot be read raises BlobError: unreadable is never absent."""
+        ...
+
+    def create(self, name: str, data: bytes) -> None:
+        """Store a new blob durably; FileExistsError when one of that name exists already
+        (the existing one is never replaced)."""
+        ...
+
+    def quarantine(self, name: str) -> None:
+        """Set a live blob aside (kept, out of `read` and `names`); nothing if there is none."""
+        ...
+
+    def names(self, prefix: str, quarantined: bool = False) -> list[str]:
+        """Sorted names of the live (or quarantined) blobs directly in folder `prefix`
+        ("" or ending in `/`): `names("ca/")` is ["ca/a.pem", ...]."""
+        ...
+
+    def describe(self, name: str) -> str:
+        """Where blob `name` is, for messages (a path, `Secret NAMESPACE/NAME`); "" for the
+        whole store."""
+        ...
+
+
+class FileBlobs:
+    """Blobs as files under `root` (a state directory's `keys/`): directories 0700, files 0600,
+    written to a temporary file, fsynced and hard-linked into place (exclusive), quarantined
+    into `orphaned/` beside them (`ca/orphaned/<key id>.pem`). Nothing is created until the
+    first blob is written, so reading or listing never makes a directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _path(self, name: str) -> Path:
+        check_blob_name(name)
+        return self.root / name
+
+    def read(self, name: str) -> bytes | None:
+        path = self._path(name)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise BlobError(str(path), exc.strerror or str(exc)) from None
+
+    def create(self, name: str, data: bytes) -> None:
+        path = self._path(name)
+        try:
+            _ensure_private_dir(self.root)
+            _ensure_private_dir(path.parent)
+            _write_new_file(path, data)
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            raise BlobError(str(path), exc.strerror or str(exc)) from None
+
+    def quarantine(self, name: str) -> None:
+        path = self._path(name)
+        if not path.is_file():
+            return
+        target = path.parent / "orphaned"
+        try:
+            _ensure_private_dir(target)
+            os.replace(path, target / path.name)
+            fsync_dir(target)
+            fsync_dir(path.parent)
+        except OSError as exc:
+            raise BlobError(str(path), f"cannot quarantine: {exc.strerror or exc}") from None
+
+    def names(self, prefix: str, quarantined: bool = False) -> list[str]:
+        check_blob_prefix(prefix)
+        folder = self.root / prefix / "orphaned" if quarantined else self.root / prefix
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise BlobError(str(folder), exc.strerror or str(exc)) from None
+        return [prefix + entry.name for entry in entries
+                if not entry.name.startswith(".") and entry.is_file(follow_symlinks=False)]
+
+    def describe(self, name: str) -> str:
+        return str(self._path(name)) if name else str(self.root)
+
+
+def ca_key_ids(blobs: KeyBlobs, quarantined: bool = False) -> list[str]:
+    """The key ids of the CA keys in `blobs` (live ones, or the quarantined ones)."""
+    return [name[len(CA_PREFIX):-len(".pem")] for name in blobs.names(CA_PREFIX, quarantined)
+            if name.endswith(".pem")]
+
+
+def initialised(blobs: KeyBlobs) -> bool:
+    """Whether the keystore has its KEK parameters (`kek.json`): it has been used."""
+    return KEK_BLOB in blobs.names("")
+
+
+class KeyStore:
+    """Passphrase-protected key store over a blob backend (files or Kubernetes Secrets)."""
+
+    def __init__(self, blobs: KeyBlobs, passphrase: bytes) -> None:
         if not passphrase:
             raise KeyStoreError("keystore passphrase must not be empty")
-        self._root = Path(root)
+        self.blobs = blobs
         self._passphrase = passphrase
         self._aead: AESGCM | None = None
         self._kek: bytes = b""
         self._kek_lock = threading.Lock()
-        try:
-            _ensure_private_dir(self._root)
-        except OSError as exc:
-            raise KeyStoreError(f"cannot create keystore directory {self._root}: {exc}") from exc
 
     @classmethod
-    def from_env(cls, root: Path) -> FileKeyStore:
+    def from_env(cls, blobs: KeyBlobs) -> KeyStore:
         """Build a store using the passphrase from $FLEETPKI_PASSPHRASE."""
         passphrase = os.environ.get(PASSPHRASE_ENV, "")
         if not passphrase:
             raise KeyStoreError(
                 f"{PASSPHRASE_ENV} is not set: set it to the keystore passphrase "
-                f"to unlock the keys in {root}"
+                f"to unlock the keys in {blobs.describe('')}"
             )
-        return cls(root, passphrase.encode("utf-8"))
+        return cls(blobs, passphrase.encode("utf-8"))
 
     # -- CA keys -------------------------------------------------------------------------
 
-    def _ca_path(self, key_id: str) -> Path:
+    @staticmethod
+    def _ca_name(key_id: str) -> str:
         if not _KEY_ID_RE.fullmatch(key_id):
             raise KeyStoreError(
                 f"invalid key id {key_id!r}: expected 1-200 characters from [A-Za-z0-9._-]"
             )
-        return self._root / "ca" / f"{key_id}.pem"
+        return f"{CA_PREFIX}{key_id}.pem"
 
     def has_ca_key(self, key_id: str) -> bool:
-        """Whether a CA key file exists for `key_id`."""
-        return self._ca_path(key_id).is_file()
+        """Whether a (live) CA key exists for `key_id`."""
+        return self.blobs.read(self._ca_name(key_id)) is not None
+
+    def ca_key_ids(self) -> list[str]:
+        """The key ids of the live CA keys (quarantined ones left out)."""
+        return ca_key_ids(self.blobs)
 
     def _ca_file_passphrase(self, key_id: str) -> bytes:
         """Per-key PKCS#8 password derived from the scrypt KEK.
@@ -149,57 +293,62 @@ class FileKeyStore:
 
     def put_ca_key(self, key_id: str, key: PrivateKey) -> None:
         """Store a CA key; storing the same key again is a no-op, a different one an error."""
-        path = self._ca_path(key_id)
+        name = self._ca_name(key_id)
         pem = key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.BestAvailableEncryption(self._ca_file_passphrase(key_id)),
         )
         try:
-            _ensure_private_dir(path.parent)
-            _write_new_file(path, pem)
+            self.blobs.create(name, pem)
+            return
         except FileExistsError:
-            if _spki(self.get_ca_key(key_id)) != _spki(key):
-                raise KeyStoreError(
-                    f"refusing to overwrite CA key '{key_id}' ({path}): "
-                    "a different key is already stored under this id"
-                ) from None
-        except OSError as exc:
-            raise KeyStoreError(f"cannot write CA key '{key_id}' ({path}): {exc}") from exc
+            pass
+        except BlobError as exc:
+            raise KeyStoreError(
+                f"cannot write CA key '{key_id}' ({exc.where}): {exc.reason}") from None
+        existing = self._read_ca(key_id, name)
+        if existing is None:  # a quarantined blob keeps its name (Secrets)
+            raise KeyStoreError(
+                f"refusing to overwrite CA key '{key_id}' ({self.blobs.describe(name)}): "
+                "a quarantined key is stored under this id")
+        if _spki(self._decrypt_ca(key_id, name, existing)) != _spki(key):
+            raise KeyStoreError(
+                f"refusing to overwrite CA key '{key_id}' ({self.blobs.describe(name)}): "
+                "a different key is already stored under this id")
 
     def quarantine_ca_key(self, key_id: str) -> None:
-        """Move a CA key that never signed a kept certificate to `ca/orphaned/` (kept, 0600)."""
-        path = self._ca_path(key_id)
-        if path.is_file():
-            target = self._root / "ca" / "orphaned"
-            _ensure_private_dir(target)
-            os.replace(path, target / path.name)
+        """Set aside a CA key that never signed a kept certificate (kept: `ca/orphaned/`)."""
+        self.blobs.quarantine(self._ca_name(key_id))
 
-    def get_ca_key(self, key_id: str) -> PrivateKey:
-        """Load and decrypt a CA key."""
-        path = self._ca_path(key_id)
+    def _read_ca(self, key_id: str, name: str) -> bytes | None:
         try:
-            data = path.read_bytes()
-        except FileNotFoundError:
+            return self.blobs.read(name)
+        except BlobError as exc:
             raise KeyStoreError(
-                f"CA key '{key_id}' not found in keystore {self._root}: refusing to continue "
-                "(restore the keys from a backup of the state directory; a new CA is never created "
-                "silently)"
-            ) from None
-        except OSError as exc:
-            raise KeyStoreError(f"cannot read CA key '{key_id}' ({path}): {exc}") from exc
+                f"cannot read CA key '{key_id}' ({exc.where}): {exc.reason}") from None
+
+    def _decrypt_ca(self, key_id: str, name: str, data: bytes) -> PrivateKey:
         password = self._ca_file_passphrase(key_id)
         try:
             return supported_private_key(
                 serialization.load_pem_private_key(data, password=password))
         except (ValueError, TypeError, UnsupportedAlgorithm, PKIError):
             raise KeyStoreError(
-                f"cannot decrypt CA key '{key_id}' ({path}): wrong {PASSPHRASE_ENV} or corrupt file"
+                f"cannot decrypt CA key '{key_id}' ({self.blobs.describe(name)}): "
+                f"wrong {PASSPHRASE_ENV} or corrupt file"
             ) from None
 
-    def ca_key_files(self) -> list[Path]:
-        """Every CA key file, orphaned ones included."""
-        return sorted((self._root / "ca").rglob("*.pem"))
+    def get_ca_key(self, key_id: str) -> PrivateKey:
+        """Load and decrypt a CA key."""
+        name = self._ca_name(key_id)
+        data = self._read_ca(key_id, name)
+        if data is None:
+            raise KeyStoreError(
+                f"CA key '{key_id}' not found in keystore {self.blobs.describe('')}: refusing to "
+                "continue (restore the keys from a backup; a new CA is never created silently)"
+            )
+        return self._decrypt_ca(key_id, name, data)
 
     def unlock(self) -> None:
         """Check the passphrase now (or create the KEK of an empty keystore), before any
@@ -215,18 +364,21 @@ class FileKeyStore:
                 self._aead = self._load_or_create_kek()
             return self._aead
 
-    def _load_or_create_kek(self) -> AESGCM:
-        path = self._root / "kek.json"
+    def _read_kek(self) -> bytes | None:
         try:
-            return self._open_kek(path, path.read_bytes())
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise KeyStoreError(f"cannot read KEK parameters {path}: {exc}") from exc
-        if self.ca_key_files():
+            return self.blobs.read(KEK_BLOB)
+        except BlobError as exc:
+            raise KeyStoreError(f"cannot read KEK parameters {exc.where}: {exc.reason}") from None
+
+    def _load_or_create_kek(self) -> AESGCM:
+        where = self.blobs.describe(KEK_BLOB)
+        raw = self._read_kek()
+        if raw is not None:
+            return self._open_kek(where, raw)
+        if ca_key_ids(self.blobs) or ca_key_ids(self.blobs, quarantined=True):
             raise KeyStoreError(
-                f"{path} is missing but the keystore {self._root} holds CA keys: restore "
-                "kek.json from a backup of the state directory (a new one would not open them)")
+                f"{where} is missing but the keystore {self.blobs.describe('')} holds CA keys: "
+                f"restore {KEK_BLOB} from a backup (a new one would not open them)")
         if len(self._passphrase.decode("utf-8", "replace")) < MIN_PASSPHRASE:
             raise KeyStoreError(
                 f"{PASSPHRASE_ENV} is too short for a new keystore: use at least "
@@ -243,14 +395,18 @@ class FileKeyStore:
             "verifier": base64.b64encode(verifier).decode("ascii"),
         }
         try:
-            _write_new_file(path, json.dumps(doc, indent=2).encode("utf-8") + b"\n")
+            self.blobs.create(KEK_BLOB, json.dumps(doc, indent=2).encode("utf-8") + b"\n")
         except FileExistsError:  # another process won the race: use its salt
-            return self._open_kek(path, path.read_bytes())
-        except OSError as exc:
-            raise KeyStoreError(f"cannot write KEK parameters {path}: {exc}") from exc
+            raw = self._read_kek()
+            if raw is None:
+                raise KeyStoreError(f"{where} exists but cannot be read as a live blob") from None
+            return self._open_kek(where, raw)
+        except BlobError as exc:
+            raise KeyStoreError(
+                f"cannot write KEK parameters {exc.where}: {exc.reason}") from None
         return aead
 
-    def _open_kek(self, path: Path, raw: bytes) -> AESGCM:
+    def _open_kek(self, where: str, raw: bytes) -> AESGCM:
         try:
             doc = json.loads(raw)
             kdf = doc["kdf"]
@@ -263,18 +419,18 @@ class FileKeyStore:
             salt = base64.b64decode(doc["salt"], validate=True)
             verifier = base64.b64decode(doc["verifier"], validate=True)
         except (ValueError, KeyError, TypeError, binascii.Error):
-            raise KeyStoreError(f"corrupt KEK parameters file {path}") from None
+            raise KeyStoreError(f"corrupt KEK parameters file {where}") from None
         if not supported:
-            raise KeyStoreError(f"unsupported KEK parameters in {path}")
+            raise KeyStoreError(f"unsupported KEK parameters in {where}")
         if len(salt) != _SALT_LEN or len(verifier) <= _NONCE_LEN:
-            raise KeyStoreError(f"corrupt KEK parameters file {path}")
+            raise KeyStoreError(f"corrupt KEK parameters file {where}")
         kek = _derive_kek(self._passphrase, salt)
         aead = AESGCM(kek)
         try:
             aead.decrypt(verifier[:_NONCE_LEN], verifier[_NONCE_LEN:], _KEK_VERIFIER_AAD)
         except InvalidTag:
             raise KeyStoreError(
-                f"cannot unlock the keystore ({path}): "
+                f"cannot unlock the keystore ({where}): "
                 f"wrong {PASSPHRASE_ENV} or corrupt file"
             ) from None
         self._kek = kek
@@ -305,3 +461,10 @@ class FileKeyStore:
                 f"cannot unwrap device key '{key_id}': blob is corrupt, tampered with, "
                 "or belongs to a different key id"
             ) from None
+
+
+class FileKeyStore(KeyStore):
+    """The keystore of a state directory: `KeyStore(FileBlobs(root), passphrase)`."""
+
+    def __init__(self, root: Path, passphrase: bytes) -> None:
+        super().__init__(FileBlobs(root), passphrase)

@@ -60,7 +60,8 @@ def test_lost_inventory_is_refused(applied_example: Applied, cli: Cli) -> None:
     for path in state.glob("inventory.db*"):
         path.unlink()
     message = assert_refused(cli, "apply", repo, "--state-dir", state, "--no-status")
-    assert "key file(s) acme-root-" in message and "published" in message
+    assert "its key(s) " in message and "/keys/ca/acme-root-" in message
+    assert "published" in message
     assert not (state / "inventory.db").exists() or ca_rows(state) == []
 
 
