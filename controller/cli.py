@@ -30,8 +30,6 @@ from controller.plan.render import RENDERERS
 from controller.sources.reconciler import Reconciler, SourceError
 from controller.sources.worktree import uncommitted_changes
 from controller.status.gitbranch import StatusBranchError
-from controller.stores.inventory import InventoryError
-from controller.stores.keystore import PASSPHRASE_ENV, KeyStoreError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Declarative, GitOps-driven PKI for IoT device fleets.")
@@ -40,6 +38,7 @@ app.add_typer(export_app, name="export")
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
+POD_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
 def _existing_directory(value: Path) -> Path:
@@ -84,8 +83,8 @@ class ExportFormat(StrEnum):
     p12 = "p12"
 
 
-EXPECTED_ERRORS = (InvalidDeclaration, ApplyRefused, ExistingCA, KeyStoreError, PKIError,
-                   exports.ExportError, jobs.StateLocked, StatusBranchError, InventoryError,
+EXPECTED_ERRORS = (InvalidDeclaration, ApplyRefused, ExistingCA, jobs.KeyStoreError, PKIError,
+                   exports.ExportError, jobs.StateLocked, StatusBranchError, jobs.InventoryError,
                    SourceError, backup.BackupError)
 LISTED_PATHS = 10  # uncommitted files named in a message; the rest are counted
 
@@ -424,7 +423,11 @@ def operator(
         health_port: Annotated[int | None, typer.Option(
             help="Serve /healthz on this port (kopf's liveness endpoint).")] = None,
         metrics_port: Annotated[int | None, typer.Option(
-            help="Serve Prometheus /metrics on this port.")] = None) -> None:
+            help="Serve Prometheus /metrics on this port.")] = None,
+        keys_namespace: Annotated[str | None, typer.Option(
+            envvar="FLEETPKI_OPERATOR_NAMESPACE",
+            help="Namespace of the CA key Secrets (default: the operator pod's namespace).")
+        ] = None) -> None:
     """Kubernetes mode: reconcile the fleetpki objects of the cluster (kopf), status in
     `.status`. Each namespace has its own state: <state-dir>/namespaces/<namespace>."""
     from controller.operator.main import OperatorOptions, run
@@ -436,8 +439,21 @@ def operator(
         period = parse_duration(resync)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--resync") from None
-    run(OperatorOptions(jobs.StateDir.resolve(state_dir).path, tuple(namespace or ()),
-                        standalone, peering, period, health_port, metrics_port))
+    keys_namespace = keys_namespace or _pod_namespace()
+    if keys_namespace is None:
+        raise typer.BadParameter("outside a pod, give the namespace of the CA key Secrets",
+                                 param_hint="--keys-namespace")
+    run(OperatorOptions(jobs.StateDir.resolve(state_dir).path, keys_namespace,
+                        tuple(namespace or ()), standalone, peering, period, health_port,
+                        metrics_port))
+
+
+def _pod_namespace() -> str | None:
+    """The namespace of the pod this runs in (its service account's), if any."""
+    try:
+        return POD_NAMESPACE_FILE.read_text().strip() or None
+    except OSError:
+        return None
 
 
 @app.command()
@@ -583,7 +599,7 @@ def restore_state(archive: Annotated[Path, typer.Argument(
     summary = backup.restore(archive, state.path)
     out.print(f"Restored {summary.certificates} certificate(s) and {summary.key_files} "
               f"keystore file(s) into {summary.path}.", highlight=False)
-    out.print(f"The keys are still encrypted: use the same {PASSPHRASE_ENV} as the backed-up "
+    out.print(f"The keys are still encrypted: use the same {jobs.PASSPHRASE_ENV} as the backed-up "
               "state directory.", highlight=False)
 
 

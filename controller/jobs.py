@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 import git
+from kubernetes.client import ApiClient
 
 from controller.api.desired import Desired
 from controller.api.loading import Located
@@ -35,11 +36,18 @@ from controller.sources.worktree import enclosing_work_tree, uncommitted_changes
 from controller.status.gitbranch import GitStatus
 from controller.status.report import Outcome, build_status
 from controller.status.store import StatusStore, StatusUpdate
-from controller.stores.inventory import Inventory, InventoryError
-from controller.stores.keystore import FileBlobs, KeyBlobs, KeyStore, KeyStoreError
+from controller.stores.inventory import Inventory
+from controller.stores.inventory import InventoryError as InventoryError  # part of the job API
+from controller.stores.keystore import PASSPHRASE_ENV as PASSPHRASE_ENV  # part of the job API
+from controller.stores.keystore import FileBlobs, KeyBlobs, KeyStore
+from controller.stores.keystore import KeyStoreError as KeyStoreError  # part of the job API
 from controller.stores.publish import sync_public
+from controller.stores.secrets import api_client as api_client  # part of the job API
+from controller.stores.secrets import secret_blobs
 
 STATE_ENV = "FLEETPKI_STATE_DIR"
+# what a run refuses with, before or while applying: reported (on status too), not retried
+REFUSALS = (InvalidDeclaration, ApplyRefused, ExistingCA, KeyStoreError, PKIError)
 STATUS_BRANCH = "fleetpki/status"
 DANGER_FRACTION = 0.1  # flag a change that revokes more than this share of a fleet
 
@@ -95,8 +103,18 @@ class StateDir:
 
     @property
     def keys(self) -> KeyBlobs:
-        """Where the keystore's blobs are: `key_blobs`, else the files in `<path>/keys`."""
-        return self.key_blobs if self.key_blobs is not None else FileBlobs(self.path / "keys")
+        """Where the keystore's blobs are: `key_blobs`, else the Secrets the directory records
+        (Kubernetes mode), else the files in `<path>/keys`."""
+        if self.key_blobs is not None:
+            return self.key_blobs
+        return secret_blobs(self.path) or FileBlobs(self.path / "keys")
+
+    @classmethod
+    def with_secret_keys(cls, path: Path, api: ApiClient, namespace: str,
+                         scope: str) -> StateDir:
+        """A state directory whose keys are Secrets in `namespace` (Kubernetes mode), recorded
+        in it so that every command on it (serve, export) uses them too."""
+        return cls(path, secret_blobs(path, api, namespace, scope))
 
     def keystore(self) -> KeyStore:
         """The keystore over `keys`, unlocked with $FLEETPKI_PASSPHRASE (when first used)."""

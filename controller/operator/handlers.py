@@ -11,10 +11,10 @@ from typing import Any
 import kopf
 from kubernetes.client.exceptions import ApiException
 
+from controller import jobs
 from controller.api.crds import GROUP, PLURALS, VERSION
 from controller.operator.due import is_due
 from controller.operator.namespaces import Namespaces
-from controller.stores.inventory import InventoryError
 
 TIMED = ("CertificateAuthority", "DeviceFleet")
 RETRY_DELAY = 30  # seconds before kopf retries a run that failed for a transient reason
@@ -38,7 +38,7 @@ def build_registry(namespaces: Namespaces, resync: timedelta) -> kopf.OperatorRe
                     for b in list(found[plural].get(namespace, []))]
         try:
             namespaces.reconcile(namespace, bodies)
-        except (ApiException, InventoryError, OSError) as exc:
+        except (ApiException, jobs.InventoryError, jobs.KeyStoreError, OSError) as exc:
             raise kopf.TemporaryError(f"namespace {namespace}: {exc}", delay=RETRY_DELAY) \
                 from None
 

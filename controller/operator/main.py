@@ -10,8 +10,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import kopf
-from kubernetes import client, config
 
+from controller import jobs
 from controller.operator import metrics
 from controller.operator.handlers import build_registry
 from controller.operator.namespaces import Namespaces
@@ -22,6 +22,7 @@ from controller.status.kube import BACKOFF_BASE
 @dataclass(frozen=True)
 class OperatorOptions:
     state_root: Path
+    keys_namespace: str  # the operator's namespace: CA keys are Secrets there
     namespaces: tuple[str, ...] = ()  # empty: every namespace
     standalone: bool = False
     peering: str = "fleetpki"
@@ -30,15 +31,6 @@ class OperatorOptions:
     metrics_port: int | None = None
     priority: int | None = None  # kopf peering: the highest acts; default random per process
     backoff_base: timedelta = BACKOFF_BASE
-
-
-def api_client() -> client.ApiClient:
-    """In-cluster credentials when running in a pod, else the kubeconfig ($KUBECONFIG)."""
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    return client.ApiClient()
 
 
 def settings(options: OperatorOptions) -> kopf.OperatorSettings:
@@ -53,11 +45,11 @@ def run(options: OperatorOptions, stop: threading.Event | None = None,
     """Run until stopped (SIGTERM/SIGINT, or `stop` when given)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s "
                         "%(message)s")
-    api = api_client()
+    api = jobs.api_client()
     if options.metrics_port is not None:
         metrics.serve(options.metrics_port)
-    namespaces = Namespaces(api, options.state_root, cluster_readers(api),
-                            backoff_base=options.backoff_base)
+    namespaces = Namespaces(api, options.state_root, options.keys_namespace,
+                            cluster_readers(api), backoff_base=options.backoff_base)
     registry = build_registry(namespaces, options.resync)
     kopf.on.login(registry=registry)(kopf.login_via_client)
     health = (f"http://0.0.0.0:{options.health_port}/healthz"

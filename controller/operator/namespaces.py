@@ -14,22 +14,17 @@ from typing import Any
 from kubernetes import client
 
 from controller import jobs
-from controller.api.problems import InvalidDeclaration
-from controller.apply.evidence import ExistingCA
-from controller.apply.executor import ApplyRefused
 from controller.operator.metrics import ACTIONS, DURATION, RECONCILES
-from controller.pki.errors import PKIError
 from controller.sources.kube import Readers, write_declaration
 from controller.status.kube import BACKOFF_BASE, KubeStatus
-from controller.stores.keystore import KeyStoreError
 
 log = logging.getLogger("fleetpki.operator")
 Bodies = Callable[[], Iterable[Mapping[str, Any]]]
 
 
-def state_of(root: Path, namespace: str) -> jobs.StateDir:
+def state_path(root: Path, namespace: str) -> Path:
     """A namespace's own state directory: inventory, public files and declaration."""
-    return jobs.StateDir(root / "namespaces" / namespace)
+    return root / "namespaces" / namespace
 
 
 @dataclass
@@ -40,6 +35,7 @@ class Namespaces:
 
     api: client.ApiClient
     state_root: Path
+    keys_namespace: str  # where the CA key Secrets are (the operator's namespace)
     readers: Readers
     clock: Callable[[], datetime] = jobs.now_utc
     backoff_base: timedelta = BACKOFF_BASE
@@ -65,15 +61,15 @@ class Namespaces:
     def _run(self, namespace: str, objects: list[Mapping[str, Any]]) -> jobs.ApplyReport | None:
         result = "error"
         try:
-            state = state_of(self.state_root, namespace)
+            state = jobs.StateDir.with_secret_keys(state_path(self.state_root, namespace),
+                                                   self.api, self.keys_namespace, namespace)
             declaration = state.path / "declaration"
             problems = write_declaration(namespace, objects, declaration, self.readers)
             status = KubeStatus(self.api, namespace, objects, self.backoff_base)
             try:
                 report = jobs.apply(declaration, state, self.clock(), status_store=status,
                                     source_problems=problems)
-            except (InvalidDeclaration, ApplyRefused, ExistingCA, KeyStoreError,
-                    PKIError) as exc:
+            except jobs.REFUSALS as exc:
                 result = "refused"
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 log.warning("namespace %s not converged: %s", namespace, first)
