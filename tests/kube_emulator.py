@@ -63,7 +63,8 @@ it (documented here so that the operator tests copy one way of doing it)::
     thread = threading.Thread(target=run, name="kopf")
     thread.start()
     try:
-        assert ready_flag.wait(10)
+        assert ready_flag.wait(10)               # logged in; watches start right after
+        wait_for(lambda: kube_emulator.open_watches)  # optional: kopf is watching now
         ...                                      # create objects, poll for their status
     finally:
         stop_flag.set()                          # kopf stops its watchers and returns
@@ -158,7 +159,9 @@ class ApiError(kmock.KubernetesError):
 
 
 def _error(status: int, reason: str, message: str, **details: Any) -> ApiError:
-    return ApiError(status=status, reason=reason, message=message, details=details or {})
+    # Never empty: kmock puts its traceback in the place of empty details.
+    details.setdefault("causes", [{"reason": reason, "message": message}])
+    return ApiError(status=status, reason=reason, message=message, details=details)
 
 
 def _now() -> str:
@@ -199,52 +202,47 @@ _LABEL_TERM = re.compile(r"^(?P<neg>!)?\s*(?P<key>[A-Za-z0-9._/-]+)\s*(?:"
 
 def label_selector(selector: str | None) -> Callable[[Mapping[str, Any]], bool]:
     """A predicate on objects for a `labelSelector` query parameter (400 when malformed)."""
-    checks: list[Callable[[Mapping[str, str]], bool]] = []
+    terms: list[tuple[str, str, set[str]]] = []  # (key, operator, values)
     for term in _split_terms(selector or ""):
         match = _LABEL_TERM.match(term)
         if match is None or (match["neg"] and (match["op"] or match["setop"])):
             raise _error(400, "BadRequest", f"unable to parse requirement: {term!r}")
-        key, op, value, setop = match["key"], match["op"], match["value"], match["setop"]
         values = {v.strip() for v in (match["values"] or "").split(",") if v.strip()}
-        if match["neg"]:
-            checks.append(lambda labels, k=key: k not in labels)
-        elif op in ("=", "=="):
-            checks.append(lambda labels, k=key, v=value: labels.get(k) == v)
-        elif op == "!=":
-            checks.append(lambda labels, k=key, v=value: labels.get(k) != v)
-        elif setop == "in":
-            checks.append(lambda labels, k=key, vs=values: labels.get(k) in vs)
-        elif setop == "notin":
-            checks.append(lambda labels, k=key, vs=values: labels.get(k) not in vs)
-        else:
-            checks.append(lambda labels, k=key: k in labels)
+        operator = "!exists" if match["neg"] else match["setop"] or match["op"] or "exists"
+        terms.append((match["key"], "in" if operator in ("=", "==") else
+                      "notin" if operator == "!=" else operator,
+                      values if match["setop"] else {match["value"] or ""}))
 
     def check(obj: Mapping[str, Any]) -> bool:
         labels = obj.get("metadata", {}).get("labels") or {}
-        return all(one(labels) for one in checks)
+        return all(key in labels if operator == "exists" else
+                   key not in labels if operator == "!exists" else
+                   labels.get(key) in values if operator == "in" else
+                   labels.get(key) not in values
+                   for key, operator, values in terms)
     return check
 
 
 def field_selector(selector: str | None) -> Callable[[Mapping[str, Any]], bool]:
     """A predicate for a `fieldSelector` (`metadata.name=x`, `involvedObject.kind!=Pod`, ...)."""
-    checks: list[Callable[[Mapping[str, Any]], bool]] = []
+    terms: list[tuple[str, bool, str]] = []  # (dotted path, equal?, value)
     for term in _split_terms(selector or ""):
         match = re.match(r"^([A-Za-z0-9._-]+)\s*(==|=|!=)\s*(.*)$", term)
         if match is None:
             raise _error(400, "BadRequest", f"invalid field selector: {term!r}")
-        path, op, value = match.groups()
+        terms.append((match[1], match[2] != "!=", match[3]))
 
-        def lookup(obj: Mapping[str, Any], path: str = path) -> str:
-            current: Any = obj
-            for part in path.split("."):
-                current = current.get(part) if isinstance(current, Mapping) else None
-            return "" if current is None else str(current).lower() \
-                if isinstance(current, bool) else str(current)
-        if op == "!=":
-            checks.append(lambda obj, lookup=lookup, v=value: lookup(obj) != v)
-        else:
-            checks.append(lambda obj, lookup=lookup, v=value: lookup(obj) == v)
-    return lambda obj: all(one(obj) for one in checks)
+    def lookup(obj: Mapping[str, Any], path: str) -> str:
+        current: Any = obj
+        for part in path.split("."):
+            current = current.get(part) if isinstance(current, Mapping) else None
+        if isinstance(current, bool):
+            return str(current).lower()
+        return "" if current is None else str(current)
+
+    def check(obj: Mapping[str, Any]) -> bool:
+        return all((lookup(obj, path) == value) == equal for path, equal, value in terms)
+    return check
 
 
 _NAMESPACES_PATH = re.compile(r"/api/v1/namespaces((?:/[^/]+(?:/status|/finalize)?)?)/?")
@@ -407,7 +405,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
         if request.resource is not None and request.resource.plural == _NAMESPACES_ALIAS:
             path = request.url.path.replace(_NAMESPACES_ALIAS, "namespaces", 1)
             fixed = attrs.evolve(request, resource=kmock.resource("", "v1", "namespaces"),
-                                 url=request.url.with_path(path))
+                                 url=request.url.with_path(path).with_query(request.url.query))
             # kmock's views select requests by identity among the logged ones: log the fixed one.
             index = next(i for i, logged in enumerate(self._requests) if logged is request)
             self._requests[index] = request = fixed
@@ -833,9 +831,11 @@ class RunningEmulator:
 
     def _resource_of(self, api_version: str, kind: str) -> kmock.resource:
         group, _, version = api_version.rpartition("/")
-        for resource, info in self.kube.resources.items():
-            if (resource.group, resource.version, info.kind) == (group, version, kind):
-                return resource
+        resources = self.kube.resources
+        for resource in resources:
+            if (resource.group, resource.version, resources[resource].kind) \
+                    == (group, version, kind):
+                return kmock.resource(resource)
         raise KeyError(f"no resource for {api_version} {kind}")
 
     def create(self, obj: Mapping[str, Any]) -> dict[str, Any]:
@@ -882,6 +882,12 @@ class RunningEmulator:
     def compact(self) -> None:
         """See `KubeEmulator.compact`: resuming old watches gets 410 Gone."""
         self.call(self.kube.compact())
+
+    @property
+    def open_watches(self) -> int:
+        """How many watch streams are open now (kopf's ready_flag is set before its watches
+        start: `wait_for(lambda: kube_emulator.open_watches)` to be sure kopf is watching)."""
+        return self.kube.open_watches
 
     def requests(self) -> list[kmock.Request]:
         """The requests served so far (kmock's log), oldest first."""

@@ -335,7 +335,29 @@ def kopf_operator(kube_emulator: RunningEmulator) -> Iterator[kopf.OperatorRegis
 
 
 @pytest.mark.usefixtures("kopf_operator")
-def test_kopf_handles_a_created_fleet(crs: client.CustomObjectsApi) -> None:
+def test_kopf_handles_a_created_fleet(kube_emulator: RunningEmulator,
+                                      crs: client.CustomObjectsApi) -> None:
     create(crs, fleet("a"))
+    assert wait_for(lambda: kube_emulator.open_watches) == 1
     handled = wait_for(lambda: read(crs, "a").get("status", {}).get("handled"))
     assert handled is True
+
+
+def test_kopf_retries_a_failed_status_patch(kopf_operator: kopf.OperatorRegistry,
+                                            kube_emulator: RunningEmulator,
+                                            crs: client.CustomObjectsApi) -> None:
+    fault = kube_emulator.fail_next("PATCH", "/devicefleets/a/status", 500)
+    create(crs, fleet("a"))
+    assert wait_for(lambda: read(crs, "a").get("status", {}).get("handled"), timeout=20)
+    assert fault.hits == 1
+
+
+def test_delete_preconditions_conflict(crs: client.CustomObjectsApi) -> None:
+    created = create(crs, fleet("a"))
+    stale = created["metadata"]["resourceVersion"]
+    patch(crs, "a", {"spec": {"devices": 2}})
+    error = api_error(crs.delete_namespaced_custom_object, GROUP, VERSION, NS, PLURAL, "a",
+                      body=client.V1DeleteOptions(
+                          preconditions=client.V1Preconditions(resource_version=stale)))
+    assert error.status == 409
+    assert read(crs, "a")["spec"] == {"devices": 2}
