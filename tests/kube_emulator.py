@@ -40,7 +40,8 @@ return everything), BOOKMARK events, managedFields, `dryRun`, deletecollection.
 port; the `kube_emulator` fixture (tests/operator/conftest.py) yields one. Starting kopf against
 it (documented here so that the operator tests copy one way of doing it)::
 
-    import threading, kopf
+    import asyncio, threading, kopf
+    from tests.kube_emulator import wait_for
 
     registry = kopf.OperatorRegistry()           # or the operator's own registry
     # ... @kopf.on.create("fleetpki.io", "v1alpha1", "devicefleets", registry=registry) ...
@@ -71,10 +72,13 @@ it (documented here so that the operator tests copy one way of doing it)::
         thread.join(10)
         assert not thread.is_alive()
 
-(`kopf.run(..., stop_flag=..., ready_flag=...)` in the thread works as well, but it uses the
-thread's current event loop; `asyncio.run` gives it a fresh one that is closed afterwards.)
-Instead of the login handler, `monkeypatch.setenv("KUBECONFIG", str(kube_emulator.kubeconfig))`
-makes kopf's default login (through the `kubernetes` client) find the emulator.
+`kopf.run(registry=..., ..., stop_flag=..., ready_flag=...)` as the thread's target works too.
+A plain `kopf.OperatorRegistry()` has no login handlers at all (kopf's default registry, a
+`SmartOperatorRegistry`, has the fallback ones): give it one, either the one above or kopf's
+kubeconfig login with the environment pointing at the emulator::
+
+    kopf.on.login(registry=registry)(kopf.login_with_kubeconfig)
+    monkeypatch.setenv("KUBECONFIG", str(kube_emulator.kubeconfig))
 """
 
 from __future__ import annotations
