@@ -8,6 +8,7 @@ import threading
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import kopf
 
@@ -40,6 +41,11 @@ def settings(options: OperatorOptions) -> kopf.OperatorSettings:
     return result
 
 
+def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In-cluster service account, else $KUBECONFIG (as read now, like `jobs.api_client`)."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
 def run(options: OperatorOptions, stop: threading.Event | None = None,
         ready: threading.Event | None = None) -> None:
     """Run until stopped (SIGTERM/SIGINT, or `stop` when given)."""
@@ -51,13 +57,13 @@ def run(options: OperatorOptions, stop: threading.Event | None = None,
     namespaces = Namespaces(api, options.state_root, options.keys_namespace,
                             cluster_readers(api), backoff_base=options.backoff_base)
     registry = build_registry(namespaces, options.resync)
-    kopf.on.login(registry=registry)(kopf.login_via_client)
+    kopf.on.login(registry=registry)(_login)
     health = (f"http://0.0.0.0:{options.health_port}/healthz"
               if options.health_port is not None else None)
     # operators of equal priority would both act: a random one makes exactly one active
     priority = options.priority if options.priority is not None else \
         secrets.randbelow(2**31 - 1) + 1
     kopf.run(registry=registry, settings=settings(options), standalone=options.standalone,
-             peering_name=options.peering, priority=priority, liveness_endpoint=health,
+             peering_name=None if options.standalone else options.peering, priority=priority, liveness_endpoint=health,
              clusterwide=not options.namespaces, namespaces=options.namespaces,
              stop_flag=stop, ready_flag=ready)

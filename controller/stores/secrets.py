@@ -30,6 +30,7 @@ import base64
 import binascii
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -219,8 +220,8 @@ def api_client() -> client.ApiClient:
     try:
         config.load_incluster_config()
     except config.ConfigException:
-        try:
-            config.load_kube_config()
+        try:  # $KUBECONFIG as it is now (the client reads it once, when imported)
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
         except (config.ConfigException, OSError) as exc:
             raise KeyStoreError(f"cannot reach the Kubernetes API for the key Secrets: {exc}") \
                 from None
