@@ -11,7 +11,16 @@ import yaml
 from pydantic import ValidationError
 
 from controller.api.problems import Problem
-from controller.api.resources import API_VERSION, GROUP, KINDS, Resource
+from controller.api.resources import (
+    API_VERSION,
+    CONFIGMAP_KEY,
+    DNS_SUBDOMAIN,
+    FLUX_SOURCE_API,
+    GROUP,
+    K8S_NAMESPACE,
+    KINDS,
+    Resource,
+)
 
 Path_ = tuple[str | int, ...]
 MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
@@ -124,11 +133,22 @@ PATTERN_HINTS = {
     "oid": "must be a dotted object identifier such as 1.3.6.1.4.1.55555.1",
     "country": "must be a two-letter ISO 3166 country code such as DE",
 }
+PATTERN_HINTS_BY_PATTERN = {  # Kubernetes names, which differ from fleetpki's own
+    DNS_SUBDOMAIN: "must be a Kubernetes object name: lower-case a-z, 0-9, '-' and '.', "
+                   "starting and ending with a letter or digit",
+    K8S_NAMESPACE: "must be a Kubernetes namespace: lower-case a-z, 0-9 and '-', at most 63 "
+                   "characters",
+    CONFIGMAP_KEY: "a ConfigMap key is letters, digits, '-', '_' and '.'",
+    FLUX_SOURCE_API: "must be a Flux source API version such as source.toolkit.fluxcd.io/v1",
+}
 
 
 def friendly_message(error: Mapping[str, Any]) -> str:
     """A pydantic error as users should read it: no class names, no bare regexes."""
     loc = error.get("loc") or ()
+    pattern = (error.get("ctx") or {}).get("pattern")
+    if error["type"] == "string_pattern_mismatch" and pattern in PATTERN_HINTS_BY_PATTERN:
+        return f"{PATTERN_HINTS_BY_PATTERN[pattern]} (got {error.get('input')!r})"
     if error["type"] == "string_pattern_mismatch" and loc and loc[-1] in PATTERN_HINTS:
         return f"{PATTERN_HINTS[str(loc[-1])]} (got {error.get('input')!r})"
     if error["type"] == "string_too_long":

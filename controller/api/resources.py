@@ -30,6 +30,14 @@ RevocationReason = Literal[
 DNS_LABEL = r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$"
 DEVICE_ID = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$"
 OID = r"^[0-2](\.(0|[1-9][0-9]*))+$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+K8S_NAMESPACE = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+CONFIGMAP_KEY = r"^[-._a-zA-Z0-9]+$"
+FLUX_SOURCE_API = r"^source\.toolkit\.fluxcd\.io/v[0-9]+((alpha|beta)[0-9]+)?$"
+FLUX_SOURCE_VERSIONS = {"GitRepository": "source.toolkit.fluxcd.io/v1",
+                        "OCIRepository": "source.toolkit.fluxcd.io/v1beta2"}
+MAX_CONFIGMAP_REFS = 100
+JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
 
 class Model(BaseModel):
@@ -242,21 +250,79 @@ class Device(Model):
         return self
 
 
-class DeviceSource(Model):
-    """Devices in a file of the repository (CSV or JSONL), for large fleets."""
+def device_format(name: str, given: str | None = None) -> str:
+    """`csv` or `jsonl`: `given`, else from the file name (`.jsonl`/`.ndjson`; otherwise CSV)."""
+    return given or ("jsonl" if name.endswith(JSONL_SUFFIXES) else "csv")
 
-    path: str
+
+def _inside(path: str) -> str:
+    if path.startswith("/") or ".." in path.split("/"):
+        raise ValueError("must be relative to the repository and stay inside it")
+    return path
+
+
+class ConfigMapKeyRef(Model):
+    """One key of a ConfigMap in the fleet's namespace (Kubernetes mode)."""
+
+    name: Annotated[str, Field(pattern=DNS_SUBDOMAIN, max_length=253)]
+    key: Annotated[str, Field(pattern=CONFIGMAP_KEY, max_length=253)] = "devices.csv"
+
+
+class SourceRef(Model):
+    """A Flux source whose artifact holds the device file (Kubernetes mode)."""
+
+    kind: Literal["GitRepository", "OCIRepository"]
+    name: Annotated[str, Field(pattern=DNS_SUBDOMAIN, max_length=253)]
+    namespace: Annotated[str | None, Field(pattern=K8S_NAMESPACE)] = None
+    apiVersion: Annotated[str | None, Field(pattern=FLUX_SOURCE_API)] = None
+
+    def resolved_api_version(self) -> str:
+        return self.apiVersion or FLUX_SOURCE_VERSIONS[self.kind]
+
+
+class DeviceSource(Model):
+    """Devices for large fleets, as CSV or JSONL, from exactly one of: a file of the
+    repository (`path`, git mode), ConfigMaps (`configMapRef`) or a file in a Flux source
+    artifact (`sourceRef` with `path`); the last two only in Kubernetes mode."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [{
+        "rule": "has(self.configMapRef) ? !has(self.path) && !has(self.sourceRef) "
+                ": has(self.path)",
+        "message": "give path (a file of the repository), configMapRef, or sourceRef with path",
+    }]})
+
+    path: Annotated[str | None, Field(min_length=1, max_length=4096)] = None
     format: Literal["csv", "jsonl"] | None = None
+    configMapRef: Annotated[list[ConfigMapKeyRef],
+                            Field(min_length=1, max_length=MAX_CONFIGMAP_REFS)] | None = None
+    sourceRef: SourceRef | None = None
 
     @field_validator("path")
     @classmethod
-    def _relative(cls, path: str) -> str:
-        if path.startswith("/") or ".." in path.split("/"):
-            raise ValueError("must be relative to the repository and stay inside it")
-        return path
+    def _relative(cls, path: str | None) -> str | None:
+        return None if path is None else _inside(path)
 
-    def resolved_format(self) -> str:
-        return self.format or ("jsonl" if self.path.endswith((".jsonl", ".ndjson")) else "csv")
+    @model_validator(mode="after")
+    def _one_form(self) -> DeviceSource:
+        if self.configMapRef is not None:
+            if self.sourceRef is not None:
+                raise ValueError("sourceRef: give either configMapRef or sourceRef, not both")
+            if self.path is not None:
+                raise ValueError("path: not with configMapRef (each item names its key)")
+            refs = [(ref.name, ref.key) for ref in self.configMapRef]
+            twice = sorted({f"{n} key {k}" for n, k in refs if refs.count((n, k)) > 1})
+            if twice:
+                raise ValueError(f"configMapRef: listed twice: {', '.join(twice)}")
+        elif self.path is None:
+            raise ValueError("path: required with sourceRef (the file inside the artifact)"
+                             if self.sourceRef is not None else
+                             "path: required (a file of the repository), or give configMapRef, "
+                             "or sourceRef with path")
+        return self
+
+    def resolved_format(self, name: str | None = None) -> str:
+        """The format of `name` (a ConfigMap key), or of `path`."""
+        return device_format(name if name is not None else self.path or "", self.format)
 
 
 class IDevIDSpec(Model):

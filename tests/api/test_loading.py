@@ -376,6 +376,23 @@ def test_device_source_symlink_out_of_the_repository(make_repo: MakeRepo, tmp_pa
     assert desired.fleets["sensors"].devices == ()
 
 
+@pytest.mark.parametrize(("source", "field"), [
+    ("    configMapRef:\n      - name: sensors-1\n", "configMapRef"),
+    ("    sourceRef:\n      kind: GitRepository\n      name: fleet-repo\n    path: x.csv\n",
+     "sourceRef"),
+])
+def test_kubernetes_device_sources_are_refused_in_git_mode(make_repo: MakeRepo, source: str,
+                                                           field: str) -> None:
+    fleet = fleet_with("  deviceSource:\n" + source)
+    desired, problems = load_repository(make_repo({FLEET_FILE: fleet, "x.csv": "id\nx-1\n"}))
+    problem = only(problems)
+    assert (problem.file, problem.object, problem.field) == (
+        FLEET_FILE, "DeviceFleet/sensors", f"spec.deviceSource.{field}")
+    assert problem.line == line_of(fleet, f"{field}:")
+    assert problem.message.startswith("only in Kubernetes mode (fleetpki operator)")
+    assert desired.fleets["sensors"].devices == ()
+
+
 # --- templates and lifetimes ---------------------------------------------------------------
 
 

@@ -1,0 +1,208 @@
+"""A fleet's devices: inline ones plus those of its `deviceSource`, in git and Kubernetes mode.
+
+Pure: where the text comes from is the caller's `read_devices` (a file of the repository in
+git mode, `sources/repo.py`; ConfigMaps or a Flux artifact in Kubernetes mode), so both modes
+parse, validate and check duplicates the same way, and problems point at the same place (the
+part's label as file, the row as line).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import csv
+import io
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from controller.api.loading import Located, field_path, friendly_message
+from controller.api.problems import Problem
+from controller.api.resources import ConfigMapKeyRef, Device, DeviceFleet, DeviceSource
+
+DeviceLines = dict[str, tuple[str, int | None]]  # device id -> (file, line)
+NEVER_ZERO = " (a missing source is an error, never zero devices)"
+KUBERNETES_ONLY = "only in Kubernetes mode (fleetpki operator)"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceText:
+    """One part of a device source: `label` names it in problems (their `file`), e.g.
+    `fleets/sensors.csv`, `ConfigMap/sensors-1 key devices.csv` or
+    `GitRepository/fleet-repo@main@sha1:… fleets/x.csv`; `format` is `csv` or `jsonl`.
+    `field` is where in `deviceSource` a problem with the whole part is reported
+    (default: the source's main field, e.g. `path` or `configMapRef`)."""
+
+    label: str
+    text: str
+    format: str
+    field: str | None = None
+
+
+class DeviceSourceError(Exception):
+    """A device source that cannot be read: the fleet gets a problem and no devices (never
+    zero devices). `field` is relative to `deviceSource` (`path`, `configMapRef[1]`,
+    `sourceRef`); the problem says `cannot read device source <source>: <message>`, where
+    `source` defaults to a description of the declared source."""
+
+    def __init__(self, message: str, *, field: str | None = None,
+                 source: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.source = source
+
+
+class UnsupportedDeviceSource(DeviceSourceError):
+    """A form of `deviceSource` this mode does not read (e.g. `configMapRef` in git mode): a
+    declaration problem, reported with its message as it is."""
+
+
+ReadDevices = Callable[[DeviceSource], list[DeviceText]]
+
+
+def parse_device_rows(text: str, fmt: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line, raw device dict) per row of CSV or JSONL text; CSV columns `labels.<key>` become
+    labels, `revoked` the revocation reason. ValueError or csv.Error for malformed text."""
+    rows: list[tuple[int, dict[str, Any]]] = []
+    if fmt == "jsonl":
+        for number, entry in enumerate(text.splitlines(), start=1):
+            if entry.strip():
+                try:
+                    rows.append((number, json.loads(entry)))
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"line {number}: invalid JSON: {exc.msg}") from None
+        return rows
+    reader = csv.DictReader(io.StringIO(text))
+    if not reader.fieldnames or "id" not in reader.fieldnames:
+        raise ValueError("CSV needs a header row with an 'id' column")
+    for row in reader:
+        line = reader.line_num
+        device: dict[str, Any] = {"labels": {}}
+        for column, value in row.items():
+            if column is None:
+                raise ValueError(f"line {line}: more values than header columns")
+            if value in (None, ""):
+                continue
+            if column.startswith("labels."):
+                device["labels"][column.removeprefix("labels.")] = value
+            elif column == "revoked":
+                device["revoked"] = {"reason": value}
+            else:
+                device[column] = value
+        rows.append((line, device))
+    return rows
+
+
+def main_field(source: DeviceSource) -> str:
+    """The field of `deviceSource` a problem with the whole source is reported at."""
+    if source.configMapRef is not None:
+        return "configMapRef"
+    return "sourceRef" if source.sourceRef is not None else "path"
+
+
+def describe(source: DeviceSource) -> str:
+    """The declared source as problems name it."""
+    if source.configMapRef is not None:
+        return ", ".join(f"ConfigMap/{ref.name} key {ref.key}" for ref in source.configMapRef)
+    if source.sourceRef is not None:
+        return f"{source.sourceRef.kind}/{source.sourceRef.name} file {source.path!r}"
+    return repr(source.path)
+
+
+def load_fleet_devices(
+    item: Located, problems: list[Problem], read_devices: ReadDevices
+) -> tuple[tuple[Device, ...], DeviceLines]:
+    """Inline devices plus those `read_devices` returns for the fleet's `deviceSource`.
+
+    A source that cannot be read or parsed is a problem and leaves the fleet with no devices
+    (never zero devices by mistake); a bad row is a problem at its part's label and line; a
+    device id may appear once across inline devices and all parts.
+    """
+    fleet = item.resource
+    assert isinstance(fleet, DeviceFleet)
+    devices: list[Device] = []
+    lines: DeviceLines = {}
+
+    def add(device: Device, file: str, line: int | None) -> None:
+        if device.id in lines:
+            first_file, first_line = lines[device.id]
+            problems.append(Problem(file, f"duplicate device id {device.id!r} (first at "
+                                    f"{first_file}:{first_line})", line, item.ref, "id"))
+            return
+        lines[device.id] = (file, line)
+        devices.append(device)
+
+    def source_problem(message: str, field: str) -> None:
+        where = [int(p) if p.isdigit() else p
+                 for p in field.replace("[", ".").replace("]", "").split(".")]
+        problems.append(Problem(item.file, message,
+                                item.line_of("spec", "deviceSource", *where), item.ref,
+                                f"spec.deviceSource.{field}"))
+
+    for index, device in enumerate(fleet.spec.devices):
+        add(device, item.file, item.line_of("spec", "devices", index, "id"))
+    source = fleet.spec.deviceSource
+    if source is None:
+        return tuple(devices), lines
+    try:
+        parts = read_devices(source)
+    except UnsupportedDeviceSource as exc:
+        source_problem(exc.message, exc.field or main_field(source))
+        return (), {}
+    except DeviceSourceError as exc:
+        source_problem(f"cannot read device source {exc.source or describe(source)}: "
+                       f"{exc.message}{NEVER_ZERO}", exc.field or main_field(source))
+        return (), {}
+    parsed: list[tuple[DeviceText, list[tuple[int, dict[str, Any]]]]] = []
+    for part in parts:
+        try:
+            parsed.append((part, parse_device_rows(part.text, part.format)))
+        except (ValueError, csv.Error) as exc:
+            source_problem(f"cannot read device source {part.label!r}: {exc}{NEVER_ZERO}",
+                           part.field or main_field(source))
+    if len(parsed) < len(parts):
+        return (), {}
+    for part, rows in parsed:
+        for line, raw in rows:
+            try:
+                add(Device.model_validate(raw), part.label, line)
+            except ValidationError as exc:
+                for error in exc.errors():
+                    problems.append(Problem(part.label, friendly_message(error), line,
+                                            item.ref, field_path(error["loc"]) or None))
+    return tuple(devices), lines
+
+
+def configmap_device_text(
+    ref: ConfigMapKeyRef, configmap: Mapping[str, Any] | None, source: DeviceSource,
+    index: int = 0,
+) -> DeviceText:
+    """The part of a ConfigMap object (as the Kubernetes API returns it; None when it does
+    not exist) that `configMapRef[index]` names; DeviceSourceError if absent or not text."""
+    where = f"ConfigMap/{ref.name}"
+    field = f"configMapRef[{index}]"
+    label = f"{where} key {ref.key}"
+    if configmap is None:
+        raise DeviceSourceError("not found in the fleet's namespace", field=field, source=where)
+    data = configmap.get("data") or {}
+    binary = configmap.get("binaryData") or {}
+    if ref.key in data:
+        text = data[ref.key]
+        if not isinstance(text, str):
+            raise DeviceSourceError(f"key {ref.key} is not text", field=field, source=where)
+        text = text.removeprefix("\ufeff")
+    elif ref.key in binary:
+        try:
+            text = base64.b64decode(binary[ref.key], validate=True).decode("utf-8-sig")
+        except (binascii.Error, TypeError, UnicodeDecodeError) as exc:
+            raise DeviceSourceError(f"binaryData key {ref.key} is not UTF-8 text: {exc}",
+                                    field=field, source=where) from None
+    else:
+        keys = sorted({*data, *binary})
+        raise DeviceSourceError(f"has no key {ref.key!r} (keys: {', '.join(keys) or 'none'})",
+                                field=f"{field}.key", source=where)
+    return DeviceText(label, text, source.resolved_format(ref.key), field)

@@ -1,0 +1,218 @@
+"""The device loader both modes share, with a fake `read_devices`; the deviceSource model."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from controller.api.devices import (
+    DeviceSourceError,
+    DeviceText,
+    UnsupportedDeviceSource,
+    configmap_device_text,
+    load_fleet_devices,
+    parse_device_rows,
+)
+from controller.api.loading import Located, parse_documents
+from controller.api.problems import Problem
+from controller.api.resources import DeviceSource
+
+from .support import FLEET, line_of
+
+CONFIGMAPS = FLEET + """\
+  deviceSource:
+    configMapRef:
+      - name: sensors-1
+      - name: sensors-2
+        key: more.jsonl
+"""
+
+
+def fleet(text: str = CONFIGMAPS) -> Located:
+    (item,), problems = parse_documents(text, "fleets/sensors.yaml")
+    assert problems == []
+    return item
+
+
+def load(parts: list[DeviceText] | DeviceSourceError, text: str = CONFIGMAPS
+         ) -> tuple[list[str], dict[str, tuple[str, int | None]], list[Problem]]:
+    seen: list[DeviceSource] = []
+
+    def read(source: DeviceSource) -> list[DeviceText]:
+        seen.append(source)
+        if isinstance(parts, DeviceSourceError):
+            raise parts
+        return parts
+
+    problems: list[Problem] = []
+    devices, lines = load_fleet_devices(fleet(text), problems, read)
+    assert len(seen) == 1
+    return [d.id for d in devices], lines, problems
+
+
+ONE = "ConfigMap/sensors-1 key devices.csv"
+TWO = "ConfigMap/sensors-2 key more.jsonl"
+
+
+def test_devices_of_all_parts_with_their_label_and_line() -> None:
+    ids, lines, problems = load([DeviceText(ONE, "id\na\nb\n", "csv"),
+                                 DeviceText(TWO, '{"id": "c"}\n\n{"id": "d"}\n', "jsonl")])
+    assert problems == []
+    assert ids == ["dev-1", "dev-2", "a", "b", "c", "d"]
+    assert lines["b"] == (ONE, 3) and lines["d"] == (TWO, 3)
+    assert lines["dev-1"] == ("fleets/sensors.yaml", line_of(CONFIGMAPS, "dev-1"))
+
+
+def test_a_device_id_is_unique_across_inline_devices_and_all_parts() -> None:
+    ids, _, problems = load([DeviceText(ONE, "id\na\ndev-2\n", "csv"),
+                             DeviceText(TWO, '{"id": "x"}\n{"id": "a"}\n', "jsonl")])
+    assert ids == ["dev-1", "dev-2", "a", "x"]
+    assert [(p.file, p.line, p.field, p.object) for p in problems] == [
+        (ONE, 3, "id", "DeviceFleet/sensors"), (TWO, 2, "id", "DeviceFleet/sensors")]
+    assert "duplicate device id 'dev-2' (first at fleets/sensors.yaml:" in problems[0].message
+    assert f"duplicate device id 'a' (first at {ONE}:2)" == problems[1].message
+
+
+def test_an_invalid_row_names_its_part_and_line() -> None:
+    _, _, problems = load([DeviceText(ONE, "id\nok\n", "csv"),
+                           DeviceText(TWO, '{"id": "fine"}\n{"id": "b", "revoked": '
+                                      '{"reason": "stolen"}}\n', "jsonl")])
+    (problem,) = problems
+    assert (problem.file, problem.line, problem.field) == (TWO, 2, "revoked.reason")
+
+
+def test_a_part_that_does_not_parse_leaves_the_fleet_without_devices() -> None:
+    ids, lines, problems = load([DeviceText(ONE, "id\na\n", "csv"),
+                                 DeviceText(TWO, '{"id": \n', "jsonl", "configMapRef[1]")])
+    assert (ids, lines) == ([], {})
+    (problem,) = problems
+    assert (problem.file, problem.field) == ("fleets/sensors.yaml",
+                                             "spec.deviceSource.configMapRef[1]")
+    assert problem.line == line_of(CONFIGMAPS, "name: sensors-2")
+    assert problem.message.startswith(f"cannot read device source {TWO!r}: line 1: invalid JSON")
+    assert problem.message.endswith("(a missing source is an error, never zero devices)")
+
+
+def test_a_source_that_cannot_be_read_is_a_problem_never_zero_devices() -> None:
+    error = DeviceSourceError("not found in the fleet's namespace", field="configMapRef[1].name",
+                              source="ConfigMap/sensors-2")
+    ids, _, problems = load(error)
+    assert ids == []
+    (problem,) = problems
+    assert problem.field == "spec.deviceSource.configMapRef[1].name"
+    assert problem.line == line_of(CONFIGMAPS, "name: sensors-2")
+    assert problem.message == ("cannot read device source ConfigMap/sensors-2: not found in the "
+                               "fleet's namespace (a missing source is an error, never zero "
+                               "devices)")
+    _, _, (default,) = load(DeviceSourceError("forbidden"))
+    assert default.field == "spec.deviceSource.configMapRef"
+    assert default.message.startswith(f"cannot read device source {ONE}, {TWO}: forbidden")
+
+
+def test_an_unsupported_form_is_reported_as_it_is() -> None:
+    ids, _, problems = load(UnsupportedDeviceSource("only in git mode", field="path"))
+    assert ids == []
+    (problem,) = problems
+    assert (problem.field, problem.message) == ("spec.deviceSource.path", "only in git mode")
+
+
+def test_parse_device_rows_is_public_and_pure() -> None:
+    assert parse_device_rows("id,labels.site,revoked\na,x,\nb,,keyCompromise\n", "csv") == [
+        (2, {"id": "a", "labels": {"site": "x"}}),
+        (3, {"id": "b", "labels": {}, "revoked": {"reason": "keyCompromise"}})]
+    assert parse_device_rows('\n{"id": "j"}\n', "jsonl") == [(2, {"id": "j"})]
+    with pytest.raises(ValueError, match="'id' column"):
+        parse_device_rows("name\nx\n", "csv")
+
+
+# --- ConfigMaps ----------------------------------------------------------------------------
+
+
+def test_configmap_device_text() -> None:
+    source = fleet().resource.spec.deviceSource  # type: ignore[attr-defined]
+    first, second = source.configMapRef
+    part = configmap_device_text(first, {"data": {"devices.csv": "\ufeffid\na\n"}}, source)
+    assert part == DeviceText(ONE, "id\na\n", "csv", "configMapRef[0]")
+    encoded = base64.b64encode(b'{"id": "z"}\n').decode()
+    part = configmap_device_text(second, {"binaryData": {"more.jsonl": encoded}}, source, 1)
+    assert (part.label, part.text, part.format) == (TWO, '{"id": "z"}\n', "jsonl")
+    with pytest.raises(DeviceSourceError) as error:
+        configmap_device_text(second, {"data": {"devices.csv": ""}}, source, 1)
+    assert (error.value.field, error.value.message) == (
+        "configMapRef[1].key", "has no key 'more.jsonl' (keys: devices.csv)")
+    with pytest.raises(DeviceSourceError, match="not found") as error:
+        configmap_device_text(first, None, source)
+    assert error.value.source == "ConfigMap/sensors-1"
+
+
+# --- the model -----------------------------------------------------------------------------
+
+
+SOURCE_REF = {"kind": "GitRepository", "name": "fleet-repo"}
+
+
+@pytest.mark.parametrize(("spec", "fmt"), [
+    ({"path": "fleets/x.csv"}, "csv"),
+    ({"path": "fleets/x.ndjson"}, "jsonl"),
+    ({"configMapRef": [{"name": "a"}]}, "csv"),
+    ({"configMapRef": [{"name": "a.b-c", "key": "x.jsonl"}, {"name": "a"}]}, "csv"),
+    ({"sourceRef": SOURCE_REF, "path": "fleets/x.jsonl"}, "jsonl"),
+    ({"sourceRef": {**SOURCE_REF, "kind": "OCIRepository", "namespace": "flux-system",
+                    "apiVersion": "source.toolkit.fluxcd.io/v1"}, "path": "x", "format": "jsonl"},
+     "jsonl"),
+])
+def test_the_three_forms(spec: dict[str, Any], fmt: str) -> None:
+    assert DeviceSource.model_validate(spec).resolved_format() == fmt
+
+
+def test_format_of_a_configmap_key_and_flux_api_versions() -> None:
+    source = DeviceSource.model_validate({"configMapRef": [{"name": "a", "key": "d.jsonl"}]})
+    assert source.resolved_format("d.jsonl") == "jsonl"
+    assert source.resolved_format("devices.csv") == "csv"
+    forced = DeviceSource.model_validate({"configMapRef": [{"name": "a"}], "format": "jsonl"})
+    assert forced.resolved_format("devices.csv") == "jsonl"
+    git = DeviceSource.model_validate({"sourceRef": SOURCE_REF, "path": "x"}).sourceRef
+    oci = DeviceSource.model_validate({"sourceRef": {**SOURCE_REF, "kind": "OCIRepository"},
+                                       "path": "x"}).sourceRef
+    assert git is not None and oci is not None
+    assert git.resolved_api_version() == "source.toolkit.fluxcd.io/v1"
+    assert oci.resolved_api_version() == "source.toolkit.fluxcd.io/v1beta2"
+
+
+@pytest.mark.parametrize(("spec", "field", "message"), [
+    ({}, "path", "required (a file of the repository), or give configMapRef, or sourceRef "
+                 "with path"),
+    ({"sourceRef": SOURCE_REF}, "path", "required with sourceRef (the file inside the artifact)"),
+    ({"configMapRef": [{"name": "a"}], "path": "x.csv"}, "path", "not with configMapRef"),
+    ({"configMapRef": [{"name": "a"}], "sourceRef": SOURCE_REF}, "sourceRef",
+     "give either configMapRef or sourceRef, not both"),
+    ({"configMapRef": []}, "configMapRef", "at least 1 item"),
+    ({"configMapRef": [{"name": "a"}] * 2}, "configMapRef", "listed twice: a key devices.csv"),
+    ({"configMapRef": [{"name": f"c{n}"} for n in range(101)]}, "configMapRef",
+     "at most 100 items"),
+    ({"configMapRef": [{"name": "Sensors_1"}]}, "configMapRef[0].name",
+     "must be a Kubernetes object name"),
+    ({"configMapRef": [{"name": "a", "key": "a/b"}]}, "configMapRef[0].key",
+     "a ConfigMap key is letters"),
+    ({"sourceRef": {**SOURCE_REF, "kind": "Bucket"}, "path": "x"}, "sourceRef.kind",
+     "'GitRepository' or 'OCIRepository'"),
+    ({"sourceRef": {**SOURCE_REF, "apiVersion": "v1"}, "path": "x"}, "sourceRef.apiVersion",
+     "must be a Flux source API version"),
+    ({"sourceRef": {**SOURCE_REF, "namespace": "a.b"}, "path": "x"}, "sourceRef.namespace",
+     "must be a Kubernetes namespace"),
+    ({"sourceRef": SOURCE_REF, "path": "../x.csv"}, "path", "stay inside"),
+])
+def test_invalid_device_sources_name_the_field(spec: dict[str, Any], field: str,
+                                               message: str) -> None:
+    text = FLEET + "  deviceSource: {}\n"
+    doc = text.replace("deviceSource: {}", "deviceSource: " + json.dumps(spec))  # JSON is YAML
+    _, problems = parse_documents(doc, "f.yaml")
+    (problem,) = problems
+    assert problem.field == f"spec.deviceSource.{field}", problem
+    assert message in problem.message
+    with pytest.raises(ValidationError):
+        DeviceSource.model_validate(spec)
