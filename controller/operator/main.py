@@ -64,6 +64,6 @@ def run(options: OperatorOptions, stop: threading.Event | None = None,
     priority = options.priority if options.priority is not None else \
         secrets.randbelow(2**31 - 1) + 1
     kopf.run(registry=registry, settings=settings(options), standalone=options.standalone,
-             peering_name=None if options.standalone else options.peering, priority=priority, liveness_endpoint=health,
-             clusterwide=not options.namespaces, namespaces=options.namespaces,
-             stop_flag=stop, ready_flag=ready)
+             peering_name=None if options.standalone else options.peering, priority=priority,
+             liveness_endpoint=health, clusterwide=not options.namespaces,
+             namespaces=options.namespaces, stop_flag=stop, ready_flag=ready)

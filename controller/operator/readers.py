@@ -8,43 +8,50 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from controller.sources.kube import DeviceSourceUnavailable, Readers
+from controller.api.devices import DeviceSourceError, DeviceText
+from controller.api.resources import DeviceSource
+from controller.sources.artifacts import ArtifactCache, artifact_device_text
+from controller.sources.kube import Readers
 
 FLUX_PLURALS = {"GitRepository": "gitrepositories", "OCIRepository": "ocirepositories"}
+ARTIFACT_MAX_BYTES = 512 * 1024 * 1024  # a compressed artifact; its device file has its own cap
+ARTIFACT_TIMEOUT = 120.0  # seconds for one download
 
 
-def _absent_on_404(exc: ApiException, what: str) -> None:
+def _absent_on_404(exc: ApiException, what: str, field: str) -> None:
     """404 means absent (the caller says so); anything else is an unreadable source."""
     if exc.status != 404:
-        raise DeviceSourceUnavailable(f"cannot read {what}: HTTP {exc.status} {exc.reason}") \
-            from None
+        raise DeviceSourceError(f"cannot read {what}: HTTP {exc.status} {exc.reason}",
+                                field=field) from None
 
 
 def cluster_readers(api: client.ApiClient) -> Readers:
     core = client.CoreV1Api(api)
     custom = client.CustomObjectsApi(api)
+    cache = ArtifactCache()
 
-    def config_map(namespace: str, name: str) -> Mapping[str, str] | None:
+    def config_map(namespace: str, name: str) -> Mapping[str, Any] | None:
         try:
-            return core.read_namespaced_config_map(name, namespace).data or {}
+            found = core.read_namespaced_config_map(name, namespace)
         except ApiException as exc:
-            _absent_on_404(exc, f"ConfigMap {namespace}/{name}")
+            _absent_on_404(exc, f"ConfigMap {namespace}/{name}", "configMapRef")
             return None
+        serialised: Mapping[str, Any] = api.sanitize_for_serialization(found)
+        return serialised
 
     def flux_source(api_version: str, kind: str, namespace: str,
                     name: str) -> Mapping[str, Any] | None:
         group, _, version = api_version.partition("/")
-        if kind not in FLUX_PLURALS:
-            raise DeviceSourceUnavailable(f"sourceRef.kind must be one of {sorted(FLUX_PLURALS)}")
         try:
             found = custom.get_namespaced_custom_object(group, version, namespace,
                                                         FLUX_PLURALS[kind], name)
-            return found if isinstance(found, Mapping) else None
         except ApiException as exc:
-            _absent_on_404(exc, f"{kind} {namespace}/{name}")
+            _absent_on_404(exc, f"{kind} {namespace}/{name}", "sourceRef")
             return None
+        return found if isinstance(found, Mapping) else None
 
-    def artifact(flux: Mapping[str, Any], path: str) -> str:
-        raise DeviceSourceUnavailable("Flux source artifacts are not readable yet")
+    def artifact(flux: Mapping[str, Any], source: DeviceSource) -> DeviceText:
+        return artifact_device_text(flux, source, max_bytes=ARTIFACT_MAX_BYTES,
+                                    timeout=ARTIFACT_TIMEOUT, cache=cache)
 
     return Readers(config_map, flux_source, artifact)

@@ -16,22 +16,26 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from controller.api.crds import PLURALS
+from controller.api.devices import (
+    NEVER_ZERO,
+    DeviceSourceError,
+    DeviceText,
+    configmap_device_text,
+)
 from controller.api.problems import Problem
+from controller.api.resources import DeviceSource
 
 DEVICE_DIR = "devices"
 # metadata worth keeping in the declaration; kopf's and kubectl's bookkeeping is not
 _DROPPED_ANNOTATIONS = ("kopf.zalando.org/", "kubectl.kubernetes.io/")
 
-# (kind, name) of a Flux source -> its object, or None when absent
+ConfigMapReader = Callable[[str, str], Mapping[str, Any] | None]  # (namespace, name) -> object
+# (apiVersion, kind, namespace, name) -> the Flux source object
 FluxReader = Callable[[str, str, str, str], Mapping[str, Any] | None]
-ConfigMapReader = Callable[[str, str], Mapping[str, str] | None]  # (namespace, name) -> data
-ArtifactReader = Callable[[Mapping[str, Any], str], str]  # (Flux object, path) -> text
-
-
-class DeviceSourceUnavailable(Exception):
-    """A fleet's device source cannot be read (a problem for the fleet, never zero devices)."""
+ArtifactReader = Callable[[Mapping[str, Any], DeviceSource], DeviceText]  # (Flux object, source)
 
 
 @dataclass(frozen=True)
@@ -61,63 +65,44 @@ def _declared(body: Mapping[str, Any]) -> dict[str, Any]:
             "spec": body.get("spec")}
 
 
-def _format_of(key: str, declared: str | None) -> str:
-    if declared:
-        return declared
-    return "jsonl" if key.endswith((".jsonl", ".ndjson")) else "csv"
-
-
-def _joined(parts: list[tuple[str, str]], fmt: str) -> str:
+def _joined(parts: list[DeviceText]) -> str:
     """Several device lists as one: JSONL lines follow each other; CSV parts share a header."""
-    if fmt == "jsonl":
-        return "".join(text if text.endswith("\n") else text + "\n" for _, text in parts)
+    if parts[0].format == "jsonl":
+        return "".join(p.text if p.text.endswith("\n") else p.text + "\n" for p in parts)
     header = None
     lines: list[str] = []
-    for label, text in parts:
-        rows = text.lstrip("\ufeff").splitlines()
+    for part in parts:
+        rows = part.text.splitlines()
         if not rows:
             continue
         if header is None:
             header = rows[0]
             lines.append(header)
         elif rows[0] != header:
-            raise DeviceSourceUnavailable(f"{label}: its CSV header {rows[0]!r} differs from "
-                                          f"the first part's {header!r}")
+            raise DeviceSourceError(f"{part.label}: its CSV header {rows[0]!r} differs from the "
+                                    f"first part's {header!r}", field=part.field)
         lines.extend(rows[1:])
     return "\n".join(lines) + "\n"
 
 
-def device_text(namespace: str, source: Mapping[str, Any], readers: Readers) -> tuple[str, str]:
-    """(text, format) of a fleet's ConfigMap or Flux source; DeviceSourceUnavailable if not."""
-    declared_format = source.get("format")
-    if source.get("configMapRef"):
-        parts = []
-        formats = set()
-        for ref in source["configMapRef"]:
-            name, key = ref.get("name"), ref.get("key", "devices.csv")
-            data = readers.config_map(namespace, name)
-            if data is None:
-                raise DeviceSourceUnavailable(f"ConfigMap {namespace}/{name} not found")
-            if key not in data:
-                raise DeviceSourceUnavailable(f"ConfigMap {namespace}/{name} has no key {key!r} "
-                                              f"(keys: {sorted(data)})")
-            parts.append((f"ConfigMap {namespace}/{name} key {key}", data[key]))
-            formats.add(_format_of(key, declared_format))
-        if len(formats) > 1:
-            raise DeviceSourceUnavailable("the ConfigMaps mix CSV and JSONL: set "
-                                          "deviceSource.format or use one format")
-        fmt = formats.pop()
-        return _joined(parts, fmt), fmt
-    ref = source["sourceRef"]
-    kind, name = ref.get("kind"), ref.get("name")
-    source_namespace = ref.get("namespace") or namespace
-    version = ref.get("apiVersion") or ("source.toolkit.fluxcd.io/v1" if kind == "GitRepository"
-                                        else "source.toolkit.fluxcd.io/v1beta2")
-    flux = readers.flux_source(version, kind, source_namespace, name)
+def device_text(namespace: str, source: DeviceSource, readers: Readers) -> tuple[str, str]:
+    """(text, format) of a fleet's ConfigMaps or Flux source; DeviceSourceError if unreadable."""
+    if source.configMapRef:
+        parts = [configmap_device_text(ref, readers.config_map(namespace, ref.name), source, i)
+                 for i, ref in enumerate(source.configMapRef)]
+        if len({part.format for part in parts}) > 1:
+            raise DeviceSourceError("the ConfigMaps mix CSV and JSONL: set deviceSource.format "
+                                    "or use one format", field="configMapRef")
+        return _joined(parts), parts[0].format
+    assert source.sourceRef is not None
+    ref = source.sourceRef
+    flux = readers.flux_source(ref.resolved_api_version(), ref.kind, ref.namespace or namespace,
+                               ref.name)
     if flux is None:
-        raise DeviceSourceUnavailable(f"{kind} {source_namespace}/{name} not found")
-    path = source.get("path") or ""
-    return readers.artifact(flux, path), _format_of(path, declared_format)
+        raise DeviceSourceError(f"{ref.kind} {ref.namespace or namespace}/{ref.name} not found",
+                                field="sourceRef")
+    part = readers.artifact(flux, source)
+    return part.text, part.format
 
 
 def write_declaration(namespace: str, bodies: Iterable[Mapping[str, Any]], target: Path,
@@ -130,18 +115,18 @@ def write_declaration(namespace: str, bodies: Iterable[Mapping[str, Any]], targe
         declared = _declared(body)
         raw_spec = body.get("spec")
         spec: dict[str, Any] = raw_spec if isinstance(raw_spec, dict) else {}
-        source = spec.get("deviceSource")
-        if body["kind"] == "DeviceFleet" and isinstance(source, dict) and (
-                source.get("configMapRef") or source.get("sourceRef")):
+        source = _cluster_source(spec.get("deviceSource")) if body["kind"] == "DeviceFleet" \
+            else None
+        if source is not None:
             name = body["metadata"]["name"]
-            field = "spec.deviceSource." + ("configMapRef" if source.get("configMapRef")
-                                            else "sourceRef")
             try:
                 text, fmt = device_text(namespace, source, readers)
-            except DeviceSourceUnavailable as exc:
-                problems.append(Problem(f"{namespace}/{object_ref(body)}", f"{exc} (a missing "
-                                        "device source is an error, never zero devices)",
-                                        None, object_ref(body), field))
+            except DeviceSourceError as exc:
+                field = exc.field or ("configMapRef" if source.configMapRef else "sourceRef")
+                problems.append(Problem(f"{namespace}/{object_ref(body)}",
+                                        f"cannot read device source {exc.source or field}: "
+                                        f"{exc.message}{NEVER_ZERO}", None, object_ref(body),
+                                        f"spec.deviceSource.{field}"))
                 declared["spec"] = {k: v for k, v in spec.items() if k != "deviceSource"}
             else:
                 device_file = f"{DEVICE_DIR}/{name}.{fmt}"
@@ -153,6 +138,16 @@ def write_declaration(namespace: str, bodies: Iterable[Mapping[str, Any]], targe
             declared, sort_keys=False)
     _replace_directory(target, files)
     return problems
+
+
+def _cluster_source(raw: object) -> DeviceSource | None:
+    """A valid `deviceSource` that reads from the cluster (ConfigMaps or a Flux source); other
+    forms, and invalid ones, are left to the loader to accept or report."""
+    try:
+        source = DeviceSource.model_validate(raw)
+    except ValidationError:
+        return None
+    return source if source.configMapRef or source.sourceRef else None
 
 
 def _replace_directory(target: Path, files: Mapping[str, str]) -> None:

@@ -12,8 +12,9 @@ import pytest
 import yaml
 
 from controller import jobs
+from controller.api.devices import DeviceSourceError, DeviceText
 from controller.api.problems import InvalidDeclaration
-from controller.sources.kube import DeviceSourceUnavailable, Readers, write_declaration
+from controller.sources.kube import Readers, write_declaration
 from controller.status.store import StatusUpdate
 
 from .support import EXAMPLE, PASSPHRASE
@@ -71,10 +72,13 @@ def readers(config_maps: Mapping[str, Mapping[str, str]]) -> Readers:
     def flux(*_: str) -> None:
         return None
 
-    def artifact(*_: Any) -> str:
-        raise DeviceSourceUnavailable("no artifacts here")
+    def artifact(*_: Any) -> DeviceText:
+        raise DeviceSourceError("no artifacts here")
 
-    return Readers(lambda namespace, name: config_maps.get(name), flux, artifact)
+    def config_map(namespace: str, name: str) -> Mapping[str, Any] | None:
+        return {"data": config_maps[name]} if name in config_maps else None
+
+    return Readers(config_map, flux, artifact)
 
 
 def split_sensors() -> dict[str, dict[str, str]]:
@@ -117,8 +121,8 @@ def test_a_missing_config_map_is_a_problem_of_the_fleet_and_nothing_is_applied(
     target = tmp_path / "state" / "declaration"
     problems = write_declaration(NAMESPACE, example_bodies(), target, readers(config_maps))
     assert [(p.object, p.field) for p in problems] == [
-        ("DeviceFleet/sensors", "spec.deviceSource.configMapRef")]
-    assert "ConfigMap fleet-demo/sensors-b not found" in problems[0].message
+        ("DeviceFleet/sensors", "spec.deviceSource.configMapRef[1]")]
+    assert "ConfigMap/sensors-b: not found in the fleet's namespace" in problems[0].message
     store = MemoryStatus()
     state = jobs.StateDir(tmp_path / "state")
     with pytest.raises(InvalidDeclaration):
@@ -127,7 +131,7 @@ def test_a_missing_config_map_is_a_problem_of_the_fleet_and_nothing_is_applied(
         assert inventory.ca_names() == []
     stalled = next(c for c in store.status("DeviceFleet", "sensors")["conditions"]
                    if c["type"] == "Stalled")
-    assert stalled["status"] == "True" and "sensors-b not found" in stalled["message"]
+    assert stalled["status"] == "True" and "sensors-b: not found" in stalled["message"]
 
 
 def test_csv_parts_must_share_their_header(tmp_path: Path) -> None:

@@ -9,9 +9,7 @@ import pytest
 
 from tests.kube_emulator import RunningEmulator, wait_for
 from tests.kube_objects import (
-    KEYS_NAMESPACE,
     authority,
-    condition,
     fleet,
     is_ready,
     profile,
