@@ -13,6 +13,7 @@ from typing import Any
 from controller.operator.main import OperatorOptions, run
 
 API = "fleetpki.io/v1alpha1"
+REQUESTED_AT = "fleetpki.io/reconcile.requestedAt"
 KEYS_NAMESPACE = "fleetpki-system"
 
 

@@ -42,6 +42,7 @@ class Namespaces:
     _locks: dict[str, threading.Lock] = field(default_factory=dict)
     _started: dict[str, float] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
+    _announced: dict[str, dict[str, str | None]] = field(default_factory=dict)
 
     def _lock(self, namespace: str) -> threading.Lock:
         with self._guard:
@@ -65,7 +66,8 @@ class Namespaces:
                                                    self.api, self.keys_namespace, namespace)
             declaration = state.path / "declaration"
             problems = write_declaration(namespace, objects, declaration, self.readers)
-            status = KubeStatus(self.api, namespace, objects, self.backoff_base)
+            status = KubeStatus(self.api, namespace, objects, self.backoff_base,
+                                self._announced.setdefault(namespace, {}))
             try:
                 report = jobs.apply(declaration, state, self.clock(), status_store=status,
                                     source_problems=problems)

@@ -21,6 +21,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from controller.api.crds import GROUP, PLURALS, VERSION
+from controller.api.status import STATUS_KINDS
 from controller.status.report import status_path
 from controller.status.store import StatusUpdate
 
@@ -83,10 +84,12 @@ def kube_status(document: Mapping[str, Any], body: Mapping[str, Any], now: datet
     return status
 
 
-def _patch(new: Mapping[str, Any], old: Mapping[str, Any]) -> dict[str, Any]:
-    """A merge patch that makes `old` into `new`, leaving kopf's own `status.kopf` alone."""
-    removed = {key: None for key in old if key not in new and key != "kopf"}
-    return {"status": {**removed, **new}}
+def _patch(kind: str, new: Mapping[str, Any], old: Mapping[str, Any]) -> dict[str, Any]:
+    """A merge patch that makes the status exactly `new`, leaving kopf's own `status.kopf`
+    alone: every other field of the kind's status (and any `old` one) not in `new` is removed,
+    whatever the object as read still showed."""
+    fields = {*STATUS_KINDS[kind].model_fields, *old} if kind in STATUS_KINDS else set(old)
+    return {"status": {**{key: None for key in sorted(fields - set(new) - {"kopf"})}, **new}}
 
 
 def events_of(update: StatusUpdate, bodies: Iterable[Mapping[str, Any]],
@@ -117,12 +120,16 @@ class KubeStatus:
     """The `.status` of the objects of one namespace (a StatusStore)."""
 
     def __init__(self, api: client.ApiClient, namespace: str,
-                 bodies: Iterable[Mapping[str, Any]], base: timedelta = BACKOFF_BASE) -> None:
+                 bodies: Iterable[Mapping[str, Any]], base: timedelta = BACKOFF_BASE,
+                 announced: dict[str, str | None] | None = None) -> None:
+        """`announced`: each object's stall last told in an event, kept by the caller across
+        runs (the objects as read may not show the last run's status yet)."""
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
         self.namespace = namespace
         self.bodies = {f"{b['kind']}/{b['metadata']['name']}": b for b in bodies}
         self.base = base
+        self.announced = announced if announced is not None else {}
 
     @property
     def where(self) -> str:
@@ -148,11 +155,13 @@ class KubeStatus:
                 continue
             status = kube_status(yaml.safe_load(text) or {}, body, update.now, self.base)
             old = body.get("status") or {}
-            before[ref], after[ref] = stalled_message(old), stalled_message(status)
-            self._patch_status(body, _patch(status, old))
+            before[ref] = self.announced.get(ref, stalled_message(old))
+            after[ref] = stalled_message(status)
+            self._patch_status(body, _patch(body["kind"], status, old))
         for ref, kind, reason, message in events_of(update, self.bodies.values(), before, after):
             if ref in self.bodies:
                 self._event(self.bodies[ref], kind, reason, message, update.now)
+        self.announced.update(after)
         return None
 
     def _patch_status(self, body: Mapping[str, Any], patch: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ import yaml
 
 from controller.api.desired import Desired
 from controller.api.problems import Finding, Problem
-from controller.api.resources import API_VERSION
+from controller.api.resources import API_VERSION, KINDS
 from controller.clock import epoch, rfc3339
 from controller.pki.certificates import certificate_fingerprint
 from controller.status.conditions import summarize
@@ -237,6 +237,16 @@ def _kept(desired: Desired, previous: Mapping[str, bytes], built: Mapping[str, b
                                              reason=reason, now=stamp)
         kind, object_name = name.split("/", 1)
         kept[path] = _document(kind, object_name, status, before, commit)
+    for name in sorted({p.object for p in outcome.problems if p.object and "/" in p.object}):
+        kind, object_name = name.split("/", 1)
+        path = status_path(kind, object_name)
+        if path in kept or path in built or kind not in KINDS:
+            continue
+        own = [p for p in outcome.problems if p.object == name]  # new, and wrong from the start
+        conditions = summarize([], stalled=f"{len(own)} problem(s) in the declaration: "
+                               f"{own[0]}", reconciling=None, ready_message="",
+                               reason="InvalidSpec", now=stamp)
+        kept[path] = _document(kind, object_name, {"conditions": conditions}, {}, commit)
     return kept
 
 

@@ -62,10 +62,12 @@ def test_a_failing_object_backs_off_and_a_spec_change_resets_it() -> None:
     assert changed["failedAttempts"] == 1
 
 
-def test_patch_removes_fields_that_went_away_but_not_kopfs() -> None:
-    old = {"attention": [{"device": "a"}], "kopf": {"progress": {}}, "devices": {}}
-    assert _patch({"devices": {"active": 1}}, old) == {
-        "status": {"attention": None, "devices": {"active": 1}}}
+def test_patch_removes_every_other_status_field_but_kopfs() -> None:
+    old = {"attention": [{"device": "a"}], "kopf": {"progress": {}}, "devices": {}, "x": 1}
+    patch = _patch("DeviceFleet", {"devices": {"active": 1}}, old)["status"]
+    assert patch["devices"] == {"active": 1} and "kopf" not in patch
+    assert patch["attention"] is None and patch["x"] is None
+    assert patch["failedAttempts"] is None  # even when the object as read did not show it
 
 
 def test_events_are_one_per_fleet_and_action_and_one_warning_per_new_stall() -> None:
