@@ -37,7 +37,7 @@ namespace deletion, owner-reference garbage collection, `limit`/`continue` pagin
 return everything), BOOKMARK events, managedFields, `dryRun`, deletecollection.
 
 `RunningEmulator` runs one in a background thread with its own event loop on a free loopback
-port; the `kube_emulator` fixture (tests/operator/conftest.py) yields one. Starting kopf against
+port; the `kube_emulator` fixture (tests/conftest.py) yields one. Starting kopf against
 it (documented here so that the operator tests copy one way of doing it)::
 
     import asyncio, threading, kopf

@@ -145,12 +145,14 @@ def test_label_and_field_selectors(crs: client.CustomObjectsApi) -> None:
         return [item["metadata"]["name"] for item in listed["items"]]
 
     assert names() == ["bare", "gold", "silver"]
-    assert names(label_selector="tier=gold") == ["gold"]
+    assert names(label_selector="tier=gold") == names(label_selector="tier==gold") == ["gold"]
     assert names(label_selector="tier!=gold") == ["bare", "silver"]
     assert names(label_selector="tier in (gold, silver),!site") == ["silver"]
     assert names(label_selector="tier notin (gold)") == ["bare", "silver"]
     assert names(label_selector="tier") == ["gold", "silver"]
     assert names(field_selector="metadata.name=bare") == ["bare"]
+    assert api_error(names, label_selector="tier in gold").status == 400  # malformed
+    assert crs.list_namespaced_custom_object(GROUP, VERSION, "elsewhere", PLURAL)["items"] == []
     listed = crs.list_namespaced_custom_object(GROUP, VERSION, NS, PLURAL)
     assert listed["kind"] == "DeviceFleetList" and listed["metadata"]["resourceVersion"]
 

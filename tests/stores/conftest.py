@@ -1,10 +1,9 @@
 """Keystore backends for the parametrized keystore tests: files in tmp_path, and Kubernetes
-Secrets in kmock's emulator (over real HTTP, see kube_emulator.py)."""
+Secrets in the Kubernetes emulator (over real HTTP, see tests/kube_emulator.py)."""
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,8 +12,7 @@ from kubernetes.client.rest import ApiException
 
 from controller.stores.keystore import FileBlobs, KeyBlobs
 from controller.stores.secrets import SecretBlobs
-
-from .kube_emulator import EmulatedCluster, emulated_cluster
+from tests.kube_emulator import RunningEmulator
 
 NAMESPACE = "fleetpki-system"
 SCOPE = "fleet-a"
@@ -67,13 +65,13 @@ class Files(Backend):
 class Secrets(Backend):
     kind = "secrets"
 
-    def __init__(self, cluster: EmulatedCluster, scope: str = SCOPE) -> None:
-        self.cluster = cluster
-        self.api = cluster.api()
+    def __init__(self, kube: RunningEmulator, scope: str = SCOPE) -> None:
+        self.kube = kube
+        self.api = client.CoreV1Api(kube.api_client())
         self.scope = scope
 
     def blobs(self) -> SecretBlobs:
-        return SecretBlobs(self.cluster.api(), NAMESPACE, self.scope)
+        return SecretBlobs(client.CoreV1Api(self.kube.api_client()), NAMESPACE, self.scope)
 
     def secret(self, name: str) -> client.V1Secret | None:
         try:
@@ -104,14 +102,8 @@ class Secrets(Backend):
         self.api.delete_namespaced_secret(self.blobs().secret_name(name), NAMESPACE)
 
 
-@pytest.fixture
-def cluster() -> Iterator[EmulatedCluster]:
-    with emulated_cluster() as running:
-        yield running
-
-
 @pytest.fixture(params=["files", "secrets"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     if request.param == "files":
         return Files(tmp_path / "state" / "keys")
-    return Secrets(request.getfixturevalue("cluster"))
+    return Secrets(request.getfixturevalue("kube_emulator"))

@@ -1,4 +1,4 @@
-"""SecretBlobs: the keystore in Kubernetes Secrets (kmock's emulator over real HTTP)."""
+"""SecretBlobs: the keystore in Kubernetes Secrets (tests/kube_emulator.py, over real HTTP)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from controller.apply.evidence import ExistingCA, Places, refuse_existing_cas
 from controller.stores.inventory import Inventory
 from controller.stores.keystore import KeyStore, KeyStoreError, ca_key_ids
 from controller.stores.secrets import SecretBlobs, secret_name
+from tests.kube_emulator import RunningEmulator
 
 from .conftest import NAMESPACE, SCOPE, Secrets
-from .kube_emulator import EmulatedCluster, selector_matches
 
 PASS = b"correct horse battery staple"
 DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
@@ -29,8 +29,8 @@ def assert_clean(message: str) -> None:
 
 
 @pytest.fixture
-def secrets(cluster: EmulatedCluster) -> Secrets:
-    return Secrets(cluster)
+def secrets(kube_emulator: RunningEmulator) -> Secrets:
+    return Secrets(kube_emulator)
 
 
 def test_secrets_are_labelled_opaque_immutable_and_owned_by_nothing(secrets: Secrets) -> None:
@@ -67,8 +67,8 @@ def test_invalid_namespace_or_scope(secrets: Secrets) -> None:
             SecretBlobs(secrets.api, namespace, scope)
 
 
-def test_scopes_are_separate(cluster: EmulatedCluster) -> None:
-    one, other = Secrets(cluster, "fleet-a"), Secrets(cluster, "fleet-b")
+def test_scopes_are_separate(kube_emulator: RunningEmulator) -> None:
+    one, other = Secrets(kube_emulator, "fleet-a"), Secrets(kube_emulator, "fleet-b")
     key = ed25519.Ed25519PrivateKey.generate()
     KeyStore(one.blobs(), PASS).put_ca_key("root", key)
     assert other.blobs().names("") == [] and ca_key_ids(other.blobs()) == []
@@ -79,13 +79,13 @@ def test_scopes_are_separate(cluster: EmulatedCluster) -> None:
 
 
 @pytest.mark.parametrize("what", ["ca-key", "kek"])
-def test_forbidden_read_is_an_error_not_absent(cluster: EmulatedCluster, secrets: Secrets,
-                                               what: str) -> None:
+def test_forbidden_read_is_an_error_not_absent(kube_emulator: RunningEmulator,
+                                               secrets: Secrets, what: str) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     KeyStore(secrets.blobs(), PASS).put_ca_key("root", key)
     name = "ca/root.pem" if what == "ca-key" else "kek.json"
     secret = secrets.blobs().secret_name(name)
-    cluster.respond(403, "get", secret)
+    kube_emulator.fail_next("GET", f"/secrets/{secret}", 403, count=None, reason="Forbidden")
     store = KeyStore(secrets.blobs(), PASS)
     with pytest.raises(KeyStoreError) as info:
         store.get_ca_key("root")
@@ -97,10 +97,14 @@ def test_forbidden_read_is_an_error_not_absent(cluster: EmulatedCluster, secrets
         secrets.blobs().read(name)
 
 
-def test_forbidden_list_is_an_error(cluster: EmulatedCluster, secrets: Secrets) -> None:
+def forbid_listing_secrets(kube: RunningEmulator) -> None:
+    """Every list of Secrets is 403 from now on (a list has a query: labelSelector, limit)."""
+    kube.fail_next("GET", "/secrets?", 403, count=None, reason="Forbidden")
+
+
+def test_forbidden_list_is_an_error(kube_emulator: RunningEmulator, secrets: Secrets) -> None:
     KeyStore(secrets.blobs(), PASS).unlock()
-    cluster.in_loop(lambda: cluster.emulator["list", cluster.emulator.resource("v1/secrets")]
-                    << 403)
+    forbid_listing_secrets(kube_emulator)
     with pytest.raises(KeyStoreError, match="cannot list .*HTTP 403"):
         secrets.blobs().names("ca/")
 
@@ -180,10 +184,9 @@ def test_evidence_of_an_initialised_keystore_and_quarantine(secrets: Secrets,
     assert f"is initialised (Secret {NAMESPACE}/{secret_name(SCOPE, 'kek.json')})" in message
 
 
-def test_evidence_when_the_secrets_cannot_be_listed(cluster: EmulatedCluster, secrets: Secrets,
-                                                    tmp_path: Path) -> None:
-    cluster.in_loop(lambda: cluster.emulator["list", cluster.emulator.resource("v1/secrets")]
-                    << 403)
+def test_evidence_when_the_secrets_cannot_be_listed(kube_emulator: RunningEmulator,
+                                                    secrets: Secrets, tmp_path: Path) -> None:
+    forbid_listing_secrets(kube_emulator)
     with pytest.raises(KeyStoreError, match="HTTP 403"):
         refuse_existing_cas(["acme-root"], places(tmp_path, secrets.blobs()), None, frozenset())
 
@@ -200,37 +203,3 @@ def test_state_dir_with_secret_keys(secrets: Secrets, tmp_path: Path,
         refuse_existing_cas(["acme-root"], state.places(None), None,
                             frozenset())
     assert not (tmp_path / "state").exists()
-
-
-@pytest.mark.parametrize(("selector", "labels", "expected"), [
-    ("a=1", {"a": "1"}, True), ("a==1", {"a": "1"}, True), ("a=1", {"a": "2"}, False),
-    ("a!=1", {"a": "2"}, True), ("a!=1", {}, True), ("a!=1", {"a": "1"}, False),
-    ("a", {"a": ""}, True), ("a", {}, False), ("!a", {}, True), ("!a", {"a": "x"}, False),
-    ("a=1,!b", {"a": "1"}, True), ("a=1,!b", {"a": "1", "b": "true"}, False), ("", {}, True),
-])
-def test_selector_matches(selector: str, labels: dict[str, str], expected: bool) -> None:
-    assert selector_matches(selector, labels) is expected
-
-
-def test_set_based_selector_is_refused() -> None:
-    with pytest.raises(ValueError):
-        selector_matches("a in (1,2)", {"a": "1"})
-
-
-def test_emulator_lists_by_label_and_conflicts(secrets: Secrets) -> None:
-    from kubernetes import client
-    from kubernetes.client.rest import ApiException
-
-    for name, labels in (("a", {"x": "1"}), ("b", {"x": "2"})):
-        secrets.api.create_namespaced_secret(NAMESPACE, client.V1Secret(
-            metadata=client.V1ObjectMeta(name=name, labels=labels)))
-    listed = secrets.api.list_namespaced_secret(NAMESPACE, label_selector="x=2").items
-    assert [s.metadata.name for s in listed] == ["b"]
-    assert secrets.api.list_namespaced_secret("elsewhere").items == []
-    with pytest.raises(ApiException) as info:
-        secrets.api.create_namespaced_secret(NAMESPACE, client.V1Secret(
-            metadata=client.V1ObjectMeta(name="a")))
-    assert info.value.status == 409
-    with pytest.raises(ApiException) as info:
-        secrets.api.list_namespaced_secret(NAMESPACE, label_selector="x in (1)")
-    assert info.value.status == 400
