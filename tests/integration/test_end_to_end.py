@@ -77,7 +77,8 @@ def test_example_validate_plan_apply_status(cli_process: Cli, tmp_path: Path) ->
     files = status_files(repo)
     assert set(files) == {
         "status/CertificateAuthority/acme-root.yaml", "status/CertificateAuthority/devices-ca.yaml",
-        "status/DeviceFleet/gateways.yaml", "status/DeviceFleet/sensors.yaml"}
+        "status/DeviceFleet/gateways.yaml", "status/DeviceFleet/sensors.yaml",
+        "status/CertificateProfile/mqtt-client.yaml", "status/CertificateProfile/gateway-csr.yaml"}
     for path, document in files.items():
         conditions = {c["type"]: c["status"] for c in document["status"]["conditions"]}
         assert conditions == {"Ready": "True", "Reconciling": "False", "Stalled": "False"}, path
