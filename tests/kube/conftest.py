@@ -7,6 +7,7 @@ FLEETPKI_REQUIRE_KUBE=1 (set by .ci/run), where they fail instead.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 
@@ -38,11 +39,16 @@ def kube_tools() -> None:
 def kube_cluster(kube_tools: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """A running kube-apiserver 1.20 + etcd on loopback (see `cluster.py` for what it lacks:
     no controller-manager)."""
-    try:
-        with running_cluster(tmp_path_factory.mktemp("kube")) as cluster:
-            yield cluster
-    except ClusterStartError as error:
-        pytest.fail(f"real kube-apiserver tier did not start: {error}", pytrace=False)
+    with contextlib.ExitStack() as stack:
+        try:
+            cluster = stack.enter_context(running_cluster(tmp_path_factory.mktemp("kube")))
+        except ClusterStartError as error:
+            failure: str | None = str(error)
+        else:
+            failure = None
+        if failure is not None:  # outside `except`: no chained traceback in the report
+            pytest.fail(f"real kube-apiserver tier did not start: {failure}", pytrace=False)
+        yield cluster
 
 
 @pytest.fixture(scope="session")
