@@ -71,11 +71,6 @@ def _inline(node: Any, definitions: dict[str, Any]) -> Any:
         node = {**merged, "anyOf": rest}
     result = {k: _inline(v, definitions) for k, v in node.items()
               if k not in _DROP and k != "$defs"}
-    key_limit = node.get("propertyNames", {}).get("maxLength")
-    if key_limit is not None:  # JSONSchemaProps has no propertyNames: say it in CEL instead
-        result["x-kubernetes-validations"] = [
-            {"rule": f"self.all(k, size(k) <= {key_limit})",
-             "message": f"keys are at most {key_limit} characters"}]
     if result.get("type") == "object" and "additionalProperties" in result and \
             isinstance(result["additionalProperties"], bool):
         result.pop("additionalProperties")

@@ -285,12 +285,6 @@ class DeviceSource(Model):
     repository (`path`, git mode), ConfigMaps (`configMapRef`) or a file in a Flux source
     artifact (`sourceRef` with `path`); the last two only in Kubernetes mode."""
 
-    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [{
-        "rule": "has(self.configMapRef) ? !has(self.path) && !has(self.sourceRef) "
-                ": has(self.path)",
-        "message": "give path (a file of the repository), configMapRef, or sourceRef with path",
-    }]})
-
     path: Annotated[str | None, Field(min_length=1, max_length=4096)] = None
     format: Literal["csv", "jsonl"] | None = None
     configMapRef: Annotated[list[ConfigMapKeyRef],

@@ -24,8 +24,8 @@ K8S_SCHEMA_KEYWORDS = {
     "additionalProperties", "patternProperties", "dependencies", "additionalItems",
     "definitions", "externalDocs", "example", "nullable", "x-kubernetes-preserve-unknown-fields",
     "x-kubernetes-embedded-resource", "x-kubernetes-int-or-string", "x-kubernetes-list-map-keys",
-    "x-kubernetes-list-type", "x-kubernetes-map-type", "x-kubernetes-validations",
-}
+    "x-kubernetes-list-type", "x-kubernetes-map-type",
+}  # no x-kubernetes-validations: CEL rules stop `kubectl apply -f crds/` before Kubernetes 1.25
 
 
 def crds() -> dict[str, dict[str, Any]]:

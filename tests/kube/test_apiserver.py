@@ -61,7 +61,7 @@ def test_fleet_lists_with_the_crd_printer_columns(fleetpki_crds: Cluster) -> Non
     namespace = new_namespace(fleetpki_crds)
     apply_fleet(fleetpki_crds, namespace)
     listing = fleetpki_crds.kubectl("get", "devicefleets", "-n", namespace).stdout.splitlines()
-    assert listing[0].split() == ["NAME", "ISSUER", "ACTIVE", "DUE", "READY", "AGE"]
+    assert listing[0].split() == ["NAME", "ISSUER", "READY", "ISSUED", "DUE", "REVOKED", "AGE"]
     assert listing[1].split()[:2] == ["sensors", "devices-ca"]
     # the short name and category from the CRD work too
     assert "sensors" in fleetpki_crds.kubectl("get", "fleet", "-n", namespace, "-o", "name").stdout
@@ -93,7 +93,11 @@ def test_status_is_a_subresource_and_generation_follows_spec(fleetpki_crds: Clus
     assert "status" not in fleetpki_crds.request("GET", path)[1]
 
     # through /status it sticks, and does not bump the generation
-    report = {"observedGeneration": 1, "devices": {"active": 7, "due": 2}}
+    report = {"observedGeneration": 1, "devices": {"declared": 9, "active": 7, "revoked": 1,
+                                                   "due": 2, "expired": 0, "failed": 0},
+              "conditions": [{"type": "Ready", "status": "True", "reason": "Succeeded",
+                              "message": "7 device certificate(s) current",
+                              "lastTransitionTime": "2026-11-29T00:00:00Z"}]}
     status, fleet = fleetpki_crds.request(
         "PATCH", f"{path}/status", {"status": report, "spec": {"suspend": True}},
         content_type=MERGE)
@@ -103,7 +107,7 @@ def test_status_is_a_subresource_and_generation_follows_spec(fleetpki_crds: Clus
     assert "suspend" not in fleet["spec"]  # spec written through /status is dropped
     assert fleet["metadata"]["generation"] == 1
     row = fleetpki_crds.kubectl("get", "devicefleets", "-n", namespace, "--no-headers").stdout
-    assert row.split()[:4] == ["sensors", "devices-ca", "7", "2"]
+    assert row.split()[:6] == ["sensors", "devices-ca", "True", "7", "2", "1"]
 
     # a spec change bumps the generation and keeps the status
     status, fleet = fleetpki_crds.request(
