@@ -33,7 +33,9 @@ class Condition(StatusModel):
     type: Annotated[str, Field(min_length=1, max_length=316)]
     status: Literal["True", "False", "Unknown"]
     reason: Annotated[str, Field(max_length=1024)]
-    message: Annotated[str, Field(max_length=32768)]
+    message: Annotated[str | None, Field(
+        max_length=32768, description="Absent when empty (Kubernetes 1.20 refuses an empty "
+        "string in a merge patch of a structural status).")] = None
     lastTransitionTime: Annotated[Timestamp, Field(
         description="When the status of this condition last changed (RFC 3339).")]
     observedGeneration: Annotated[int | None, Field(

@@ -70,6 +70,9 @@ def kube_status(document: Mapping[str, Any], body: Mapping[str, Any], now: datet
     if requested:
         status["lastHandledReconcileAt"] = requested
     status["conditions"] = conditions
+    for condition in conditions:
+        if not condition.get("message"):  # an empty string fails 1.20's merge-patch validation
+            condition.pop("message", None)
     if stalled_message(status) is not None:
         same_spec = before.get("observedGeneration") == generation
         attempts = int(before.get("failedAttempts") or 0) + 1 if same_spec else 1

@@ -51,7 +51,8 @@ def external_ca_pem() -> str:
 
 def test_status_of_the_applied_example_matches_the_models(applied_example: Applied) -> None:
     files = check_all(applied_example.repo)
-    assert {d["kind"] for d in files.values()} == {"CertificateAuthority", "DeviceFleet"}
+    assert {d["kind"] for d in files.values()} == {"CertificateAuthority", "DeviceFleet",
+                                                       "CertificateProfile"}
     sensors = files["status/DeviceFleet/sensors.yaml"]["status"]
     assert sensors["devices"]["active"] == 1000
     ca = files["status/CertificateAuthority/devices-ca.yaml"]["status"]

@@ -1,0 +1,120 @@
+"""The operator on a real kube-apiserver, used as the README says: `kubectl apply -k deploy/`,
+`kubectl apply -k examples/kubernetes/`, `kubectl wait`, `kubectl annotate`; the operator runs
+with the ServiceAccount's identity, so deploy/'s RBAC is proven sufficient; `fleetpki serve`
+serves the namespace's CRL, checked with openssl."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller import jobs
+from tests.kube_emulator import wait_for
+from tests.kube_objects import REQUESTED_AT, running_operator
+
+from .cluster import ROOT, Cluster, free_port
+
+PASSPHRASE = "cluster-tests-passphrase"
+DEMO = "fleet-demo"
+
+
+def get(cluster: Cluster, kind: str, name: str, namespace: str = DEMO) -> dict[str, Any]:
+    found: dict[str, Any] = json.loads(
+        cluster.kubectl("get", kind, name, "-n", namespace, "-o", "json").stdout)
+    return found
+
+
+@pytest.fixture(scope="module")
+def deployed(fleetpki_crds: Cluster) -> Cluster:
+    """deploy/ applied as the README says (Deployment and PVC are stored; no pod runs here)."""
+    fleetpki_crds.kubectl("apply", "-f", str(ROOT / "crds"), "-f", str(ROOT / "deploy" / "crds"))
+    fleetpki_crds.kubectl("wait", "--for", "condition=established", "--timeout=60s",
+                          "crd/clusterkopfpeerings.kopf.dev", "crd/kopfpeerings.kopf.dev")
+    fleetpki_crds.kubectl("apply", "-k", str(ROOT / "deploy"))
+    return fleetpki_crds
+
+
+@pytest.fixture
+def as_operator(deployed: Cluster, monkeypatch: pytest.MonkeyPatch) -> Cluster:
+    """The operator's credentials: the ServiceAccount of deploy/, bound by deploy/'s RBAC."""
+    monkeypatch.setenv("KUBECONFIG", str(deployed.kubeconfig("operator")))
+    monkeypatch.setenv("FLEETPKI_PASSPHRASE", PASSPHRASE)
+    return deployed
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Any]:
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(state: Path) -> str:
+        port = free_port()
+        command = [str(Path(sys.executable).parent / "fleetpki"), "serve",
+                   str(state / "declaration"), "--state-dir", str(state),
+                   "--http", f"127.0.0.1:{port}"]
+        with open(tmp_path / "serve.log", "wb") as log:
+            processes.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log))
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: _reachable(url + "/ca/devices-ca.pem"), timeout=30)
+        return url
+
+    yield start
+    for process in processes:
+        process.terminate()
+        process.wait(10)
+
+
+def _reachable(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def test_the_readme_flow(as_operator: Cluster, tmp_path: Path, serve: Any) -> None:
+    cluster = as_operator
+    state = tmp_path / "state"
+    with running_operator(state, (), standalone=False, peering="fleetpki"):
+        cluster.kubectl("apply", "-k", str(ROOT / "examples" / "kubernetes"))
+        waited = cluster.kubectl("wait", "--for=condition=Ready", "--timeout=300s", "-n", DEMO,
+                                 "devicefleet/sensors", "devicefleet/gateways",
+                                 "certificateauthority/acme-root",
+                                 "certificateauthority/devices-ca", timeout=320)
+        assert waited.stdout.count("condition met") == 4
+        listing = cluster.kubectl("get", "devicefleets", "-n", DEMO).stdout
+        print(listing)
+        rows = {line.split()[0]: line.split() for line in listing.splitlines()[1:]}
+        assert rows["sensors"][:6] == ["sensors", "devices-ca", "True", "1000", "0", "0"]
+        assert rows["gateways"][:6] == ["gateways", "devices-ca", "True", "2", "0", "1"]
+        everything = cluster.kubectl("get", "fleetpki", "-n", DEMO).stdout
+        assert "certificateprofile.fleetpki.io/mqtt-client" in everything
+
+        cluster.kubectl("annotate", "-n", DEMO, "devicefleet/sensors",
+                        f"{REQUESTED_AT}=2026-11-29T23:00:00Z", "--overwrite")
+        wait_for(lambda: get(cluster, "devicefleet", "sensors")["status"].get(
+            "lastHandledReconcileAt") == "2026-11-29T23:00:00Z", timeout=60)
+
+        # the revoked gateway is on the CRL that `fleetpki serve` publishes for the namespace
+        url = serve(state / "namespaces" / DEMO)
+        with urllib.request.urlopen(url + "/crl/devices-ca.crl", timeout=10) as response:
+            crl = response.read()
+        text = subprocess.run(["openssl", "crl", "-inform", "DER", "-noout", "-text"],
+                              input=crl, capture_output=True, check=True).stdout.decode()
+        with jobs.StateDir(state / "namespaces" / DEMO).reader() as inventory:
+            (revoked,) = [r for r in inventory.device_records("gateways")
+                          if r.state == "revoked"]
+        assert revoked.serial.upper().lstrip("0") in text.replace(" ", "").upper()
+        ca = get(cluster, "certificateauthority", "devices-ca")
+        assert ca["status"]["crl"]["entries"] == 1
+    secrets = json.loads(cluster.kubectl("get", "secrets", "-n", "fleetpki-system", "-l",
+                                         "app.kubernetes.io/managed-by=fleetpki", "-o",
+                                         "json").stdout)["items"]
+    assert sorted(s["metadata"]["labels"]["fleetpki.io/blob"] for s in secrets) == \
+        ["ca-key", "ca-key", "kek"]
