@@ -92,7 +92,7 @@ def test_the_readme_flow(as_operator: Cluster, tmp_path: Path, serve: Any) -> No
         print(listing)
         rows = {line.split()[0]: line.split() for line in listing.splitlines()[1:]}
         assert rows["sensors"][:6] == ["sensors", "devices-ca", "True", "1000", "0", "0"]
-        assert rows["gateways"][:6] == ["gateways", "devices-ca", "True", "2", "0", "1"]
+        assert rows["gateways"][:6] == ["gateways", "devices-ca", "True", "2", "0", "0"]
         everything = cluster.kubectl("get", "fleetpki", "-n", DEMO).stdout
         assert "certificateprofile.fleetpki.io/mqtt-client" in everything
 
@@ -101,7 +101,12 @@ def test_the_readme_flow(as_operator: Cluster, tmp_path: Path, serve: Any) -> No
         wait_for(lambda: get(cluster, "devicefleet", "sensors")["status"].get(
             "lastHandledReconcileAt") == "2026-11-29T23:00:00Z", timeout=60)
 
-        # the revoked gateway is on the CRL that `fleetpki serve` publishes for the namespace
+        # a device revoked with kubectl is on the CRL `fleetpki serve` publishes for the namespace
+        cluster.kubectl("patch", "-n", DEMO, "devicefleet/gateways", "--type=json", "-p",
+                        json.dumps([{"op": "add", "path": "/spec/devices/0/revoked",
+                                     "value": {"reason": "keyCompromise"}}]))
+        wait_for(lambda: (f := get(cluster, "devicefleet", "gateways"))["status"]["devices"][
+            "revoked"] == 1 and f["status"]["observedGeneration"] == 2, timeout=60)
         url = serve(state / "namespaces" / DEMO)
         with urllib.request.urlopen(url + "/crl/devices-ca.crl", timeout=10) as response:
             crl = response.read()
