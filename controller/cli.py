@@ -424,6 +424,8 @@ def operator(
             help="Serve /healthz on this port (kopf's liveness endpoint).")] = None,
         metrics_port: Annotated[int | None, typer.Option(
             help="Serve Prometheus /metrics on this port.")] = None,
+        priority: Annotated[int | None, typer.Option(
+            help="kopf peering priority: the highest acts (default: random).")] = None,
         keys_namespace: Annotated[str | None, typer.Option(
             envvar="FLEETPKI_OPERATOR_NAMESPACE",
             help="Namespace of the CA key Secrets (default: the operator pod's namespace).")
@@ -445,7 +447,7 @@ def operator(
                                  param_hint="--keys-namespace")
     run(OperatorOptions(jobs.StateDir.resolve(state_dir).path, keys_namespace,
                         tuple(namespace or ()), standalone, peering, period, health_port,
-                        metrics_port))
+                        metrics_port, priority))
 
 
 def _pod_namespace() -> str | None:

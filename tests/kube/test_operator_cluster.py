@@ -6,6 +6,8 @@ serves the namespace's CRL, checked with openssl."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -17,7 +19,7 @@ import pytest
 
 from controller import jobs
 from tests.kube_emulator import wait_for
-from tests.kube_objects import REQUESTED_AT, running_operator
+from tests.kube_objects import REQUESTED_AT, authority, fleet, profile, running_operator
 
 from .cluster import ROOT, Cluster, free_port
 
@@ -123,3 +125,110 @@ def test_the_readme_flow(as_operator: Cluster, tmp_path: Path, serve: Any) -> No
                                          "json").stdout)["items"]
     assert sorted(s["metadata"]["labels"]["fleetpki.io/blob"] for s in secrets) == \
         ["ca-key", "ca-key", "kek"]
+
+
+class OperatorProcess:
+    """`fleetpki operator` as its own process (as in the Deployment), logging to a file."""
+
+    def __init__(self, cluster: Cluster, state: Path, namespace: str, log: Path,
+                 *args: str) -> None:
+        self.log = log
+        environment = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig("operator")),
+                       "FLEETPKI_PASSPHRASE": PASSPHRASE}
+        command = [str(Path(sys.executable).parent / "fleetpki"), "operator", "-n", namespace,
+                   "--state-dir", str(state), "--keys-namespace", "fleetpki-system",
+                   "--resync", "2s", *args]
+        with open(log, "wb") as output:
+            self.process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT,
+                                            env=environment)
+
+    def said(self, text: str) -> bool:
+        return text in self.log.read_text(errors="replace")
+
+    def stop(self, signal_number: int = signal.SIGTERM) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal_number)
+            self.process.wait(60)
+
+
+@pytest.fixture
+def operators() -> Iterator[list[OperatorProcess]]:
+    started: list[OperatorProcess] = []
+    yield started
+    for operator in started:
+        operator.stop(signal.SIGKILL)
+
+
+def namespace_with_fleet(cluster: Cluster, namespace: str, devices: int) -> None:
+    """A namespace holding a CA, a profile and a fleet of `devices` from a ConfigMap."""
+    rows = "\n".join(["id", *(f"d-{i:05d}" for i in range(devices))]) + "\n"
+    documents = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+                 {"apiVersion": "v1", "kind": "ConfigMap",
+                  "metadata": {"name": "devices", "namespace": namespace},
+                  "data": {"devices.csv": rows}},
+                 authority(namespace), profile(namespace),
+                 fleet(namespace, None, deviceSource={"configMapRef": [{"name": "devices"}]})]
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(
+        {"apiVersion": "v1", "kind": "List", "items": documents}))
+
+
+def active(state: Path, namespace: str) -> int:
+    path = state / "namespaces" / namespace
+    if not (path / "inventory.db").exists():
+        return 0
+    with jobs.StateDir(path).reader() as inventory:
+        return inventory.active_count("sensors")
+
+
+def test_killed_mid_apply_the_operator_converges_and_issues_nothing_twice(
+        deployed: Cluster, tmp_path: Path, operators: list[OperatorProcess]) -> None:
+    namespace, devices, state = "crash-test", 3000, tmp_path / "state"
+    namespace_with_fleet(deployed, namespace, devices)
+    first = OperatorProcess(deployed, state, namespace, tmp_path / "first.log", "--standalone")
+    operators.append(first)
+    wait_for(lambda: 0 < active(state, namespace) < devices, timeout=120, interval=0.01)
+    first.stop(signal.SIGKILL)
+    assert active(state, namespace) < devices
+    operators.append(OperatorProcess(deployed, state, namespace, tmp_path / "second.log",
+                                     "--standalone"))
+    deployed.kubectl("wait", "--for=condition=Ready", "--timeout=300s", "-n", namespace,
+                     "devicefleet/sensors", timeout=320)
+    with jobs.StateDir(state / "namespaces" / namespace).reader() as inventory:
+        records = inventory.device_records("sensors")
+    assert len(records) == devices, "each device has exactly one certificate: none twice"
+    assert {r.state for r in records} == {"active"}
+    assert get(deployed, "devicefleet", "sensors", namespace)["status"]["devices"][
+        "active"] == devices
+
+
+def test_of_two_operators_one_acts_and_the_other_takes_over(
+        deployed: Cluster, tmp_path: Path, operators: list[OperatorProcess]) -> None:
+    namespace, state = "peering-test", tmp_path / "state"
+    namespace_with_fleet(deployed, namespace, 3)
+    deployed.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "kopf.dev/v1", "kind": "KopfPeering",
+        "metadata": {"name": "fleetpki", "namespace": namespace}}))
+    high = OperatorProcess(deployed, state, namespace, tmp_path / "high.log", "--priority", "200")
+    operators.append(high)
+    deployed.kubectl("wait", "--for=condition=Ready", "--timeout=120s", "-n", namespace,
+                     "devicefleet/sensors", timeout=140)
+    low = OperatorProcess(deployed, state, namespace, tmp_path / "low.log", "--priority", "100")
+    operators.append(low)
+    # both are peers now; the one of lower priority starts paused and stays so
+    wait_for(lambda: len(get(deployed, "kopfpeering", "fleetpki", namespace).get(
+        "status") or {}) == 2, timeout=60)
+    deployed.kubectl("annotate", "-n", namespace, "devicefleet/sensors",
+                     f"{REQUESTED_AT}=while-both-run", "--overwrite")
+    wait_for(lambda: get(deployed, "devicefleet", "sensors", namespace)["status"].get(
+        "lastHandledReconcileAt") == "while-both-run", timeout=60)
+    assert high.said("reconciled:") and not low.said("reconciled:")
+    high.stop()  # SIGTERM: kopf leaves the peering object, the other resumes
+    wait_for(lambda: low.said("Resuming operations after the pause"), timeout=60)
+    deployed.kubectl("patch", "-n", namespace, "configmap/devices", "--type=merge", "-p",
+                     json.dumps({"data": {"devices.csv": "id\nd-00000\nd-00001\nd-00002\n"
+                                                         "d-00003\n"}}))
+    deployed.kubectl("annotate", "-n", namespace, "devicefleet/sensors",
+                     f"{REQUESTED_AT}=takeover", "--overwrite")
+    wait_for(lambda: get(deployed, "devicefleet", "sensors", namespace)["status"]["devices"][
+        "active"] == 4, timeout=60)
+    assert low.said("reconciled: issue 1")
