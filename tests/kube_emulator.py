@@ -534,12 +534,17 @@ class KubeEmulator(kmock.KubernetesEmulator):
             return merge_patch(current, request.data)
         raise _error(415, "UnsupportedMediaType", f"unsupported patch type {content_type!r}")
 
-    async def _update(self, request: kmock.Request, info: kmock.ResourceInfo) -> dict[str, Any]:
+    def _existing(self, request: kmock.Request) -> tuple[Any, dict[str, Any]]:
+        """(key, live object) the request names; 404 when there is none."""
         assert request.resource is not None and request.name is not None
         key = (request.resource, request.namespace, request.name)
         current = self._live(key)
         if current is None:
             raise self._not_found(request)
+        return key, current
+
+    async def _update(self, request: kmock.Request, info: kmock.ResourceInfo) -> dict[str, Any]:
+        key, current = self._existing(request)
         new = copy.deepcopy(self._patched(request, current))  # shares nothing with current
         if not isinstance(new, dict):
             raise _error(400, "BadRequest", "the result is not a JSON object")
@@ -595,11 +600,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
         return new
 
     async def _delete(self, request: kmock.Request, info: kmock.ResourceInfo) -> dict[str, Any]:
-        assert request.resource is not None and request.name is not None
-        key = (request.resource, request.namespace, request.name)
-        current = self._live(key)
-        if current is None:
-            raise self._not_found(request)
+        key, current = self._existing(request)
         meta = current["metadata"]
         options = request.data if isinstance(request.data, dict) else {}
         preconditions = options.get("preconditions") or {}

@@ -14,7 +14,7 @@ from controller.api.crds import PLURALS
 
 from .support import DEPLOY, tool
 
-HEALTH = DEPLOY / "argocd" / "health" / "fleetpki.io"
+HEALTH = DEPLOY / "argocd" / "health.lua"
 KINDS = sorted(PLURALS)
 
 
@@ -92,21 +92,15 @@ CASES = {
 }
 
 
-def test_one_script_per_kind_in_argo_cd_layout() -> None:
-    scripts = {p.parent.name: p.read_text() for p in HEALTH.glob("*/health.lua")}
-    assert sorted(scripts) == KINDS
-    assert len(set(scripts.values())) == 1, "the same check for every kind"
-
-
 def test_argocd_cm_patch_carries_the_scripts() -> None:
     patch = yaml.safe_load((DEPLOY / "argocd" / "argocd-cm-patch.yaml").read_text())
     assert patch["kind"] == "ConfigMap" and patch["metadata"]["name"] == "argocd-cm"
     assert patch["data"] == {f"resource.customizations.health.fleetpki.io_{kind}":
-                             (HEALTH / kind / "health.lua").read_text() for kind in KINDS}
+                             HEALTH.read_text() for kind in KINDS}
 
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_health(kind: str, case: str) -> None:
     obj, status, message = CASES[case]
-    assert health(HEALTH / kind / "health.lua", {**obj, "kind": kind}) == (status, message)
+    assert health(HEALTH, {**obj, "kind": kind}) == (status, message)
