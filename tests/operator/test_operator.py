@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import io
 import shutil
+import socket
 import tarfile
 import threading
+import urllib.request
 from collections.abc import Iterator
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -47,6 +49,19 @@ def api(kube_emulator: RunningEmulator) -> client.ApiClient:
     return kube_emulator.api_client()
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
+        text: str = page.read().decode()
+        return text
+
+
 def declare(kube: RunningEmulator, devices: list[str] | None, **spec: Any) -> None:
     for body in (authority(NS), profile(NS), fleet(NS, devices, **spec)):
         kube.create(body)
@@ -68,8 +83,15 @@ def test_a_fleet_converges_and_status_follows_changes(kube_emulator: RunningEmul
                                                       api: client.ApiClient,
                                                       tmp_path: Path) -> None:
     declare(kube_emulator, ["s-1", "s-2", "s-3"])
-    with running_operator(tmp_path / "state", (NS,)):
+    health, metrics = free_port(), free_port()
+    with running_operator(tmp_path / "state", (NS,), health_port=health, metrics_port=metrics):
         sensors = sensors_when(kube_emulator, is_ready)
+        with urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=10) as probe:
+            assert probe.status == 200  # kopf's liveness endpoint
+        applied = f'fleetpki_reconciles_total{{namespace="{NS}",result="applied"}}'
+        exposition = wait_for(lambda: applied in (text := scrape(metrics)) and text)
+        assert f'fleetpki_certificate_actions_total{{action="issue",namespace="{NS}"}} 3.0' \
+            in exposition
         assert sensors["status"]["devices"]["active"] == 3
         assert sensors["status"]["observedGeneration"] == sensors["metadata"]["generation"]
         ca = kube_emulator.get(CAS, NS, "devices-ca")
