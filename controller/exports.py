@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
@@ -85,18 +86,37 @@ def export_device_pem(inventory: Inventory, keystore: Callable[[], KeyStore], fl
     return _write_pem(inventory, keystore, record, out)
 
 
+@dataclass(frozen=True)
+class DevicePEM:
+    """A device's certificate files as PEM: `certificate`, `chain` (issuing CA up to,
+    excluding, the root), `ca` (the root) and `key` (PKCS#8, only for server-generated keys;
+    never in repr)."""
+
+    certificate: bytes
+    chain: bytes
+    ca: bytes
+    key: bytes | None = field(default=None, repr=False)
+
+
+def device_pem(inventory: Inventory, keystore: Callable[[], KeyStore],
+               record: CertRecord) -> DevicePEM:
+    """The PEM files of one device certificate (what `export` writes and `tlsSecrets` hold)."""
+    cert, chain, key = _device_files(inventory, keystore, record)
+    return DevicePEM(certificates.certificate_to_pem(cert),
+                     certificates.certificates_to_pem(chain[:-1]),
+                     certificates.certificate_to_pem(chain[-1]),
+                     keys.private_key_to_pem(key) if key is not None else None)
+
+
 def _write_pem(inventory: Inventory, keystore: Callable[[], KeyStore], record: CertRecord,
                out: Path) -> list[Path]:
-    cert, chain, key = _device_files(inventory, keystore, record)
-    written = {
-        out / "cert.pem": certificates.certificate_to_pem(cert),
-        out / "chain.pem": certificates.certificates_to_pem(chain[:-1]),
-        out / "ca.pem": certificates.certificate_to_pem(chain[-1]),
-    }
+    pem = device_pem(inventory, keystore, record)
+    written = {out / "cert.pem": pem.certificate, out / "chain.pem": pem.chain,
+               out / "ca.pem": pem.ca}
     for path, data in written.items():
         write_file(path, data)
-    if key is not None:
-        write_file(out / "key.pem", keys.private_key_to_pem(key), 0o600)
+    if pem.key is not None:
+        write_file(out / "key.pem", pem.key, 0o600)
         written[out / "key.pem"] = b""
     return list(written)
 

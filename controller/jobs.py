@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import tarfile
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -23,6 +24,7 @@ from controller.apply.executor import ApplyRefused, ApplyResult, Progress, execu
 from controller.apply.observe import observe
 from controller.clock import epoch
 from controller.clock import now_utc as now_utc  # part of the job API
+from controller.exports import DevicePEM, device_pem
 from controller.pki.errors import PKIError
 from controller.plan.baseline import as_if_applied
 from controller.plan.dangers import dangers
@@ -348,3 +350,38 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
         done = ", ".join(f"{k} {v}" for k, v in sorted(result.done.items())) or "no changes"
         status_commit = write(done, dict(result.done))
     return ApplyReport(the_plan, result, status_commit)
+
+
+@dataclass(frozen=True)
+class DeviceTLS:
+    """One device's active certificate with its server-generated key, as PEM (the data of its
+    `kubernetes.io/tls` Secret when its fleet has `tlsSecrets`)."""
+
+    device: str
+    serial: str  # hex, as in the inventory
+    pem: DevicePEM
+
+
+def active_serials(state: StateDir, fleet: str) -> dict[str, str]:
+    """Device id -> serial of its active certificate (empty before the first apply)."""
+    if not state.exists():
+        return {}
+    with state.reader() as inventory:
+        return {device: row[0] for device, row in inventory.active_devices(fleet).items()}
+
+
+def device_tls_bundles(state: StateDir, fleet: str,
+                       devices: Iterable[str] | None = None) -> Iterator[DeviceTLS]:
+    """The PEMs of the fleet's active device certificates (of `devices` only, when given), in
+    device order; devices without an active certificate or without a key held here are left
+    out. The keystore is unlocked only when a key is read."""
+    if not state.exists():
+        return
+    keystore = functools.cache(state.keystore)
+    with state.reader() as inventory:
+        wanted = inventory.active_devices(fleet) if devices is None else devices
+        for device in sorted(wanted):
+            record = inventory.active_device(fleet, device)
+            if record is None or record.key_blob is None:
+                continue
+            yield DeviceTLS(device, record.serial, device_pem(inventory, keystore, record))

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from controller.api.loading import Located
 from controller.api.problems import Problem
 from controller.api.resources import (
+    MAX_TLS_SECRETS,
     CertificateAuthority,
     CertificateProfile,
     Device,
@@ -79,9 +80,10 @@ def content_hash(*parts: object) -> str:
 
 
 def fleet_hash(fleet: DeviceFleet, devices: tuple[Device, ...], profile: CertificateProfile) -> str:
-    """Changes whenever anything that could change a device certificate changes."""
+    """Changes whenever anything that could change a device certificate changes (`tlsSecrets`
+    cannot: it is where the operator copies them)."""
     return content_hash(
-        fleet.spec.model_dump(mode="json", exclude={"devices"}),
+        fleet.spec.model_dump(mode="json", exclude={"devices", "tlsSecrets"}),
         profile.spec.model_dump(mode="json"),
         [d.model_dump(mode="json", exclude_defaults=True) for d in devices],
     )
@@ -99,6 +101,29 @@ def _add(
         )
     else:
         index[name] = item
+
+
+def tls_secret_problems(item: Located, profile: CertificateProfile,
+                        devices: tuple[Device, ...]) -> list[Problem]:
+    """`spec.tlsSecrets` needs keys fleetpki holds, and a fleet small enough for one Secret per
+    device (MAX_TLS_SECRETS)."""
+    fleet = item.resource
+    assert isinstance(fleet, DeviceFleet)
+    if fleet.spec.tlsSecrets is None:
+        return []
+    line = item.line_of("spec", "tlsSecrets")
+    if profile.spec.keyGeneration != "server":
+        return [Problem(item.file, f"CertificateProfile {profile.name!r} has keyGeneration: "
+                        f"{profile.spec.keyGeneration}: fleetpki holds no device key to put in a "
+                        "Secret (only keyGeneration: server)", line, item.ref, "spec.tlsSecrets")]
+    count = sum(1 for device in devices if device.revoked is None)
+    if count > MAX_TLS_SECRETS:
+        return [Problem(item.file, f"{count} devices (not revoked): one Secret per device is "
+                        f"limited to {MAX_TLS_SECRETS} (each is held in etcd and in the memory "
+                        "of the API server and its watchers); give devices of a larger fleet "
+                        "their certificates over EST or with `fleetpki export fleet`", line,
+                        item.ref, "spec.tlsSecrets")]
+    return []
 
 
 def _external(item: Located) -> bool:
@@ -197,5 +222,6 @@ def cross_check(
         if ok and profile_item is not None:
             profile = profile_item.resource
             assert isinstance(profile, CertificateProfile)
+            problems.extend(tls_secret_problems(item, profile, devices))
             fleets[name] = FleetDecl(item, devices, lines, fleet_hash(fleet, devices, profile))
     return Desired(authorities, profiles, fleets, policies), problems

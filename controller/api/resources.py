@@ -7,6 +7,7 @@ Field names follow cert-manager where the meaning is the same (`duration`, `rene
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Annotated, Literal
 
@@ -37,6 +38,13 @@ FLUX_SOURCE_API = r"^source\.toolkit\.fluxcd\.io/v[0-9]+((alpha|beta)[0-9]+)?$"
 FLUX_SOURCE_VERSIONS = {"GitRepository": "source.toolkit.fluxcd.io/v1",
                         "OCIRepository": "source.toolkit.fluxcd.io/v1beta2"}
 MAX_CONFIGMAP_REFS = 100
+# Per-device kubernetes.io/tls Secrets (`tlsSecrets`) are for small in-cluster fleets: each
+# Secret is a few KiB held in etcd and in the memory of the API server and of every client that
+# watches Secrets (kubelets, controllers); one per certificate is what makes cert-manager need
+# gigabytes at tens of thousands. Larger fleets get certificates over EST or
+# `fleetpki export fleet`.
+MAX_TLS_SECRETS = 1000
+TLS_SECRET_PREFIX = r"^([a-z0-9][-a-z0-9.]*)?$"
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
 
@@ -345,12 +353,33 @@ class EnrollmentSpec(Model):
         return self
 
 
+class TLSSecrets(Model):
+    """Opt-in (Kubernetes operator only): one `kubernetes.io/tls` Secret per device with an
+    active certificate, named `<namePrefix><device id as a DNS-1123 name>`, in the fleet's
+    namespace. Only with `keyGeneration: server` and at most 1000 (MAX_TLS_SECRETS) devices."""
+
+    namePrefix: Annotated[str | None, Field(pattern=TLS_SECRET_PREFIX, max_length=100)] = None
+
+    @field_validator("namePrefix")
+    @classmethod
+    def _prefix(cls, prefix: str | None) -> str | None:
+        if prefix and not re.match(DNS_SUBDOMAIN, prefix + "x"):
+            raise ValueError("must begin a DNS-1123 subdomain name (lowercase letters, digits, "
+                             "'-' and '.', no '.-' or '-.' or '..')")
+        return prefix
+
+    def prefix(self, fleet: str) -> str:
+        """`namePrefix`, by default `<fleet>-`."""
+        return f"{fleet}-" if self.namePrefix is None else self.namePrefix
+
+
 class DeviceFleetSpec(Model):
     issuerRef: LocalRef
     profileRef: LocalRef
     devices: list[Device] = []
     deviceSource: DeviceSource | None = None
     enrollment: EnrollmentSpec | None = None
+    tlsSecrets: TLSSecrets | None = None
     suspend: bool = False
     decommissioned: bool = False
     deletionPolicy: Literal["Revoke", "Orphan"] = "Revoke"

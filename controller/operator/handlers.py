@@ -15,6 +15,7 @@ from controller import jobs
 from controller.api.crds import GROUP, PLURALS, VERSION
 from controller.operator.due import is_due
 from controller.operator.namespaces import Namespaces
+from controller.operator.tls_secrets import TLSSecretsError
 
 TIMED = ("CertificateAuthority", "DeviceFleet")
 RETRY_DELAY = 30  # seconds before kopf retries a run that failed for a transient reason
@@ -38,7 +39,8 @@ def build_registry(namespaces: Namespaces, resync: timedelta) -> kopf.OperatorRe
                     for b in list(found[plural].get(namespace, []))]
         try:
             namespaces.reconcile(namespace, bodies)
-        except (ApiException, jobs.InventoryError, jobs.KeyStoreError, OSError) as exc:
+        except (ApiException, jobs.InventoryError, jobs.KeyStoreError, OSError,
+                TLSSecretsError) as exc:
             raise kopf.TemporaryError(f"namespace {namespace}: {exc}", delay=RETRY_DELAY) \
                 from None
 

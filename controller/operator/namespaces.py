@@ -15,6 +15,7 @@ from kubernetes import client
 
 from controller import jobs
 from controller.operator.metrics import ACTIONS, DURATION, RECONCILES
+from controller.operator.tls_secrets import FAILED_REASON, TLSSecretSync, opted_in
 from controller.sources.kube import Readers, write_declaration
 from controller.status.kube import BACKOFF_BASE, KubeStatus
 
@@ -43,6 +44,7 @@ class Namespaces:
     _started: dict[str, float] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
     _announced: dict[str, dict[str, str | None]] = field(default_factory=dict)
+    _tls_announced: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def _lock(self, namespace: str) -> threading.Lock:
         with self._guard:
@@ -76,11 +78,26 @@ class Namespaces:
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 log.warning("namespace %s not converged: %s", namespace, first)
                 return None
-            result = "applied"
             for action, number in report.result.done.items():
                 ACTIONS.labels(namespace, action).inc(number)
             done = ", ".join(f"{k} {v}" for k, v in sorted(report.result.done.items()))
             log.info("namespace %s reconciled: %s", namespace, done or "no changes")
+            self._sync_tls_secrets(namespace, state, objects, status)
+            result = "applied"
             return report
         finally:
             RECONCILES.labels(namespace, result).inc()
+
+    def _sync_tls_secrets(self, namespace: str, state: jobs.StateDir,
+                          objects: list[Mapping[str, Any]], status: KubeStatus) -> None:
+        """The opt-in per-device Secrets, from the inventory just applied (raises
+        TLSSecretsError, retried, when some could not be written)."""
+        now = self.clock()
+        sync = TLSSecretSync(self.api, namespace, state,
+                             lambda body, message: status.event(body, "Warning", FAILED_REASON,
+                                                                message, now),
+                             self._tls_announced.setdefault(namespace, {}))
+        written = sync.sync(opted_in(objects))
+        if any(written.values()):
+            log.info("namespace %s device TLS Secrets: %s", namespace,
+                     ", ".join(f"{k} {v}" for k, v in sorted(written.items()) if v))

@@ -161,6 +161,10 @@ def plan(desired: Desired, observed: Observed, now: datetime,
     revoking_cas: set[str] = set()
     for name in sorted(desired.fleets):
         decl = desired.fleets[name]
+        if decl.fleet.spec.tlsSecrets is not None:
+            warnings.append(f"DeviceFleet/{name}: spec.tlsSecrets: only the Kubernetes operator "
+                            "writes per-device Secrets; `fleetpki apply` writes none (use "
+                            "`fleetpki export fleet` for files)")
         if decl.fleet.spec.suspend:
             warnings.append(f"DeviceFleet/{name} is suspended: no changes planned")
             continue

@@ -163,7 +163,7 @@ class KubeStatus:
             self._patch_status(body, _patch(body["kind"], status, old))
         for ref, kind, reason, message in events_of(update, self.bodies.values(), before, after):
             if ref in self.bodies:
-                self._event(self.bodies[ref], kind, reason, message, update.now)
+                self.event(self.bodies[ref], kind, reason, message, update.now)
         self.announced.update(after)
         return None
 
@@ -177,8 +177,8 @@ class KubeStatus:
             if exc.status != 404:  # deleted meanwhile: nothing to report on
                 raise
 
-    def _event(self, body: Mapping[str, Any], kind: str, reason: str, message: str,
-               now: datetime) -> None:
+    def event(self, body: Mapping[str, Any], kind: str, reason: str, message: str,
+              now: datetime) -> None:
         metadata = body["metadata"]
         event = client.CoreV1Event(
             metadata=client.V1ObjectMeta(

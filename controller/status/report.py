@@ -134,7 +134,9 @@ def build_status(desired: Desired, inventory: Inventory, outcome: Outcome,
         declared = sum(1 for d in decl.devices if d.revoked is None)
         spec = decl.fleet.spec
         blocked_by = outcome.blocked_fleets.get(name)
-        stalled = (f"{len(problems)} device declaration(s) cannot be issued: "
+        whole = [p for p in problems if p.device is None]  # the fleet's own spec (tlsSecrets)
+        stalled = (f"{len(whole)} problem(s) in the declaration: {whole[0]}" if whole else
+                   f"{len(problems)} device declaration(s) cannot be issued: "
                    f"{problems[0].message}" if problems else
                    _denied(denies) if denies else
                    f"issuance blocked: CertificateAuthority/{blocked_by} is denied by policy"

@@ -83,7 +83,8 @@ def test_secrets_only_in_the_operator_namespace_and_never_deleted() -> None:
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                                   "name": "fleetpki-operator-secrets"}
     device_tls = find(rbac, "ClusterRole", "fleetpki-device-tls-secrets")
-    assert "delete" not in rules(device_tls)[("", "secrets")]
+    # exactly what controller/operator/tls_secrets.py does (delete: a revoked device's Secret)
+    assert rules(device_tls) == {("", "secrets"): {"list", "create", "update", "delete"}}
     bound = {b["roleRef"]["name"] for b in rbac if b["kind"].endswith("Binding")}
     assert "fleetpki-device-tls-secrets" not in bound, "opt-in: not bound by default"
     cluster_binding = find(rbac, "ClusterRoleBinding", "fleetpki-operator")
