@@ -231,4 +231,4 @@ def test_of_two_operators_one_acts_and_the_other_takes_over(
                      f"{REQUESTED_AT}=takeover", "--overwrite")
     wait_for(lambda: get(deployed, "devicefleet", "sensors", namespace)["status"]["devices"][
         "active"] == 4, timeout=60)
-    assert low.said("reconciled: issue 1")
+    assert high.process.poll() is not None and low.said("reconciled:")  # the other one did it
