@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import shutil
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from kubernetes import client
 from prometheus_client import REGISTRY
 
@@ -263,3 +266,29 @@ def test_an_unreadable_ca_key_secret_is_an_error_not_a_new_ca(
     cas = [s for s in core.list_namespaced_secret(KEYS_NAMESPACE).items
            if s.metadata.labels["fleetpki.io/blob"] == "ca-key"]
     assert len(cas) == 1, "no second CA key"
+
+
+def test_a_ca_key_secret_holding_another_key_is_an_error_not_a_new_ca(
+        kube_emulator: RunningEmulator, api: client.ApiClient, tmp_path: Path) -> None:
+    """A Secret restored from the wrong backup: it is there, but does not decrypt."""
+    declare(kube_emulator, ["s-1"])
+    core = client.CoreV1Api(api)
+    with running_operator(tmp_path / "state", (NS,)):
+        sensors_when(kube_emulator, is_ready)
+        (key,) = [s for s in core.list_namespaced_secret(KEYS_NAMESPACE).items
+                  if s.metadata.labels["fleetpki.io/blob"] == "ca-key"]
+        other = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"another passphrase"))
+        core.patch_namespaced_secret(key.metadata.name, KEYS_NAMESPACE,
+                                     {"data": {"blob": base64.b64encode(other).decode()}})
+        patch_fleet(api, {"spec": {"devices": [{"id": "s-1"}, {"id": "s-2"}]}})
+        sensors = sensors_when(kube_emulator,
+                               lambda f: condition(f, "Stalled").get("status") == "True")
+    message = condition(sensors, "Stalled")["message"]
+    assert "cannot decrypt CA key" in message and "BEGIN" not in message
+    assert sensors["status"]["devices"]["active"] == 1
+    ca = kube_emulator.get(CAS, NS, "devices-ca")
+    with jobs.StateDir(tmp_path / "state" / "namespaces" / NS).reader() as inventory:
+        assert [r.serial for r in inventory.ca_generations("devices-ca")] == \
+            [ca["status"]["certificate"]["serial"]], "no second CA"
