@@ -121,7 +121,7 @@ def test_the_readme_flow(as_operator: Cluster, tmp_path: Path, serve: Any) -> No
         ca = get(cluster, "certificateauthority", "devices-ca")
         assert ca["status"]["crl"]["entries"] == 1
     secrets = json.loads(cluster.kubectl("get", "secrets", "-n", "fleetpki-system", "-l",
-                                         "app.kubernetes.io/managed-by=fleetpki", "-o",
+                                         f"fleetpki.io/scope={DEMO}", "-o",
                                          "json").stdout)["items"]
     assert sorted(s["metadata"]["labels"]["fleetpki.io/blob"] for s in secrets) == \
         ["ca-key", "ca-key", "kek"]
