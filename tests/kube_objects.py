@@ -15,6 +15,11 @@ from controller.operator.main import OperatorOptions, run
 API = "fleetpki.io/v1alpha1"
 REQUESTED_AT = "fleetpki.io/reconcile.requestedAt"
 KEYS_NAMESPACE = "fleetpki-system"
+NAMESPACE = "fleet-demo"  # of the emulator tests
+FLEETS = "fleetpki.io/v1alpha1/devicefleets"
+CAS = "fleetpki.io/v1alpha1/certificateauthorities"
+PASSPHRASE = "operator-tests-passphrase"
+MERGE = "application/merge-patch+json"
 
 
 def authority(namespace: str, name: str = "devices-ca") -> dict[str, Any]:

@@ -25,7 +25,10 @@ from prometheus_client import REGISTRY
 from controller import jobs
 from tests.kube_emulator import RunningEmulator, wait_for
 from tests.kube_objects import (
+    CAS,
+    FLEETS,
     KEYS_NAMESPACE,
+    MERGE,
     REQUESTED_AT,
     authority,
     condition,
@@ -34,23 +37,9 @@ from tests.kube_objects import (
     profile,
     running_operator,
 )
-
-NS = "fleet-demo"
-FLEETS = "fleetpki.io/v1alpha1/devicefleets"
-CAS = "fleetpki.io/v1alpha1/certificateauthorities"
-PASSPHRASE = "operator-tests-passphrase"
-MERGE = "application/merge-patch+json"
-
-
-@pytest.fixture(autouse=True)
-def environment(kube_emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("KUBECONFIG", str(kube_emulator.kubeconfig))
-    monkeypatch.setenv("FLEETPKI_PASSPHRASE", PASSPHRASE)
-
-
-@pytest.fixture
-def api(kube_emulator: RunningEmulator) -> client.ApiClient:
-    return kube_emulator.api_client()
+from tests.kube_objects import (
+    NAMESPACE as NS,
+)
 
 
 def free_port() -> int:
@@ -248,14 +237,18 @@ def test_a_lost_state_directory_never_makes_a_second_ca(kube_emulator: RunningEm
         assert inventory.ca_names() == []
 
 
+def ca_key_secrets(core: client.CoreV1Api) -> list[client.V1Secret]:
+    return [s for s in core.list_namespaced_secret(KEYS_NAMESPACE).items
+            if s.metadata.labels["fleetpki.io/blob"] == "ca-key"]
+
+
 def test_an_unreadable_ca_key_secret_is_an_error_not_a_new_ca(
         kube_emulator: RunningEmulator, api: client.ApiClient, tmp_path: Path) -> None:
     declare(kube_emulator, ["s-1"])
     core = client.CoreV1Api(api)
     with running_operator(tmp_path / "state", (NS,)):
         sensors_when(kube_emulator, is_ready)
-        (key,) = [s for s in core.list_namespaced_secret(KEYS_NAMESPACE).items
-                  if s.metadata.labels["fleetpki.io/blob"] == "ca-key"]
+        (key,) = ca_key_secrets(core)
         kube_emulator.fail_next("GET", f"/secrets/{key.metadata.name}", 403, count=None)
         patch_fleet(api, {"spec": {"devices": [{"id": "s-1"}, {"id": "s-2"}]}})
         sensors = sensors_when(kube_emulator,
@@ -263,9 +256,7 @@ def test_an_unreadable_ca_key_secret_is_an_error_not_a_new_ca(
     message = condition(sensors, "Stalled")["message"]
     assert key.metadata.name in message and "403" in message
     assert sensors["status"]["devices"]["active"] == 1
-    cas = [s for s in core.list_namespaced_secret(KEYS_NAMESPACE).items
-           if s.metadata.labels["fleetpki.io/blob"] == "ca-key"]
-    assert len(cas) == 1, "no second CA key"
+    assert len(ca_key_secrets(core)) == 1, "no second CA key"
 
 
 def test_a_ca_key_secret_holding_another_key_is_an_error_not_a_new_ca(
@@ -275,8 +266,7 @@ def test_a_ca_key_secret_holding_another_key_is_an_error_not_a_new_ca(
     core = client.CoreV1Api(api)
     with running_operator(tmp_path / "state", (NS,)):
         sensors_when(kube_emulator, is_ready)
-        (key,) = [s for s in core.list_namespaced_secret(KEYS_NAMESPACE).items
-                  if s.metadata.labels["fleetpki.io/blob"] == "ca-key"]
+        (key,) = ca_key_secrets(core)
         other = ec.generate_private_key(ec.SECP256R1()).private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
             serialization.BestAvailableEncryption(b"another passphrase"))

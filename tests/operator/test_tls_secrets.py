@@ -20,6 +20,8 @@ from controller.operator.tls_secrets import device_name
 from tests.kube_emulator import RunningEmulator, wait_for
 from tests.kube_objects import (
     API,
+    FLEETS,
+    MERGE,
     REQUESTED_AT,
     authority,
     condition,
@@ -28,23 +30,11 @@ from tests.kube_objects import (
     profile,
     running_operator,
 )
+from tests.kube_objects import (
+    NAMESPACE as NS,
+)
 
-NS = "fleet-demo"
-FLEETS = "fleetpki.io/v1alpha1/devicefleets"
-PASSPHRASE = "operator-tests-passphrase"
-MERGE = "application/merge-patch+json"
 SELECTOR = "app.kubernetes.io/managed-by=fleetpki,fleetpki.io/fleet"
-
-
-@pytest.fixture(autouse=True)
-def environment(kube_emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("KUBECONFIG", str(kube_emulator.kubeconfig))
-    monkeypatch.setenv("FLEETPKI_PASSPHRASE", PASSPHRASE)
-
-
-@pytest.fixture
-def api(kube_emulator: RunningEmulator) -> client.ApiClient:
-    return kube_emulator.api_client()
 
 
 def secrets(api: client.ApiClient) -> dict[str, client.V1Secret]:
