@@ -30,6 +30,7 @@ from controller.plan.baseline import as_if_applied
 from controller.plan.dangers import dangers
 from controller.plan.model import Observed, Plan
 from controller.plan.planner import plan as make_plan
+from controller.policy.changes import policy_changes
 from controller.policy.defaults import default_policies, effective_policies
 from controller.policy.engine import CompiledRule, compile_policies, evaluate
 from controller.policy.gate import gate
@@ -163,18 +164,29 @@ def repository_lock(root: Path | None) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class Declaration:
-    """A repository's desired state with its compiled policy rules."""
+    """A repository's desired state with its effective policies, compiled."""
 
     desired: Desired
     rules: list[CompiledRule]
+    policies: list[Located] = field(default_factory=list)
 
     def plan(self, observed: Observed, now: datetime, max_revocations: int | None = None,
-             danger_fraction: float = DANGER_FRACTION) -> Plan:
-        """Plan, evaluate policies over it, drop what a deny forbids, flag dangers."""
+             danger_fraction: float = DANGER_FRACTION,
+             trusted: Declaration | None = None) -> Plan:
+        """Plan, evaluate policies over it, drop what a deny forbids, flag dangers. With a
+        `trusted` declaration (a pull request's base), its policies judge the plan too (their
+        findings say `(base)`), and every change to the policies is a danger."""
         planned = make_plan(self.desired, observed, now, max_revocations)
         findings = evaluate(self.rules, self.desired, planned.intents, now)
+        flags: list[str] = []
+        if trusted is not None:
+            own = {(f.policy, f.rule, f.action, f.object, f.device) for f in findings}
+            findings += [replace(f, policy=f"{f.policy} (base)")
+                         for f in evaluate(trusted.rules, self.desired, planned.intents, now)
+                         if (f.policy, f.rule, f.action, f.object, f.device) not in own]
+            flags = policy_changes(trusted.policies, self.policies)
         gated = gate(planned, self.desired, findings)
-        return replace(gated, dangers=tuple(dangers(gated, danger_fraction)))
+        return replace(gated, dangers=tuple(flags + dangers(gated, danger_fraction)))
 
 
 def read_declaration(directory: Path,
@@ -185,8 +197,9 @@ def read_declaration(directory: Path,
     if use_default_policies:
         defaults, default_problems = default_policies()
         problems = problems + default_problems
-    rules, rule_problems = compile_policies(effective_policies(desired.policies, defaults))
-    return Declaration(desired, rules), problems + rule_problems
+    policies = effective_policies(desired.policies, defaults)
+    rules, rule_problems = compile_policies(policies)
+    return Declaration(desired, rules, policies), problems + rule_problems
 
 
 def load(directory: Path, use_default_policies: bool = True) -> Declaration:
@@ -234,14 +247,16 @@ def plan_change(directory: Path, base: Path, now: datetime, max_revocations: int
                 use_default_policies: bool = True,
                 danger_fraction: float = DANGER_FRACTION) -> Plan:
     """What the head declaration changes relative to the base declaration, as if the base had
-    been applied: the pull-request view. Policies are the head's."""
+    been applied: the pull-request view. The base's policies (already merged, trusted) judge it
+    as well as the head's, and a change to the policies is a danger."""
     head = load(directory, use_default_policies)
     try:
         before = load(base, use_default_policies)
     except InvalidDeclaration as exc:
         raise InvalidDeclaration(
             [replace(p, file=f"(base) {p.file}") for p in exc.problems]) from None
-    return head.plan(as_if_applied(before.desired, now), now, max_revocations, danger_fraction)
+    return head.plan(as_if_applied(before.desired, now), now, max_revocations, danger_fraction,
+                     trusted=before)
 
 
 @contextmanager

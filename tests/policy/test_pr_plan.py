@@ -304,3 +304,38 @@ def test_markdown_has_dangers_changes_and_policy_tables(fleet: Path) -> None:
             "under one day leaves devices little time to fetch a renewal |  |") in markdown
     sections = [line for line in markdown.splitlines() if line.startswith("#### ")]
     assert sections == ["#### Dangers", "#### Changes", "#### Policy"]
+
+
+def test_a_change_cannot_weaken_the_policies_that_judge_it(fleet: Path) -> None:
+    """Issue 9's bypass: the pull request replaces the `identity` policy with a harmless rule
+    and adds a device that breaks the fleet's id pattern. The base's policies still deny it,
+    the plan fails, and the policy change is a danger with its rule diff."""
+    (fleet / "policies").mkdir()
+    (fleet / "policies" / "identity.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "fleetpki.io/v1alpha1", "kind": "CertificatePolicy",
+        "metadata": {"name": "identity"},
+        "spec": {"rules": [{"name": "anything", "expression": "true",
+                            "message": "always holds"}]}}), encoding="utf-8")
+    with open(fleet / CSV, "a", encoding="utf-8") as rows:
+        rows.write("sensor-10002,TS-100,berlin,\n")
+    commit_all(fleet, "weaken identity, add a rogue device")
+    data = plan_json(fleet, rc=1)
+    judged = [f for f in data["policy"] if f.get("device") == "sensor-10002"]
+    assert [(f["policy"], f["action"]) for f in judged] == [("identity (base)", "deny")]
+    assert [d["device"] for d in data["denied"]] == ["sensor-10002"]
+    assert ("issue", "sensors", "sensor-10002", None) not in steps(data)
+    (flag,) = [d for d in data["dangers"] if "CertificatePolicy/identity" in d]
+    assert "rule device-id-pattern removed (was deny `" in flag
+    assert "rule anything added: deny `true`" in flag
+    markdown = invoke("plan", fleet, "--base", "main", "-o", "markdown", rc=1).stdout
+    assert "identity (base)" in markdown and "changes CertificatePolicy/identity" in markdown
+
+
+def test_an_unchanged_policy_set_is_no_danger_and_judges_once(fleet: Path) -> None:
+    with open(fleet / CSV, "a", encoding="utf-8") as rows:
+        rows.write("sensor-10002,TS-100,berlin,\n")
+    commit_all(fleet, "a rogue device")
+    data = plan_json(fleet, rc=1)
+    assert [f["policy"] for f in data["policy"] if f.get("device") == "sensor-10002"] == \
+        ["identity"]  # the same rule in base and head: reported once
+    assert not [d for d in data["dangers"] if "CertificatePolicy" in d]
