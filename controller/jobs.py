@@ -317,7 +317,9 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
     inventory. The public directory is re-derived from the inventory on every run.
     """
     root = enclosing_work_tree(directory)
-    branch = GitStatus(root, status_branch, observed_commit(directory, root)) \
+    records = write_status and status_store is None  # only a written branch records HEAD
+    branch = GitStatus(root, status_branch,
+                       observed_commit(directory, root) if records else None) \
         if root is not None else None
     store = status_store or (branch if write_status else None)
     evidence = status_store or branch  # the status branch is evidence even when not written
