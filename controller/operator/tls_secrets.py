@@ -22,7 +22,6 @@ their status written already. No message ever holds Secret data.
 from __future__ import annotations
 
 import base64
-import hashlib
 import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -33,9 +32,9 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from controller import jobs
+from controller.api.names import MANAGED_BY, hashed_name
 from controller.api.resources import API_VERSION, DNS_SUBDOMAIN, TLSSecrets
 
-MANAGED_BY = "app.kubernetes.io/managed-by"
 FLEET_LABEL = "fleetpki.io/fleet"
 SERIAL_ANNOTATION = "fleetpki.io/serial"
 TLS_TYPE = "kubernetes.io/tls"
@@ -57,11 +56,7 @@ def device_name(device: str) -> str:
     """A device id as a DNS-1123 name: the id itself when it is one; otherwise lowercased,
     every run of other characters as '-', plus 8 hex digits of the id's SHA-256, so that ids
     differing only in case or punctuation stay apart."""
-    if _NAME.match(device):
-        return device
-    base = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
-    digest = hashlib.sha256(device.encode()).hexdigest()[:8]
-    return f"{base}-{digest}" if base else digest
+    return device if _NAME.match(device) else hashed_name(device, device, 8)
 
 
 @dataclass(frozen=True)

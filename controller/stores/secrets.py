@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import os
 import re
@@ -39,6 +38,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from urllib3.exceptions import HTTPError
 
+from controller.api.names import MANAGED_BY, hashed_name
 from controller.stores.keystore import (
     KEK_BLOB,
     BlobError,
@@ -47,7 +47,6 @@ from controller.stores.keystore import (
     check_blob_prefix,
 )
 
-MANAGED_BY = "app.kubernetes.io/managed-by"
 SCOPE_LABEL = "fleetpki.io/scope"
 BLOB_LABEL = "fleetpki.io/blob"
 QUARANTINE_LABEL = "fleetpki.io/quarantined"
@@ -70,11 +69,8 @@ def blob_kind(name: str) -> str:
 
 def secret_name(scope: str, name: str) -> str:
     """The Secret that holds blob `name` of `scope`: a DNS-1123 subdomain."""
-    digest = hashlib.sha256(f"{scope}\0{name}".encode()).hexdigest()[:_HASH_LEN]
     head = f"fleetpki-{scope}-"
-    readable = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-    readable = readable[:_MAX_NAME - len(head) - 1 - _HASH_LEN].strip("-")
-    return f"{head}{readable}-{digest}" if readable else f"{head}{digest}"
+    return head + hashed_name(name, f"{scope}\0{name}", _HASH_LEN, _MAX_NAME - len(head))
 
 
 class SecretBlobs:
