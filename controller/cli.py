@@ -58,6 +58,10 @@ StateOpt = Annotated[Path | None, typer.Option(
     "~/.local/state/fleetpki.", show_default=False, readable=False)]  # commands explain (exit 1)
 DefaultPoliciesOpt = Annotated[bool, typer.Option(
     help="Apply the built-in recommended policies (a repo policy of the same name replaces one).")]
+PoliciesOpt = Annotated[Path | None, typer.Option(
+    "--policies", help="Trusted policy directory (e.g. a checkout of the platform team's "
+    "repository): its CertificatePolicies and Tenants bind DIR, and DIR's own policies are "
+    "refused.", show_default=False)]
 MaxRevOpt = Annotated[int | None, typer.Option(
     "--max-revocations", help="Revocations allowed per fleet (default: 10% of it or 100).")]
 NewCAOpt = Annotated[list[str] | None, typer.Option(
@@ -158,10 +162,11 @@ def options(version: Annotated[bool, typer.Option(
 @handle_errors
 def validate(directory: DirArg, output: Annotated[OutputFormat, typer.Option(
         "-o", "--output")] = OutputFormat.text,
-             default_policies: DefaultPoliciesOpt = True) -> None:
+             default_policies: DefaultPoliciesOpt = True, policies: PoliciesOpt = None) -> None:
     """Check schema, references, templates, device keys, CSRs and policies. Exit 1 on any
     problem or policy denial."""
-    problems, findings = jobs.validate(directory, jobs.now_utc(), default_policies)
+    problems, findings = jobs.validate(directory, jobs.now_utc(),
+                                       jobs.PolicySource(default_policies, policies))
     denies = [f for f in findings if f.action == "deny"]
     if output != OutputFormat.text:
         _emit({"valid": not (problems or denies), "problems": [p.as_dict() for p in problems],
@@ -185,7 +190,7 @@ def plan(directory: DirArg, state_dir: StateOpt = None,
          detailed_exitcode: Annotated[bool, typer.Option(
              "--detailed-exitcode", help="Exit 2 when the plan has changes.")] = False,
          max_revocations: MaxRevOpt = None, default_policies: DefaultPoliciesOpt = True,
-         base: Annotated[str | None, typer.Option(
+         policies: PoliciesOpt = None, base: Annotated[str | None, typer.Option(
              help="Git revision to compare with (pull requests): show only what the change "
              "does, as if the base were applied.")] = None,
          base_dir: Annotated[Path | None, typer.Option(
@@ -196,6 +201,7 @@ def plan(directory: DirArg, state_dir: StateOpt = None,
     """Show what apply would do: create/renew CAs, issue, renew, re-key, revoke, publish CRLs.
     Exit 1 on problems, policy denials, or (with --max-revocations) too many revocations."""
     now = jobs.now_utc()
+    source = jobs.PolicySource(default_policies, policies)
     if base is not None and base_dir is not None:
         raise typer.BadParameter("give --base or --base-dir, not both")
     dirty = uncommitted_changes(directory)
@@ -204,14 +210,14 @@ def plan(directory: DirArg, state_dir: StateOpt = None,
                          "refuses it until they are committed"])
     if base is not None:
         with jobs.checkout_of(directory, base) as base_tree:
-            the_plan = jobs.plan_change(directory, base_tree, now, max_revocations,
-                                        default_policies, danger_fraction)
+            the_plan = jobs.plan_change(directory, base_tree, now, max_revocations, source,
+                                        danger_fraction)
     elif base_dir is not None:
-        the_plan = jobs.plan_change(directory, base_dir, now, max_revocations,
-                                    default_policies, danger_fraction)
+        the_plan = jobs.plan_change(directory, base_dir, now, max_revocations, source,
+                                    danger_fraction)
     else:
         the_plan = jobs.plan(directory, jobs.StateDir.resolve(state_dir), now,
-                             max_revocations, default_policies, danger_fraction,
+                             max_revocations, source, danger_fraction,
                              frozenset(new_ca or ()))
     print(RENDERERS[output.value](the_plan), end="")
     too_many = max_revocations is not None and the_plan.mass_revocations
@@ -234,8 +240,8 @@ def apply(directory: DirArg, state_dir: StateOpt = None, max_revocations: MaxRev
               help="Commit status to the status branch when DIR is in a git repo.")] = True,
           status_branch: Annotated[str, typer.Option()] = jobs.STATUS_BRANCH,
           output: Annotated[OutputFormat, typer.Option("-o", "--output")] = OutputFormat.text,
-          default_policies: DefaultPoliciesOpt = True, new_ca: NewCAOpt = None,
-          allow_uncommitted: Annotated[bool, typer.Option(
+          default_policies: DefaultPoliciesOpt = True, policies: PoliciesOpt = None,
+          new_ca: NewCAOpt = None, allow_uncommitted: Annotated[bool, typer.Option(
               help="Apply the working tree even when files under DIR are not committed.")] =
           False) -> None:
     """Converge the state to the declaration and write status back. Actions a policy denies
@@ -253,7 +259,7 @@ def apply(directory: DirArg, state_dir: StateOpt = None, max_revocations: MaxRev
                             allow_mass_revocation=allow_mass_revocation, write_status=status,
                             status_branch=status_branch,
                             progress=lambda n: bar.advance(task, n),
-                            use_default_policies=default_policies,
+                            policies=jobs.PolicySource(default_policies, policies),
                             new_cas=frozenset(new_ca or ()))
     if output != OutputFormat.text:
         _emit({"done": report.result.done, "summary": report.plan.summary(),
@@ -524,8 +530,10 @@ def serve(directory: DirArg, state_dir: StateOpt = None,
           ] = None,
           tls_name: Annotated[str | None, typer.Option(
               "--tls-name", help="DNS name or IP of the server certificate (default: the host "
-              "of --https).")] = None) -> None:
-    """Serve devices: OCSP, CRLs and CA certificates over HTTP, EST over HTTPS."""
+              "of --https).")] = None,
+          default_policies: DefaultPoliciesOpt = True, policies: PoliciesOpt = None) -> None:
+    """Serve devices: OCSP, CRLs and CA certificates over HTTP, EST over HTTPS. EST checks
+    each enrollment against the same policies (and tenants) as apply."""
     import asyncio
     import logging
 
@@ -542,7 +550,8 @@ def serve(directory: DirArg, state_dir: StateOpt = None,
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(1) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    state = ServerState(directory, jobs.StateDir.resolve(state_dir))
+    state = ServerState(directory, jobs.StateDir.resolve(state_dir),
+                        jobs.PolicySource(default_policies, policies))
     try:
         asyncio.run(serve_forever(state, options))
     except KeyboardInterrupt:

@@ -31,9 +31,12 @@ from controller.plan.dangers import dangers
 from controller.plan.model import Observed, Plan
 from controller.plan.planner import plan as make_plan
 from controller.policy.changes import policy_changes
-from controller.policy.defaults import default_policies, effective_policies
 from controller.policy.engine import CompiledRule, compile_policies, evaluate
 from controller.policy.gate import gate
+from controller.policy.tenancy import Tenancy, assign
+from controller.sources.policies import DEFAULT_SOURCE as DEFAULT_SOURCE  # part of the job API
+from controller.sources.policies import PolicySource as PolicySource  # part of the job API
+from controller.sources.policies import read_policies
 from controller.sources.repo import load_repository
 from controller.sources.worktree import enclosing_work_tree, uncommitted_changes
 from controller.status.gitbranch import GitStatus
@@ -169,6 +172,7 @@ class Declaration:
     desired: Desired
     rules: list[CompiledRule]
     policies: list[Located] = field(default_factory=list)
+    tenancy: Tenancy = Tenancy()
 
     def plan(self, observed: Observed, now: datetime, max_revocations: int | None = None,
              danger_fraction: float = DANGER_FRACTION,
@@ -177,43 +181,42 @@ class Declaration:
         `trusted` declaration (a pull request's base), its policies judge the plan too (their
         findings say `(base)`), and every change to the policies is a danger."""
         planned = make_plan(self.desired, observed, now, max_revocations)
-        findings = evaluate(self.rules, self.desired, planned.intents, now)
+        findings = evaluate(self.rules, self.desired, planned.intents, now, self.tenancy)
         flags: list[str] = []
         if trusted is not None:
             own = {(f.policy, f.rule, f.action, f.object, f.device) for f in findings}
             findings += [replace(f, policy=f"{f.policy} (base)")
-                         for f in evaluate(trusted.rules, self.desired, planned.intents, now)
+                         for f in evaluate(trusted.rules, self.desired, planned.intents, now,
+                                           self.tenancy)
                          if (f.policy, f.rule, f.action, f.object, f.device) not in own]
             flags = policy_changes(trusted.policies, self.policies)
         gated = gate(planned, self.desired, findings)
         return replace(gated, dangers=tuple(flags + dangers(gated, danger_fraction)))
 
 
-def read_declaration(directory: Path,
-                     use_default_policies: bool = True) -> tuple[Declaration, list[Problem]]:
-    """Resources and policies (defaults included unless disabled), with every problem."""
+def read_declaration(directory: Path, policies: PolicySource = DEFAULT_SOURCE
+                     ) -> tuple[Declaration, list[Problem]]:
+    """Resources, policies and tenants (from where `policies` says), with every problem."""
     desired, problems = load_repository(directory)
-    defaults: list[Located] = []
-    if use_default_policies:
-        defaults, default_problems = default_policies()
-        problems = problems + default_problems
-    policies = effective_policies(desired.policies, defaults)
-    rules, rule_problems = compile_policies(policies)
-    return Declaration(desired, rules, policies), problems + rule_problems
+    effective = read_policies(policies, desired)
+    rules, rule_problems = compile_policies(effective.policies)
+    tenancy, tenancy_problems = assign(effective.tenants, desired, policies.namespace)
+    return (Declaration(desired, rules, effective.policies, tenancy),
+            problems + effective.problems + rule_problems + tenancy_problems)
 
 
-def load(directory: Path, use_default_policies: bool = True) -> Declaration:
+def load(directory: Path, policies: PolicySource = DEFAULT_SOURCE) -> Declaration:
     """The declaration, or InvalidDeclaration listing every problem."""
-    declaration, problems = read_declaration(directory, use_default_policies)
+    declaration, problems = read_declaration(directory, policies)
     if problems:
         raise InvalidDeclaration(problems)
     return declaration
 
 
 def validate(directory: Path, now: datetime,
-             use_default_policies: bool = True) -> tuple[list[Problem], list[Finding]]:
+             policies: PolicySource = DEFAULT_SOURCE) -> tuple[list[Problem], list[Finding]]:
     """Schema, references, templates, device keys, CSRs and policies; nothing applied."""
-    declaration, problems = read_declaration(directory, use_default_policies)
+    declaration, problems = read_declaration(directory, policies)
     if problems:
         return problems, []
     planned = declaration.plan(Observed(), now)
@@ -221,11 +224,11 @@ def validate(directory: Path, now: datetime,
 
 
 def plan(directory: Path, state: StateDir, now: datetime, max_revocations: int | None = None,
-         use_default_policies: bool = True, danger_fraction: float = DANGER_FRACTION,
+         policies: PolicySource = DEFAULT_SOURCE, danger_fraction: float = DANGER_FRACTION,
          new_cas: frozenset[str] = frozenset(), status_branch: str = STATUS_BRANCH) -> Plan:
     """Plan against the inventory (read-only; an absent state directory is empty). A CA to
     create that exists elsewhere is refused (ExistingCA), as apply would."""
-    declaration = load(directory, use_default_policies)
+    declaration = load(directory, policies)
     root = enclosing_work_tree(directory)
     places = state.places(GitStatus(root, status_branch) if root else None)
     if not state.exists():
@@ -244,14 +247,14 @@ def _created_cas(the_plan: Plan) -> list[str]:
 
 
 def plan_change(directory: Path, base: Path, now: datetime, max_revocations: int | None = None,
-                use_default_policies: bool = True,
+                policies: PolicySource = DEFAULT_SOURCE,
                 danger_fraction: float = DANGER_FRACTION) -> Plan:
     """What the head declaration changes relative to the base declaration, as if the base had
     been applied: the pull-request view. The base's policies (already merged, trusted) judge it
     as well as the head's, and a change to the policies is a danger."""
-    head = load(directory, use_default_policies)
+    head = load(directory, policies)
     try:
-        before = load(base, use_default_policies)
+        before = load(base, policies)
     except InvalidDeclaration as exc:
         raise InvalidDeclaration(
             [replace(p, file=f"(base) {p.file}") for p in exc.problems]) from None
@@ -304,7 +307,7 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
           max_revocations: int | None = None, allow_mass_revocation: bool = False,
           write_status: bool = True, status_branch: str = STATUS_BRANCH,
           status_store: StatusStore | None = None, source_problems: Sequence[Problem] = (),
-          progress: Progress = lambda n: None, use_default_policies: bool = True,
+          progress: Progress = lambda n: None, policies: PolicySource = DEFAULT_SOURCE,
           new_cas: frozenset[str] = frozenset()) -> ApplyReport:
     """Converge, then write status: to `status_store`, else to the status branch (when in a
     git repository and `write_status`). `source_problems` are what the source found before
@@ -333,7 +336,7 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
             files = build_status(desired, inventory, outcome, previous, now, commit)
             return store.write(StatusUpdate(files, summary, the_plan, outcome, now, done or {}))
 
-        declaration, problems = read_declaration(directory, use_default_policies)
+        declaration, problems = read_declaration(directory, policies)
         problems = [*source_problems, *problems]
         desired = declaration.desired
         outcome = Outcome(problems=list(problems))

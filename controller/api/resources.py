@@ -419,6 +419,47 @@ class CertificatePolicySpec(Model):
         return self
 
 
+TENANT_GLOB = r"^[A-Za-z0-9._*?/-]+$"
+
+
+class TenantAllowances(Model):
+    """What a tenant's fleets may use beyond what it declares itself (empty lists: no limit,
+    except `authorities` and `profiles`: only the tenant's own)."""
+
+    authorities: list[Annotated[str, Field(pattern=DNS_LABEL)]] = []
+    profiles: list[Annotated[str, Field(pattern=DNS_LABEL)]] = []
+    keyAlgorithms: list[KeyAlgorithm] = []
+    maxValidity: Duration | None = None
+    deviceIdPatterns: list[Annotated[str, Field(min_length=1, max_length=1024)]] = []
+
+
+class TenantSpec(Model):
+    """A team and where its objects live: `paths` (globs relative to the fleet directory, `*`
+    within a path segment, `**` across segments) in git-only mode, `namespaces` in Kubernetes
+    mode. `owners` go to CODEOWNERS (`fleetpki codeowners`)."""
+
+    paths: list[Annotated[str, Field(pattern=TENANT_GLOB, max_length=512)]] = []
+    namespaces: list[Annotated[str, Field(pattern=K8S_NAMESPACE)]] = []
+    owners: list[Annotated[str, Field(pattern=r"^\S+$")]] = []
+    allowed: TenantAllowances = TenantAllowances()
+
+    @field_validator("paths")
+    @classmethod
+    def _relative(cls, paths: list[str]) -> list[str]:
+        for path in paths:
+            if path.startswith("/") or ".." in path.split("/"):
+                raise ValueError(f"{path!r}: paths are relative to the fleet directory and "
+                                 "stay inside it")
+        return paths
+
+    @model_validator(mode="after")
+    def _somewhere(self) -> TenantSpec:
+        if not self.paths and not self.namespaces:
+            raise ValueError("a tenant needs paths (git-only mode) or namespaces (Kubernetes "
+                             "mode)")
+        return self
+
+
 class Resource(Model):
     apiVersion: Literal["fleetpki.io/v1alpha1"] = "fleetpki.io/v1alpha1"
     kind: str
@@ -458,9 +499,18 @@ class CertificatePolicy(Resource):
     spec: CertificatePolicySpec
 
 
+class Tenant(Resource):
+    """A team, where its objects live and what they may use; accepted only from the trusted
+    policy source (`--policies DIR`), never from the repository it governs."""
+
+    kind: Literal["Tenant"] = "Tenant"
+    spec: TenantSpec
+
+
 KINDS: dict[str, type[Resource]] = {
     "CertificateAuthority": CertificateAuthority,
     "CertificateProfile": CertificateProfile,
     "DeviceFleet": DeviceFleet,
     "CertificatePolicy": CertificatePolicy,
+    "Tenant": Tenant,
 }

@@ -30,6 +30,7 @@ from controller.api.resources import (
 from controller.pki import keys
 from controller.plan.intents import DeviceIntent
 from controller.plan.schedule import renew_before
+from controller.policy.tenancy import NO_TENANTS, Tenancy
 
 Scope = Literal["authority", "fleet", "device"]
 # cel-python's compiled runner is ~5x faster, but its has() macro yields a Python bool that
@@ -39,7 +40,7 @@ _COMPILED = celpy.Environment(runner_class=celpy.CompiledRunner)
 # ("Internal error: ...") would only be noise on stderr.
 logging.getLogger("celpy").setLevel(logging.CRITICAL)
 _INTERPRETED = celpy.Environment()
-VARIABLES = ("device", "fleet", "profile", "authority")
+VARIABLES = ("device", "fleet", "profile", "authority", "tenant")
 
 
 MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
@@ -66,7 +67,7 @@ def _identifiers(tree: Tree) -> tuple[set[str], bool]:
 def _scope(names: set[str]) -> Scope:
     if "device" in names:
         return "device"
-    if names & {"fleet", "profile"} or not names & set(VARIABLES):
+    if names & {"fleet", "profile"} or "authority" not in names:
         return "fleet"
     return "authority"
 
@@ -97,7 +98,8 @@ def _guards(expression: str, tree: Tree) -> tuple[celpy.Runner, ...]:
 
 
 def scope_of(expression: str) -> Scope:
-    """`device` -> per device; `fleet`/`profile` (or nothing) -> per fleet; else per CA.
+    """`device` -> per device; `fleet`/`profile`/`tenant` (or nothing) -> per fleet; else
+    per CA (then `tenant` is the CA's).
     Read from the parsed expression, so names in strings or comments do not count."""
     return _scope(_identifiers(_COMPILED.compile(expression))[0])
 
@@ -168,10 +170,11 @@ def _cel(value: Any) -> Any:
     return celtypes.StringType(str(value))
 
 
-def authority_data(ca: CertificateAuthority) -> dict[str, Any]:
+def authority_data(ca: CertificateAuthority, tenant: str = "") -> dict[str, Any]:
     spec = ca.spec
     return {
-        "name": ca.name, "labels": ca.metadata.labels, "annotations": ca.metadata.annotations,
+        "name": ca.name, "tenant": tenant, "labels": ca.metadata.labels,
+        "annotations": ca.metadata.annotations,
         "type": spec.type, "parent": spec.parentRef.name if spec.parentRef else "",
         "keyAlgorithm": spec.keyAlgorithm, "duration": spec.duration,
         "renewBefore": renew_before(spec.duration, spec.renewBefore),
@@ -183,10 +186,10 @@ def authority_data(ca: CertificateAuthority) -> dict[str, Any]:
     }
 
 
-def profile_data(profile: CertificateProfile) -> dict[str, Any]:
+def profile_data(profile: CertificateProfile, tenant: str = "") -> dict[str, Any]:
     spec = profile.spec
     return {
-        "name": profile.name, "labels": profile.metadata.labels,
+        "name": profile.name, "tenant": tenant, "labels": profile.metadata.labels,
         "annotations": profile.metadata.annotations, "keyAlgorithm": spec.keyAlgorithm,
         "keyGeneration": spec.keyGeneration, "duration": spec.duration,
         "renewBefore": renew_before(spec.duration, spec.renewBefore), "usages": spec.usages,
@@ -196,10 +199,10 @@ def profile_data(profile: CertificateProfile) -> dict[str, Any]:
     }
 
 
-def fleet_data(decl: FleetDecl) -> dict[str, Any]:
+def fleet_data(decl: FleetDecl, tenant: str = "") -> dict[str, Any]:
     fleet = decl.fleet
     return {
-        "name": fleet.name, "labels": fleet.metadata.labels,
+        "name": fleet.name, "tenant": tenant, "labels": fleet.metadata.labels,
         "annotations": fleet.metadata.annotations, "issuer": fleet.spec.issuerRef.name,
         "profile": fleet.spec.profileRef.name, "deviceCount": len(decl.devices),
         "suspend": fleet.spec.suspend, "decommissioned": fleet.spec.decommissioned,
@@ -288,9 +291,11 @@ def _holds(guard: celpy.Runner, activation: dict[str, Any]) -> bool:
 
 
 def evaluate(rules: list[CompiledRule], desired: Desired,
-             intents: Mapping[tuple[str, str], DeviceIntent], now: datetime) -> list[Finding]:
+             intents: Mapping[tuple[str, str], DeviceIntent], now: datetime,
+             tenancy: Tenancy = NO_TENANTS) -> list[Finding]:
     """Every rule over every object it selects; device rules over `intents` (the devices that
-    would get a certificate), each device's data converted once for all its rules."""
+    would get a certificate), each device's data converted once for all its rules. `tenant` is
+    the CA's tenant in CA rules, the fleet's in the others."""
     found: list[tuple[tuple[int, int, int], Finding]] = []  # (rule, object, device) order
     by_fleet: dict[str, list[DeviceIntent]] = {}
     for (fleet_name, _), intent in sorted(intents.items()):
@@ -309,11 +314,12 @@ def evaluate(rules: list[CompiledRule], desired: Desired,
         ca = desired.authority(name)
         if ca.spec.type == "external":
             continue  # nothing is made for it: no rule to gate
-        activation = _activation({"authority": authority_data(ca), "now": now})
+        ref = f"CertificateAuthority/{name}"
+        activation = _activation({"authority": authority_data(ca, tenancy.name_of(ref)),
+                                  "tenant": tenancy.data(ref), "now": now})
         for rank, rule in ranked:
             if rule.scope == "authority" and _selected(policy_of(rule), None, ca, desired):
-                record(rank, position, 0,
-                       _run(rule, activation, f"CertificateAuthority/{name}", None))
+                record(rank, position, 0, _run(rule, activation, ref, None))
     for position, (name, decl) in enumerate(sorted(desired.fleets.items())):
         ca = desired.authority(decl.fleet.spec.issuerRef.name)
         profile = desired.profile(decl.fleet.spec.profileRef.name)
@@ -321,10 +327,13 @@ def evaluate(rules: list[CompiledRule], desired: Desired,
                   and _selected(policy_of(rule), decl.fleet, ca, desired)]
         if not chosen:
             continue
-        activation = _activation({"authority": authority_data(ca),
-                                  "profile": profile_data(profile),
-                                  "fleet": fleet_data(decl), "now": now})
         target = f"DeviceFleet/{name}"
+        activation = _activation({
+            "authority": authority_data(ca, tenancy.name_of(f"CertificateAuthority/{ca.name}")),
+            "profile": profile_data(profile,
+                                    tenancy.name_of(f"CertificateProfile/{profile.name}")),
+            "fleet": fleet_data(decl, tenancy.name_of(target)), "tenant": tenancy.data(target),
+            "now": now})
         for rank, rule in chosen:
             if rule.scope == "fleet":
                 record(rank, position, 0, _run(rule, activation, target, None))

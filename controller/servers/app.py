@@ -186,7 +186,8 @@ async def simpleenroll(request: web.Request, state: ServerState) -> web.Response
         csr = await _csr(request)
         target, stored = await _secret_holder(request, state, fleet)
     record = est.issue(state.executor(now), state.inventory, target, csr, now, consume=stored,
-                       rules=state.rules)
+                       rules=state.rules,
+                       tenancy=state.tenancy)
     state.changed()
     return _issued(record.der)
 
@@ -208,7 +209,8 @@ async def serverkeygen(request: web.Request, state: ServerState) -> web.Response
         target = est.find_device(state.desired, current.device, current.owner)
     now = now_utc()
     record = est.issue(state.executor(now), state.inventory, target, csr, now, consume=consume,
-                       server_key=True, rules=state.rules)
+                       server_key=True, rules=state.rules,
+                       tenancy=state.tenancy)
     state.changed()
     body, content_type = est.server_key_response(state.keystore, record)
     return web.Response(body=body, headers={"Content-Type": content_type})
@@ -230,7 +232,8 @@ async def simplereenroll(request: web.Request, state: ServerState) -> web.Respon
     csr = await _csr(request)
     target = est.find_device(state.desired, current.device, current.owner)
     now = now_utc()
-    record = est.issue(state.executor(now), state.inventory, target, csr, now, rules=state.rules)
+    record = est.issue(state.executor(now), state.inventory, target, csr, now, rules=state.rules,
+                       tenancy=state.tenancy)
     state.changed()
     return _issued(record.der)
 

@@ -23,6 +23,7 @@ from controller.clock import epoch, from_epoch, now_utc
 from controller.pki import certificates as certs
 from controller.pki import keys
 from controller.policy.engine import CompiledRule
+from controller.policy.tenancy import Tenancy
 from controller.servers import ocsp
 
 log = logging.getLogger(__name__)
@@ -32,10 +33,12 @@ TLS_VALIDITY = timedelta(days=30)
 
 
 class ServerState:
-    def __init__(self, directory: Path | None, state: jobs.StateDir) -> None:
+    def __init__(self, directory: Path | None, state: jobs.StateDir,
+                 policies: jobs.PolicySource = jobs.DEFAULT_SOURCE) -> None:
         """Refuses (InventoryError) a state directory without an inventory: serving never
         creates one."""
         self.directory = directory
+        self.policies = policies
         self.state = state
         self.inventory = state.inventory(create=False)
         self.keystore = state.keystore()
@@ -43,6 +46,7 @@ class ServerState:
         self._version: int | None = None
         self.desired = Desired()
         self.rules: list[CompiledRule] = []
+        self.tenancy = Tenancy()
         self._executor: Executor | None = None
         self.responder = ocsp.Responder(ocsp.IssuerIndex([]), self._lookup)
         self.refresh(force=True)
@@ -60,8 +64,9 @@ class ServerState:
         self._executor = None
         if self.directory is not None:
             try:
-                declaration = jobs.load(self.directory)
+                declaration = jobs.load(self.directory, self.policies)
                 self.desired, self.rules = declaration.desired, declaration.rules
+                self.tenancy = declaration.tenancy
             except Exception as exc:  # keep serving the last good declaration
                 log.warning("cannot reload the declaration from %s: %s", self.directory,
                             str(exc).splitlines()[0] if str(exc) else type(exc).__name__)

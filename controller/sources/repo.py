@@ -16,12 +16,12 @@ from controller.api.devices import (
 )
 from controller.api.loading import Located, parse_documents
 from controller.api.problems import InvalidDeclaration, Problem
-from controller.api.resources import DeviceFleet, DeviceSource
+from controller.api.resources import DeviceFleet, DeviceSource, Tenant
 
 YAML_SUFFIXES = (".yaml", ".yml")
 
 
-def _yaml_files(root: Path) -> list[Path]:
+def yaml_files(root: Path) -> list[Path]:
     return sorted(
         p for p in root.rglob("*")
         if p.suffix in YAML_SUFFIXES and p.is_file()
@@ -60,7 +60,7 @@ def load_repository(root: Path) -> tuple[Desired, list[Problem]]:
         raise InvalidDeclaration([Problem(str(root), "not a directory")])
     located: list[Located] = []
     problems: list[Problem] = []
-    for path in _yaml_files(root):
+    for path in yaml_files(root):
         relative = str(path.relative_to(root))
         try:
             text = path.read_text(encoding="utf-8")
@@ -68,7 +68,11 @@ def load_repository(root: Path) -> tuple[Desired, list[Problem]]:
             problems.append(Problem(relative, f"cannot read: {exc}"))
             continue
         found, found_problems = parse_documents(text, relative)
-        located.extend(found)
+        problems += [Problem(item.file, "a Tenant is accepted only from the trusted policy "
+                             "source (--policies DIR), never from the repository it governs",
+                             item.line, item.ref, "kind")
+                     for item in found if isinstance(item.resource, Tenant)]
+        located += [item for item in found if not isinstance(item.resource, Tenant)]
         problems.extend(found_problems)
     read_devices = repository_reader(root)
     fleet_devices = {

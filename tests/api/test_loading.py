@@ -10,6 +10,7 @@ import pytest
 from controller.api.problems import InvalidDeclaration, Problem
 from controller.api.resources import Revocation
 from controller.jobs import load, validate
+from controller.sources.policies import PolicySource
 from controller.sources.repo import load_repository
 
 from .support import FLEET, HEADER, PROFILE, ROOT_CA, MakeRepo, line_of, only
@@ -39,7 +40,7 @@ def test_minimal_repo_loads_without_problems(make_repo: MakeRepo) -> None:
     assert list(desired.profiles) == ["client"]
     assert [d.id for d in desired.fleets["sensors"].devices] == ["dev-1", "dev-2"]
     assert desired.authorities_in_order() == ["root", "issuing"]
-    assert validate(make_repo(), NOW, use_default_policies=False)[0] == []
+    assert validate(make_repo(), NOW, policies=PolicySource(defaults=False))[0] == []
 
 
 def test_example_repo_is_valid() -> None:
@@ -428,7 +429,7 @@ def test_missing_label_is_a_plan_time_problem_naming_the_device(make_repo: MakeR
     fleet = fleet_with(devices="    - id: dev-1\n      labels: {site: berlin}\n    - id: dev-2\n")
     repo = make_repo({"profiles.yaml": profile, FLEET_FILE: fleet})
     assert load_repository(repo)[1] == []  # the declaration itself is fine
-    problems = validate(repo, NOW, use_default_policies=False)[0]
+    problems = validate(repo, NOW, policies=PolicySource(defaults=False))[0]
     problem = only(problems)
     assert problem.device == "dev-2"
     assert (problem.file, problem.object, problem.field) == (FLEET_FILE, "DeviceFleet/sensors",
@@ -442,20 +443,20 @@ def test_missing_label_of_a_csv_device_points_at_the_csv_line(make_repo: MakeRep
     csv_text = "id,labels.site\ns-1,x\ns-2,\n"
     repo = make_repo({"profiles.yaml": profile, FLEET_FILE: with_source("s.csv", ""),
                       "s.csv": csv_text})
-    problem = only(validate(repo, NOW, use_default_policies=False)[0])
+    problem = only(validate(repo, NOW, policies=PolicySource(defaults=False))[0])
     assert (problem.file, problem.line, problem.device) == ("s.csv", 3, "s-2")
 
 
 def test_validate_reports_device_key_problems(make_repo: MakeRepo) -> None:
     profile = PROFILE.replace("duration:", "keyGeneration: device\n  duration:")
     problems = validate(make_repo({"profiles.yaml": profile}), NOW,
-                        use_default_policies=False)[0]
+                        policies=PolicySource(defaults=False))[0]
     assert sorted((p.device, p.field) for p in problems) == [("dev-1", "csr"), ("dev-2", "csr")]
 
 
 def test_validate_stops_at_declaration_problems(make_repo: MakeRepo) -> None:
     problems = validate(make_repo({FLEET_FILE: FLEET.replace("name: client", "name: x")}), NOW,
-                        use_default_policies=False)[0]
+                        policies=PolicySource(defaults=False))[0]
     assert [p.field for p in problems] == ["spec.profileRef.name"]
 
 

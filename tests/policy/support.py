@@ -130,15 +130,14 @@ def dump(path: Path, *documents: Doc) -> None:
 
 # --- running the job layer -----------------------------------------------------------------------
 def check(repo: FleetRepo, tmp_path: Path, *,
-          use_default_policies: bool = True) -> tuple[list[Problem], list[Finding]]:
+          defaults: bool = True) -> tuple[list[Problem], list[Finding]]:
     """`jobs.validate` of the repository written to a fresh directory."""
     root = repo.write(tmp_path / f"repo-{len(list(tmp_path.glob('repo-*')))}")
-    return jobs.validate(root, NOW, use_default_policies)
+    return jobs.validate(root, NOW, jobs.PolicySource(defaults))
 
 
-def findings_of(repo: FleetRepo, tmp_path: Path, *,
-                use_default_policies: bool = True) -> list[Finding]:
-    problems, findings = check(repo, tmp_path, use_default_policies=use_default_policies)
+def findings_of(repo: FleetRepo, tmp_path: Path, *, defaults: bool = True) -> list[Finding]:
+    problems, findings = check(repo, tmp_path, defaults=defaults)
     assert problems == [], [str(p) for p in problems]
     return findings
 

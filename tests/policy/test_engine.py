@@ -114,7 +114,7 @@ def hit(findings_set: set[tuple[str, str, str, str | None]]) -> dict[str, set[st
 def test_selector_picks_fleets_devices_and_cas(tmp_path: Path, selector: dict[str, object],
                                                fleets: set[str], cas: set[str] | None) -> None:
     repo = selector_repo().add_policy(policy("picky", *ALWAYS_FAILING, selector=selector))
-    found = hit(keyed(findings_of(repo, tmp_path, use_default_policies=False)))
+    found = hit(keyed(findings_of(repo, tmp_path, defaults=False)))
     assert found["fleets"] == fleets
     device_of = {"sensors": "s-1", "gateways": "g-1", "meters": "m-1"}
     assert found["devices"] == {f"{name}:{device_of[name]}" for name in fleets}
@@ -127,7 +127,7 @@ def test_a_fleet_selector_limits_ca_rules_to_the_selected_fleets_issuers(
     repo = selector_repo().add_policy(policy(
         "gateways-ca", rule("p384-only", 'authority.keyAlgorithm == "ECDSA-P384"'),
         selector={"fleets": ["gateways"]}))
-    assert keyed(findings_of(repo, tmp_path, use_default_policies=False)) == {
+    assert keyed(findings_of(repo, tmp_path, defaults=False)) == {
         ("deny", "gateways-ca/p384-only", "CertificateAuthority/issuing", None)}
 
 
@@ -169,7 +169,7 @@ def test_without_default_policies_only_repository_policies_apply(repo: FleetRepo
     del repo.authorities["root"]["spec"]["pathLength"]
     repo.profiles["client"]["spec"]["duration"] = "800d"
     repo.add_policy(policy("own", rule("no-dev-3", 'device.id != "dev-3"')))
-    assert keyed(findings_of(repo, tmp_path, use_default_policies=False)) == {
+    assert keyed(findings_of(repo, tmp_path, defaults=False)) == {
         ("deny", "own/no-dev-3", "DeviceFleet/sensors", "dev-3")}
     assert len(findings_of(repo, tmp_path)) == 3
 
@@ -277,7 +277,7 @@ def test_has_and_in_test_optional_fields(tmp_path: Path, expression: str,
     repo.authorities["other"] = ca_doc("other", parent="issuing")
     del repo.authorities["other"]["spec"]["pathLength"]
     repo.add_policy(policy("optional", rule("check", expression)))
-    findings = findings_of(repo, tmp_path, use_default_policies=False)
+    findings = findings_of(repo, tmp_path, defaults=False)
     assert {f.object.split("/")[1] for f in findings} == failing
     assert all("could not be evaluated" not in f.message for f in findings)
 
@@ -285,7 +285,7 @@ def test_has_and_in_test_optional_fields(tmp_path: Path, expression: str,
 def test_has_with_a_space_before_the_parenthesis(tmp_path: Path) -> None:
     repo = FleetRepo()
     repo.add_policy(policy("spaced", rule("check", "!has (authority.labels.team)")))
-    assert findings_of(repo, tmp_path, use_default_policies=False) == []
+    assert findings_of(repo, tmp_path, defaults=False) == []
 
 
 @pytest.mark.parametrize(("expression", "holds"), [
@@ -305,7 +305,7 @@ def test_has_with_a_space_before_the_parenthesis(tmp_path: Path) -> None:
 def test_durations_and_now(repo: FleetRepo, tmp_path: Path, expression: str,
                            holds: bool) -> None:
     repo.add_policy(policy("time", rule("check", expression)))
-    findings = findings_of(repo, tmp_path, use_default_policies=False)
+    findings = findings_of(repo, tmp_path, defaults=False)
     assert all("could not be evaluated" not in f.message for f in findings)
     assert (findings == []) is holds
 
@@ -338,4 +338,4 @@ def test_the_data_rules_see(repo: FleetRepo, tmp_path: Path) -> None:
         'device.labels.site == "berlin" && device.keyAlgorithm == "ECDSA-P256"',
     ]
     repo.add_policy(policy("data", *(rule(f"r{i}", e) for i, e in enumerate(expressions))))
-    assert findings_of(repo, tmp_path, use_default_policies=False) == []
+    assert findings_of(repo, tmp_path, defaults=False) == []
