@@ -395,7 +395,8 @@ def reconcile(repo: Annotated[str, typer.Option(help="Git URL or path of the fle
               once: Annotated[bool, typer.Option(help="Run once and exit.")] = False,
               path: Annotated[str, typer.Option(help="Directory inside the repo.")] = ".",
               state_dir: StateOpt = None, max_revocations: MaxRevOpt = None,
-              new_ca: NewCAOpt = None) -> None:
+              new_ca: NewCAOpt = None, default_policies: DefaultPoliciesOpt = True,
+              policies: PoliciesOpt = None) -> None:
     """The controller loop (git-only mode): fetch, apply, write and push status, sleep. With
     --once, any failure exits 1; in the loop, failures are logged and retried."""
     if new_ca and not once:
@@ -407,7 +408,8 @@ def reconcile(repo: Annotated[str, typer.Option(help="Git URL or path of the fle
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--interval") from None
     reconciler = Reconciler(repo, ref, state, path=path, push=push,
-                            max_revocations=max_revocations, new_cas=frozenset(new_ca or ()))
+                            max_revocations=max_revocations, new_cas=frozenset(new_ca or ()),
+                            policies=jobs.PolicySource(default_policies, policies))
     reconciler.run(period if not once else None, log=lambda m: err.print(m, markup=False,
                                                                           highlight=False))
 

@@ -36,7 +36,8 @@ class Reconciler:
 
     def __init__(self, repo: str, ref: str, state: jobs.StateDir, *, path: str = ".",
                  push: bool = False, max_revocations: int | None = None,
-                 new_cas: frozenset[str] = frozenset()) -> None:
+                 new_cas: frozenset[str] = frozenset(),
+                 policies: jobs.PolicySource = jobs.DEFAULT_SOURCE) -> None:
         self.repo = repo
         self.ref = ref
         self.state = state
@@ -44,6 +45,7 @@ class Reconciler:
         self.push = push
         self.max_revocations = max_revocations
         self.new_cas = new_cas
+        self.policies = policies
         local = Path(repo).expanduser()
         self.url = str(local.resolve()) if local.exists() else repo  # what git records
         digest = hashlib.sha256(repo.encode()).hexdigest()[:12]
@@ -109,7 +111,8 @@ class Reconciler:
         head = repository.head.commit.hexsha[:12]
         try:
             report = jobs.apply(Path(self.checkout) / self.path, self.state, jobs.now_utc(),
-                                max_revocations=self.max_revocations, new_cas=self.new_cas)
+                                max_revocations=self.max_revocations, new_cas=self.new_cas,
+                                policies=self.policies)
         except (InvalidDeclaration, ApplyRefused, ExistingCA, KeyStoreError, PKIError) as exc:
             log(f"reconcile {head}: not applied: {exc}")
             ok = False
