@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import errno
 import functools
 import json
@@ -437,7 +438,7 @@ def operator(
         keys_namespace: Annotated[str | None, typer.Option(
             envvar="FLEETPKI_OPERATOR_NAMESPACE",
             help="Namespace of the CA key Secrets (default: the operator pod's namespace).")
-        ] = None) -> None:
+        ] = None, policies: PoliciesOpt = None) -> None:
     """Kubernetes mode: reconcile the fleetpki objects of the cluster (kopf), status in
     `.status`. Each namespace has its own state: <state-dir>/namespaces/<namespace>."""
     from controller.operator.main import OperatorOptions, run
@@ -455,7 +456,7 @@ def operator(
                                  param_hint="--keys-namespace")
     run(OperatorOptions(jobs.StateDir.resolve(state_dir).path, keys_namespace,
                         tuple(namespace or ()), standalone, peering, period, health_port,
-                        metrics_port, priority))
+                        metrics_port, priority, policies=policies))
 
 
 def _pod_namespace() -> str | None:
@@ -517,6 +518,36 @@ def schema(out_dir: Annotated[Path | None, typer.Option(
         return
     _write_generated(render_schemas(kinds), Path("docs/schema") if out_dir is None else out_dir,
                      check)
+
+
+@app.command()
+@handle_errors
+def codeowners(directory: DirArg, policies: Annotated[Path, typer.Option(
+                   "--policies", help="Trusted policy directory with the Tenants.")],
+               output: Annotated[Path | None, typer.Option(
+                   "--output", "-o", help="Where to write (default: the repository's existing "
+                   "CODEOWNERS in .github/, the top or docs/, else the top).",
+                   show_default=False)] = None,
+               default_owner: Annotated[list[str] | None, typer.Option(
+                   "--default-owner", help="Owner of everything no tenant owns, and of the "
+                   "CODEOWNERS file itself (repeatable).", show_default=False)] = None,
+               check: Annotated[bool, typer.Option(
+                   help="Exit 1 with a diff if the file is missing or stale (for CI).")] = False,
+               ) -> None:
+    """Write CODEOWNERS from the tenants: each tenant's paths need its owners' review."""
+    path, text = jobs.codeowners(directory, policies, default_owner or (), output)
+    current = path.read_text(encoding="utf-8") if path.exists() else ""
+    if current == text:
+        out.print(f"{path}: up to date", highlight=False)
+    elif check:
+        diff = difflib.unified_diff(current.splitlines(keepends=True),
+                                    text.splitlines(keepends=True), str(path), "generated")
+        err.print("".join(diff), markup=False, highlight=False, end="")
+        _say("error", [f"{path} is stale: run this command without --check and commit it"])
+        raise typer.Exit(1)
+    else:
+        exports.write_file(path, text.encode())
+        out.print(f"wrote {path}", highlight=False)
 
 
 @app.command()

@@ -31,12 +31,14 @@ from controller.plan.dangers import dangers
 from controller.plan.model import Observed, Plan
 from controller.plan.planner import plan as make_plan
 from controller.policy.changes import policy_changes
+from controller.policy.codeowners import LOCATIONS as CODEOWNERS_LOCATIONS
+from controller.policy.codeowners import codeowners as codeowners_text
 from controller.policy.engine import CompiledRule, compile_policies, evaluate
 from controller.policy.gate import gate
 from controller.policy.tenancy import Tenancy, assign
 from controller.sources.policies import DEFAULT_SOURCE as DEFAULT_SOURCE  # part of the job API
 from controller.sources.policies import PolicySource as PolicySource  # part of the job API
-from controller.sources.policies import read_policies
+from controller.sources.policies import read_policies, read_trusted_directory
 from controller.sources.repo import load_repository
 from controller.sources.worktree import enclosing_work_tree, uncommitted_changes
 from controller.status.gitbranch import GitStatus
@@ -284,6 +286,25 @@ def checkout_of(directory: Path, ref: str) -> Iterator[Path]:
         with tarfile.open(archive) as tar:
             tar.extractall(Path(temporary) / "tree", filter="data")
         yield Path(temporary) / "tree" / subdirectory
+
+
+def codeowners(directory: Path, policies: Path, default_owners: Sequence[str] = (),
+               output: Path | None = None) -> tuple[Path, str]:
+    """Where the CODEOWNERS of the repository holding `directory` goes (`output`, else the
+    first of .github/, the top, docs/ that has one, else the top) and its text from the
+    tenants in the trusted directory `policies`."""
+    _, tenants, problems = read_trusted_directory(policies)
+    if problems:
+        raise InvalidDeclaration(problems)
+    if not tenants:
+        raise InvalidDeclaration([Problem(str(policies), "no Tenant declared: nothing to own")])
+    root = enclosing_work_tree(directory) or directory.resolve()
+    prefix = directory.resolve().relative_to(root).as_posix()
+    if output is None:
+        output = next((root / name for name in CODEOWNERS_LOCATIONS if (root / name).exists()),
+                      root / "CODEOWNERS")
+    return output, codeowners_text(tenants, prefix, default_owners,
+                                   f"the tenants in {policies.name or policies}")
 
 
 @dataclass

@@ -420,6 +420,8 @@ class CertificatePolicySpec(Model):
 
 
 TENANT_GLOB = r"^[A-Za-z0-9._*?/-]+$"
+# CODEOWNERS owners: @user, @org/team or an email address
+CODE_OWNER = r"^(@[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)?|[^@\s]+@[^@\s]+\.[^@\s]+)$"
 
 
 class TenantAllowances(Model):
@@ -440,7 +442,7 @@ class TenantSpec(Model):
 
     paths: list[Annotated[str, Field(pattern=TENANT_GLOB, max_length=512)]] = []
     namespaces: list[Annotated[str, Field(pattern=K8S_NAMESPACE)]] = []
-    owners: list[Annotated[str, Field(pattern=r"^\S+$")]] = []
+    owners: list[Annotated[str, Field(pattern=CODE_OWNER)]] = []
     allowed: TenantAllowances = TenantAllowances()
 
     @field_validator("paths")

@@ -32,6 +32,7 @@ class OperatorOptions:
     metrics_port: int | None = None
     priority: int | None = None  # kopf peering: the highest acts; default random per process
     backoff_base: timedelta = BACKOFF_BASE
+    policies: Path | None = None  # trusted policies and Tenants (namespaces' tenants)
 
 
 def settings(options: OperatorOptions) -> kopf.OperatorSettings:
@@ -55,7 +56,8 @@ def run(options: OperatorOptions, stop: threading.Event | None = None,
     if options.metrics_port is not None:
         metrics.serve(options.metrics_port)
     namespaces = Namespaces(api, options.state_root, options.keys_namespace,
-                            cluster_readers(api), backoff_base=options.backoff_base)
+                            cluster_readers(api), backoff_base=options.backoff_base,
+                            policies=options.policies)
     registry = build_registry(namespaces, options.resync)
     kopf.on.login(registry=registry)(_login)
     health = (f"http://0.0.0.0:{options.health_port}/healthz"

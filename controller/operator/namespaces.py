@@ -40,6 +40,7 @@ class Namespaces:
     readers: Readers
     clock: Callable[[], datetime] = jobs.now_utc
     backoff_base: timedelta = BACKOFF_BASE
+    policies: Path | None = None  # trusted policy directory: its Tenants map namespaces
     _locks: dict[str, threading.Lock] = field(default_factory=dict)
     _started: dict[str, float] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
@@ -72,7 +73,9 @@ class Namespaces:
                                 self._announced.setdefault(namespace, {}))
             try:
                 report = jobs.apply(declaration, state, self.clock(), status_store=status,
-                                    source_problems=problems)
+                                    source_problems=problems,
+                                    policies=jobs.PolicySource(directory=self.policies,
+                                                               namespace=namespace))
             except jobs.REFUSALS as exc:
                 result = "refused"
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -122,7 +122,7 @@ def assign(tenants: Iterable[Located], desired: Desired,
             for file in files:
                 if fleet_tenant and fleet_tenant not in tenancy.owning(file):
                     problems.append(Problem(
-                        decl.located.file, f"device file {file} is outside tenant "
-                        f"{fleet_tenant!r}'s paths", decl.located.line_of("spec", "deviceSource"),
+                        decl.located.file, f"device file {file} is outside the paths of "
+                        f"tenant {fleet_tenant!r}", decl.located.line_of("spec", "deviceSource"),
                         decl.located.ref, "spec.deviceSource.path"))
     return Tenancy(by_name, owners), problems

@@ -41,7 +41,7 @@ class Policies:
     problems: list[Problem]
 
 
-def _trusted_directory(directory: Path) -> tuple[dict[str, Located], list[Located],
+def read_trusted_directory(directory: Path) -> tuple[dict[str, Located], list[Located],
                                                  list[Problem]]:
     """The CertificatePolicies (by name) and Tenants of a trusted directory."""
     if not directory.is_dir():
@@ -83,7 +83,7 @@ def read_policies(source: PolicySource, desired: Desired) -> Policies:
         problems += default_problems
     if source.directory is None:
         return Policies(effective_policies(desired.policies, defaults), [], problems)
-    trusted, tenants, trusted_problems = _trusted_directory(source.directory)
+    trusted, tenants, trusted_problems = read_trusted_directory(source.directory)
     problems += trusted_problems
     problems += [Problem(item.file, f"refused: policies come from the trusted directory "
                          f"{source.directory} (--policies), and a fleet repository may not add "

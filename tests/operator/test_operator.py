@@ -282,3 +282,34 @@ def test_a_ca_key_secret_holding_another_key_is_an_error_not_a_new_ca(
     with jobs.StateDir(tmp_path / "state" / "namespaces" / NS).reader() as inventory:
         assert [r.serial for r in inventory.ca_generations("devices-ca")] == \
             [ca["status"]["certificate"]["serial"]], "no second CA"
+
+
+def test_trusted_tenants_bind_namespaces(kube_emulator: RunningEmulator, api: client.ApiClient,
+                                         tmp_path: Path) -> None:
+    """With --policies DIR, a namespace's objects belong to the tenant naming the namespace:
+    a namespace no tenant names is refused, and the tenant's allowances bind its fleets."""
+    trusted = tmp_path / "platform"
+    trusted.mkdir()
+
+    def tenant(namespace: str) -> None:
+        (trusted / "tenants.yaml").write_text(
+            "apiVersion: fleetpki.io/v1alpha1\nkind: Tenant\nmetadata: {name: sensors}\n"
+            f"spec:\n  namespaces: [{namespace}]\n"
+            "  allowed: {deviceIdPatterns: ['^s-[0-9]+$']}\n", encoding="utf-8")
+
+    tenant("elsewhere")
+    declare(kube_emulator, ["s-1", "rogue-1"])
+    with running_operator(tmp_path / "state", (NS,), policies=trusted):
+        sensors = sensors_when(kube_emulator,
+                               lambda f: condition(f, "Stalled").get("status") == "True")
+        assert f"namespace '{NS}' is in no tenant's namespaces (sensors)" in \
+            condition(sensors, "Stalled")["message"]
+        assert kube_emulator.get(CAS, NS, "devices-ca")["status"].get("certificate") is None
+        tenant(NS)
+        patch_fleet(api, {"metadata": {"annotations": {REQUESTED_AT: "again"}}})
+        sensors = sensors_when(kube_emulator, lambda f: "policy denial" in condition(
+            f, "Stalled").get("message", ""))
+        assert [(a["device"], a["reason"]) for a in sensors["status"]["attention"]] == [
+            ("rogue-1", "policy tenants/device-id: device id matches none of the tenant's "
+             "allowed.deviceIdPatterns")]
+        assert sensors["status"]["devices"]["active"] == 1  # s-1 issued
