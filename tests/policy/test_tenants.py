@@ -16,8 +16,10 @@ import pytest
 import yaml
 
 from controller import jobs
+from controller.plan.intents import device_intent
 from controller.plan.model import Observed
 from controller.policy.tenancy import path_matches
+from controller.servers import est
 
 from .support import NOW, PROJECT, commit_all, git, init_repo, invoke, one_line, show
 
@@ -272,6 +274,9 @@ def test_apply_with_an_object_outside_the_tenants_changes_nothing(
 def test_codeowners_from_the_tenants(example: tuple[Path, Path]) -> None:
     repo, policies = example
     init_repo(repo)
+    assert "up to date" in invoke("codeowners", repo, "--policies", policies, "--default-owner",
+                                  "@acme/pki-platform", "--check").stdout  # the example's
+    (repo / "CODEOWNERS").unlink()
     invoke("codeowners", repo, "--policies", policies, "--default-owner", "@acme/pki-platform")
     lines = [line for line in (repo / "CODEOWNERS").read_text(encoding="utf-8").splitlines()
              if line and not line.startswith("#")]
@@ -304,3 +309,23 @@ def test_codeowners_of_a_fleet_directory_inside_a_repository(example: tuple[Path
     text = (top / ".github" / "CODEOWNERS").read_text(encoding="utf-8")
     assert "/pki/fleet/teams/sensors/** @acme/sensors" in text.splitlines()
     assert not (top / "CODEOWNERS").exists()
+
+
+def test_est_enrollment_is_judged_with_the_tenancy(example: tuple[Path, Path]) -> None:
+    """`serve --policies DIR` gates an EST enrollment with the same tenants as apply."""
+    repo, policies = example
+    edit(repo / SENSORS, "DeviceFleet",
+         lambda doc: doc["spec"]["devices"].append({"id": "sensor-12"}))
+    declaration = jobs.load(repo, jobs.PolicySource(directory=policies))
+    decl = declaration.desired.fleets["sensors"]
+    profile = declaration.desired.profile("sensor-client")
+
+    def enroll(device_id: str) -> None:
+        device = next(d for d in decl.devices if d.id == device_id)
+        est.check_policy(declaration.rules, declaration.desired, "sensors", device_id,
+                         device_intent(decl.fleet, profile, device), NOW, declaration.tenancy)
+
+    enroll("sensor-0001")
+    with pytest.raises(est.ESTError, match="tenants/device-id") as refused:
+        enroll("sensor-12")
+    assert refused.value.status == 403
