@@ -97,14 +97,16 @@ def assign(tenants: Iterable[Located], desired: Desired,
     problems: list[Problem] = []
     owners: dict[str, str] = {}
 
-    def owner(located: Located, where: str, names: list[str], field_path: str = "") -> str:
+    places = "namespaces" if namespace is not None else "paths"
+
+    def owner(located: Located, where: str, names: list[str]) -> str:
         if len(names) == 1:
             return names[0]
-        reason = (f"{where} is in no tenant's {'namespaces' if namespace else 'paths'} "
-                  f"({', '.join(sorted(by_name))}); declare it where a tenant owns it"
-                  if not names else f"{where} is owned by several tenants ({', '.join(names)});"
-                  " tenants' paths must not overlap")
-        problems.append(Problem(located.file, reason, located.line, located.ref, field_path))
+        reason = (f"{where} is in no tenant's {places} ({', '.join(sorted(by_name))}); "
+                  "declare it where a tenant owns it" if not names else
+                  f"{where} is owned by several tenants ({', '.join(names)}); tenants' "
+                  f"{places} must not overlap")
+        problems.append(Problem(located.file, reason, located.line, located.ref))
         return ""
 
     for located in _objects(desired):
