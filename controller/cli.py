@@ -70,6 +70,13 @@ NewCAOpt = Annotated[list[str] | None, typer.Option(
     "state directory otherwise stops the run): starts a new PKI on purpose. Repeatable.",
     show_default=False)]
 
+RequireSignedOpt = Annotated[bool, typer.Option(
+    "--require-signed-commits", help="Refuse unless every commit since the last applied one is "
+    "signed by a key --allowed-signers allows for every path it touches.")]
+AllowedSignersOpt = Annotated[Path | None, typer.Option(
+    "--allowed-signers", help="ssh-keygen allowed signers file whose principals are tenant name "
+    "patterns ('*': every tenant). Used with --require-signed-commits.", show_default=False)]
+
 
 class PlanFormat(StrEnum):
     text = "text"
@@ -90,7 +97,7 @@ class ExportFormat(StrEnum):
 
 EXPECTED_ERRORS = (InvalidDeclaration, ApplyRefused, ExistingCA, jobs.KeyStoreError, PKIError,
                    exports.ExportError, jobs.StateLocked, StatusBranchError, jobs.InventoryError,
-                   SourceError, backup.BackupError)
+                   SourceError, backup.BackupError, jobs.UnsignedChange, jobs.SignersFileError)
 LISTED_PATHS = 10  # uncommitted files named in a message; the rest are counted
 
 
@@ -144,6 +151,14 @@ def _uncommitted(paths: Sequence[str]) -> str:
     more = f" and {len(paths) - LISTED_PATHS} more" if len(paths) > LISTED_PATHS else ""
     verb = "has" if len(paths) == 1 else "have"
     return f"{named}{more} {verb} uncommitted changes"
+
+
+def _signers(required: bool, file: Path | None) -> jobs.AllowedSigners | None:
+    """The allowed signers when signed commits are required; the options go together."""
+    if required != (file is not None):
+        raise typer.BadParameter("--require-signed-commits and --allowed-signers FILE go "
+                                 "together", param_hint="--allowed-signers")
+    return jobs.read_allowed_signers(file) if file is not None else None
 
 
 def _show_version(value: bool) -> None:
@@ -244,10 +259,16 @@ def apply(directory: DirArg, state_dir: StateOpt = None, max_revocations: MaxRev
           default_policies: DefaultPoliciesOpt = True, policies: PoliciesOpt = None,
           new_ca: NewCAOpt = None, allow_uncommitted: Annotated[bool, typer.Option(
               help="Apply the working tree even when files under DIR are not committed.")] =
-          False) -> None:
+          False, require_signed_commits: RequireSignedOpt = False,
+          allowed_signers: AllowedSignersOpt = None) -> None:
     """Converge the state to the declaration and write status back. Actions a policy denies
     are skipped (their objects become Stalled) and the exit code is 1. In a git work tree,
     only what is committed is applied: uncommitted files under DIR are refused."""
+    if allow_uncommitted and require_signed_commits:
+        raise typer.BadParameter("a working tree has no signature: --allow-uncommitted cannot "
+                                 "be used with --require-signed-commits",
+                                 param_hint="--allow-uncommitted")
+    signers = _signers(require_signed_commits, allowed_signers)
     dirty = [] if allow_uncommitted else uncommitted_changes(directory)
     if dirty:
         _say("error", [f"{_uncommitted(dirty)}: commit them first (status records the commit "
@@ -261,7 +282,7 @@ def apply(directory: DirArg, state_dir: StateOpt = None, max_revocations: MaxRev
                             status_branch=status_branch,
                             progress=lambda n: bar.advance(task, n),
                             policies=jobs.PolicySource(default_policies, policies),
-                            new_cas=frozenset(new_ca or ()))
+                            new_cas=frozenset(new_ca or ()), signers=signers)
     if output != OutputFormat.text:
         _emit({"done": report.result.done, "summary": report.plan.summary(),
                "warnings": list(report.plan.warnings),
@@ -397,7 +418,8 @@ def reconcile(repo: Annotated[str, typer.Option(help="Git URL or path of the fle
               path: Annotated[str, typer.Option(help="Directory inside the repo.")] = ".",
               state_dir: StateOpt = None, max_revocations: MaxRevOpt = None,
               new_ca: NewCAOpt = None, default_policies: DefaultPoliciesOpt = True,
-              policies: PoliciesOpt = None) -> None:
+              policies: PoliciesOpt = None, require_signed_commits: RequireSignedOpt = False,
+              allowed_signers: AllowedSignersOpt = None) -> None:
     """The controller loop (git-only mode): fetch, apply, write and push status, sleep. With
     --once, any failure exits 1; in the loop, failures are logged and retried."""
     if new_ca and not once:
@@ -410,7 +432,8 @@ def reconcile(repo: Annotated[str, typer.Option(help="Git URL or path of the fle
         raise typer.BadParameter(str(exc), param_hint="--interval") from None
     reconciler = Reconciler(repo, ref, state, path=path, push=push,
                             max_revocations=max_revocations, new_cas=frozenset(new_ca or ()),
-                            policies=jobs.PolicySource(default_policies, policies))
+                            policies=jobs.PolicySource(default_policies, policies),
+                            signers=_signers(require_signed_commits, allowed_signers))
     reconciler.run(period if not once else None, log=lambda m: err.print(m, markup=False,
                                                                           highlight=False))
 

@@ -35,11 +35,16 @@ from controller.policy.codeowners import LOCATIONS as CODEOWNERS_LOCATIONS
 from controller.policy.codeowners import codeowners as codeowners_text
 from controller.policy.engine import CompiledRule, compile_policies, evaluate
 from controller.policy.gate import gate
+from controller.policy.signers import AllowedSigners as AllowedSigners  # part of the job API
+from controller.policy.signers import SignersFileError as SignersFileError  # part of the job API
 from controller.policy.tenancy import Tenancy, assign
 from controller.sources.policies import DEFAULT_SOURCE as DEFAULT_SOURCE  # part of the job API
 from controller.sources.policies import PolicySource as PolicySource  # part of the job API
 from controller.sources.policies import read_policies, read_trusted_directory
 from controller.sources.repo import load_repository
+from controller.sources.signatures import UnsignedChange as UnsignedChange  # part of the job API
+from controller.sources.signatures import read_allowed_signers as read_allowed_signers
+from controller.sources.signatures import verify_commits
 from controller.sources.worktree import enclosing_work_tree, uncommitted_changes
 from controller.status.gitbranch import GitStatus
 from controller.status.report import Outcome, build_status
@@ -55,7 +60,8 @@ from controller.stores.secrets import secret_blobs
 
 STATE_ENV = "FLEETPKI_STATE_DIR"
 # what a run refuses with, before or while applying: reported (on status too), not retried
-REFUSALS = (InvalidDeclaration, ApplyRefused, ExistingCA, KeyStoreError, PKIError)
+REFUSALS = (InvalidDeclaration, ApplyRefused, ExistingCA, KeyStoreError, PKIError,
+            UnsignedChange)
 STATUS_BRANCH = "fleetpki/status"
 DANGER_FRACTION = 0.1  # flag a change that revokes more than this share of a fleet
 
@@ -329,7 +335,8 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
           write_status: bool = True, status_branch: str = STATUS_BRANCH,
           status_store: StatusStore | None = None, source_problems: Sequence[Problem] = (),
           progress: Progress = lambda n: None, policies: PolicySource = DEFAULT_SOURCE,
-          new_cas: frozenset[str] = frozenset()) -> ApplyReport:
+          new_cas: frozenset[str] = frozenset(),
+          signers: AllowedSigners | None = None) -> ApplyReport:
     """Converge, then write status: to `status_store`, else to the status branch (when in a
     git repository and `write_status`). `source_problems` are what the source found before
     writing `directory` (an unreadable device source in Kubernetes mode). The keys are where
@@ -339,6 +346,10 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
     every CA key the plan signs with) is checked before the first change. A refused run keeps
     every object's last known status, Stalled; a failure while applying writes status from the
     inventory. The public directory is re-derived from the inventory on every run.
+
+    With `signers`, every commit since the last applied one (recorded on the status branch) up
+    to HEAD must be signed by a key they allow for each path of `directory` it touches
+    (UnsignedChange otherwise); the status commit records who signed HEAD.
     """
     root = enclosing_work_tree(directory)
     records = write_status and status_store is None  # only a written branch records HEAD
@@ -351,18 +362,27 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
     with repository_lock(root), state.lock(), state.inventory() as inventory:
         previous = store.read() if store is not None else {}
 
-        def write(summary: str, done: dict[str, int] | None = None) -> str | None:
+        def write(summary: str, done: dict[str, int] | None = None,
+                  applied: bool = False) -> str | None:
             if store is None:
                 return None
             files = build_status(desired, inventory, outcome, previous, now, commit)
-            return store.write(StatusUpdate(files, summary, the_plan, outcome, now, done or {}))
+            return store.write(StatusUpdate(files, summary, the_plan, outcome, now, done or {},
+                                            applied, str(signer) if signer else None))
 
         declaration, problems = read_declaration(directory, policies)
         problems = [*source_problems, *problems]
         desired = declaration.desired
         outcome = Outcome(problems=list(problems))
         the_plan = Plan(())
+        signer = None
         try:
+            if signers is not None:
+                if branch is None:
+                    raise ApplyRefused(f"{directory} is not in a git repository: signed commits "
+                                       "cannot be required")
+                signer = verify_commits(branch.root, directory, branch.last_applied(), signers,
+                                        declaration.tenancy)
             if problems:
                 raise InvalidDeclaration(problems)
             the_plan = declaration.plan(observe(inventory, desired, now), now, max_revocations)
@@ -373,7 +393,7 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
                                 new_cas)
             runner = prepare(the_plan, desired, inventory, state.keystore(), now,
                              allow_mass_revocation=allow_mass_revocation)
-        except (ApplyRefused, ExistingCA, KeyStoreError, PKIError, InvalidDeclaration) as exc:
+        except REFUSALS as exc:
             outcome.applied_nothing = True
             if not isinstance(exc, InvalidDeclaration):
                 outcome.refusal = str(exc)
@@ -384,12 +404,12 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
             result = execute(runner, the_plan, progress)
         except (ApplyRefused, KeyStoreError, PKIError) as exc:
             outcome.refusal = str(exc)
-            write("failed")
+            write("failed", applied=True)
             raise
         finally:
             sync_public(inventory, state.public_dir, epoch(now))
         done = ", ".join(f"{k} {v}" for k, v in sorted(result.done.items())) or "no changes"
-        status_commit = write(done, dict(result.done))
+        status_commit = write(done, dict(result.done), applied=True)
     return ApplyReport(the_plan, result, status_commit)
 
 

@@ -14,12 +14,8 @@ from types import FrameType
 import git
 
 from controller import jobs
-from controller.api.problems import InvalidDeclaration
-from controller.apply.evidence import ExistingCA
 from controller.apply.executor import ApplyRefused
-from controller.pki.errors import PKIError
 from controller.status.gitbranch import git_stderr, push_status_branch
-from controller.stores.keystore import KeyStoreError
 
 
 class SourceError(Exception):
@@ -37,7 +33,8 @@ class Reconciler:
     def __init__(self, repo: str, ref: str, state: jobs.StateDir, *, path: str = ".",
                  push: bool = False, max_revocations: int | None = None,
                  new_cas: frozenset[str] = frozenset(),
-                 policies: jobs.PolicySource = jobs.DEFAULT_SOURCE) -> None:
+                 policies: jobs.PolicySource = jobs.DEFAULT_SOURCE,
+                 signers: jobs.AllowedSigners | None = None) -> None:
         self.repo = repo
         self.ref = ref
         self.state = state
@@ -46,6 +43,7 @@ class Reconciler:
         self.max_revocations = max_revocations
         self.new_cas = new_cas
         self.policies = policies
+        self.signers = signers
         local = Path(repo).expanduser()
         self.url = str(local.resolve()) if local.exists() else repo  # what git records
         digest = hashlib.sha256(repo.encode()).hexdigest()[:12]
@@ -112,8 +110,8 @@ class Reconciler:
         try:
             report = jobs.apply(Path(self.checkout) / self.path, self.state, jobs.now_utc(),
                                 max_revocations=self.max_revocations, new_cas=self.new_cas,
-                                policies=self.policies)
-        except (InvalidDeclaration, ApplyRefused, ExistingCA, KeyStoreError, PKIError) as exc:
+                                policies=self.policies, signers=self.signers)
+        except jobs.REFUSALS as exc:
             log(f"reconcile {head}: not applied: {exc}")
             ok = False
         else:

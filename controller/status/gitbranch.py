@@ -20,6 +20,8 @@ from controller.status.store import StatusUpdate
 
 DEFAULT_BRANCH = "fleetpki/status"
 DEFAULT_REMOTE = "origin"
+APPLIED_TRAILER = "Applied-commit"
+SIGNER_TRAILER = "Applied-commit-signer"
 
 
 class StatusBranchError(Exception):
@@ -59,8 +61,21 @@ class GitStatus:
         return status_file_history(self.root, path, self.branch)
 
     def write(self, update: StatusUpdate) -> str | None:
+        """Commit the status files; a run that applied a commit says which, and who signed
+        it, in trailers (`Applied-commit:`, `Applied-commit-signer:`)."""
+        trailers = []
+        if update.applied and self.commit is not None:
+            trailers.append(f"{APPLIED_TRAILER}: {self.commit.removesuffix('-dirty')}")
+            if update.signer is not None:
+                trailers.append(f"{SIGNER_TRAILER}: {update.signer}")
+        message = f"fleetpki status: {update.summary}"
         return write_status_branch(self.root, update.files, branch=self.branch,
-                                   message=f"fleetpki status: {update.summary}")
+                                   message="\n\n".join([message, "\n".join(trailers)])
+                                   if trailers else message)
+
+    def last_applied(self) -> str | None:
+        """The commit the newest status commit of an applying run records, if any."""
+        return last_applied_commit(self.root, self.branch)
 
 
 def write_status_branch(
@@ -120,6 +135,20 @@ def read_status_branch(
             for item in repo.commit(base).tree.traverse()
             if isinstance(item, Blob)
         }
+
+
+def last_applied_commit(repo_dir: Path, branch: str = DEFAULT_BRANCH, *,
+                        remote: str = DEFAULT_REMOTE) -> str | None:
+    """The `Applied-commit` trailer of the newest status commit that has one (refused runs
+    record none), on the tip `read_status_branch` reads; None when there is none."""
+    with _open_repo(repo_dir) as repo:
+        tip = _pick_base(repo, _resolve_commit(repo, _branch_ref(repo, branch)),
+                         _resolve_commit(repo, f"refs/remotes/{remote}/{branch}"))
+        if tip is None:
+            return None
+        found = _git(repo, "log", "-1", f"--grep=^{APPLIED_TRAILER}: ",
+                     f"--format=%(trailers:key={APPLIED_TRAILER},valueonly)", tip)
+        return found.split()[0] if found else None
 
 
 def status_file_history(repo_dir: Path, path: str,

@@ -22,6 +22,8 @@ class StatusUpdate:
     outcome: Outcome
     now: datetime
     done: dict[str, int] = field(default_factory=dict)  # action -> count actually applied
+    applied: bool = False  # the run got past every refusal: the declaration was applied
+    signer: str | None = None  # who signed the applied commit (--require-signed-commits)
 
 
 class StatusStore(Protocol):

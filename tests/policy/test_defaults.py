@@ -36,13 +36,16 @@ from .support import (
 )
 
 DEFAULT_RULES = {
-    "ca-access/same-team",
+    "ca-access/tenant-ca", "ca-access/same-team",
     "identity/device-id-pattern", "identity/uri-san-prefix", "identity/dns-san-suffix",
     "key-algorithms/ca-key-algorithm", "key-algorithms/device-key-algorithm",
     "key-algorithms/profile-key-algorithm",
     "path-length/root-declares-path-length", "path-length/issuing-ca-is-terminal",
     "validity/device-max-validity", "validity/root-max-validity",
     "validity/intermediate-max-validity", "validity/renewal-window",
+    # tests/policy/test_tenants.py
+    "tenants/profile", "tenants/ca-key-algorithm", "tenants/profile-key-algorithm",
+    "tenants/max-validity", "tenants/device-id",
 }
 
 
@@ -82,6 +85,8 @@ def test_the_default_set_is_the_policies_directory_and_every_rule_is_covered() -
     assert scopes["key-algorithms/profile-key-algorithm"] == "fleet"
     assert scopes["validity/device-max-validity"] == "fleet"
     assert scopes["ca-access/same-team"] == "fleet"
+    assert scopes["tenants/ca-key-algorithm"] == "authority"  # `tenant` is then the CA's
+    assert scopes["tenants/max-validity"] == "fleet"
     assert {scopes[f"identity/{name}"] for name in
             ("device-id-pattern", "uri-san-prefix", "dns-san-suffix")} == {"device"}
 

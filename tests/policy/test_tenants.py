@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from controller import jobs
 from controller.plan.intents import device_intent
@@ -163,6 +165,31 @@ def test_tenant_allowances_bind_its_fleets(example: tuple[Path, Path]) -> None:
         ("validity/device-max-validity", "DeviceFleet/sensors", None),
         ("validity/device-max-validity", "DeviceFleet/meters", None),
     }
+
+
+def test_tenant_key_algorithms_bind_its_cas_and_the_keys_its_devices_bring(
+        example: tuple[Path, Path]) -> None:
+    """Device-supplied keys must be of the profile's algorithm, so the profile rule covers
+    them: a P-384 key is refused both ways."""
+    repo, policies = example
+    (repo / "teams" / "sensors" / "ca.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "fleetpki.io/v1alpha1", "kind": "CertificateAuthority",
+        "metadata": {"name": "sensors-own"},
+        "spec": {"type": "root", "subject": {"commonName": "own"}, "pathLength": 0,
+                 "keyAlgorithm": "ECDSA-P384"}}), encoding="utf-8")
+    p384 = ec.generate_private_key(ec.SECP384R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    edit(repo / SENSORS, "DeviceFleet", lambda doc: doc["spec"].update(
+        devices=[{"id": "sensor-0001", "publicKey": p384}]))
+    edit(repo / "teams/sensors/profile.yaml", "CertificateProfile",
+         lambda doc: doc["spec"].update(keyGeneration="device"))
+    assert [p for *_, p in problems(validate(repo, policies, rc=1))] == [
+        "device 'sensor-0001': device key is ECDSA-P384; profile requires ECDSA-P256"]
+    edit(repo / "teams/sensors/profile.yaml", "CertificateProfile",
+         lambda doc: doc["spec"].update(keyAlgorithm="ECDSA-P384"))
+    assert denials(validate(repo, policies, rc=1)) == {
+        ("tenants/ca-key-algorithm", "CertificateAuthority/sensors-own", None),
+        ("tenants/profile-key-algorithm", "DeviceFleet/sensors", None)}
 
 
 def test_rules_see_the_derived_tenant(example: tuple[Path, Path]) -> None:
