@@ -408,6 +408,84 @@ def export_bundle(directory: DirArg, out_file: Annotated[Path, typer.Option("--o
         exports.write_file(out_file, exports.trust_bundle(inventory, epoch(jobs.now_utc())))
 
 
+class DiscoverState(StrEnum):
+    unreadable = "unreadable"
+    revoked = "revoked"
+    unknown = "unknown"
+    wrong_chain = "wrong-chain"
+    expired = "expired"
+    weak = "weak"
+    expiring = "expiring"
+
+
+@app.command()
+@handle_errors
+def discover(paths: Annotated[list[Path] | None, typer.Argument(
+                 help="Files or directories to search for PEM, DER and PKCS#12 certificates.",
+                 show_default=False)] = None,
+             tls: Annotated[list[str] | None, typer.Option(
+                 "--tls", help="TLS endpoint HOST:PORT or HOST:PORT=SNI (repeatable).",
+                 show_default=False)] = None,
+             tls_list: Annotated[Path | None, typer.Option(
+                 "--tls-list", help="File of endpoints, one per line (# comments).",
+                 show_default=False)] = None,
+             state_dir: StateOpt = None,
+             expiring: Annotated[str, typer.Option(
+                 help="Flag certificates expiring within this time.")] = "720h",
+             p12_passphrase: Annotated[str | None, typer.Option(
+                 envvar="FLEETPKI_P12_PASSPHRASE", help="Passphrase of PKCS#12 files.",
+                 show_default=False)] = None,
+             fail_on: Annotated[list[DiscoverState] | None, typer.Option(
+                 "--fail-on", help="Exit 1 when a finding has this state (repeatable).",
+                 show_default=False)] = None,
+             output: Annotated[OutputFormat, typer.Option("-o", "--output")] =
+             OutputFormat.text) -> None:
+    """Find certificates on TLS endpoints and in files and classify each against the inventory:
+    managed, unknown (rogue), revoked, wrong-chain, expired, expiring, weak or unreadable. Exit 1
+    on errors, or when a finding has a --fail-on state."""
+    from controller.discovery.classify import finding_dict, summary
+    from controller.discovery.scan import Endpoint
+
+    try:
+        window = parse_duration(expiring)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--expiring") from None
+    lines = list(tls or [])
+    if tls_list is not None:
+        lines += [line.split("#")[0].strip() for line in tls_list.read_text().splitlines()]
+    try:
+        endpoints = [Endpoint.parse(line) for line in lines if line]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--tls") from None
+    if not endpoints and not paths:
+        raise typer.BadParameter("give --tls HOST:PORT, --tls-list FILE or PATHs to search")
+    state = jobs.StateDir.resolve(state_dir)
+    now = jobs.now_utc()
+    columns = (TextColumn("discovering"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with state.reader() as inventory, Progress(*columns, console=err, transient=True,
+                                                   disable=not err.is_terminal) as bar:
+        task = bar.add_task("discovering", total=None)
+        findings = jobs.discover(
+            inventory, state.path, endpoints, paths or [], now, window,
+            p12_passphrase.encode() if p12_passphrase is not None else None,
+            lambda done, total: bar.update(task, completed=done, total=total))
+    counts = summary(findings)
+    if output != OutputFormat.text:
+        _emit({"scannedAt": rfc3339(epoch(now)), "summary": counts,
+               "findings": [finding_dict(f) for f in findings]}, output)
+    else:
+        _table_or_emit("Discovered certificates", [
+            {"source": f.source, "state": f.state, "subject": f.subject,
+             "owner": "/".join(x for x in (f.owner, f.device) if x),
+             "notAfter": f.not_after.isoformat() if f.not_after else "",
+             "problems": "; ".join(f.problems)} for f in findings], output)
+        out.print(", ".join(f"{n} {s}" for s, n in counts.items() if n) or "nothing found",
+                  highlight=False)
+    failing = {s.value for s in fail_on or ()}
+    if any(failing.intersection(f.states) for f in findings):
+        raise typer.Exit(1)
+
+
 @app.command()
 @handle_errors
 def reconcile(repo: Annotated[str, typer.Option(help="Git URL or path of the fleet repo.")],

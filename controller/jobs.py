@@ -24,6 +24,7 @@ from controller.apply.executor import ApplyRefused, ApplyResult, Progress, execu
 from controller.apply.observe import observe
 from controller.clock import epoch
 from controller.clock import now_utc as now_utc  # part of the job API
+from controller.discovery.job import discover as discover  # part of the job API
 from controller.exports import DevicePEM, device_pem
 from controller.pki.errors import PKIError
 from controller.plan.baseline import as_if_applied
