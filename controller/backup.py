@@ -19,7 +19,7 @@ import sqlite3
 import stat
 import tarfile
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,6 +35,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 INVENTORY = "inventory.db"
 KEYS = "keys"
+BACKUP_STEPS = 3  # calls of `step` in backup()
 
 
 class BackupError(Exception):
@@ -51,8 +52,10 @@ class Summary:
     size: int
 
 
-def backup(state_dir: Path, out: Path, now: datetime) -> Summary:
-    """Write a consistent snapshot of `state_dir` to `out` (0600, atomically replaced)."""
+def backup(state_dir: Path, out: Path, now: datetime,
+           step: Callable[[str], None] = lambda what: None) -> Summary:
+    """Write a consistent snapshot of `state_dir` to `out` (0600, atomically replaced);
+    `step(what)` is called before each of BACKUP_STEPS steps."""
     state_dir, out = state_dir.resolve(), out.resolve()
     inventory = state_dir / INVENTORY
     if not inventory.is_file():
@@ -65,7 +68,9 @@ def backup(state_dir: Path, out: Path, now: datetime) -> Summary:
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as work:
         snapshot = Path(work) / INVENTORY
+        step("snapshot")
         certificates = _snapshot(inventory, snapshot)
+        step("keystore")
         keys = dict(_key_files(state_dir / KEYS))
         _check_ca_keys(snapshot, keys)
         members = {INVENTORY: _sha256_file(snapshot),
@@ -74,6 +79,7 @@ def backup(state_dir: Path, out: Path, now: datetime) -> Summary:
                     "fleetpkiVersion": __version__, "created": now.isoformat(),
                     "certificates": certificates, "members": members}
         partial = Path(work) / "archive.tar.gz"
+        step("compressing")
         descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "wb") as handle:
             os.fchmod(handle.fileno(), 0o600)

@@ -8,7 +8,8 @@ import functools
 import json
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -342,6 +343,23 @@ def show_status(directory: DirArg, state_dir: StateOpt = None,
         _table_or_emit("Fleets", fleets, output)
 
 
+@contextmanager
+def _steps(total: int) -> Iterator[Callable[[str], None]]:
+    """A progress bar of named steps on stderr when it is a terminal; silent in pipes and CI."""
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
+        task = bar.add_task("", total=total)
+        started = 0
+
+        def step(what: str) -> None:
+            nonlocal started
+            bar.update(task, description=what, completed=started)
+            started += 1
+
+        yield step
+
+
 def _table_or_emit(title: str, rows: list[dict[str, Any]], output: OutputFormat) -> None:
     if output != OutputFormat.text:
         _emit(rows, output)
@@ -484,6 +502,25 @@ def discover(paths: Annotated[list[Path] | None, typer.Argument(
     failing = {s.value for s in fail_on or ()}
     if any(failing.intersection(f.states) for f in findings):
         raise typer.Exit(1)
+
+
+@app.command()
+@handle_errors
+def report(directory: DirArg, out_dir: Annotated[Path, typer.Option(
+               "--out", help="Directory for report.html, report.json and the CSV files.",
+               show_default=False)],
+           state_dir: StateOpt = None, status_branch: Annotated[str, typer.Option()] =
+           jobs.STATUS_BRANCH, default_policies: DefaultPoliciesOpt = True,
+           policies: PoliciesOpt = None) -> None:
+    """Compliance report: self-contained HTML (inline SVG charts, nothing fetched) plus JSON
+    and CSV. Counts per fleet and CA, expiry windows, algorithms, policy findings, revocations,
+    CA and CRL health, and who changed what (git history, status branch, audit log)."""
+    with _steps(jobs.REPORT_STEPS) as step:
+        written = jobs.report(directory, jobs.StateDir.resolve(state_dir), out_dir,
+                              jobs.now_utc(), jobs.PolicySource(default_policies, policies),
+                              status_branch, step)
+    for path in written:
+        out.print(str(path), highlight=False)
 
 
 @app.command()
@@ -727,7 +764,8 @@ def backup_state(out_file: Annotated[Path, typer.Option(
     """Snapshot the inventory (SQLite online backup, safe while serve or apply run) and the
     encrypted keystore into one file. Keys stay encrypted; no passphrase needed."""
     state = jobs.StateDir.resolve(state_dir)
-    summary = backup.backup(state.path, out_file, jobs.now_utc())
+    with _steps(backup.BACKUP_STEPS) as step:
+        summary = backup.backup(state.path, out_file, jobs.now_utc(), step)
     out.print(f"Backed up {state.path} to {summary.path}: {summary.certificates} "
               f"certificate(s), {summary.key_files} keystore file(s), {summary.size} bytes.",
               highlight=False)

@@ -7,7 +7,7 @@ import functools
 import os
 import tarfile
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -39,6 +39,8 @@ from controller.policy.gate import gate
 from controller.policy.signers import AllowedSigners as AllowedSigners  # part of the job API
 from controller.policy.signers import SignersFileError as SignersFileError  # part of the job API
 from controller.policy.tenancy import Tenancy, assign
+from controller.report.job import STEPS as BUILD_STEPS
+from controller.report.job import build_report, write_report
 from controller.sources.policies import DEFAULT_SOURCE as DEFAULT_SOURCE  # part of the job API
 from controller.sources.policies import PolicySource as PolicySource  # part of the job API
 from controller.sources.policies import read_policies, read_trusted_directory
@@ -412,6 +414,23 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
         done = ", ".join(f"{k} {v}" for k, v in sorted(result.done.items())) or "no changes"
         status_commit = write(done, dict(result.done), applied=True)
     return ApplyReport(the_plan, result, status_commit)
+
+
+REPORT_STEPS = BUILD_STEPS + 2  # `report` adds its policy and writing steps
+
+
+def report(directory: Path, state: StateDir, out: Path, now: datetime,
+           policies: PolicySource = DEFAULT_SOURCE, status_branch: str = STATUS_BRANCH,
+           step: Callable[[str], None] = lambda what: None) -> list[Path]:
+    """`fleetpki report`: the compliance report of DIR and its state, written under `out`;
+    `step(what)` is called before each of REPORT_STEPS steps."""
+    step("policies")
+    _problems, findings = validate(directory, now, policies)
+    with state.reader() as inventory:
+        content = build_report(inventory, state.path, directory, now,
+                               [f.as_dict() for f in findings], status_branch, step)
+    step("writing")
+    return write_report(content, out, f"fleetpki compliance report: {directory.resolve().name}")
 
 
 @dataclass(frozen=True)

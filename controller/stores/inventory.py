@@ -12,10 +12,11 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS certificates (
@@ -388,6 +389,46 @@ class Inventory:
             "SELECT fleet, device, kdf, salt, hash, created_at FROM enrollment_secrets "
             "WHERE fleet = ? AND device = ?", (fleet, device)).fetchone()
         return EnrollmentSecret(*row) if row else None
+
+    # --- report aggregates (SQL: fleets may hold millions of certificates) ----------------
+    def state_counts(self, now: int, horizons: Sequence[int]) -> list[tuple[Any, ...]]:
+        """Per (kind, owner, issuer serial): active, retired, revoked, expired (active past
+        not_after), then per horizon (seconds) the active ones expiring within it."""
+        expiring = "".join(f", sum(state = 'active' AND not_after > :now AND not_after <= "
+                           f":now + :h{i})" for i in range(len(horizons)))
+        params: dict[str, int] = {"now": now, **{f"h{i}": h for i, h in enumerate(horizons)}}
+        rows = self.db.execute(
+            "SELECT kind, owner, coalesce(issuer_serial, ''), sum(state = 'active'), "
+            "sum(state = 'retired'), sum(state = 'revoked'), "
+            f"sum(state = 'active' AND not_after <= :now){expiring} FROM certificates "
+            "GROUP BY kind, owner, issuer_serial ORDER BY kind, owner, issuer_serial", params)
+        return [tuple(row) for row in rows]
+
+    def revocation_reasons(self) -> list[tuple[str, str, int]]:
+        """(fleet or CA, reason, count) of every revoked certificate."""
+        rows = self.db.execute(
+            "SELECT owner, coalesce(reason, 'unspecified'), count(*) FROM certificates "
+            "WHERE state = 'revoked' GROUP BY owner, 2 ORDER BY owner, 2")
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    def expiry_buckets(self, now: int, width: int, count: int) -> dict[int, int]:
+        """Active device certificates by expiry: bucket -1 is expired, 0..count-1 expire within
+        successive `width` seconds, `count` later."""
+        rows = self.db.execute(
+            "SELECT CASE WHEN not_after <= :now THEN -1 ELSE min((not_after - :now - 1) / :w, "
+            ":n) END AS bucket, count(*) FROM certificates WHERE kind = 'device' AND "
+            "state = 'active' GROUP BY bucket", {"now": now, "w": width, "n": count})
+        return {r[0]: r[1] for r in rows}
+
+    def key_algorithms(self, name_of: Callable[[bytes], str]) -> list[tuple[str, str, str, int]]:
+        """(kind, owner, algorithm, count) of active certificates; `name_of(der)` names a
+        certificate's key algorithm (grouped in SQL, one call per certificate)."""
+        self.db.create_function("key_algorithm", 1, name_of, deterministic=True)
+        rows = self.db.execute(
+            "SELECT kind, owner, key_algorithm(der) AS algorithm, count(*) FROM certificates "
+            "WHERE state = 'active' GROUP BY kind, owner, algorithm ORDER BY kind, owner, "
+            "algorithm")
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
 
     # --- writes (call inside `transaction()`) ----------------------------------------------
     def put_enrollment_secret(self, secret: EnrollmentSecret) -> None:

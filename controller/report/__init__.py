@@ -1,0 +1,1 @@
+"""`fleetpki report`: a compliance report (HTML with inline SVG charts, CSV, JSON)."""
