@@ -355,6 +355,7 @@ def _steps(total: int) -> Iterator[Callable[[str], None]]:
         def step(what: str) -> None:
             nonlocal started
             bar.update(task, description=what, completed=started)
+            bar.refresh()  # steps are few and may be quick: show each one
             started += 1
 
         yield step
@@ -520,7 +521,7 @@ def report(directory: DirArg, out_dir: Annotated[Path, typer.Option(
                               jobs.now_utc(), jobs.PolicySource(default_policies, policies),
                               status_branch, step)
     for path in written:
-        out.print(str(path), highlight=False)
+        print(path)
 
 
 @app.command()
