@@ -494,9 +494,9 @@ def discover(paths: Annotated[list[Path] | None, typer.Argument(
                "findings": [finding_dict(f) for f in findings]}, output)
     else:
         _table_or_emit("Discovered certificates", [
-            {"source": f.source, "state": f.state, "subject": f.subject,
-             "owner": "/".join(x for x in (f.owner, f.device) if x),
-             "notAfter": f.not_after.isoformat() if f.not_after else "",
+            {"source": f.source, "state": f.state,
+             "owner": "/".join(x for x in (f.owner, f.device) if x), "subject": f.subject,
+             "expires": f.not_after.date().isoformat() if f.not_after else "",
              "problems": "; ".join(f.problems)} for f in findings], output)
         out.print(", ".join(f"{n} {s}" for s, n in counts.items() if n) or "nothing found",
                   highlight=False)

@@ -7,6 +7,7 @@ and it shows the chain exactly as the server sends it, verified or not.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import shutil
 import subprocess
@@ -34,7 +35,8 @@ class Endpoint:
 
     @classmethod
     def parse(cls, text: str) -> Endpoint:
-        """`HOST:PORT` or `HOST:PORT=SNI` (IPv6 in brackets: `[::1]:443`)."""
+        """`HOST:PORT` or `HOST:PORT=SNI` (IPv6 in brackets: `[::1]:443`). Without SNI, a
+        host name is sent as SNI, an address is not."""
         address, _, sni = text.partition("=")
         host, sep, port = address.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -52,11 +54,20 @@ def openssl() -> str:
     return found
 
 
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
 def read_endpoint(endpoint: Endpoint, timeout: float = TLS_TIMEOUT) -> Sighting:
     """The chain `endpoint` presents (leaf first), or why it could not be read."""
     command = [openssl(), "s_client", "-connect", f"{endpoint.host}:{endpoint.port}",
                "-showcerts"]
-    command += ["-servername", endpoint.sni] if endpoint.sni else ["-noservername"]
+    sni = endpoint.sni or (None if _is_address(endpoint.host) else endpoint.host)
+    command += ["-servername", sni] if sni else ["-noservername"]
     try:
         run = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True,
                              timeout=timeout, check=False)

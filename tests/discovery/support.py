@@ -82,12 +82,20 @@ def self_signed(directory: Path, name: str = "rogue.example") -> tuple[Path, Pat
     return cert_path, key_path
 
 
+@dataclass
+class Server:
+    address: str  # 127.0.0.1:PORT
+    server_names: list[str | None]  # the SNI of each handshake
+
+
 @contextmanager
-def tls_server(cert_chain: Path, key: Path) -> Iterator[str]:
-    """A TLS server on a free loopback port presenting `cert_chain` (leaf first); yields
-    `127.0.0.1:PORT`. Each connection is handshaken and closed."""
+def tls_server(cert_chain: Path, key: Path) -> Iterator[Server]:
+    """A TLS server on a free loopback port presenting `cert_chain` (leaf first). Each
+    connection is handshaken and closed."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert_chain, key)
+    names: list[str | None] = []
+    context.sni_callback = lambda _socket, name, _context: names.append(name)
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0.2)
     stop = threading.Event()
@@ -110,7 +118,7 @@ def tls_server(cert_chain: Path, key: Path) -> Iterator[str]:
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
-        yield f"127.0.0.1:{listener.getsockname()[1]}"
+        yield Server(f"127.0.0.1:{listener.getsockname()[1]}", names)
     finally:
         stop.set()
         thread.join()

@@ -34,18 +34,24 @@ def by_source(document: dict) -> dict[str, dict]:
 def test_tls_endpoints_are_classified(applied: Applied, tmp_path: Path) -> None:
     good, stolen, bare = (applied.exported[d] for d in ("dev-1", "dev-3", "dev-2"))
     rogue_cert, rogue_key = self_signed(tmp_path / "rogue")
-    with tls_server(full_chain(good), good / "key.pem") as good_at, \
-            tls_server(rogue_cert, rogue_key) as rogue_at, \
-            tls_server(full_chain(stolen), stolen / "key.pem") as revoked_at, \
-            tls_server(bare / "cert.pem", bare / "key.pem") as bare_at:
-        targets = [good_at, rogue_at, f"{revoked_at}=dev-3.example", bare_at]
+    with tls_server(full_chain(good), good / "key.pem") as good_server, \
+            tls_server(rogue_cert, rogue_key) as rogue_server, \
+            tls_server(full_chain(stolen), stolen / "key.pem") as revoked_server, \
+            tls_server(bare / "cert.pem", bare / "key.pem") as bare_server:
+        good_at, rogue_at, revoked_at, bare_at = (
+            s.address for s in (good_server, rogue_server, revoked_server, bare_server))
+        named = bare_at.replace("127.0.0.1", "localhost")  # a host name: sent as SNI
+        targets = [good_at, rogue_at, f"{revoked_at}=dev-3.example", named]
         args = ["discover", "--state-dir", applied.state, *(x for t in targets for x in
                                                              ("--tls", t))]
         result = invoke(*args, "-o", "json")
         failed = invoke(*args, "--fail-on", "unknown", rc=1)
+    assert set(revoked_server.server_names) == {"dev-3.example"}
+    assert set(bare_server.server_names) == {"localhost"}
+    assert set(good_server.server_names) == {None}  # an address is not sent as SNI
     found = by_source(json.loads(result.stdout))
     assert set(found) == {f"tls:{good_at}", f"tls:{rogue_at}", f"tls:{revoked_at}=dev-3.example",
-                          f"tls:{bare_at}"}
+                          f"tls:{named}"}
     managed = found[f"tls:{good_at}"]
     assert (managed["state"], managed["owner"], managed["device"]) == ("managed", "sensors",
                                                                       "dev-1")
@@ -58,7 +64,7 @@ def test_tls_endpoints_are_classified(applied: Applied, tmp_path: Path) -> None:
     revoked = found[f"tls:{revoked_at}=dev-3.example"]
     assert (revoked["state"], revoked["device"]) == ("revoked", "dev-3")
     assert "keyCompromise" in revoked["problems"][0]
-    wrong = found[f"tls:{bare_at}"]
+    wrong = found[f"tls:{named}"]
     assert (wrong["state"], wrong["device"], wrong["chainVerified"]) == ("wrong-chain", "dev-2",
                                                                          False)
     assert json.loads(result.stdout)["summary"] == {
