@@ -23,7 +23,9 @@ from tests.policy.support import (
     fleet_doc,
     init_repo,
     invoke,
+    policy,
     profile_doc,
+    rule,
 )
 
 
@@ -35,8 +37,11 @@ class Applied:
 
 
 def fleet_repo() -> FleetRepo:
-    """`sensors` (dev-1..dev-3, ECDSA-P256) and `cameras` (cam-1, cam-2, ECDSA-P384)."""
+    """`sensors` (dev-1..dev-3, ECDSA-P256) and `cameras` (cam-1, cam-2, ECDSA-P384); a
+    repository policy warns about cam-2."""
     repo = FleetRepo()
+    repo.add_policy(policy("lab", rule("no-lab-devices", 'device.id != "cam-2"', action="warn",
+                                       message="cam-2 is a lab camera")))
     repo.profiles["p384"] = profile_doc("p384", keyAlgorithm="ECDSA-P384", duration="720h")
     repo.fleets["cameras"] = fleet_doc("cameras", devices("cam-1", "cam-2"), profile="p384")
     return repo

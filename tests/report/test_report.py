@@ -93,6 +93,9 @@ def test_numbers_match_the_inventory(applied: Applied, tmp_path: Path) -> None:
     assert subjects == ["revoke dev-3: stolen", "fleet declaration"]
     assert [r["appliedCommit"] for r in report["applied"]] == [c["commit"]
                                                                for c in report["changes"]]
+    assert report["policy"] == [{"policy": "lab", "rule": "no-lab-devices", "action": "warn",
+                                 "message": "cam-2 is a lab camera",
+                                 "object": "DeviceFleet/cameras", "device": "cam-2"}]
     assert report["audit"] is None and "lint" not in report
     with (tmp_path / "out" / "fleets.csv").open() as handle:
         assert {r["fleet"]: int(r["revoked"]) for r in csv.DictReader(handle)} == {
@@ -113,6 +116,7 @@ def test_chromium_renders_the_charts_offline(applied: Applied, tmp_path: Path) -
     for row in report["fleets"]:
         assert {k: str(v) for k, v in row.items()} == rendered[row["fleet"]]
     assert dom.texts["audit"] == "no audit log"
+    assert [r["message"] for r in dom.records("policy")] == ["cam-2 is a lab camera"]
     shot = tmp_path / "report.png"
     browse(out / "report.html", tmp_path / "profile", f"--screenshot={shot}",
            "--window-size=1280,1600")
