@@ -8,6 +8,7 @@ and it shows the chain exactly as the server sends it, verified or not.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import shutil
 import subprocess
@@ -86,8 +87,15 @@ def read_tree(root: Path, passphrase: bytes | None = None) -> Iterator[Sighting]
     """A sighting per certificate file under `root` (a file or a directory): PEM (bundles too),
     DER and PKCS#12. Files that are not certificates are skipped; certificate files that cannot
     be read (permissions, a wrong PKCS#12 passphrase, damage) yield an error sighting."""
-    paths = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-    for path in paths:
+    if not root.exists():
+        yield Sighting(f"file:{root}", error="no such file or directory")
+        return
+    if root.is_file():
+        paths = [root]
+    else:  # os.walk does not follow links to directories: no loops
+        paths = sorted(Path(top) / name for top, _dirs, names in os.walk(root)
+                       for name in names)
+    for path in (p for p in paths if p.is_file()):  # regular files only: never a FIFO
         sighting = read_file(path, passphrase)
         if sighting is not None:
             yield sighting

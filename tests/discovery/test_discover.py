@@ -101,6 +101,7 @@ def test_file_tree_pem_der_and_pkcs12(applied: Applied, tmp_path: Path) -> None:
     (tree / "other.pfx").write_bytes(pkcs12.serialize_key_and_certificates(
         b"x", key, stolen, None, serialization.BestAvailableEncryption(b"another")))  # type: ignore[arg-type]
     (tree / "notes.txt").write_text("not a certificate")
+    (tree / "etc" / "loop").symlink_to(tree)  # a link back up: not followed
     result = invoke("discover", "--state-dir", applied.state, tree, "-o", "json",
                     "--p12-passphrase", "p12-secret")
     findings = json.loads(result.stdout)["findings"]
@@ -111,6 +112,6 @@ def test_file_tree_pem_der_and_pkcs12(applied: Applied, tmp_path: Path) -> None:
                       ("other.pfx", "unreadable", None), ("rogue.der", "unknown", None)]
     assert all(f["chainVerified"] is None for f in findings)
     assert "PRIVATE" not in result.stdout
-    table = invoke("discover", "--state-dir", applied.state, tree,
+    table = invoke("discover", "--state-dir", applied.state, tree, tmp_path / "missing",
                    "--p12-passphrase", "p12-secret")
-    assert "3 managed" in table.stdout and "1 unreadable" in table.stdout
+    assert "3 managed" in table.stdout and "2 unreadable" in table.stdout
