@@ -425,10 +425,11 @@ def report(directory: Path, state: StateDir, out: Path, now: datetime,
     """`fleetpki report`: the compliance report of DIR and its state, written under `out`;
     `step(what)` is called before each of REPORT_STEPS steps."""
     step("policies")
-    _problems, findings = validate(directory, now, policies)
+    problems, findings = validate(directory, now, policies)
     with state.reader() as inventory:
         content = build_report(inventory, state.path, directory, now,
-                               [f.as_dict() for f in findings], status_branch, step)
+                               [f.as_dict() for f in findings], status_branch, step,
+                               problems=[p.as_dict() for p in problems])
     step("writing")
     return write_report(content, out, f"fleetpki compliance report: {directory.resolve().name}")
 

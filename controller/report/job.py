@@ -115,9 +115,11 @@ def read_audit(state_dir: Path) -> model.AuditSummary | None:
 def build_report(inventory: Inventory, state_dir: Path, directory: Path, now: datetime,
                  policy: list[dict[str, Any]], status_branch: str,
                  step: Callable[[str], None] = lambda what: None,
-                 lint: list[dict[str, Any]] | None = None) -> model.Report:
+                 lint: list[dict[str, Any]] | None = None,
+                 problems: list[dict[str, Any]] | None = None) -> model.Report:
     """The report's content; `step(what)` is called before each of STEPS steps. `lint`
-    (`fleetpki lint` findings) fills the lint section; without it the section is left out."""
+    (`fleetpki lint` findings) fills the lint section; without it the section is left out.
+    `problems`: DIR's declaration problems (its policy findings are then incomplete)."""
     at = epoch(now)
     step("counting certificates")
     fleets = model.fleet_counts(
@@ -134,7 +136,8 @@ def build_report(inventory: Inventory, state_dir: Path, directory: Path, now: da
     step("audit log")
     audit = read_audit(state_dir)
     return model.Report(at, fleets, cas, algorithms, expiry, inventory.revocation_reasons(),
-                        policy, history[0], history[1], audit=audit, lint=lint)
+                        policy, history[0], history[1], problems=problems or [], audit=audit,
+                        lint=lint)
 
 
 def write_report(report: model.Report, out: Path, title: str) -> list[Path]:

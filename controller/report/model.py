@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from controller.sources.history import AppliedRun, Change
@@ -62,6 +62,7 @@ class Report:
     policy: list[dict[str, Any]]
     changes: list[Change]
     runs: list[AppliedRun]
+    problems: list[dict[str, Any]] = field(default_factory=list)  # DIR does not validate
     audit: AuditSummary | None = None  # None: there is no audit log
     lint: list[dict[str, Any]] | None = None  # None: lint findings not available
 

@@ -65,6 +65,15 @@ def _audit(report: Report) -> str:
             + f"<h3>Newest {len(audit.recent)} records</h3>" + table("audit", audit.recent))
 
 
+def _problems(report: Report) -> str:
+    """DIR's declaration problems: policies could not be evaluated where they are."""
+    if not report.problems:
+        return ""
+    return (f'<p class="bad">The declaration has {len(report.problems)} problem(s), so policy '
+            "findings are incomplete (see `fleetpki validate`):</p>"
+            + table("problems", report.problems))
+
+
 def render(report: Report, title: str) -> str:
     """The whole page."""
     sections = tables(report)
@@ -92,7 +101,8 @@ def render(report: Report, title: str) -> str:
         + "<h2>Key algorithms in use</h2>" + table("algorithms", sections["algorithms"])
         + "<h2>Revocations by reason</h2>" + table("revocations", sections["revocations"],
                                                     "no revocations")
-        + "<h2>Policy findings</h2>" + table("policy", sections["policy"], "no policy findings")
+        + "<h2>Policy findings</h2>" + _problems(report)
+        + table("policy", sections["policy"], "no policy findings")
         + lint + "<h2>Who changed what</h2><h3>Commits to the fleet repository</h3>"
         + table("changes", sections["changes"], "no git history")
         + "<h3>Apply runs (status branch)</h3>" + table("applied", sections["applied"],

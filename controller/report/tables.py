@@ -33,6 +33,7 @@ def tables(report: Report) -> dict[str, list[dict[str, Any]]]:
         "expiry": [{"window": label, "active": n} for label, n in report.expiry],
         "revocations": [{"owner": o, "reason": r, "count": n} for o, r, n in report.revocations],
         "policy": report.policy,
+        "problems": report.problems,
         "changes": [{"commit": c.commit, "author": c.author, "date": c.date,
                      "subject": c.subject, "files": " ".join(c.files), "moreFiles": c.more_files}
                     for c in report.changes],

@@ -157,7 +157,23 @@ def test_commit_subjects_are_escaped(applied: Applied, tmp_path: Path) -> None:
     (repo / "notes.txt").write_text("x")
     commit_all(repo, "<script>alert(1)</script>")
     out = tmp_path / "out"
-    report = make_report(applied.__class__(repo, applied.state, {}), out)
+    report = make_report(Applied(repo, applied.state, {}), out)
     assert report["changes"][0]["subject"] == "<script>alert(1)</script>"
     html = (out / "report.html").read_text()
     assert "<script" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_a_declaration_with_problems_says_so(applied: Applied, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(applied.repo, repo, symlinks=True)
+    fleet = repo / "fleets" / "cameras.yaml"
+    fleet.write_text(fleet.read_text().replace("name: p384", "name: no-such-profile"))
+    commit_all(repo, "break the cameras")
+    out = tmp_path / "out"
+    report = make_report(Applied(repo, applied.state, {}), out)
+    assert report["policy"] == []
+    assert [p["object"] for p in report["problems"]] == ["DeviceFleet/cameras"]
+    assert "no-such-profile" in report["problems"][0]["message"]
+    page = Page((out / "report.html").read_text())
+    assert [r["object"] for r in page.records("problems")] == ["DeviceFleet/cameras"]
+    assert report["fleets"][0]["fleet"] == "cameras"  # the inventory is reported all the same
