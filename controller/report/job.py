@@ -17,7 +17,7 @@ from controller.discovery.classify import describe_key
 from controller.exports import write_file
 from controller.report import model
 from controller.report.page import render
-from controller.report.tables import document, tables, to_csv
+from controller.report.tables import COLUMNS, document, tables, to_csv
 from controller.sources.history import applied_runs, changes
 from controller.stores.inventory import Inventory
 
@@ -145,7 +145,7 @@ def write_report(report: model.Report, out: Path, title: str) -> list[Path]:
     written = {out / "report.html": render(report, title).encode(),
                out / "report.json": json.dumps(document(report), indent=2).encode() + b"\n"}
     for name, rows in tables(report).items():
-        written[out / f"{name}.csv"] = to_csv(rows).encode()
+        written[out / f"{name}.csv"] = to_csv(rows, COLUMNS.get(name, ())).encode()
     for path, data in written.items():
         write_file(path, data)
     return list(written)

@@ -4,12 +4,28 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from controller.report.model import HORIZONS_DAYS, Report
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet would run such a cell
+# CSV header columns, also when a section has no rows (rows may add more columns)
+COLUMNS = {
+    "fleets": ("fleet", "ca", "active", "retired", "revoked", "expired",
+               *(f"expiring{d}d" for d in HORIZONS_DAYS)),
+    "authorities": ("ca", "serial", "notAfter", "crlNumber", "crlNextUpdate", "healthy",
+                    "problems"),
+    "algorithms": ("kind", "owner", "algorithm", "active"),
+    "expiry": ("window", "active"),
+    "revocations": ("owner", "reason", "count"),
+    "policy": ("policy", "rule", "action", "message", "object", "device"),
+    "problems": ("file", "line", "object", "field", "message", "device"),
+    "changes": ("commit", "author", "date", "subject", "files", "moreFiles"),
+    "applied": ("commit", "date", "summary", "appliedCommit", "signer"),
+    "audit": ("time", "actor", "object", "action", "outcome"),
+}
 
 
 def iso(epoch: int | None) -> str | None:
@@ -68,9 +84,9 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def to_csv(rows: list[dict[str, Any]]) -> str:
-    """CSV with a header row (the union of the rows' keys, in order of appearance)."""
-    columns = list(dict.fromkeys(key for row in rows for key in row))
+def to_csv(rows: list[dict[str, Any]], columns: Sequence[str] = ()) -> str:
+    """CSV with a header row: `columns`, then any other keys of the rows."""
+    columns = list(dict.fromkeys([*columns, *(key for row in rows for key in row)]))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, columns, lineterminator="\n")
     writer.writeheader()

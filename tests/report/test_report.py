@@ -97,6 +97,8 @@ def test_numbers_match_the_inventory(applied: Applied, tmp_path: Path) -> None:
                                  "message": "cam-2 is a lab camera",
                                  "object": "DeviceFleet/cameras", "device": "cam-2"}]
     assert report["audit"] is None and "lint" not in report
+    assert (tmp_path / "out" / "problems.csv").read_text() == (
+        "file,line,object,field,message,device\n")  # a header also without rows
     with (tmp_path / "out" / "fleets.csv").open() as handle:
         assert {r["fleet"]: int(r["revoked"]) for r in csv.DictReader(handle)} == {
             "cameras": 0, "sensors": 1}
