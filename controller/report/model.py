@@ -7,14 +7,35 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.sources.history import AppliedRun, Change
-
 DAY = 86400
 HORIZONS_DAYS = (7, 30, 90)
 EXPIRY_BUCKET_DAYS = 30
 EXPIRY_BUCKETS = 13  # 30-day windows up to 390 days (one-year certificates), then later
 CA_WARN_DAYS = 90
 RECENT_AUDIT = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """A commit that touched the fleet directory."""
+
+    commit: str
+    author: str
+    date: str  # ISO 8601
+    subject: str
+    files: tuple[str, ...]
+    more_files: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedRun:
+    """A status-branch commit: one apply run, with the commit it applied (if it applied one)."""
+
+    commit: str
+    date: str
+    summary: str
+    applied_commit: str | None
+    signer: str | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,39 +3,16 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import git
 
+from controller.report.model import AppliedRun, Change
 from controller.sources.worktree import enclosing_work_tree
 from controller.status.gitbranch import APPLIED_TRAILER, SIGNER_TRAILER
 
 RECORD, FIELD = "\x1e", "\x1f"
 MAX_FILES = 20  # files named per commit
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """A commit that touched the fleet directory."""
-
-    commit: str
-    author: str
-    date: str  # ISO 8601
-    subject: str
-    files: tuple[str, ...]
-    more_files: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class AppliedRun:
-    """A status-branch commit: one apply run, with the commit it applied (if it applied one)."""
-
-    commit: str
-    date: str
-    summary: str
-    applied_commit: str | None
-    signer: str | None
 
 
 def _log(repo: git.Repo, *args: str) -> list[list[str]]:
