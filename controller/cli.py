@@ -25,6 +25,8 @@ from controller.api.durations import parse_duration
 from controller.api.problems import InvalidDeclaration
 from controller.apply.evidence import ExistingCA
 from controller.apply.executor import ApplyRefused
+from controller.audit.commands import audit_app
+from controller.audit.log import AuditError
 from controller.clock import epoch, rfc3339
 from controller.pki.errors import PKIError
 from controller.plan.render import RENDERERS
@@ -36,6 +38,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Declarative, GitOps-driven PKI for IoT device fleets.")
 export_app = typer.Typer(no_args_is_help=True, help="Write certificates, bundles and CRLs.")
 app.add_typer(export_app, name="export")
+app.add_typer(audit_app, name="audit")
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -97,7 +100,8 @@ class ExportFormat(StrEnum):
 
 EXPECTED_ERRORS = (InvalidDeclaration, ApplyRefused, ExistingCA, jobs.KeyStoreError, PKIError,
                    exports.ExportError, jobs.StateLocked, StatusBranchError, jobs.InventoryError,
-                   SourceError, backup.BackupError, jobs.UnsignedChange, jobs.SignersFileError)
+                   SourceError, backup.BackupError, jobs.UnsignedChange, jobs.SignersFileError,
+                   AuditError)
 LISTED_PATHS = 10  # uncommitted files named in a message; the rest are counted
 
 
