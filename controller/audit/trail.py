@@ -26,11 +26,15 @@ class Trail:
         self.destinations = list(destinations)
 
     def record(self, events: Iterable[Event], now: datetime) -> None:
-        """Append `events` (in sealed batches), then forward what the receivers lack."""
+        """Append `events`, then forward what the receivers lack."""
+        self.append(events, now)
+        self.forward()
+
+    def append(self, events: Iterable[Event], now: datetime) -> None:
+        """Append `events` in sealed batches."""
         iterator = iter(events)
         while batch := list(itertools.islice(iterator, BATCH)):
             self.log.append(batch, now)
-        self.forward()
 
     def forward(self) -> None:
         """Send the records each destination has not received; a down receiver is reported

@@ -42,6 +42,7 @@ class ServerState:
         self.state = state
         self.inventory = state.inventory(create=False)
         self.keystore = state.keystore()
+        self.audit = state.audit(lambda: self.keystore)
         self._keys: dict[str, keys.PrivateKey] = {}
         self._version: int | None = None
         self.desired = Desired()
