@@ -21,10 +21,11 @@ MAX_REASON = 4000  # characters of a refusal kept in its record
 
 
 def local_actor() -> dict[str, str]:
-    """Who runs this process: the Kubernetes pod (POD_NAME, POD_NAMESPACE, the service account
-    of the pod's token) when set, else the user and host."""
+    """Who runs this process: the Kubernetes pod (POD_NAME, its namespace, SERVICE_ACCOUNT:
+    the operator's Deployment sets them from the downward API) when set, else the user; and
+    the host."""
     actor = {"host": socket.gethostname()}
-    for variable, name in (("POD_NAME", "pod"), ("POD_NAMESPACE", "namespace"),
+    for variable, name in (("POD_NAME", "pod"), ("FLEETPKI_OPERATOR_NAMESPACE", "namespace"),
                            ("SERVICE_ACCOUNT", "serviceAccount")):
         if os.environ.get(variable):
             actor[name] = os.environ[variable]

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from controller.audit.events import local_actor
 from controller.audit.log import LOG
 from tests.policy.support import FleetRepo, commit_all, git, init_repo, invoke, policy, rule
 
@@ -112,3 +113,15 @@ def test_a_run_refused_for_a_wrong_passphrase_is_recorded_unsealed_then_sealed_l
     assert "were written without a seal" in verified.stderr
     assert git(repo, "rev-parse", "HEAD").strip() == of(records(state), "apply.started")[-1][
         "actor"]["commit"]
+
+
+def test_in_kubernetes_the_actor_is_the_operators_pod_and_service_account(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POD_NAME", "fleetpki-operator-5d9c7")
+    monkeypatch.setenv("FLEETPKI_OPERATOR_NAMESPACE", "fleetpki-system")
+    monkeypatch.setenv("SERVICE_ACCOUNT", "fleetpki-operator")
+    actor = local_actor()
+    assert {k: actor[k] for k in ("pod", "namespace", "serviceAccount")} == {
+        "pod": "fleetpki-operator-5d9c7", "namespace": "fleetpki-system",
+        "serviceAccount": "fleetpki-operator"}
+    assert "user" not in actor and actor["host"]
