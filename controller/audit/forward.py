@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from controller.audit.log import log_files
-from controller.audit.records import Line, parse, split_lines
+from controller.audit.records import parse
 from controller.audit.siem import FORMATS, cef_message, octet_counted, rfc5424
 
 SYSLOG_ENV = "FLEETPKI_AUDIT_SYSLOG"
@@ -113,18 +113,52 @@ class _Sender:
         self.sock.close()
 
 
-def _pending(directory: Path, after: int) -> Iterator[tuple[int, Line]]:
-    """(seq, line) of the complete records after seq `after`, across rotated files."""
+@dataclass(frozen=True)
+class Cursor:
+    """The last record sent to a destination, and where the next one starts (a hint: the
+    file name and byte offset, checked before use)."""
+
+    seq: int = 0
+    file: str = ""
+    offset: int = 0
+
+    @classmethod
+    def read(cls, path: Path) -> Cursor:
+        try:
+            seq, file, offset = path.read_text(encoding="utf-8").split()[:3]
+            return cls(int(seq), file, int(offset))
+        except (OSError, ValueError):
+            return cls()
+
+    def save(self, path: Path, destination: Destination) -> None:
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(f"{self.seq} {self.file or '-'} {self.offset} {destination.url} "
+                             f"{destination.format}\n", encoding="utf-8")
+        os.replace(temporary, path)
+
+
+def _pending(directory: Path, cursor: Cursor) -> Iterator[tuple[Cursor, bytes]]:
+    """The complete records after `cursor`, across rotated files, each with the cursor that
+    follows it."""
     files = log_files(directory)
     for index, path in enumerate(files):
         following = files[index + 1] if index + 1 < len(files) else None
         if following is not None and following.name.startswith("audit-") \
-                and int(following.stem.split("-")[1]) <= after + 1:
+                and int(following.stem.split("-")[1]) <= cursor.seq + 1:
             continue  # every record of this file was sent
-        for line in split_lines(str(path), path.read_bytes()):
-            record = parse(line.data) if line.data.endswith(b"\n") else None
-            if record is not None and record["seq"] > after:
-                yield record["seq"], line
+        with open(path, "rb") as handle:
+            offset = cursor.offset if path.name == cursor.file else 0
+            size = os.fstat(handle.fileno()).st_size
+            handle.seek(offset)
+            first = parse(handle.readline()) if 0 < offset < size else None
+            if offset > size or (first or {"seq": cursor.seq + 1})["seq"] != cursor.seq + 1:
+                offset = 0  # a stale hint (the file was cut or replaced): from the top
+            handle.seek(offset)
+            for line in handle:
+                offset += len(line)
+                record = parse(line) if line.endswith(b"\n") else None
+                if record is not None and record["seq"] > cursor.seq:
+                    yield Cursor(record["seq"], path.name, offset), line[:-1]
 
 
 def forward(directory: Path, destination: Destination) -> int:
@@ -139,30 +173,24 @@ def forward(directory: Path, destination: Destination) -> int:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return 0  # another process is forwarding to it now
-        after = int(cursor.read_text().split()[0]) if cursor.exists() else 0
+        position = Cursor.read(cursor)
         sent = 0
         sender: _Sender | None = None
         try:
-            for seq, line in _pending(directory, after):
+            for after, line in _pending(directory, position):
                 sender = sender or _Sender(destination)
-                sender.send(line.data[:-1])
-                after, sent = seq, sent + 1
+                sender.send(line)
+                position, sent = after, sent + 1
                 if sent % _CURSOR_EVERY == 0:
-                    _save(cursor, after, destination)
+                    position.save(cursor, destination)
         finally:
             if sender is not None:
                 sender.close()
             if sent:
-                _save(cursor, after, destination)
+                position.save(cursor, destination)
         return sent
     finally:
         os.close(fd)
-
-
-def _save(cursor: Path, seq: int, destination: Destination) -> None:
-    temporary = cursor.with_suffix(".tmp")
-    temporary.write_text(f"{seq} {destination.url} {destination.format}\n")
-    os.replace(temporary, cursor)
 
 
 def forward_all(directory: Path, destinations: Sequence[Destination]

@@ -95,3 +95,21 @@ def test_a_down_receiver_neither_blocks_an_apply_nor_loses_a_record(
         received = receiver.received(len(everything))
     assert len(everything) > len(lines)
     assert [message.encode() for _, _, message in received] == everything  # once, in order
+
+
+def test_forwarding_resumes_where_it_stopped_across_rotation(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    log = AuditLog(state, ed25519.Ed25519PrivateKey.generate, max_bytes=900)
+    with rsyslog(tmp_path / "rsyslog") as receiver:
+        url = f"tcp://127.0.0.1:{receiver.tcp}"
+        for batch in range(4):
+            log.append([Event("certificate.issued", "success", "DeviceFleet/sensors", {},
+                              {"serial": f"{batch}-{n}"}) for n in range(3)], NOW)
+            invoke("audit", "forward", "--state-dir", state, "--syslog", url)
+        assert "sent 0 record(s)" in invoke("audit", "forward", "--state-dir", state,
+                                            "--syslog", url).stdout
+        files = sorted((state / "audit").glob("audit*.jsonl"))
+        everything = b"".join(path.read_bytes() for path in files).splitlines()
+        received = receiver.received(len(everything))
+    assert len(files) > 2
+    assert [message.encode() for _, _, message in received] == everything
