@@ -19,6 +19,8 @@ from cryptography import x509
 from controller import jobs
 from controller.api.desired import Desired
 from controller.apply.executor import Executor, serial_hex
+from controller.audit.events import local_actor
+from controller.audit.records import Event
 from controller.clock import epoch, from_epoch, now_utc
 from controller.pki import certificates as certs
 from controller.pki import keys
@@ -50,7 +52,11 @@ class ServerState:
         self.tenancy = Tenancy()
         self._executor: Executor | None = None
         self.responder = ocsp.Responder(ocsp.IssuerIndex([]), self._lookup)
-        self.refresh(force=True)
+        self.refresh(force=True)  # unlocks the CA keys: a wrong passphrase stops here
+        actor = local_actor()
+        self.audit.record([Event("serve.started", "success", str(state.path), actor),
+                           Event("keystore.unlocked", "success", state.keys.describe(""),
+                                 actor)], now_utc())
 
     def close(self) -> None:
         self.inventory.close()

@@ -35,6 +35,8 @@ def test_enrollments_accepted_and_refused_are_audited(server: Running, env: Env)
     assert post(server, env, "/simplereenroll", request, "--cert", cert, "--key",
                 env.keys / "dev-3.key", name="re")[0] == "200"
 
+    assert [r["action"] for r in records(env) if r["action"] == "serve.started"] \
+        == ["serve.started"]
     est = [r for r in records(env) if r["action"].startswith("est.")]
     assert [(r["action"], r["outcome"], r["endpoint"]) for r in est] == [
         ("est.refused", "refused", "simpleenroll"), ("est.refused", "refused", "simpleenroll"),
