@@ -82,7 +82,7 @@ def forward_command(state_dir: StateOpt = None, syslog: Annotated[list[str] | No
     try:
         destinations = [Destination.parse(url, format, ca_file) for url in syslog] if syslog \
             else destinations_from_env()
-    except ValueError as exc:
+    except (ValueError, AuditError) as exc:
         raise _fail(str(exc)) from None
     if not destinations:
         raise _fail("no receiver: pass --syslog URL or set FLEETPKI_AUDIT_SYSLOG")

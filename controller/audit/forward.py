@@ -17,7 +17,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from controller.audit.log import log_files
+from controller.audit.log import AuditError, log_files
 from controller.audit.records import parse
 from controller.audit.siem import FORMATS, cef_message, octet_counted, rfc5424
 
@@ -64,11 +64,14 @@ class Destination:
 
 def destinations_from_env() -> list[Destination]:
     """The destinations in $FLEETPKI_AUDIT_SYSLOG (comma-separated), with
-    $FLEETPKI_AUDIT_FORMAT and $FLEETPKI_AUDIT_SYSLOG_CA."""
+    $FLEETPKI_AUDIT_FORMAT and $FLEETPKI_AUDIT_SYSLOG_CA; AuditError naming what is wrong."""
     urls = [u.strip() for u in os.environ.get(SYSLOG_ENV, "").split(",") if u.strip()]
     ca = os.environ.get(CA_ENV)
-    return [Destination.parse(u, os.environ.get(FORMAT_ENV, "rfc5424"),
-                              Path(ca) if ca else None) for u in urls]
+    try:
+        return [Destination.parse(u, os.environ.get(FORMAT_ENV, "rfc5424"),
+                                  Path(ca) if ca else None) for u in urls]
+    except ValueError as exc:
+        raise AuditError(f"${SYSLOG_ENV} / ${FORMAT_ENV}: {exc}") from None
 
 
 def _version() -> str:

@@ -113,3 +113,21 @@ def test_forwarding_resumes_where_it_stopped_across_rotation(tmp_path: Path) -> 
         received = receiver.received(len(everything))
     assert len(files) > 2
     assert [message.encode() for _, _, message in received] == everything
+
+
+def test_a_bad_destination_is_an_error_naming_it_before_anything_is_applied(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEETPKI_PASSPHRASE", "siem-tests-passphrase")
+    monkeypatch.setenv("FLEETPKI_AUDIT_SYSLOG", "ftp://127.0.0.1:514")
+    repo, state = FleetRepo().write(tmp_path / "repo"), tmp_path / "state"
+    init_repo(repo)
+    result = invoke("apply", repo, "--state-dir", state, rc=1)
+    assert result.stderr.startswith("error: $FLEETPKI_AUDIT_SYSLOG / $FLEETPKI_AUDIT_FORMAT: "
+                                    "audit syslog destination 'ftp://127.0.0.1:514': expected "
+                                    "udp://, tcp:// or tls://HOST:PORT")
+    assert not (state / "inventory.db").exists()
+    for args, said in ((["--syslog", "tcp://127.0.0.1"], "expected HOST:PORT"),
+                       (["--syslog", "tcp://127.0.0.1:514", "--format", "xml"],
+                        "audit format 'xml': expected one of rfc5424, cef")):
+        failed = invoke("audit", "forward", "--state-dir", state, *args, rc=1)
+        assert said in failed.stderr
