@@ -4,14 +4,27 @@ certificate with its serial and fingerprint, revocations, CRLs), denials and ref
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from controller import jobs
 from controller.audit.events import local_actor
 from controller.audit.log import LOG
-from tests.policy.support import FleetRepo, commit_all, git, init_repo, invoke, policy, rule
+from tests.policy.support import (
+    NOW,
+    FleetRepo,
+    commit_all,
+    fleet_doc,
+    git,
+    init_repo,
+    invoke,
+    policy,
+    profile_doc,
+    rule,
+)
 
 PASSPHRASE = "audit-tests-passphrase"
 
@@ -125,3 +138,24 @@ def test_in_kubernetes_the_actor_is_the_operators_pod_and_service_account(
         "pod": "fleetpki-operator-5d9c7", "namespace": "fleetpki-system",
         "serviceAccount": "fleetpki-operator"}
     assert "user" not in actor and actor["host"]
+
+
+def test_renewals_and_rekeys_name_the_serial_they_replace(tmp_path: Path) -> None:
+    declaration = FleetRepo()
+    declaration.profiles["client"] = profile_doc("client", rotationPolicy="Never")
+    declaration.profiles["rotating"] = profile_doc("rotating", rotationPolicy="Always")
+    declaration.fleets["meters"] = fleet_doc("meters", [{"id": "m-1"}], profile="rotating")
+    repo, state = declaration.write(tmp_path / "repo"), jobs.StateDir(tmp_path / "state")
+    init_repo(repo)
+    jobs.apply(repo, state, NOW, write_status=False)
+    before = {(r["object"], r["device"]): r["serial"]
+              for r in of(records(state.path), "certificate.issued")}
+    jobs.apply(repo, state, NOW + timedelta(days=360), write_status=False)  # all are due
+    found = records(state.path)
+    renewed = {(r["object"], r["device"]): r for r in of(found, "certificate.renewed")}
+    rekeyed = {(r["object"], r["device"]): r for r in of(found, "certificate.rekeyed")}
+    assert set(renewed) == {("DeviceFleet/sensors", f"dev-{n}") for n in (1, 2, 3)}
+    assert set(rekeyed) == {("DeviceFleet/meters", "m-1")}
+    for key, record in (renewed | rekeyed).items():
+        assert record["replaces"] == before[key] != record["serial"]
+    assert not of(found, "certificate.revoked")  # superseded ones are in `replaces`

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -162,3 +163,21 @@ def test_an_unsealed_tail_is_sealed_late_by_the_next_append_with_a_warning(
 def test_no_log_is_an_error(tmp_path: Path) -> None:
     code, output = verify(tmp_path)
     assert code == 1 and "no audit log" in output
+
+
+def test_concurrent_writers_keep_one_chain(tmp_path: Path) -> None:
+    """apply and serve append to the same log from different processes: the lock orders them
+    (threads with their own AuditLog open their own lock file descriptions, like processes)."""
+    def writer(number: int) -> None:
+        log = AuditLog(tmp_path, lambda: KEY)
+        for batch in range(10):
+            log.append(events(2, number * 100 + batch * 2), NOW)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    code, output = verify(tmp_path)
+    assert code == 0, output
+    assert "120 records, 40 seals" in output
