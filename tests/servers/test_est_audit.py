@@ -37,6 +37,8 @@ def test_enrollments_accepted_and_refused_are_audited(server: Running, env: Env)
 
     assert [r["action"] for r in records(env) if r["action"] == "serve.started"] \
         == ["serve.started"]
+    created = [r for r in records(env) if r["action"] == "enrollment.secret-created"]
+    assert [(r["object"], r["device"]) for r in created] == [("DeviceFleet/sensors", "dev-3")]
     est = [r for r in records(env) if r["action"].startswith("est.")]
     assert [(r["action"], r["outcome"], r["endpoint"]) for r in est] == [
         ("est.refused", "refused", "simpleenroll"), ("est.refused", "refused", "simpleenroll"),
