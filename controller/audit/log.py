@@ -89,8 +89,14 @@ def public_key(directory: Path) -> ed25519.Ed25519PublicKey | None:
 
 
 def verify_log(directory: Path, key: ed25519.Ed25519PublicKey | None = None) -> Verdict:
-    """Verify every file of the log with `key` (default: the one written beside it)."""
-    return verify(read_lines(directory), key or public_key(directory))
+    """Verify every file of the log with `key` (default: the one written beside it). A log
+    whose files hold no record at all was emptied: that is reported too."""
+    verdict = verify(read_lines(directory), key or public_key(directory))
+    files = log_files(directory)
+    if verdict.intact and verdict.records == 0 and files:
+        verdict.bad = Line(str(files[0]), 1, b"")
+        verdict.reason = "no record at all: the log was emptied"
+    return verdict
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -168,12 +174,10 @@ class AuditLog:
     def _recover(self) -> tuple[Tail, list[Event]]:
         """The tail to chain after; an unsealed tail is kept up to its last well-chained
         complete record (a partial line is cut off) and reported in an `audit.recovered`."""
-        files = log_files(self.directory)
+        files = [path for path in log_files(self.directory) if path.stat().st_size]
         if not files:
             return Tail(), []
         last = _last_line(files[-1])
-        if last is None:
-            return Tail(), []
         record = parse(last)
         if record is not None and record["action"] == SEALED and last.endswith(b"\n"):
             return Tail(record["seq"], digest(last[:-1])), []
@@ -225,12 +229,10 @@ class AuditLog:
             os.close(fd)
 
 
-def _last_line(path: Path) -> bytes | None:
-    """The last line of a file (with its newline, if it has one), None when empty."""
+def _last_line(path: Path) -> bytes:
+    """The last line of a file (with its newline, if it has one)."""
     with open(path, "rb") as handle:
         size = handle.seek(0, os.SEEK_END)
-        if size == 0:
-            return None
         data = b""
         position = size
         while position > 0:

@@ -160,9 +160,13 @@ def test_an_unsealed_tail_is_sealed_late_by_the_next_append_with_a_warning(
     assert recovered[0]["droppedBytes"] == len(b'{"seq": 10, "act')
 
 
-def test_no_log_is_an_error(tmp_path: Path) -> None:
+def test_no_log_or_an_emptied_one_is_an_error(tmp_path: Path) -> None:
     code, output = verify(tmp_path)
     assert code == 1 and "no audit log" in output
+    write_log(tmp_path)
+    put(tmp_path, [])
+    code, output = verify(tmp_path)
+    assert code == 1 and f"{LOG}:1: no record at all" in output
 
 
 def test_concurrent_writers_keep_one_chain(tmp_path: Path) -> None:
@@ -181,3 +185,14 @@ def test_concurrent_writers_keep_one_chain(tmp_path: Path) -> None:
     code, output = verify(tmp_path)
     assert code == 0, output
     assert "120 records, 40 seals" in output
+
+
+def test_an_empty_current_file_after_rotation_does_not_restart_the_chain(
+        tmp_path: Path) -> None:
+    log = write_log(tmp_path, batches=3, max_bytes=500)
+    (tmp_path / "audit" / LOG).rename(tmp_path / "audit" / "audit-999999999999.jsonl")
+    (tmp_path / "audit" / LOG).touch()  # a crash between creating the file and writing it
+    log.append(events(1), NOW)
+    code, output = verify(tmp_path)
+    assert code == 0, output
+    assert "17 records" in output
