@@ -180,17 +180,14 @@ class AuditLog:
         last = _last_line(files[-1])
         record = parse(last)
         if record is not None and record["action"] == SEALED and last.endswith(b"\n"):
-            return Tail(record["seq"], digest(last[:-1])), []
+            return _tail_of(last), []
         lines = list(split_lines(str(files[-1]), files[-1].read_bytes()))
-        seals = [i for i, line in enumerate(lines)
-                 if (r := parse(line.data)) is not None and r["action"] == SEALED]
-        start = seals[-1] if seals else 0
-        tail = Tail()
+        seals = [i for i, line in enumerate(lines) if line.data.endswith(b"\n")
+                 and (r := parse(line.data)) is not None and r["action"] == SEALED]
+        tail, cut = (_tail_of(_last_line(files[-2])) if len(files) > 1 else Tail()), 0
         if seals:
-            sealed = parse(lines[start].data) or {}
-            tail = Tail(sealed["seq"], digest(lines[start].data[:-1]))
+            tail, cut = _tail_of(lines[seals[-1]].data), seals[-1] + 1
         first_kept = tail.seq + 1
-        cut = start + 1 if seals else 0
         for line in lines[cut:]:
             record = parse(line.data)
             if (record is None or not line.data.endswith(b"\n") or record["seq"] != tail.seq + 1
@@ -227,6 +224,12 @@ class AuditLog:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _tail_of(line: bytes) -> Tail:
+    """The tail a complete record line leaves (genesis if it is not one)."""
+    record = parse(line) if line.endswith(b"\n") else None
+    return Tail(record["seq"], digest(line[:-1])) if record is not None else Tail()
 
 
 def _last_line(path: Path) -> bytes:

@@ -196,3 +196,16 @@ def test_an_empty_current_file_after_rotation_does_not_restart_the_chain(
     code, output = verify(tmp_path)
     assert code == 0, output
     assert "17 records" in output
+
+
+def test_unsealed_records_right_after_a_rotation_are_recovered_onto_the_chain(
+        tmp_path: Path) -> None:
+    write_log(tmp_path, batches=2, max_bytes=500)
+    write_log(tmp_path, batches=1, max_bytes=500, key=None)  # rotated, then left unsealed
+    assert b"audit.sealed" not in lines_of(tmp_path)[-1]
+    content = (tmp_path / "audit" / LOG).read_bytes()
+    (tmp_path / "audit" / LOG).write_bytes(content + content[:30])  # and a partial seal line
+    write_log(tmp_path, batches=1, max_bytes=1 << 20)
+    code, output = verify(tmp_path)
+    assert code == 0, output
+    assert "records 11..14 were written without a seal" in output
