@@ -4,7 +4,6 @@ driver) inputs writing MSGID, structured data and message of every message to a 
 from __future__ import annotations
 
 import ipaddress
-import os
 import shutil
 import socket
 import subprocess
@@ -111,8 +110,7 @@ def rsyslog(directory: Path, tls: tuple[Path, Path, Path] | None = None,
         encoding="utf-8")
     process = subprocess.Popen([rsyslogd(), "-n", "-f", str(config), "-i",
                                 str(directory / "rsyslogd.pid")],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               env={**os.environ, "RSYSLOG_DYNNAME": directory.name})
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         end = time.monotonic() + 30
         while True:
