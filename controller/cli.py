@@ -26,6 +26,10 @@ from controller.api.durations import parse_duration
 from controller.api.problems import InvalidDeclaration
 from controller.apply.evidence import ExistingCA
 from controller.apply.executor import ApplyRefused
+from controller.audit.commands import audit_app
+from controller.audit.events import local_actor
+from controller.audit.log import AuditError
+from controller.audit.records import Event
 from controller.clock import epoch, rfc3339
 from controller.pki.errors import PKIError
 from controller.plan.render import RENDERERS
@@ -37,6 +41,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Declarative, GitOps-driven PKI for IoT device fleets.")
 export_app = typer.Typer(no_args_is_help=True, help="Write certificates, bundles and CRLs.")
 app.add_typer(export_app, name="export")
+app.add_typer(audit_app, name="audit")
 out = Console()
 err = Console(stderr=True, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -98,7 +103,8 @@ class ExportFormat(StrEnum):
 
 EXPECTED_ERRORS = (InvalidDeclaration, ApplyRefused, ExistingCA, jobs.KeyStoreError, PKIError,
                    exports.ExportError, jobs.StateLocked, StatusBranchError, jobs.InventoryError,
-                   SourceError, backup.BackupError, jobs.UnsignedChange, jobs.SignersFileError)
+                   SourceError, backup.BackupError, jobs.UnsignedChange, jobs.SignersFileError,
+                   AuditError)
 LISTED_PATHS = 10  # uncommitted files named in a message; the rest are counted
 
 
@@ -749,10 +755,13 @@ def enroll_secret(directory: DirArg, fleet: Annotated[str, typer.Option()],
     if decl is None or not any(d.id == device for d in decl.devices):
         err.print(f"error: device {device!r} is not declared in fleet {fleet!r}", markup=False)
         raise typer.Exit(1)
-    secret, record = new_secret(fleet, device, jobs.now_utc())
-    with jobs.StateDir.resolve(state_dir).inventory(create=False) as inventory, \
-            inventory.transaction():
+    now = jobs.now_utc()
+    secret, record = new_secret(fleet, device, now)
+    state = jobs.StateDir.resolve(state_dir)
+    with state.inventory(create=False) as inventory, inventory.transaction():
         inventory.put_enrollment_secret(record)
+    state.audit().record([Event("enrollment.secret-created", "success", f"DeviceFleet/{fleet}",
+                                local_actor(), {"device": device})], now)
     print(secret)
 
 

@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 import git
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from kubernetes.client import ApiClient
 
 from controller.api.desired import Desired
@@ -22,6 +23,10 @@ from controller.api.problems import Finding, InvalidDeclaration, Problem
 from controller.apply.evidence import ExistingCA, Places, refuse_existing_cas
 from controller.apply.executor import ApplyRefused, ApplyResult, Progress, execute, prepare
 from controller.apply.observe import observe
+from controller.audit import events as audit_events
+from controller.audit.forward import destinations_from_env
+from controller.audit.records import Event
+from controller.audit.trail import Trail
 from controller.clock import epoch
 from controller.clock import now_utc as now_utc  # part of the job API
 from controller.discovery.job import discover as discover  # part of the job API
@@ -55,7 +60,7 @@ from controller.status.store import StatusStore, StatusUpdate
 from controller.stores.inventory import Inventory
 from controller.stores.inventory import InventoryError as InventoryError  # part of the job API
 from controller.stores.keystore import PASSPHRASE_ENV as PASSPHRASE_ENV  # part of the job API
-from controller.stores.keystore import FileBlobs, KeyBlobs, KeyStore
+from controller.stores.keystore import FileBlobs, KeyBlobs, KeyStore, initialised
 from controller.stores.keystore import KeyStoreError as KeyStoreError  # part of the job API
 from controller.stores.publish import sync_public
 from controller.stores.secrets import api_client as api_client  # part of the job API
@@ -144,6 +149,21 @@ class StateDir:
         with _locked(self.path / "apply.lock", f"another fleetpki process is applying with "
                      f"state directory {self.path}; try again when it has finished"):
             yield
+
+    def audit(self, keystore: Callable[[], KeyStore] | None = None) -> Trail:
+        """The audit trail of this state directory (forwarded as $FLEETPKI_AUDIT_SYSLOG says),
+        sealed with the keystore's audit key once the keystore is initialised and unlocked
+        (records written before are sealed by the next append, which says so)."""
+        opened = keystore or functools.cache(self.keystore)
+
+        def key() -> Ed25519PrivateKey | None:
+            if not initialised(self.keys):
+                return None
+            try:
+                return opened().audit_signing_key()
+            except KeyStoreError:
+                return None
+        return Trail(self.path, key, destinations_from_env())
 
     def places(self, status: StatusStore | None) -> Places:
         """Where evidence of existing CAs is looked for."""
@@ -362,6 +382,8 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
     store = status_store or (branch if write_status else None)
     evidence = status_store or branch  # the status branch is evidence even when not written
     commit = store.observed() if store is not None else None
+    keystore = functools.cache(state.keystore)
+    trail = state.audit(keystore)
     with repository_lock(root), state.lock(), state.inventory() as inventory:
         previous = store.read() if store is not None else {}
 
@@ -394,23 +416,38 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
             outcome.blocked_fleets.update(the_plan.blocked_fleets)
             refuse_existing_cas(_created_cas(the_plan), state.places(evidence), inventory,
                                 new_cas)
-            runner = prepare(the_plan, desired, inventory, state.keystore(), now,
+            runner = prepare(the_plan, desired, inventory, keystore(), now,
                              allow_mass_revocation=allow_mass_revocation)
         except REFUSALS as exc:
+            actor = audit_events.commit_actor(root, commit, str(signer) if signer else None)
+            trail.record([Event("apply.started", "success", str(directory.resolve()), actor),
+                          *audit_events.denials(the_plan, actor),
+                          audit_events.refusal(str(directory.resolve()), str(exc), actor)], now)
             outcome.applied_nothing = True
             if not isinstance(exc, InvalidDeclaration):
                 outcome.refusal = str(exc)
             sync_public(inventory, state.public_dir, epoch(now))
             write("invalid" if isinstance(exc, InvalidDeclaration) else "refused")
             raise
+        actor = audit_events.commit_actor(root, commit, str(signer) if signer else None)
+        trail.record([Event("apply.started", "success", str(directory.resolve()), actor),
+                      Event("keystore.unlocked", "success", state.keys.describe(""), actor),
+                      *audit_events.denials(the_plan, actor)], now)
+        finished = Event("apply.finished", "failure", str(directory.resolve()), actor)
         try:
             result = execute(runner, the_plan, progress)
+            finished = Event("apply.finished", "success", str(directory.resolve()), actor,
+                             {"done": dict(result.done)})
         except (ApplyRefused, KeyStoreError, PKIError) as exc:
             outcome.refusal = str(exc)
+            finished = Event("apply.finished", "failure", str(directory.resolve()), actor,
+                             {"reason": str(exc)})
             write("failed", applied=True)
             raise
         finally:
             sync_public(inventory, state.public_dir, epoch(now))
+            trail.record([*audit_events.executed(the_plan, inventory, epoch(now), actor),
+                          finished], now)
         done = ", ".join(f"{k} {v}" for k, v in sorted(result.done.items())) or "no changes"
         status_commit = write(done, dict(result.done), applied=True)
     return ApplyReport(the_plan, result, status_commit)

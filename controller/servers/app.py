@@ -25,11 +25,11 @@ from cryptography.x509.ocsp import OCSPResponseStatus
 from controller.clock import now_utc
 from controller.pki import certificates as certs
 from controller.pki import keys
-from controller.servers import est, ocsp
+from controller.servers import audit, est, ocsp
 from controller.servers.limits import ConnectionGuard, Limits
 from controller.servers.state import ServerState
 from controller.servers.throttle import Backoff, Throttle
-from controller.stores.inventory import EnrollmentSecret
+from controller.stores.inventory import CertRecord, EnrollmentSecret
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +94,18 @@ def _est(handler: Callable[[web.Request, ServerState], Awaitable[web.Response]])
         try:
             return await handler(request, state)
         except est.ESTError as exc:
+            if audit.is_enrollment(request):
+                await audit.record(state.audit, audit.enrollment(
+                    request, _peer_certificate(request), None, exc), now_utc())
             return _refusal(exc, request)
     return wrapped
+
+
+async def _enrolled(request: web.Request, state: ServerState, record: CertRecord) -> None:
+    """Our write: drop cached OCSP answers, and audit the enrollment before answering."""
+    state.changed()
+    await audit.record(state.audit, audit.enrollment(request, _peer_certificate(request), record,
+                                                     None), now_utc())
 
 
 def _label_fleet(request: web.Request, state: ServerState) -> str | None:
@@ -188,7 +198,7 @@ async def simpleenroll(request: web.Request, state: ServerState) -> web.Response
     record = est.issue(state.executor(now), state.inventory, target, csr, now, consume=stored,
                        rules=state.rules,
                        tenancy=state.tenancy)
-    state.changed()
+    await _enrolled(request, state, record)
     return _issued(record.der)
 
 
@@ -211,7 +221,7 @@ async def serverkeygen(request: web.Request, state: ServerState) -> web.Response
     record = est.issue(state.executor(now), state.inventory, target, csr, now, consume=consume,
                        server_key=True, rules=state.rules,
                        tenancy=state.tenancy)
-    state.changed()
+    await _enrolled(request, state, record)
     body, content_type = est.server_key_response(state.keystore, record)
     return web.Response(body=body, headers={"Content-Type": content_type})
 
@@ -234,7 +244,7 @@ async def simplereenroll(request: web.Request, state: ServerState) -> web.Respon
     now = now_utc()
     record = est.issue(state.executor(now), state.inventory, target, csr, now, rules=state.rules,
                        tenancy=state.tenancy)
-    state.changed()
+    await _enrolled(request, state, record)
     return _issued(record.der)
 
 

@@ -19,6 +19,8 @@ from cryptography import x509
 from controller import jobs
 from controller.api.desired import Desired
 from controller.apply.executor import Executor, serial_hex
+from controller.audit.events import local_actor
+from controller.audit.records import Event
 from controller.clock import epoch, from_epoch, now_utc
 from controller.pki import certificates as certs
 from controller.pki import keys
@@ -42,6 +44,7 @@ class ServerState:
         self.state = state
         self.inventory = state.inventory(create=False)
         self.keystore = state.keystore()
+        self.audit = state.audit(lambda: self.keystore)
         self._keys: dict[str, keys.PrivateKey] = {}
         self._version: int | None = None
         self.desired = Desired()
@@ -49,7 +52,11 @@ class ServerState:
         self.tenancy = Tenancy()
         self._executor: Executor | None = None
         self.responder = ocsp.Responder(ocsp.IssuerIndex([]), self._lookup)
-        self.refresh(force=True)
+        self.refresh(force=True)  # unlocks the CA keys: a wrong passphrase stops here
+        actor = local_actor()
+        self.audit.record([Event("serve.started", "success", str(state.path), actor),
+                           Event("keystore.unlocked", "success", state.keys.describe(""),
+                                 actor)], now_utc())
 
     def close(self) -> None:
         self.inventory.close()

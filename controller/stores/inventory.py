@@ -375,6 +375,14 @@ class Inventory:
                               (ca_name,)).fetchone()
         return (row[0] or 0) + 1
 
+    def changed_at(self, at: int) -> Iterator[tuple[str, str, str, str, str, int, int | None,
+                                                     str | None]]:
+        """(kind, owner, device, serial, fingerprint, issued_at, revoked_at, reason) of the
+        certificates issued or revoked at `at` (one run's clock), in insertion order."""
+        yield from self.db.execute(
+            "SELECT kind, owner, device, serial, fingerprint, issued_at, revoked_at, reason "
+            "FROM certificates WHERE issued_at = ? OR revoked_at = ? ORDER BY rowid", (at, at))
+
     def uses_key(self, key_id: str) -> bool:
         row = self.db.execute("SELECT 1 FROM certificates WHERE key_id = ? LIMIT 1", (key_id,))
         return row.fetchone() is not None

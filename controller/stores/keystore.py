@@ -27,6 +27,7 @@ from typing import Protocol
 
 from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, hmac, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
@@ -115,6 +116,7 @@ def _spki(key: PrivateKey) -> bytes:
 
 KEK_BLOB = "kek.json"
 CA_PREFIX = "ca/"
+AUDIT_KEY_BLOB = "audit/signing-key.pem"
 _SEGMENT_RE = re.compile(r"[A-Za-z0-9._-]{1,250}")
 
 
@@ -349,6 +351,38 @@ class KeyStore:
                 "continue (restore the keys from a backup; a new CA is never created silently)"
             )
         return self._decrypt_ca(key_id, name, data)
+
+    def audit_signing_key(self) -> ed25519.Ed25519PrivateKey:
+        """The controller's own Ed25519 key that seals the audit log, created on first use and
+        stored encrypted like a CA key (`audit/signing-key.pem`)."""
+        try:
+            data = self.blobs.read(AUDIT_KEY_BLOB)
+        except BlobError as exc:
+            raise KeyStoreError(f"cannot read the audit signing key ({exc.where}): "
+                                f"{exc.reason}") from None
+        if data is None:
+            key = ed25519.Ed25519PrivateKey.generate()
+            pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.BestAvailableEncryption(
+                                        self._ca_file_passphrase(AUDIT_KEY_BLOB)))
+            try:
+                self.blobs.create(AUDIT_KEY_BLOB, pem)
+                return key
+            except FileExistsError:  # another process created it first: use that one
+                return self.audit_signing_key()
+            except BlobError as exc:
+                raise KeyStoreError(f"cannot write the audit signing key ({exc.where}): "
+                                    f"{exc.reason}") from None
+        try:
+            loaded = serialization.load_pem_private_key(
+                data, password=self._ca_file_passphrase(AUDIT_KEY_BLOB))
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            loaded = None
+        if not isinstance(loaded, ed25519.Ed25519PrivateKey):
+            raise KeyStoreError(f"cannot decrypt the audit signing key "
+                                f"({self.blobs.describe(AUDIT_KEY_BLOB)}): wrong "
+                                f"{PASSPHRASE_ENV} or corrupt file")
+        return loaded
 
     def unlock(self) -> None:
         """Check the passphrase now (or create the KEK of an empty keystore), before any

@@ -7,7 +7,8 @@ share a Secret), type `Opaque`, `immutable: true`, the blob's bytes under the da
 (exactly the bytes of the file keystore: a CA key is the encrypted PKCS#8 PEM; the Secret is an
 envelope, not the protection). Labels: `app.kubernetes.io/managed-by: fleetpki`,
 `fleetpki.io/scope: <scope>` (the operator keeps one state per watched namespace) and
-`fleetpki.io/blob: kek | ca-key`; the annotation `fleetpki.io/blob-name` holds the blob name.
+`fleetpki.io/blob: kek | ca-key | audit-key`; the annotation `fleetpki.io/blob-name` holds the
+blob name.
 
 Choices:
 
@@ -40,6 +41,7 @@ from urllib3.exceptions import HTTPError
 
 from controller.api.names import MANAGED_BY, hashed_name
 from controller.stores.keystore import (
+    AUDIT_KEY_BLOB,
     KEK_BLOB,
     BlobError,
     KeyStoreError,
@@ -59,9 +61,11 @@ _HASH_LEN = 10
 
 
 def blob_kind(name: str) -> str:
-    """The `fleetpki.io/blob` label of a blob: `kek`, `ca-key` or `other`."""
+    """The `fleetpki.io/blob` label of a blob: `kek`, `ca-key`, `audit-key` or `other`."""
     if name == KEK_BLOB:
         return "kek"
+    if name == AUDIT_KEY_BLOB:
+        return "audit-key"
     if name.startswith("ca/") and name.endswith(".pem"):
         return "ca-key"
     return "other"

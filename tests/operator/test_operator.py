@@ -106,7 +106,8 @@ def test_a_fleet_converges_and_status_follows_changes(kube_emulator: RunningEmul
         assert ca["status"]["crl"]["entries"] == 1
 
     keys = client.CoreV1Api(api).list_namespaced_secret(KEYS_NAMESPACE).items
-    assert {s.metadata.labels["fleetpki.io/blob"] for s in keys} == {"kek", "ca-key"}
+    assert {s.metadata.labels["fleetpki.io/blob"] for s in keys} == {"kek", "ca-key",
+                                                                      "audit-key"}
     assert all(not s.metadata.owner_references for s in keys)
     assert not (tmp_path / "state" / "namespaces" / NS / "keys").exists(), "no CA key files"
     events = client.CoreV1Api(api).list_namespaced_event(NS).items

@@ -335,3 +335,14 @@ def test_a_path_needs_its_tenant_and_an_unowned_path_every_tenant() -> None:
         "allowed for every tenant)")
     assert path_refusal(("meters",), None, tenancy) is None  # outside the fleet directory
     assert path_refusal(("meters",), SENSORS, Tenancy()) is None  # no tenants declared
+
+
+def test_the_audit_log_names_the_applied_commit_its_author_and_signer(
+        applied: Setup, run: Run) -> None:
+    head = git(applied.fleet, "rev-parse", "HEAD").strip()
+    log = (applied.state / "audit" / "audit.jsonl").read_text(encoding="utf-8")
+    started = [json.loads(line) for line in log.splitlines() if '"apply.started"' in line]
+    assert started[-1]["actor"]["commit"] == head
+    assert started[-1]["actor"]["signer"] == f"* {applied.fingerprint('platform')}"
+    assert started[-1]["actor"]["author"] == git(applied.fleet, "log", "-1",
+                                                 "--format=%an <%ae>").strip()
