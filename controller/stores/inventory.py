@@ -74,6 +74,14 @@ CREATE TABLE IF NOT EXISTS journal (
     detail TEXT NOT NULL DEFAULT '',
     started_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS sightings (
+    serial TEXT NOT NULL,
+    source TEXT NOT NULL,
+    first_seen INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL,
+    times INTEGER NOT NULL,
+    PRIMARY KEY (serial, source)
+);
 """
 
 COLUMNS = ("serial, kind, owner, device, issuer_serial, state, not_before, not_after, renew_at, "
@@ -432,6 +440,13 @@ class Inventory:
             "entries, revoked_total, der) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (record.ca_serial, record.ca_name, record.number, record.this_update,
              record.next_update, record.entries, record.revoked_total, record.der))
+
+    def saw(self, serial: str, source: str, at: int) -> None:
+        """Record that a certificate was presented to `source` (e.g. "est") at `at`."""
+        self.db.execute(
+            "INSERT INTO sightings (serial, source, first_seen, last_seen, times) "
+            "VALUES (?, ?, ?, ?, 1) ON CONFLICT(serial, source) DO UPDATE SET "
+            "last_seen = excluded.last_seen, times = times + 1", (serial, source, at, at))
 
     def journal_begin(self, operation: str, subject: str, detail: str, at: int) -> int:
         cursor = self.db.execute(
