@@ -26,8 +26,9 @@ from controller.api.problems import InvalidDeclaration
 from controller.apply.evidence import ExistingCA
 from controller.apply.executor import ApplyRefused
 from controller.clock import epoch, rfc3339
-from controller.lint.rules import SEVERITIES, Thresholds, fails
+from controller.lint.rules import SEVERITIES, STRONG_KEY_ALGORITHMS, Thresholds, fails
 from controller.pki.errors import PKIError
+from controller.pki.keys import KEY_ALGORITHMS
 from controller.plan.render import RENDERERS
 from controller.sources.reconciler import Reconciler, SourceError
 from controller.sources.worktree import uncommitted_changes
@@ -370,14 +371,22 @@ def lint(directory: DirArg, state_dir: StateOpt = None,
              help="Device certificates issued longer ago are flagged.")] = "400d",
          ca_expiring_within: Annotated[str, typer.Option(
              help="CA certificates expiring within this are flagged.")] = "90d",
+         key_algorithm: Annotated[list[str] | None, typer.Option(
+             "--key-algorithm", help="An allowed key algorithm (repeatable; default: those the "
+             "default key-algorithms policy allows).", show_default=False)] = None,
          output: Annotated[LintFormat, typer.Option("-o", "--output")] = LintFormat.text,
          fail_on: Annotated[Severity | None, typer.Option(
              help="Exit 1 if a finding is at least this severe.")] = None) -> None:
     """Audit the inventory: expiring or old certificates, weak and shared keys, revoked
     certificates still presented, CAs and CRLs near their end."""
+    unknown = sorted(set(key_algorithm or ()) - set(KEY_ALGORITHMS))
+    if unknown:
+        raise typer.BadParameter(f"unknown key algorithm {unknown[0]!r}; known: "
+                                 f"{', '.join(KEY_ALGORITHMS)}", param_hint="--key-algorithm")
     thresholds = Thresholds(_duration(expiring_within, "--expiring-within"),
                             _duration(max_age, "--max-age"),
-                            _duration(ca_expiring_within, "--ca-expiring-within"))
+                            _duration(ca_expiring_within, "--ca-expiring-within"),
+                            allowed_key_algorithms=tuple(key_algorithm or STRONG_KEY_ALGORITHMS))
     now = epoch(jobs.now_utc())
     with jobs.StateDir.resolve(state_dir).reader() as inventory:
         report = jobs.lint(inventory, now, thresholds)
