@@ -92,7 +92,7 @@ class InventoryCollector(Collector):
     @staticmethod
     def _add(families: dict[str, GaugeMetricFamily], ns: str, inventory: Inventory,
              now: int) -> None:
-        for fleet, ca, state, number in facts.certificate_counts(inventory):
+        for (fleet, ca, state), number in facts.certificate_counts(inventory).items():
             families["certificates"].add_metric([ns, fleet, ca, state], number)
         for fleet, not_after in facts.earliest_expiry(inventory):
             families["earliest"].add_metric([ns, fleet], not_after - now)

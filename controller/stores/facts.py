@@ -64,22 +64,33 @@ def device_counts(inventory: Inventory, window: Window) -> dict[str, int]:
     return counts
 
 
-def _shared_query(columns: str) -> str:
-    return (f"SELECT {columns} FROM certificates c WHERE {DEVICES} AND c.state = 'active' "
-            f"AND length({KEY}) = 64 AND {KEY} IN (SELECT {KEY} FROM certificates c "
-            f"WHERE {DEVICES} AND c.state = 'active' GROUP BY {KEY} HAVING count(*) > 1)")
+def _shared(inventory: Inventory) -> str:
+    """The fingerprints held by several active device certificates, grouped in the order of
+    the `active_keys` index (when the inventory has it: one opened read-only may predate it)."""
+    indexed = "INDEXED BY active_keys" if inventory.db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'active_keys'"
+    ).fetchone() else ""
+    return (f"SELECT {KEY} AS key, count(*) AS holders FROM certificates c {indexed} "
+            f"WHERE c.kind = 'device' AND c.state = 'active' GROUP BY {KEY} "
+            f"HAVING holders > 1 AND length(key) = 64")
 
 
 def shared_keys(inventory: Inventory) -> Iterator[tuple[str, DeviceRow]]:
     """(key fingerprint, certificate) of the active device certificates whose key (SHA-256 of
     the SubjectPublicKeyInfo, kept in the intent digest) another one has too. Server-generated
     keys are fresh per certificate and not fingerprinted there."""
-    for row in inventory.db.execute(_shared_query(f"{KEY}, {ROW}") + f" ORDER BY {KEY}"):
+    rows = inventory.db.execute(
+        f"SELECT shared.key, {ROW} FROM ({_shared(inventory)}) shared JOIN certificates c "
+        f"ON {KEY} = shared.key AND c.kind = 'device' AND c.state = 'active' "
+        "ORDER BY shared.key, c.owner, c.device")
+    for row in rows:
         yield row[0], DeviceRow(*row[1:])
 
 
 def shared_key_count(inventory: Inventory) -> int:
-    return int(inventory.db.execute(_shared_query("count(*)")).fetchone()[0])
+    """How many active device certificates share their key."""
+    query = f"SELECT coalesce(sum(holders), 0) FROM ({_shared(inventory)})"
+    return int(inventory.db.execute(query).fetchone()[0])
 
 
 def key_algorithms(inventory: Inventory) -> Iterator[DeviceRow]:
@@ -112,13 +123,16 @@ def crls(inventory: Inventory) -> list[CRLRow]:
 
 
 # --- metrics ---------------------------------------------------------------------------------
-def certificate_counts(inventory: Inventory) -> list[tuple[str, str, str, int]]:
-    """(fleet, issuing CA, state, count) of the device certificates."""
-    rows = inventory.db.execute(
-        f"SELECT c.owner, coalesce(i.owner, ''), c.state, count(*) FROM certificates c "
-        f"LEFT JOIN certificates i ON i.serial = c.issuer_serial WHERE {DEVICES} "
-        "GROUP BY c.owner, i.owner, c.state")
-    return [(r[0], r[1], r[2], int(r[3])) for r in rows]
+def certificate_counts(inventory: Inventory) -> dict[tuple[str, str, str], int]:
+    """(fleet, issuing CA, state) -> count of the device certificates."""
+    names = dict(inventory.db.execute("SELECT serial, owner FROM certificates WHERE kind = 'ca'"))
+    counts: dict[tuple[str, str, str], int] = {}
+    for fleet, state, issuer, number in inventory.db.execute(
+            f"SELECT c.owner, c.state, c.issuer_serial, count(*) FROM certificates c "
+            f"WHERE {DEVICES} GROUP BY c.owner, c.state, c.issuer_serial"):
+        key = (fleet, names.get(issuer, ""), state)  # CA generations add up
+        counts[key] = counts.get(key, 0) + int(number)
+    return counts
 
 
 def earliest_expiry(inventory: Inventory) -> list[tuple[str, int]]:

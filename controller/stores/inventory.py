@@ -42,6 +42,11 @@ CREATE UNIQUE INDEX IF NOT EXISTS one_active_per_intent
 CREATE INDEX IF NOT EXISTS by_owner_renewal ON certificates (owner, renew_at)
     WHERE state = 'active';
 CREATE INDEX IF NOT EXISTS by_issuer_state ON certificates (issuer_serial, state, not_after);
+-- metrics and lint aggregate over these without reading the certificates (controller.stores.facts)
+CREATE INDEX IF NOT EXISTS device_facts ON certificates
+    (kind, owner, state, issuer_serial, reason, not_after, renew_at, not_before);
+CREATE INDEX IF NOT EXISTS active_keys ON certificates (substr(intent, instr(intent, ':') + 1))
+    WHERE kind = 'device' AND state = 'active';
 CREATE TABLE IF NOT EXISTS fleets (
     name TEXT PRIMARY KEY,
     content_hash TEXT NOT NULL,
