@@ -23,26 +23,20 @@ SHARED_NAMED = 5  # other holders named in a shared-key message
 class Check:
     code: str
     severity: str
-    summary: str
 
 
 CHECKS = {check.code: check for check in (
-    Check("certificate-expired", "critical", "an active device certificate has expired"),
-    Check("certificate-expiring", "warning", "an active device certificate expires soon"),
-    Check("certificate-too-old", "info", "an active device certificate is older than the "
-          "maximum age"),
-    Check("weak-key", "critical", "an active certificate's key algorithm is not allowed"),
-    Check("shared-public-key", "critical", "one public key is in the active certificates of "
-          "several devices"),
-    Check("revoked-certificate-in-use", "critical", "a revoked certificate was presented "
-          "after its revocation"),
-    Check("ca-expired", "critical", "a CA's active certificate has expired"),
-    Check("ca-expiring", "warning", "a CA's active certificate expires soon"),
-    Check("crl-expired", "critical", "a CA's CRL is past its nextUpdate"),
-    Check("crl-near-next-update", "warning", "a CA's CRL is close to its nextUpdate"),
+    Check("certificate-expired", "critical"),  # an active device certificate past notAfter
+    Check("certificate-expiring", "warning"),  # ... expiring within `expiring_within`
+    Check("certificate-too-old", "info"),  # ... issued more than `max_age` ago
+    Check("weak-key", "critical"),  # ... with a key algorithm not allowed
+    Check("shared-public-key", "critical"),  # one key in the certificates of several devices
+    Check("revoked-certificate-in-use", "critical"),  # presented after its revocation
+    Check("ca-expired", "critical"),  # a CA's active certificate past notAfter
+    Check("ca-expiring", "warning"),  # ... expiring within `ca_expiring_within`
+    Check("crl-expired", "critical"),  # the CRL of a CA's active certificate past nextUpdate
+    Check("crl-near-next-update", "warning"),  # ... with less than `crl_fraction` left
 )}
-DEVICE_CHECKS = ("certificate-expired", "certificate-expiring", "certificate-too-old",
-                 "revoked-certificate-in-use")  # narrowed in SQL by the Window
 
 
 @dataclass(frozen=True)
@@ -151,7 +145,8 @@ def _finding(code: str, obj: str, message: str, device: str | None = None) -> Fi
 
 
 def device_findings(code: str, rows: Iterable[DeviceRow], now: int) -> Iterator[Finding]:
-    """Findings of one of DEVICE_CHECKS, over the rows the store selected for it."""
+    """Findings of a per-device check (expired, expiring, too old, revoked in use), over the
+    rows the store selected for it."""
     for row in rows:
         if code == "certificate-expired":
             text = f"certificate {row.serial} expired {_days(now - row.not_after)} ago"
