@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 from aiohttp import web
+from cryptography.x509 import ocsp
+from cryptography.x509.ocsp import OCSPResponseStatus
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -21,6 +23,10 @@ from controller.servers.limits import Handler
 from controller.status.metrics import InventoryCollector
 
 EST_PREFIX = "/.well-known/est"
+OCSP_REASONS = {OCSPResponseStatus.MALFORMED_REQUEST: "malformed",
+                OCSPResponseStatus.UNAUTHORIZED: "unauthorized",
+                OCSPResponseStatus.INTERNAL_ERROR: "error"}
+UNSUCCESSFUL_SIZE = 16  # an unsuccessful OCSPResponse is 5 bytes, a successful one hundreds
 REASONS = {400: "bad-request", 401: "unauthenticated", 403: "forbidden", 404: "not-found",
            408: "timeout", 413: "too-large", 429: "throttled"}
 
@@ -42,6 +48,15 @@ def reason(status: int) -> str:
     return REASONS.get(status, "error" if status >= 500 else "other")
 
 
+def ocsp_refusal(response: web.StreamResponse) -> str | None:
+    """The reason class of an unsuccessful OCSP response (malformedRequest, unauthorized,
+    internalError): answered with HTTP 200, still a refusal."""
+    body = response.body if isinstance(response, web.Response) else None
+    if not isinstance(body, bytes) or len(body) >= UNSUCCESSFUL_SIZE:
+        return None
+    return OCSP_REASONS.get(ocsp.load_der_ocsp_response(body).response_status, "other")
+
+
 class ServerMetrics:
     def __init__(self, inventory: Path) -> None:
         self.registry = CollectorRegistry()
@@ -60,18 +75,20 @@ class ServerMetrics:
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         name = endpoint(request)
         started = time.perf_counter()
-        status = 500
+        status, refused = 500, None
         try:
             response = await handler(request)
             status = response.status
+            if name == "ocsp":
+                refused = ocsp_refusal(response)
             return response
         except web.HTTPException as exc:
             status = exc.status
             raise
         finally:
             self.requests.labels(name).inc()
-            if status >= 400:
-                self.refusals.labels(name, reason(status)).inc()
+            if status >= 400 or refused:
+                self.refusals.labels(name, refused or reason(status)).inc()
             self.latency.labels(name).observe(time.perf_counter() - started)
 
     async def handler(self, request: web.Request) -> web.Response:

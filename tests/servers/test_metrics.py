@@ -36,6 +36,9 @@ def test_gauges_match_the_inventory(served: tuple[int, int, Path], env: Env) -> 
                ).returncode == 0
     assert run("curl", "-sS", "-o", "/dev/null", f"http://127.0.0.1:{http}/ca/nope.pem"
                ).returncode == 0
+    assert run("curl", "-sSf", "-o", "/dev/null", "--data-binary", "not DER", "-H",
+               "Content-Type: application/ocsp-request", f"http://127.0.0.1:{http}/ocsp"
+               ).returncode == 0  # 200, an OCSP malformedRequest
     text, samples = scrape(http)
     with env.state.reader() as inventory:
         for fleet in ("sensors", "gateways"):
@@ -57,6 +60,8 @@ def test_gauges_match_the_inventory(served: tuple[int, int, Path], env: Env) -> 
     assert value(samples, "fleetpki_server_refusals_total", endpoint="ca",
                  reason="not-found") == 1
     assert value(samples, "fleetpki_server_request_duration_seconds_count", endpoint="crl") == 1
+    assert value(samples, "fleetpki_server_refusals_total", endpoint="ocsp",
+                 reason="malformed") == 1
     for device in (*DEVICES, "gw-1", "new-1"):
         assert device not in text  # never a label, never a value
 
