@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 from controller.lint import rules
-from controller.lint.rules import Report, Thresholds
+from controller.lint.rules import Finding, Report, Thresholds
 from controller.stores import facts
 from controller.stores.inventory import Inventory
 
@@ -34,3 +36,18 @@ def counts(inventory: Inventory, now: int,
     small.add(rules.ca_findings(facts.active_cas(inventory), now, thresholds))
     small.add(rules.crl_findings(facts.crls(inventory), now, thresholds))
     return {**{code: 0 for code in rules.CHECKS if code != "weak-key"}, **found, **small.counts}
+
+
+def attention(inventory: Inventory, now: int, limit: int) -> dict[str, list[Finding]]:
+    """Fleet -> its devices' findings that need no threshold (a shared public key, a revoked
+    certificate presented again), for the status `attention` list; at most `limit` rows per
+    check are read."""
+    report = Report()
+    report.add(rules.shared_key_findings(facts.shared_keys(inventory, limit)))
+    code = "revoked-certificate-in-use"
+    report.add(rules.device_findings(code, facts.device_rows(
+        inventory, code, rules.window(now, DEFAULT), limit), now))
+    by_fleet: dict[str, list[Finding]] = defaultdict(list)
+    for finding in report.sorted():
+        by_fleet[finding.object.removeprefix("DeviceFleet/")].append(finding)
+    return by_fleet

@@ -46,11 +46,14 @@ def _query(inventory: Inventory, code: str, columns: str) -> str | None:
             f"WHERE {DEVICES} AND {condition}")
 
 
-def device_rows(inventory: Inventory, code: str, window: Window) -> Iterator[DeviceRow]:
-    """The certificates one of the SQL checks selects, by fleet and device."""
+def device_rows(inventory: Inventory, code: str, window: Window,
+                limit: int = -1) -> Iterator[DeviceRow]:
+    """The certificates one of the SQL checks selects, by fleet and device (at most `limit`;
+    -1: all)."""
     query = _query(inventory, code, f"{ROW}, DETAIL")
     if query is not None:
-        for row in inventory.db.execute(query + " ORDER BY c.owner, c.device", asdict(window)):
+        for row in inventory.db.execute(query + " ORDER BY c.owner, c.device LIMIT :limit",
+                                        {**asdict(window), "limit": limit}):
             yield DeviceRow(*row)
 
 
@@ -75,14 +78,14 @@ def _shared(inventory: Inventory) -> str:
             f"HAVING holders > 1 AND length(key) = 64")
 
 
-def shared_keys(inventory: Inventory) -> Iterator[tuple[str, DeviceRow]]:
+def shared_keys(inventory: Inventory, limit: int = -1) -> Iterator[tuple[str, DeviceRow]]:
     """(key fingerprint, certificate) of the active device certificates whose key (SHA-256 of
-    the SubjectPublicKeyInfo, kept in the intent digest) another one has too. Server-generated
-    keys are fresh per certificate and not fingerprinted there."""
+    the SubjectPublicKeyInfo, kept in the intent digest) another one has too, at most `limit`
+    (-1: all). Server-generated keys are fresh per certificate and not fingerprinted there."""
     rows = inventory.db.execute(
         f"SELECT shared.key, {ROW} FROM ({_shared(inventory)}) shared JOIN certificates c "
         f"ON {KEY} = shared.key AND c.kind = 'device' AND c.state = 'active' "
-        "ORDER BY shared.key, c.owner, c.device")
+        "ORDER BY shared.key, c.owner, c.device LIMIT ?", (limit,))
     for row in rows:
         yield row[0], DeviceRow(*row[1:])
 

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from controller import jobs
 from controller.pki import keys
-from tests.policy.support import NOW, init_repo, invoke
+from tests.policy.support import NOW, init_repo, invoke, show
 
 CAS = """\
 apiVersion: fleetpki.io/v1alpha1
@@ -166,3 +166,13 @@ def test_an_inventory_from_before_lint(applied: tuple[Path, Path]) -> None:
     with jobs.StateDir(state).inventory() as inventory:
         names = {r[0] for r in inventory.db.execute("SELECT name FROM sqlite_master")}
     assert {"sightings", "active_keys", "device_facts"} <= names
+
+
+def test_the_fleet_status_lists_shared_keys(applied: tuple[Path, Path]) -> None:
+    """Findings that need no threshold are on the fleet's status (`attention`)."""
+    repo, _ = applied
+    status = show(repo, "fleetpki/status", "status/DeviceFleet/sensors.yaml")["status"]
+    assert sorted((a["device"], a["reason"].split(":")[0]) for a in status["attention"]) == [
+        ("twin-a", "lint shared-public-key"), ("twin-b", "lint shared-public-key")]
+    legacy = show(repo, "fleetpki/status", "status/DeviceFleet/legacy.yaml")["status"]
+    assert "attention" not in legacy
