@@ -31,7 +31,9 @@ from controller.audit.events import local_actor
 from controller.audit.log import AuditError
 from controller.audit.records import Event
 from controller.clock import epoch, rfc3339
+from controller.lint.rules import SEVERITIES, STRONG_KEY_ALGORITHMS, Thresholds, fails
 from controller.pki.errors import PKIError
+from controller.pki.keys import KEY_ALGORITHMS
 from controller.plan.render import RENDERERS
 from controller.sources.reconciler import Reconciler, SourceError
 from controller.sources.worktree import uncommitted_changes
@@ -367,6 +369,67 @@ def _steps(total: int) -> Iterator[Callable[[str], None]]:
         yield step
 
 
+class LintFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
+class Severity(StrEnum):
+    info = "info"
+    warning = "warning"
+    critical = "critical"
+
+
+def _duration(value: str, option: str) -> Any:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=option) from None
+
+
+@app.command()
+@handle_errors
+def lint(directory: DirArg, state_dir: StateOpt = None,
+         expiring_within: Annotated[str, typer.Option(
+             help="Device certificates expiring within this are flagged.")] = "30d",
+         max_age: Annotated[str, typer.Option(
+             help="Device certificates issued longer ago are flagged.")] = "400d",
+         ca_expiring_within: Annotated[str, typer.Option(
+             help="CA certificates expiring within this are flagged.")] = "90d",
+         key_algorithm: Annotated[list[str] | None, typer.Option(
+             "--key-algorithm", help="An allowed key algorithm (repeatable; default: those the "
+             "default key-algorithms policy allows).", show_default=False)] = None,
+         output: Annotated[LintFormat, typer.Option("-o", "--output")] = LintFormat.text,
+         fail_on: Annotated[Severity | None, typer.Option(
+             help="Exit 1 if a finding is at least this severe.")] = None) -> None:
+    """Audit the inventory: expiring or old certificates, weak and shared keys, revoked
+    certificates still presented, CAs and CRLs near their end."""
+    unknown = sorted(set(key_algorithm or ()) - set(KEY_ALGORITHMS))
+    if unknown:
+        raise typer.BadParameter(f"unknown key algorithm {unknown[0]!r}; known: "
+                                 f"{', '.join(KEY_ALGORITHMS)}", param_hint="--key-algorithm")
+    thresholds = Thresholds(_duration(expiring_within, "--expiring-within"),
+                            _duration(max_age, "--max-age"),
+                            _duration(ca_expiring_within, "--ca-expiring-within"),
+                            allowed_key_algorithms=tuple(key_algorithm or STRONG_KEY_ALGORITHMS))
+    now = epoch(jobs.now_utc())
+    with jobs.StateDir.resolve(state_dir).reader() as inventory:
+        report = jobs.lint(inventory, now, thresholds)
+    findings = report.sorted()
+    summary = {s: sum(1 for f in findings if f.severity == s) for s in reversed(SEVERITIES)}
+    if output == LintFormat.json:
+        print(json.dumps({"checkedAt": rfc3339(now), "summary": summary,
+                          "counts": dict(sorted(report.counts.items())),
+                          "findings": [f.to_json() for f in findings]}, indent=2))
+    else:
+        for f in findings:
+            device = f" {f.device}" if f.device else ""
+            print(f"{f.severity:<8} {f.code:<26} {f.object}{device}: {f.message}")
+        print(", ".join(f"{n} {s}" for s, n in summary.items()) + " finding(s)")
+    if fails(report, fail_on):
+        raise typer.Exit(1)
+
+
 def _table_or_emit(title: str, rows: list[dict[str, Any]], output: OutputFormat) -> None:
     if output != OutputFormat.text:
         _emit(rows, output)
@@ -541,7 +604,10 @@ def reconcile(repo: Annotated[str, typer.Option(help="Git URL or path of the fle
               state_dir: StateOpt = None, max_revocations: MaxRevOpt = None,
               new_ca: NewCAOpt = None, default_policies: DefaultPoliciesOpt = True,
               policies: PoliciesOpt = None, require_signed_commits: RequireSignedOpt = False,
-              allowed_signers: AllowedSignersOpt = None) -> None:
+              allowed_signers: AllowedSignersOpt = None,
+              metrics_port: Annotated[int | None, typer.Option(
+                  help="Serve Prometheus /metrics on this port (reconciles and inventory "
+                  "gauges).")] = None) -> None:
     """The controller loop (git-only mode): fetch, apply, write and push status, sleep. With
     --once, any failure exits 1; in the loop, failures are logged and retried."""
     if new_ca and not once:
@@ -556,6 +622,10 @@ def reconcile(repo: Annotated[str, typer.Option(help="Git URL or path of the fle
                             max_revocations=max_revocations, new_cas=frozenset(new_ca or ()),
                             policies=jobs.PolicySource(default_policies, policies),
                             signers=_signers(require_signed_commits, allowed_signers))
+    if metrics_port is not None:
+        from controller.status import metrics
+
+        metrics.serve(metrics_port, lambda: {"": state.inventory_path})
     reconciler.run(period if not once else None, log=lambda m: err.print(m, markup=False,
                                                                           highlight=False))
 

@@ -54,6 +54,7 @@ from controller.sources.signatures import UnsignedChange as UnsignedChange  # pa
 from controller.sources.signatures import read_allowed_signers as read_allowed_signers
 from controller.sources.signatures import verify_commits
 from controller.sources.worktree import enclosing_work_tree, uncommitted_changes
+from controller.status.fleetlint import lint as lint  # part of the job API
 from controller.status.gitbranch import GitStatus
 from controller.status.report import Outcome, build_status
 from controller.status.store import StatusStore, StatusUpdate

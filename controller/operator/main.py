@@ -15,7 +15,7 @@ import kopf
 from controller import jobs
 from controller.operator import metrics
 from controller.operator.handlers import build_registry
-from controller.operator.namespaces import Namespaces
+from controller.operator.namespaces import Namespaces, namespace_inventories
 from controller.operator.readers import cluster_readers
 from controller.status.kube import BACKOFF_BASE
 
@@ -54,7 +54,7 @@ def run(options: OperatorOptions, stop: threading.Event | None = None,
                         "%(message)s")
     api = jobs.api_client()
     if options.metrics_port is not None:
-        metrics.serve(options.metrics_port)
+        metrics.serve(options.metrics_port, lambda: namespace_inventories(options.state_root))
     namespaces = Namespaces(api, options.state_root, options.keys_namespace,
                             cluster_readers(api), backoff_base=options.backoff_base,
                             policies=options.policies)

@@ -1,19 +1,15 @@
-"""Prometheus metrics of the operator (`--metrics-port`): reconciles, their duration and the
-certificate actions they applied."""
+"""Prometheus metrics of the operator (`--metrics-port`): reconciles, their duration, the
+certificate actions they applied, and the inventory gauges of every namespace
+(controller.status.metrics)."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter
 
-RECONCILES = Counter("fleetpki_reconciles_total", "Namespace reconciles by result "
-                     "(applied, refused, error).", ["namespace", "result"])
-DURATION = Histogram("fleetpki_reconcile_duration_seconds", "Time of one namespace reconcile.",
-                     ["namespace"], buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300))
+from controller.status.metrics import DURATION as DURATION
+from controller.status.metrics import reconciled as reconciled
+from controller.status.metrics import serve as serve
+
 ACTIONS = Counter("fleetpki_certificate_actions_total", "Certificate actions applied "
                   "(issue, renew, rekey, revoke, create-ca, renew-ca, publish-crl).",
                   ["namespace", "action"])
-
-
-def serve(port: int) -> None:
-    """Serve /metrics on all interfaces in a background thread."""
-    start_http_server(port)

@@ -14,7 +14,7 @@ from typing import Any
 from kubernetes import client
 
 from controller import jobs
-from controller.operator.metrics import ACTIONS, DURATION, RECONCILES
+from controller.operator.metrics import ACTIONS, DURATION, reconciled
 from controller.operator.tls_secrets import FAILED_REASON, TLSSecretSync, opted_in
 from controller.sources.kube import Readers, write_declaration
 from controller.status.kube import BACKOFF_BASE, KubeStatus
@@ -26,6 +26,12 @@ Bodies = Callable[[], Iterable[Mapping[str, Any]]]
 def state_path(root: Path, namespace: str) -> Path:
     """A namespace's own state directory: inventory, public files and declaration."""
     return root / "namespaces" / namespace
+
+
+def namespace_inventories(root: Path) -> dict[str, Path]:
+    """namespace -> inventory file, for each namespace with a state directory under `root`."""
+    pattern = (state_path(Path(), "*") / "inventory.db").as_posix()
+    return {path.parent.name: path for path in sorted(root.glob(pattern))}
 
 
 @dataclass
@@ -89,7 +95,7 @@ class Namespaces:
             result = "applied"
             return report
         finally:
-            RECONCILES.labels(namespace, result).inc()
+            reconciled(namespace, result)
 
     def _sync_tls_secrets(self, namespace: str, state: jobs.StateDir,
                           objects: list[Mapping[str, Any]], status: KubeStatus) -> None:

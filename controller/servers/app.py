@@ -1,4 +1,4 @@
-"""`fleetpki serve`: OCSP, CRLs and CA certificates over HTTP; EST over HTTPS (aiohttp).
+"""`fleetpki serve`: OCSP, CRLs, CA certificates and /metrics over HTTP; EST over HTTPS.
 
 One process, one event loop, one `AppRunner` with a `TCPSite` per listener. Handlers are thin:
 the work is in `ocsp.py` (bytes -> bytes), `est.py` and `state.py`.
@@ -22,11 +22,12 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.x509.ocsp import OCSPResponseStatus
 
-from controller.clock import now_utc
+from controller.clock import epoch, now_utc
 from controller.pki import certificates as certs
 from controller.pki import keys
 from controller.servers import audit, est, ocsp
 from controller.servers.limits import ConnectionGuard, Limits
+from controller.servers.metrics import ServerMetrics
 from controller.servers.state import ServerState
 from controller.servers.throttle import Backoff, Throttle
 from controller.stores.inventory import CertRecord, EnrollmentSecret
@@ -209,15 +210,15 @@ async def serverkeygen(request: web.Request, state: ServerState) -> web.Response
     fleet = _label_fleet(request, state)
     csr = await _csr(request)
     consume: EnrollmentSecret | None = None
+    now = now_utc()
     peer = _peer_certificate(request)
     if "Authorization" in request.headers or not peer:
         target, consume = await _secret_holder(request, state, fleet)
     else:
-        current = est.reenroll_identity(state.inventory, peer)
+        current = est.reenroll_identity(state.inventory, peer, epoch(now))
         if fleet is not None and fleet != current.owner:
             raise est.ESTError(403, f"client certificate belongs to fleet {current.owner!r}")
         target = est.find_device(state.desired, current.device, current.owner)
-    now = now_utc()
     record = est.issue(state.executor(now), state.inventory, target, csr, now, consume=consume,
                        server_key=True, rules=state.rules,
                        tenancy=state.tenancy)
@@ -235,13 +236,13 @@ def _peer_certificate(request: web.Request) -> bytes | None:
 
 
 async def simplereenroll(request: web.Request, state: ServerState) -> web.Response:
-    current = est.reenroll_identity(state.inventory, _peer_certificate(request))
+    now = now_utc()
+    current = est.reenroll_identity(state.inventory, _peer_certificate(request), epoch(now))
     fleet = _label_fleet(request, state)
     if fleet is not None and fleet != current.owner:
         raise est.ESTError(403, f"client certificate belongs to fleet {current.owner!r}")
     csr = await _csr(request)
     target = est.find_device(state.desired, current.device, current.owner)
-    now = now_utc()
     record = est.issue(state.executor(now), state.inventory, target, csr, now, rules=state.rules,
                        tenancy=state.tenancy)
     await _enrolled(request, state, record)
@@ -249,9 +250,12 @@ async def simplereenroll(request: web.Request, state: ServerState) -> web.Respon
 
 
 # --- application -----------------------------------------------------------------------------
-def http_app(state: ServerState, guard: ConnectionGuard) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[guard.middleware])
+def http_app(state: ServerState, guard: ConnectionGuard, metrics: ServerMetrics
+             ) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY,
+                          middlewares=[metrics.middleware, guard.middleware])
     app[STATE_KEY] = state
+    app.router.add_get("/metrics", metrics.handler)
     app.router.add_post("/ocsp", ocsp_post)
     app.router.add_post("/ocsp/", ocsp_post)
     app.router.add_get("/ocsp/{request:.+}", ocsp_get)
@@ -260,8 +264,10 @@ def http_app(state: ServerState, guard: ConnectionGuard) -> web.Application:
     return app
 
 
-def https_app(state: ServerState, guard: ConnectionGuard, throttle: Throttle) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[guard.middleware])
+def https_app(state: ServerState, guard: ConnectionGuard, throttle: Throttle,
+              metrics: ServerMetrics) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY,
+                          middlewares=[metrics.middleware, guard.middleware])
     app[STATE_KEY] = state
     app[THROTTLE_KEY] = throttle
     for prefix in ("/.well-known/est", "/.well-known/est/{label}"):
@@ -321,12 +327,13 @@ class Server:
         self.runners: list[web.AppRunner] = []
         self.listeners: list[asyncio.Server] = []
         self.ports: dict[str, int] = {}
+        self.metrics = ServerMetrics(state.state.inventory_path)
 
     async def start(self) -> None:
         opts = self.options
         if opts.http is not None:
             guard = ConnectionGuard(opts.limits, "http")
-            await self._listen(guard, http_app(self.state, guard), opts.http, None)
+            await self._listen(guard, http_app(self.state, guard, self.metrics), opts.http, None)
         if opts.https is not None:
             ca_name = opts.tls_ca or self.state.default_tls_ca()
             name = opts.tls_name or opts.https.host
@@ -334,7 +341,7 @@ class Server:
             context = tls_context(certificate, key, chain, self.state.ca_certificates()
                                   + self.state.external_certificates())
             guard = ConnectionGuard(opts.limits, "https")
-            app = https_app(self.state, guard, Throttle(opts.backoff))
+            app = https_app(self.state, guard, Throttle(opts.backoff), self.metrics)
             await self._listen(guard, app, opts.https, context)
 
     async def _listen(self, guard: ConnectionGuard, app: web.Application, listener: Listener,

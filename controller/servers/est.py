@@ -345,8 +345,9 @@ def server_key_response(keystore: KeyStore, record: CertRecord,
     return body + f"--{boundary}--\r\n".encode(), f"multipart/mixed; boundary={boundary}"
 
 
-def reenroll_identity(inventory: Inventory, peer_der: bytes | None) -> CertRecord:
-    """The device record of a TLS client certificate: known, active (not revoked), a device."""
+def reenroll_identity(inventory: Inventory, peer_der: bytes | None, now: int) -> CertRecord:
+    """The device record of a TLS client certificate: known, active (not revoked), a device.
+    A retired or revoked one is refused and recorded as seen (for `fleetpki lint`)."""
     if not peer_der:
         raise ESTError(401, "simplereenroll needs a TLS client certificate")
     certificate = x509.load_der_x509_certificate(peer_der)
@@ -354,5 +355,7 @@ def reenroll_identity(inventory: Inventory, peer_der: bytes | None) -> CertRecor
     if record is None or record.der != peer_der or record.kind != "device":
         raise ESTError(403, "client certificate unknown to this CA")
     if record.state != "active":
+        with inventory.transaction():
+            inventory.saw(record.serial, "est", now)
         raise ESTError(403, f"client certificate {record.serial} is {record.state}")
     return record

@@ -16,6 +16,7 @@ import git
 from controller import jobs
 from controller.apply.executor import ApplyRefused
 from controller.status.gitbranch import git_stderr, push_status_branch
+from controller.status.metrics import DURATION, reconciled
 
 
 class SourceError(Exception):
@@ -105,6 +106,15 @@ class Reconciler:
 
     def once(self, log: Callable[[str], None]) -> bool:
         """One reconcile; True on success. Errors are logged and reported as status."""
+        result = "error"
+        try:
+            with DURATION.labels("").time():
+                result = self._apply(log)
+        finally:
+            reconciled("", result)
+        return result == "applied"
+
+    def _apply(self, log: Callable[[str], None]) -> str:
         repository = self.sync(log)
         head = repository.head.commit.hexsha[:12]
         try:
@@ -113,14 +123,14 @@ class Reconciler:
                                 policies=self.policies, signers=self.signers)
         except jobs.REFUSALS as exc:
             log(f"reconcile {head}: not applied: {exc}")
-            ok = False
+            result = "refused"
         else:
             done = ", ".join(f"{v} {k}" for k, v in sorted(report.result.done.items()))
             log(f"reconcile {head}: {done or 'no changes'}")
-            ok = True
+            result = "applied"
         if self.push:
             push_status_branch(self.checkout, "origin", jobs.STATUS_BRANCH)
-        return ok
+        return result
 
     def run(self, interval: timedelta | None, log: Callable[[str], None]) -> None:
         """Loop until SIGTERM/SIGINT, logging and retrying every failure; with no interval,

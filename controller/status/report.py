@@ -15,6 +15,7 @@ from controller.api.problems import Finding, Problem
 from controller.api.resources import API_VERSION, KINDS
 from controller.clock import epoch, rfc3339
 from controller.pki.certificates import certificate_fingerprint
+from controller.status import fleetlint
 from controller.status.conditions import summarize
 from controller.stores.inventory import Inventory
 
@@ -121,6 +122,8 @@ def build_status(desired: Desired, inventory: Inventory, outcome: Outcome,
                                reason=_reason(stalled, pending, bool(problems)), now=stamp)
         files[path] = _document("CertificateAuthority", name, {**status, "conditions": conditions},
                                 before, commit)
+    linted = fleetlint.attention(inventory, epoch(now),
+                                 ATTENTION_LIMIT * max(len(desired.fleets), 1))
     for name, decl in sorted(desired.fleets.items()):
         path = status_path("DeviceFleet", name)
         before = _load(previous, path)
@@ -130,7 +133,9 @@ def build_status(desired: Desired, inventory: Inventory, outcome: Outcome,
         denies = [f for f in findings if f.action == "deny"]
         attention = ([{"device": p.device, "reason": p.message} for p in problems if p.device] +
                      [{"device": f.device, "reason": f"policy {f.policy}/{f.rule}: {f.message}"}
-                      for f in findings if f.device])[:ATTENTION_LIMIT]
+                      for f in findings if f.device] +
+                     [{"device": f.device, "reason": f"lint {f.code}: {f.message}"}
+                      for f in linted.get(name, [])])[:ATTENTION_LIMIT]
         declared = sum(1 for d in decl.devices if d.revoked is None)
         spec = decl.fleet.spec
         blocked_by = outcome.blocked_fleets.get(name)

@@ -43,6 +43,11 @@ CREATE UNIQUE INDEX IF NOT EXISTS one_active_per_intent
 CREATE INDEX IF NOT EXISTS by_owner_renewal ON certificates (owner, renew_at)
     WHERE state = 'active';
 CREATE INDEX IF NOT EXISTS by_issuer_state ON certificates (issuer_serial, state, not_after);
+-- metrics and lint aggregate over these without reading the certificates (controller.stores.facts)
+CREATE INDEX IF NOT EXISTS device_facts ON certificates
+    (kind, owner, state, issuer_serial, reason, not_after, renew_at, not_before);
+CREATE INDEX IF NOT EXISTS active_keys ON certificates (substr(intent, instr(intent, ':') + 1))
+    WHERE kind = 'device' AND state = 'active';
 CREATE TABLE IF NOT EXISTS fleets (
     name TEXT PRIMARY KEY,
     content_hash TEXT NOT NULL,
@@ -74,6 +79,14 @@ CREATE TABLE IF NOT EXISTS journal (
     subject TEXT NOT NULL,
     detail TEXT NOT NULL DEFAULT '',
     started_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sightings (
+    serial TEXT NOT NULL,
+    source TEXT NOT NULL,
+    first_seen INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL,
+    times INTEGER NOT NULL,
+    PRIMARY KEY (serial, source)
 );
 """
 
@@ -481,6 +494,13 @@ class Inventory:
             "entries, revoked_total, der) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (record.ca_serial, record.ca_name, record.number, record.this_update,
              record.next_update, record.entries, record.revoked_total, record.der))
+
+    def saw(self, serial: str, source: str, at: int) -> None:
+        """Record that a certificate was presented to `source` (e.g. "est") at `at`."""
+        self.db.execute(
+            "INSERT INTO sightings (serial, source, first_seen, last_seen, times) "
+            "VALUES (?, ?, ?, ?, 1) ON CONFLICT(serial, source) DO UPDATE SET "
+            "last_seen = excluded.last_seen, times = times + 1", (serial, source, at, at))
 
     def journal_begin(self, operation: str, subject: str, detail: str, at: int) -> int:
         cursor = self.db.execute(

@@ -86,6 +86,11 @@ def test_a_fleet_converges_and_status_follows_changes(kube_emulator: RunningEmul
         applied = f'fleetpki_reconciles_total{{namespace="{NS}",result="applied"}}'
         exposition = wait_for(lambda: applied in (text := scrape(metrics)) and text)
         assert 'fleetpki_certificate_actions_total{action="issue"' in exposition
+        gauge = (f'fleetpki_certificates{{ca="devices-ca",fleet="sensors",namespace="{NS}",'
+                 'state="active"} 3.0')  # the namespace's inventory, read at scrape time
+        assert gauge in exposition and f'fleetpki_inventory_up{{namespace="{NS}"}} 1.0' \
+            in exposition
+        assert "s-1" not in exposition  # device ids are never labels
         assert REGISTRY.get_sample_value("fleetpki_certificate_actions_total", labels) == \
             issued_before + 3  # counters are per process: other tests may have counted before
         assert sensors["status"]["devices"]["active"] == 3

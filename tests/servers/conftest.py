@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +111,9 @@ def fleetpki_command() -> list[str]:
     """The `fleetpki` console script beside this interpreter (or the module, if it is not there)."""
     script = Path(sys.executable).parent / "fleetpki"
     return [str(script)] if script.exists() else [sys.executable, "-m", "controller.cli"]
+
+
+FLEETPKI = fleetpki_command()
 
 
 def run(*args: str | Path, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
@@ -217,3 +222,31 @@ def device_cert(env: Env, device: str) -> tuple[Path, str]:
     pem = x509.load_der_x509_certificate(record.der).public_bytes(
         Encoding.PEM)
     return env.pem(f"{device}-{record.serial[:8]}.pem", pem), record.serial
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def served(env: Env, tmp_path: Path) -> Iterator[tuple[int, int, Path]]:
+    http, https = free_port(), free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "w") as handle:
+        process = subprocess.Popen(
+            [*FLEETPKI, "serve", str(env.repo), "--state-dir", str(env.state.path), "--http",
+             f"127.0.0.1:{http}", "--https", f"127.0.0.1:{https}"],  # --tls-ca: the default
+            stdout=handle, stderr=subprocess.STDOUT, env=dict(os.environ))
+    try:
+        for _ in range(200):
+            if run("curl", "-sf", "-o", "/dev/null", f"http://127.0.0.1:{http}/ca/root.pem"
+                   ).returncode == 0 or process.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert process.poll() is None, log.read_text()
+        yield http, https, log
+    finally:
+        process.terminate()
+        process.wait(10)

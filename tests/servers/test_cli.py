@@ -4,45 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.servers.conftest import Env, ca_files, fleetpki_command, run
-
-FLEETPKI = fleetpki_command()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def served(env: Env, tmp_path: Path) -> Iterator[tuple[int, int, Path]]:
-    http, https = free_port(), free_port()
-    log = tmp_path / "serve.log"
-    with open(log, "w") as handle:
-        process = subprocess.Popen(
-            [*FLEETPKI, "serve", str(env.repo), "--state-dir", str(env.state.path), "--http",
-             f"127.0.0.1:{http}", "--https", f"127.0.0.1:{https}"],  # --tls-ca: the default
-            stdout=handle, stderr=subprocess.STDOUT, env=dict(os.environ))
-    try:
-        for _ in range(200):
-            if run("curl", "-sf", "-o", "/dev/null", f"http://127.0.0.1:{http}/ca/root.pem"
-                   ).returncode == 0 or process.poll() is not None:
-                break
-            time.sleep(0.05)
-        assert process.poll() is None, log.read_text()
-        yield http, https, log
-    finally:
-        process.terminate()
-        process.wait(10)
+from tests.servers.conftest import FLEETPKI, Env, ca_files, free_port, run
 
 
 def test_serve_command(served: tuple[int, int, Path], env: Env) -> None:

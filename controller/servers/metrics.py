@@ -1,0 +1,97 @@
+"""`/metrics` of `fleetpki serve`: OCSP, CRL, CA and EST requests, refusals by reason class and
+latency by endpoint, plus the inventory gauges (one registry per server)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from aiohttp import web
+from cryptography.x509 import ocsp
+from cryptography.x509.ocsp import OCSPResponseStatus
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+
+from controller.clock import epoch, now_utc
+from controller.servers.limits import Handler
+from controller.status.metrics import InventoryCollector
+
+EST_PREFIX = "/.well-known/est"
+OCSP_REASONS = {OCSPResponseStatus.MALFORMED_REQUEST: "malformed",
+                OCSPResponseStatus.UNAUTHORIZED: "unauthorized",
+                OCSPResponseStatus.INTERNAL_ERROR: "error"}
+UNSUCCESSFUL_SIZE = 16  # an unsuccessful OCSPResponse is 5 bytes, a successful one hundreds
+REASONS = {400: "bad-request", 401: "unauthenticated", 403: "forbidden", 404: "not-found",
+           408: "timeout", 413: "too-large", 429: "throttled"}
+
+
+def endpoint(request: web.Request) -> str:
+    """The route a request matched (`ocsp`, `crl`, `ca`, `metrics`, `est-simpleenroll`, ...),
+    `unmatched` otherwise: never a path or a label taken from the request."""
+    resource = request.match_info.route.resource
+    if resource is None:
+        return "unmatched"
+    canonical = resource.canonical
+    if canonical.startswith(EST_PREFIX):
+        return "est-" + canonical.rsplit("/", 1)[1]
+    return canonical.strip("/").split("/")[0] or "unmatched"
+
+
+def reason(status: int) -> str:
+    """The class of a refusal's HTTP status."""
+    return REASONS.get(status, "error" if status >= 500 else "other")
+
+
+def ocsp_refusal(response: web.StreamResponse) -> str | None:
+    """The reason class of an unsuccessful OCSP response (malformedRequest, unauthorized,
+    internalError): answered with HTTP 200, still a refusal."""
+    body = response.body if isinstance(response, web.Response) else None
+    if not isinstance(body, bytes) or len(body) >= UNSUCCESSFUL_SIZE:
+        return None
+    return OCSP_REASONS.get(ocsp.load_der_ocsp_response(body).response_status, "other")
+
+
+class ServerMetrics:
+    def __init__(self, inventory: Path) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("fleetpki_server_requests_total", "Requests by endpoint.",
+                                ["endpoint"], registry=self.registry)
+        self.refusals = Counter("fleetpki_server_refusals_total", "Requests answered with an "
+                                "HTTP error, by endpoint and reason class.",
+                                ["endpoint", "reason"], registry=self.registry)
+        self.latency = Histogram("fleetpki_server_request_duration_seconds", "Time to answer a "
+                                 "request, by endpoint.", ["endpoint"], registry=self.registry,
+                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+        self.registry.register(InventoryCollector(lambda: {"": inventory},
+                                                  lambda: epoch(now_utc())))
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        name = endpoint(request)
+        started = time.perf_counter()
+        status, refused = 500, None
+        try:
+            response = await handler(request)
+            status = response.status
+            if name == "ocsp":
+                refused = ocsp_refusal(response)
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            self.requests.labels(name).inc()
+            if status >= 400 or refused:
+                self.refusals.labels(name, refused or reason(status)).inc()
+            self.latency.labels(name).observe(time.perf_counter() - started)
+
+    async def handler(self, request: web.Request) -> web.Response:
+        """The exposition, built off the event loop (the gauges run SQL aggregates)."""
+        body = await asyncio.to_thread(generate_latest, self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

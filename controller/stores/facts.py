@@ -1,0 +1,161 @@
+"""Read-only aggregates of the inventory for lint and metrics, computed in SQL.
+
+A fleet may hold a million certificates: every query here groups or narrows in SQLite and
+returns rows per fleet, CA or flagged certificate, never one row per healthy device. Owners
+starting with `_` (serve's own TLS certificates) are not fleets and are left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict
+
+from cryptography import x509
+
+from controller.lint.rules import CARow, CRLRow, DeviceRow, Window
+from controller.pki import keys
+from controller.stores.inventory import Inventory
+
+DEVICES = "c.kind = 'device' AND substr(c.owner, 1, 1) != '_'"
+KEY = "substr(c.intent, instr(c.intent, ':') + 1)"  # the key part of the intent digest
+SERVER_KEY = "server-"  # KEY of a server-generated key: server-<algorithm>
+ROW = "c.owner, c.device, c.serial, c.not_before, c.not_after"
+# check code -> (join, condition, detail) selecting its certificates
+CHECKS = {
+    "certificate-expired": ("", "c.state = 'active' AND c.not_after <= :now", "''"),
+    "certificate-expiring": ("", "c.state = 'active' AND c.not_after > :now "
+                             "AND c.not_after <= :expires_before", "''"),
+    "certificate-too-old": ("", "c.state = 'active' AND c.not_before <= :issued_before", "''"),
+    "revoked-certificate-in-use": (
+        "JOIN sightings s ON s.serial = c.serial AND s.last_seen >= c.revoked_at",
+        "c.state = 'revoked'", "s.source || ', ' || s.times || ' time(s)'"),
+}
+
+
+def _has_sightings(inventory: Inventory) -> bool:
+    """False for an inventory written before sightings existed, opened read-only."""
+    return inventory.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                                "AND name = 'sightings'").fetchone() is not None
+
+
+def _query(inventory: Inventory, code: str, columns: str) -> str | None:
+    join, condition, detail = CHECKS[code]
+    if join and not _has_sightings(inventory):
+        return None
+    return (f"SELECT {columns.replace('DETAIL', detail)} FROM certificates c {join} "
+            f"WHERE {DEVICES} AND {condition}")
+
+
+def device_rows(inventory: Inventory, code: str, window: Window,
+                limit: int = -1) -> Iterator[DeviceRow]:
+    """The certificates one of the SQL checks selects, by fleet and device (at most `limit`;
+    -1: all)."""
+    query = _query(inventory, code, f"{ROW}, DETAIL")
+    if query is not None:
+        for row in inventory.db.execute(query + " ORDER BY c.owner, c.device LIMIT :limit",
+                                        {**asdict(window), "limit": limit}):
+            yield DeviceRow(*row)
+
+
+def device_counts(inventory: Inventory, window: Window) -> dict[str, int]:
+    """How many certificates each SQL check selects."""
+    counts = {}
+    for code in CHECKS:
+        query = _query(inventory, code, "count(*)")
+        counts[code] = int(inventory.db.execute(query, asdict(window)).fetchone()[0]) \
+            if query else 0
+    return counts
+
+
+def _shared(inventory: Inventory) -> str:
+    """The fingerprints held by several active device certificates, grouped in the order of
+    the `active_keys` index (when the inventory has it: one opened read-only may predate it)."""
+    indexed = "INDEXED BY active_keys" if inventory.db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'active_keys'"
+    ).fetchone() else ""
+    return (f"SELECT {KEY} AS key, count(*) AS holders FROM certificates c {indexed} "
+            f"WHERE c.kind = 'device' AND c.state = 'active' GROUP BY {KEY} "
+            f"HAVING holders > 1 AND length(key) = 64")
+
+
+def shared_keys(inventory: Inventory, limit: int = -1) -> Iterator[tuple[str, DeviceRow]]:
+    """(key fingerprint, certificate) of the active device certificates whose key (SHA-256 of
+    the SubjectPublicKeyInfo, kept in the intent digest) another one has too, at most `limit`
+    (-1: all). Server-generated keys are fresh per certificate and not fingerprinted there."""
+    rows = inventory.db.execute(
+        f"SELECT shared.key, {ROW} FROM ({_shared(inventory)}) shared JOIN certificates c "
+        f"ON {KEY} = shared.key AND c.kind = 'device' AND c.state = 'active' "
+        "ORDER BY shared.key, c.owner, c.device LIMIT ?", (limit,))
+    for row in rows:
+        yield row[0], DeviceRow(*row[1:])
+
+
+def shared_key_count(inventory: Inventory) -> int:
+    """How many active device certificates share their key."""
+    query = f"SELECT coalesce(sum(holders), 0) FROM ({_shared(inventory)})"
+    return int(inventory.db.execute(query).fetchone()[0])
+
+
+def key_algorithms(inventory: Inventory) -> Iterator[DeviceRow]:
+    """Every active device certificate with its key algorithm as `detail`: named by the intent
+    for server-generated keys, read from the certificate otherwise (one parse each)."""
+    rows = inventory.db.execute(f"SELECT {ROW}, {KEY}, c.der FROM certificates c "
+                                f"WHERE {DEVICES} AND c.state = 'active'")
+    for fleet, device, serial, not_before, not_after, key, der in rows:
+        if key.startswith(SERVER_KEY):
+            algorithm = key.removeprefix(SERVER_KEY)
+        else:
+            public_key = x509.load_der_x509_certificate(der).public_key()
+            algorithm = keys.key_algorithm_of(keys.supported_public_key(public_key))
+        yield DeviceRow(fleet, device, serial, not_before, not_after, algorithm)
+
+
+def active_cas(inventory: Inventory) -> list[CARow]:
+    rows = inventory.db.execute("SELECT owner, serial, not_after FROM certificates "
+                                "WHERE kind = 'ca' AND state = 'active' ORDER BY owner")
+    return [CARow(*row) for row in rows]
+
+
+def crls(inventory: Inventory) -> list[CRLRow]:
+    """The CRL of each CA's active certificate."""
+    rows = inventory.db.execute(
+        "SELECT l.ca_name, l.number, l.this_update, l.next_update FROM crls l JOIN "
+        "certificates c ON c.serial = l.ca_serial WHERE c.kind = 'ca' AND c.state = 'active' "
+        "ORDER BY l.ca_name")
+    return [CRLRow(*row) for row in rows]
+
+
+# --- metrics ---------------------------------------------------------------------------------
+def certificate_counts(inventory: Inventory) -> dict[tuple[str, str, str], int]:
+    """(fleet, issuing CA, state) -> count of the device certificates."""
+    names = dict(inventory.db.execute("SELECT serial, owner FROM certificates WHERE kind = 'ca'"))
+    counts: dict[tuple[str, str, str], int] = {}
+    for fleet, state, issuer, number in inventory.db.execute(
+            f"SELECT c.owner, c.state, c.issuer_serial, count(*) FROM certificates c "
+            f"WHERE {DEVICES} GROUP BY c.owner, c.state, c.issuer_serial"):
+        key = (fleet, names.get(issuer, ""), state)  # CA generations add up
+        counts[key] = counts.get(key, 0) + int(number)
+    return counts
+
+
+def earliest_expiry(inventory: Inventory) -> list[tuple[str, int]]:
+    """(fleet, earliest notAfter) of the active device certificates."""
+    rows = inventory.db.execute(f"SELECT c.owner, min(c.not_after) FROM certificates c "
+                                f"WHERE {DEVICES} AND c.state = 'active' GROUP BY c.owner")
+    return [(r[0], int(r[1])) for r in rows]
+
+
+def renewals_due(inventory: Inventory, now: int) -> list[tuple[str, int]]:
+    """(fleet, active certificates whose renewal time has come)."""
+    rows = inventory.db.execute(f"SELECT c.owner, count(*) FROM certificates c WHERE {DEVICES} "
+                                "AND c.state = 'active' AND c.renew_at <= ? GROUP BY c.owner",
+                                (now,))
+    return [(r[0], int(r[1])) for r in rows]
+
+
+def revocations(inventory: Inventory) -> list[tuple[str, str, int]]:
+    """(fleet, reason, revoked device certificates)."""
+    rows = inventory.db.execute(f"SELECT c.owner, coalesce(c.reason, ''), count(*) FROM "
+                                f"certificates c WHERE {DEVICES} AND c.state = 'revoked' "
+                                "GROUP BY c.owner, c.reason")
+    return [(r[0], r[1], int(r[2])) for r in rows]
