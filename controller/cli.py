@@ -550,11 +550,10 @@ def discover(paths: Annotated[list[Path] | None, typer.Argument(
     state = jobs.StateDir.resolve(state_dir)
     now = jobs.now_utc()
     columns = (TextColumn("discovering"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with state.reader() as inventory, Progress(*columns, console=err, transient=True,
-                                                   disable=not err.is_terminal) as bar:
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
         task = bar.add_task("discovering", total=None)
         findings = jobs.discover(
-            inventory, state.path, endpoints, paths or [], now, window,
+            state, endpoints, paths or [], now, window,
             p12_passphrase.encode() if p12_passphrase is not None else None,
             lambda done, total: bar.update(task, completed=done, total=total))
     counts = summary(findings)

@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import git
@@ -29,7 +29,9 @@ from controller.audit.records import Event
 from controller.audit.trail import Trail
 from controller.clock import epoch
 from controller.clock import now_utc as now_utc  # part of the job API
-from controller.discovery.job import discover as discover  # part of the job API
+from controller.discovery import job as discovery
+from controller.discovery.classify import Finding as Discovered
+from controller.discovery.scan import Endpoint
 from controller.exports import DevicePEM, device_pem
 from controller.pki.errors import PKIError
 from controller.plan.baseline import as_if_applied
@@ -337,6 +339,19 @@ def codeowners(directory: Path, policies: Path, default_owners: Sequence[str] = 
                                    f"the tenants in {policies.name or policies}")
 
 
+def discover(state: StateDir, endpoints: Sequence[Endpoint], trees: Sequence[Path],
+             now: datetime, expiring_within: timedelta, p12_passphrase: bytes | None = None,
+             progress: Callable[[int, int], None] = lambda done, total: None
+             ) -> list[Discovered]:
+    """Classify the certificates of `endpoints` and `trees` against the inventory; what is
+    not managed goes to the audit log."""
+    with state.reader() as inventory:
+        findings = discovery.discover(inventory, endpoints, trees, now, expiring_within,
+                                      p12_passphrase, progress)
+    state.audit().record(audit_events.discovered(findings, audit_events.local_actor()), now)
+    return findings
+
+
 @dataclass
 class ApplyReport:
     plan: Plan
@@ -465,9 +480,10 @@ def report(directory: Path, state: StateDir, out: Path, now: datetime,
     step("policies")
     problems, findings = validate(directory, now, policies)
     with state.reader() as inventory:
+        linted = [f.to_json() for f in lint(inventory, epoch(now)).sorted()]
         content = build_report(inventory, state.path, directory, now,
                                [f.as_dict() for f in findings], status_branch, step,
-                               problems=[p.as_dict() for p in problems])
+                               lint=linted, problems=[p.as_dict() for p in problems])
     step("writing")
     return write_report(content, out, f"fleetpki compliance report: {directory.resolve().name}")
 

@@ -6,12 +6,13 @@ import contextlib
 import getpass
 import os
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import git
 
 from controller.audit.records import Event
+from controller.discovery.classify import Finding as Discovered
 from controller.plan.model import Plan
 from controller.stores.inventory import Inventory
 
@@ -97,3 +98,23 @@ def executed(the_plan: Plan, inventory: Inventory, at: int,
                 yield Event("crl.published", "success", f"CertificateAuthority/{action.name}",
                             actor, {"issuerSerial": generation.serial, "crlNumber": crl.number,
                                     "entries": crl.entries})
+
+
+def discovered(findings: Sequence[Discovered], actor: Mapping[str, str]) -> Iterator[Event]:
+    """One `certificate.discovered` event per certificate that is not managed (rogue, revoked
+    but in use, wrong chain, expired, expiring, weak, unreadable), then the run's counts."""
+    counts: dict[str, int] = {}
+    for finding in findings:
+        counts[finding.state] = counts.get(finding.state, 0) + 1
+        if finding.state == "managed":
+            continue
+        fields = {"state": finding.state, "states": list(finding.states),
+                  "serial": finding.serial, "fingerprint": finding.fingerprint,
+                  "subject": finding.subject, "issuer": finding.issuer,
+                  "problems": list(finding.problems)}
+        if finding.owner:
+            fields["owner"] = finding.owner
+        if finding.device:
+            fields["device"] = finding.device
+        yield Event("certificate.discovered", "success", finding.source, actor, fields)
+    yield Event("discovery.finished", "success", "", actor, {"counts": counts})

@@ -16,13 +16,6 @@ from controller.stores.inventory import Inventory
 TLS_WORKERS = 16
 
 
-def record_findings(state_dir: Path, findings: Sequence[Finding]) -> None:
-    """AUDIT HOOK: every `fleetpki discover` run ends here with all its findings.
-
-    The audit log (`<state-dir>/audit/audit.jsonl`) is built separately; connect it here (one
-    record per finding that is not `managed`). Until then discovery records nothing."""
-
-
 def _known(inventory: Inventory) -> Callable[[str], Known | None]:
     def lookup(serial: str) -> Known | None:
         record = inventory.get(serial)
@@ -39,7 +32,7 @@ def authorities(inventory: Inventory) -> list[x509.Certificate]:
             for record in inventory.ca_generations(name)]
 
 
-def discover(inventory: Inventory, state_dir: Path, endpoints: Sequence[Endpoint],
+def discover(inventory: Inventory, endpoints: Sequence[Endpoint],
              trees: Sequence[Path], now: datetime, expiring_within: timedelta,
              p12_passphrase: bytes | None = None,
              progress: Callable[[int, int], None] = lambda done, total: None) -> list[Finding]:
@@ -60,5 +53,4 @@ def discover(inventory: Inventory, state_dir: Path, endpoints: Sequence[Endpoint
     lookup = _known(inventory)
     findings = [finding for sighting in sightings
                 for finding in classify(sighting, lookup, cas, roots, now, expiring_within)]
-    record_findings(state_dir, findings)
     return findings

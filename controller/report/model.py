@@ -153,6 +153,23 @@ def ca_health(name: str, serial: str | None, not_after: int | None, crl: tuple[i
                     tuple(problems))
 
 
+def actor_name(actor: Any) -> str:
+    """Who an audit record's actor is, in a few words: the signer or author of the applied
+    commit, the device and address of an EST client, the pod, else user@host."""
+    if not isinstance(actor, Mapping):
+        return str(actor) if actor else "-"
+    if actor.get("signer") or actor.get("author"):
+        who = actor.get("signer") or actor.get("author")
+        return f"{who} (commit {str(actor.get('commit', ''))[:12]})"
+    if actor.get("address"):
+        return f"{actor.get('device') or 'client'} from {actor['address']}"
+    if actor.get("pod"):
+        return f"pod {actor.get('namespace', '')}/{actor['pod']}".replace(" /", " ")
+    if actor.get("user"):
+        return f"{actor['user']}@{actor.get('host', '')}"
+    return str(actor.get("host") or "-")
+
+
 def audit_summary(records: Iterable[Mapping[str, Any]], unreadable_lines: int = 0
                   ) -> AuditSummary:
     """Counts and the newest RECENT_AUDIT records of the audit log (`records` oldest first,
@@ -161,8 +178,9 @@ def audit_summary(records: Iterable[Mapping[str, Any]], unreadable_lines: int = 
     actions: Counter[str] = Counter()
     recent: deque[dict[str, Any]] = deque(maxlen=RECENT_AUDIT)
     for record in records:
-        actors[str(record.get("actor", "?"))] += 1
+        name = actor_name(record.get("actor"))
+        actors[name] += 1
         actions[str(record.get("action", "?"))] += 1
-        recent.append(dict(record))
+        recent.append({**record, "actor": name})
     return AuditSummary(sum(actors.values()), unreadable_lines, dict(actors.most_common()),
                         dict(actions.most_common()), list(reversed(recent)))

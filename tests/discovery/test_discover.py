@@ -71,6 +71,16 @@ def test_tls_endpoints_are_classified(applied: Applied, tmp_path: Path) -> None:
         "unreadable": 0, "revoked": 1, "unknown": 1, "wrong-chain": 1, "expired": 0, "weak": 0,
         "expiring": 0, "managed": 1}
     assert "rogue" in failed.stdout and "1 unknown" in failed.stdout
+    # what is not managed goes to the audit log, which stays intact (two runs: two of each)
+    records = [json.loads(line) for line in
+               (applied.state / "audit" / "audit.jsonl").read_text().splitlines()]
+    discovered = [r for r in records if r["action"] == "certificate.discovered"]
+    assert sorted((r["object"], r["state"]) for r in discovered) == sorted(2 * [
+        (f"tls:{rogue_at}", "unknown"), (f"tls:{revoked_at}=dev-3.example", "revoked"),
+        (f"tls:{named}", "wrong-chain")])
+    assert [r["counts"]["managed"] for r in records if r["action"] == "discovery.finished"] \
+        == [1, 1]
+    invoke("audit", "verify", "--state-dir", applied.state)
 
 
 def test_an_unreachable_endpoint_is_reported_not_fatal(applied: Applied, tmp_path: Path,
