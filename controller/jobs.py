@@ -343,11 +343,16 @@ def discover(state: StateDir, endpoints: Sequence[Endpoint], trees: Sequence[Pat
              now: datetime, expiring_within: timedelta, p12_passphrase: bytes | None = None,
              progress: Callable[[int, int], None] = lambda done, total: None
              ) -> list[Discovered]:
-    """Classify the certificates of `endpoints` and `trees` against the inventory; what is
-    not managed goes to the audit log."""
-    with state.reader() as inventory:
+    """Classify the certificates of `endpoints` and `trees` against the inventory. Where one
+    of ours was seen is recorded (so lint finds revoked certificates still in use), and what
+    is not managed goes to the audit log."""
+    with state.inventory(create=False) as inventory:
         findings = discovery.discover(inventory, endpoints, trees, now, expiring_within,
                                       p12_passphrase, progress)
+        with inventory.transaction():
+            for finding in findings:
+                if finding.owner is not None:  # a certificate of the inventory
+                    inventory.saw(finding.serial, f"discover {finding.source}", epoch(now))
     state.audit().record(audit_events.discovered(findings, audit_events.local_actor()), now)
     return findings
 

@@ -81,6 +81,12 @@ def test_tls_endpoints_are_classified(applied: Applied, tmp_path: Path) -> None:
     assert [r["counts"]["managed"] for r in records if r["action"] == "discovery.finished"] \
         == [1, 1]
     invoke("audit", "verify", "--state-dir", applied.state)
+    # the revoked certificate seen in use is a lint finding, with where it was seen
+    linted = json.loads(invoke("lint", applied.repo, "--state-dir", applied.state, "-o",
+                               "json").stdout)
+    seen = [f for f in linted["findings"] if f["code"] == "revoked-certificate-in-use"]
+    assert [(f["device"], f"tls:{revoked_at}=dev-3.example" in f["message"]) for f in seen] == [
+        ("dev-3", True)]
 
 
 def test_an_unreachable_endpoint_is_reported_not_fatal(applied: Applied, tmp_path: Path,
