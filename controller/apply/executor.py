@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from controller.api.desired import Desired
 from controller.api.problems import InvalidDeclaration
 from controller.api.resources import CertificateAuthority
+from controller.apply import signing
 from controller.clock import epoch, from_epoch
 from controller.pki import certificates as certs
 from controller.pki import keys
@@ -183,15 +184,18 @@ class Executor:
 
     def issue(self, actions: list[Action], intents: dict[tuple[str, str], DeviceIntent],
               progress: Progress) -> None:
-        for chunk in _chunks(actions):
-            records = [(a, self._device_certificate(a, intents[(a.name, a.device or "")]))
-                       for a in chunk]
+        work = [(a, intents[(a.name, a.device or "")]) for a in actions]
+        for issuer in sorted({self.desired.fleets[a.name].fleet.spec.issuerRef.name
+                              for a in actions}):
+            self.signer(issuer)  # loaded once, before any worker is forked
+        for chunk, records in zip(_chunks(actions), signing.records(self, work, BATCH),
+                                  strict=True):
             with self.inventory.transaction():
-                for action, record in records:
+                for action, record in zip(chunk, records, strict=True):
                     if action.serial:
                         self.inventory.revoke(action.serial, "superseded", epoch(self.now))
                     self.inventory.insert(record)
-            for action, _ in records:
+            for action in chunk:
                 self.result.count(action.action)
             progress(len(chunk))
 
