@@ -1,4 +1,4 @@
-"""Profile the job at fleet scale: `python bench/profile.py --devices N [--keygen ...] [--top K]`.
+"""Profile the job at fleet scale: `python bench/profiling.py --devices N [--keygen ...] [--top K]`.
 
 Builds the repository of `bench/scale.py` and runs plan (empty inventory), the first apply and
 a no-op apply under cProfile, one after the other; prints the top K functions of each by
