@@ -30,6 +30,7 @@ from controller.clock import epoch, from_epoch
 from controller.pki import certificates as certs
 from controller.pki import keys
 from controller.pki.crl import RevokedEntry, build_crl, crl_to_der
+from controller.pki.template import LeafTemplate
 from controller.plan.intents import ENROLLED, DeviceIntent
 from controller.plan.model import Action, Plan
 from controller.plan.planner import ca_intent
@@ -80,6 +81,7 @@ class Executor:
         self.now = now
         self._signers: dict[str, tuple[CertRecord, x509.Certificate, keys.PrivateKey]] = {}
         self._keys: dict[str, keys.PrivateKey] = {}
+        self._templates: dict[tuple[str, str], LeafTemplate | None] = {}
         self.result = ApplyResult()
 
     def preload(self, plan: Plan) -> None:
@@ -216,20 +218,28 @@ class Executor:
             private_key = self._server_key(action, profile.spec.keyAlgorithm)
             public_key = private_key.public_key()
             key_blob = self.keystore.wrap_device_key(serial_hex(serial), private_key)
-        certificate = certs.build_leaf_certificate(
-            subject=certs.build_name(dict(intent.subject)),
-            subject_alt_names=[_general_name(k, v) for k, v in intent.sans],
-            public_key=public_key,
-            issuer_key=ca_key,
-            issuer_certificate=ca_cert,
-            not_before=self.now - BACKDATE,
-            not_after=self.now + profile.spec.duration,
-            usages=profile.spec.usages,
-            extra_extensions=[(oid, certs.der_utf8_string(v)) for oid, v in intent.extensions],
-            crl_distribution_point=issuer.spec.crl.distributionPoint,
-            ocsp_url=issuer.spec.ocsp.url if issuer.spec.ocsp else None,
-            serial=serial,
-        )
+        ocsp_url = issuer.spec.ocsp.url if issuer.spec.ocsp else None
+        if (ca_record.serial, profile.name) not in self._templates:
+            self._templates[(ca_record.serial, profile.name)] = LeafTemplate.for_issuer(
+                ca_cert, ca_key, profile.spec.usages, issuer.spec.crl.distributionPoint,
+                ocsp_url)
+        template = self._templates[(ca_record.serial, profile.name)]
+        subject = certs.build_name(dict(intent.subject))
+        sans = [_general_name(k, v) for k, v in intent.sans]
+        not_before, not_after = self.now - BACKDATE, self.now + profile.spec.duration
+        extra = [(oid, certs.der_utf8_string(v)) for oid, v in intent.extensions]
+        if template is not None and template.covers(extra):
+            certificate = x509.load_der_x509_certificate(template.sign(template.tbs(
+                subject=subject, subject_alt_names=sans, public_key=public_key,
+                not_before=not_before, not_after=not_after, serial=serial,
+                extra_extensions=extra)))
+        else:  # what the template does not cover: the same certificate, built more slowly
+            certificate = certs.build_leaf_certificate(
+                subject=subject, subject_alt_names=sans, public_key=public_key,
+                issuer_key=ca_key, issuer_certificate=ca_cert, not_before=not_before,
+                not_after=not_after, usages=profile.spec.usages, extra_extensions=extra,
+                crl_distribution_point=issuer.spec.crl.distributionPoint, ocsp_url=ocsp_url,
+                serial=serial)
         window = renew_before(profile.spec.duration, profile.spec.renewBefore)
         return self._record(certificate, "device", fleet.name, intent.device_id,
                             ca_record.serial, digest, window, key_blob=key_blob)
