@@ -14,6 +14,7 @@ CRLs) are derived from the inventory afterwards (`stores.publish.sync_public`).
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -163,13 +164,13 @@ class Executor:
                 issuer_serial: str | None, intent: str, window: timedelta,
                 key_id: str | None = None, key_blob: bytes | None = None) -> CertRecord:
         not_after = epoch(certificate.not_valid_after_utc)
+        der = certificate.public_bytes(Encoding.DER)
         return CertRecord(
             serial=serial_hex(certificate.serial_number), kind=kind, owner=owner, device=device,
             issuer_serial=issuer_serial, state="active",
             not_before=epoch(certificate.not_valid_before_utc), not_after=not_after,
             renew_at=renewal_time(not_after, window, f"{owner}/{device}"), intent=intent,
-            fingerprint=certs.certificate_fingerprint(certificate), key_id=key_id,
-            key_blob=key_blob, der=certificate.public_bytes(Encoding.DER),
+            fingerprint=hashlib.sha256(der).hexdigest(), key_id=key_id, key_blob=key_blob, der=der,
             issued_at=epoch(self.now),
         )
 

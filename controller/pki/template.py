@@ -15,6 +15,7 @@ would refuse, so callers use the builder there (and get its errors).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -72,9 +73,30 @@ def _time(moment: datetime) -> bytes:
     return _tlv(0x18, moment.strftime("%Y%m%d%H%M%SZ").encode())
 
 
-def _extension(oid: x509.ObjectIdentifier, critical: bool, value: bytes) -> bytes:
-    flag = b"\x01\x01\xff" if critical else b""
-    return _tlv(0x30, _oid(oid.dotted_string) + flag + _tlv(0x04, value))
+def _extension(oid: x509.ObjectIdentifier | bytes, critical: bool, value: bytes) -> bytes:
+    """An Extension; `oid` may be given already encoded."""
+    encoded = oid if isinstance(oid, bytes) else _oid(oid.dotted_string)
+    return _tlv(0x30, encoded + (b"\x01\x01\xff" if critical else b"") + _tlv(0x04, value))
+
+
+_SKI = _oid(ExtensionOID.SUBJECT_KEY_IDENTIFIER.dotted_string)
+_SAN = _oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME.dotted_string)
+
+
+def _key_identifier(spki: bytes) -> bytes:
+    """RFC 5280 method 1, as `SubjectKeyIdentifier.from_public_key`: the SHA-1 of the
+    subjectPublicKey BIT STRING's bits, read from the DER SubjectPublicKeyInfo."""
+    def skip_header(at: int) -> tuple[int, int]:  # (content start, content length)
+        size = spki[at + 1]
+        if size < 0x80:
+            return at + 2, size
+        count = size & 0x7F
+        return at + 2 + count, int.from_bytes(spki[at + 2:at + 2 + count], "big")
+
+    start, _ = skip_header(0)  # into the SEQUENCE
+    algorithm, length = skip_header(start)
+    bits, size = skip_header(algorithm + length)  # the BIT STRING
+    return hashlib.sha1(spki[bits + 1:bits + size]).digest()  # RFC 5280 method 1 is SHA-1
 
 
 class LeafTemplate:
@@ -107,6 +129,7 @@ class LeafTemplate:
             _extension(extension.oid, False, extension.public_bytes())
             for extension in _revocation_extensions(crl_distribution_point, ocsp_url))
         self._custom: dict[str, bytes] = {}
+        self._validity: tuple[datetime, datetime, bytes] | None = None
 
     @classmethod
     def for_issuer(cls, issuer_certificate: x509.Certificate, issuer_key: PrivateKey,
@@ -137,15 +160,16 @@ class LeafTemplate:
             raise PKIError("a certificate with an empty subject needs subject alternative names")
         if serial <= 0 or serial.bit_length() > 159:
             raise PKIError("serial must be positive and at most 159 bits")
-        start, end = _validity(not_before, not_after, self._issuer)
+        if self._validity is None or self._validity[:2] != (not_before, not_after):
+            start, end = _validity(not_before, not_after, self._issuer)  # one apply: same times
+            self._validity = (not_before, not_after, _tlv(0x30, _time(start) + _time(end)))
         spki = public_key.public_bytes(serialization.Encoding.DER,
                                        serialization.PublicFormat.SubjectPublicKeyInfo)
-        extensions = [_extension(ExtensionOID.SUBJECT_KEY_IDENTIFIER, False,
-                                 x509.SubjectKeyIdentifier.from_public_key(public_key)
-                                 .public_bytes()), self._usages, self._extended]
+        extensions = [_extension(_SKI, False, _tlv(0x04, _key_identifier(spki))),
+                      self._usages, self._extended]
         if subject_alt_names:
             extensions.append(_extension(
-                ExtensionOID.SUBJECT_ALTERNATIVE_NAME, len(subject) == 0,
+                _SAN, len(subject) == 0,
                 x509.SubjectAlternativeName(list(subject_alt_names)).public_bytes()))
         extensions.append(self._revocation)
         for dotted, value in extra_extensions:
@@ -153,7 +177,7 @@ class LeafTemplate:
                 self._custom[dotted] = _oid(x509.ObjectIdentifier(dotted).dotted_string)
             extensions.append(_tlv(0x30, self._custom[dotted] + _tlv(0x04, value)))
         return _tlv(0x30, self._head + _integer(serial) + self._algorithm + self._issuer_name
-                    + _tlv(0x30, _time(start) + _time(end)) + subject.public_bytes() + spki
+                    + self._validity[2] + subject.public_bytes() + spki
                     + _tlv(0xA3, _tlv(0x30, b"".join(extensions))))
 
     def sign(self, tbs: bytes) -> bytes:
