@@ -601,7 +601,7 @@ def serve(directory: DirArg, state_dir: StateOpt = None,
 def enroll_secret(directory: DirArg, fleet: Annotated[str, typer.Option()],
                   device: Annotated[str, typer.Option()], state_dir: StateOpt = None) -> None:
     """Create a one-time EST enrollment secret for a declared device and print it once
-    (stored only as a salted scrypt hash; a new secret replaces an unused one). It
+    (stored only as a salted HMAC-SHA256 of it; a new secret replaces an unused one). It
     authenticates simpleenroll (keyGeneration: device) or serverkeygen (keyGeneration: server)."""
     from controller.servers.est import new_secret
 
