@@ -17,6 +17,8 @@ est_reenroll (mTLS with the current certificate). With `--keygen device` (defaul
 device's P-256 public key is in the CSV (`publicKey` column, PEM), the IoT practice; with
 `server` the job generates the keys. Device keys are derived from the device number, so the CSV
 is cached between runs (in $XDG_CACHE_HOME/fleetpki-bench) and any sample key can be rebuilt.
+Stages run in child processes also report their CPU seconds (workers included), which vary
+less than wall time on a shared machine.
 
 The floor is measured first, in this process, on one core: `openssl speed ecdsap256`,
 `cryptography`'s raw ECDSA-P256 sign() and x509.CertificateBuilder for the bench's device
@@ -234,6 +236,7 @@ class Stage:
     seconds: float
     peak_rss_mb: float
     detail: str = ""
+    cpu_seconds: float | None = None  # job stages: CPU time, workers included
 
     @property
     def per_second(self) -> float:
@@ -243,14 +246,20 @@ class Stage:
 Timed = Callable[[], str]  # runs the measured work, returns a detail for the table
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and its waited-for children (workers), user + system."""
+    return sum(usage.ru_utime + usage.ru_stime for usage in (
+        resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
 def _child(setup: Callable[[], Timed], pipe: multiprocessing.connection.Connection) -> None:
     try:
         work = setup()
-        start = time.perf_counter()
+        cpu, start = cpu_seconds(), time.perf_counter()
         detail = work()
         seconds = time.perf_counter() - start
         own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        pipe.send((seconds, detail, own))
+        pipe.send((seconds, detail, own, cpu_seconds() - cpu))
     except BaseException as exc:  # reported by the parent, which fails the bench
         pipe.send(exc)
         raise
@@ -268,8 +277,8 @@ def in_child(name: str, count: int, setup: Callable[[], Timed]) -> Stage:
     sampled = watch.stop()
     if isinstance(answer, BaseException):
         raise RuntimeError(f"stage {name} failed") from answer
-    seconds, detail, own_kb = answer
-    return Stage(name, count, seconds, max(sampled, own_kb / 1024), detail)
+    seconds, detail, own_kb, cpu = answer
+    return Stage(name, count, seconds, max(sampled, own_kb / 1024), detail, cpu)
 
 
 # --- the job's stages --------------------------------------------------------------------------
@@ -604,6 +613,7 @@ def report(args: argparse.Namespace, floor_rates: dict[str, float], stages: list
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "stages": {s.name: {"seconds": s.seconds, "per_second": s.per_second,
                                 "peak_rss_mb": s.peak_rss_mb, "count": s.count,
+                                "cpu_seconds": s.cpu_seconds,
                                 "detail": s.detail} for s in stages},
             "floor": floor_rates, "peers": peer_rates}
 
@@ -617,13 +627,14 @@ def print_table(data: dict[str, Any]) -> None:
           f"cryptography sign {floor_rates['cryptography_sign_per_s']:,.0f}/s, "
           f"CertificateBuilder {builder:,.0f}/s")
     print(f"{'stage':<13} {'n':>9} {'seconds':>9} {'per second':>11} {'x builder':>9} "
-          f"{'peak RSS':>9}  detail")
+          f"{'peak RSS':>9} {'CPU s':>7}  detail")
     for name, stage in data["stages"].items():
         ratio = f"{stage['per_second'] / builder:.2f}" if name in (
             "apply_first", "renew_sweep") else ""
+        cpu = "" if stage["cpu_seconds"] is None else f"{stage['cpu_seconds']:.1f}"
         print(f"{name:<13} {stage['count']:>9,} {stage['seconds']:>9.2f} "
-              f"{stage['per_second']:>11,.0f} {ratio:>9} {stage['peak_rss_mb']:>7.0f} MB  "
-              f"{stage['detail']}")
+              f"{stage['per_second']:>11,.0f} {ratio:>9} {stage['peak_rss_mb']:>7.0f} MB "
+              f"{cpu:>7}  {stage['detail']}")
     print("peers (fleetpki apply_first rate / theirs):")
     for name, values in data["peers"].items():
         if "missing" in values:
