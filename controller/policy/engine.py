@@ -24,6 +24,7 @@ from controller.api.resources import (
     CertificateAuthority,
     CertificatePolicy,
     CertificateProfile,
+    Device,
     DeviceFleet,
     PolicyRule,
 )
@@ -63,6 +64,20 @@ def _identifiers(tree: Tree) -> tuple[set[str], bool]:
     uses_has = any(n.data == "ident_arg" and str(n.children[0]) == "has"
                    for n in tree.iter_subtrees())
     return names - bound, uses_has
+
+
+_LABELS: dict[int, tuple[tuple[Device, ...], dict[str, dict[str, str]]]] = {}
+
+
+def _labels(devices: tuple[Device, ...]) -> dict[str, dict[str, str]]:
+    """Device id -> labels, kept for the few device tuples last asked about (a server judges
+    one device of an unchanged declaration per request)."""
+    known = _LABELS.get(id(devices))
+    if known is None or known[0] is not devices:
+        if len(_LABELS) >= 8:
+            _LABELS.clear()
+        known = _LABELS[id(devices)] = (devices, {d.id: d.labels for d in devices})
+    return known[1]
 
 
 def _device_fields(tree: Tree) -> frozenset[str] | None:
@@ -314,10 +329,11 @@ def _holds(guard: celpy.Runner, activation: dict[str, Any]) -> bool:
 
 def evaluate(rules: list[CompiledRule], desired: Desired,
              intents: Mapping[tuple[str, str], DeviceIntent], now: datetime,
-             tenancy: Tenancy = NO_TENANTS) -> list[Finding]:
+             tenancy: Tenancy = NO_TENANTS, fleet: str | None = None) -> list[Finding]:
     """Every rule over every object it selects; device rules over `intents` (the devices that
     would get a certificate), each device's data converted once for all its rules. `tenant` is
-    the CA's tenant in CA rules, the fleet's in the others."""
+    the CA's tenant in CA rules, the fleet's in the others. With `fleet`, only that fleet and
+    its issuing CA are judged (one EST enrollment)."""
     found: list[tuple[tuple[int, int, int], Finding]] = []  # (rule, object, device) order
     by_fleet: dict[str, list[DeviceIntent]] = {}
     for (fleet_name, _), intent in sorted(intents.items()):
@@ -332,9 +348,10 @@ def evaluate(rules: list[CompiledRule], desired: Desired,
         return rule.policy.resource
 
     ranked = list(enumerate(rules))
+    issuer = desired.fleets[fleet].fleet.spec.issuerRef.name if fleet is not None else None
     for position, name in enumerate(desired.authorities_in_order()):
         ca = desired.authority(name)
-        if ca.spec.type == "external":
+        if ca.spec.type == "external" or issuer not in (None, name):
             continue  # nothing is made for it: no rule to gate
         ref = f"CertificateAuthority/{name}"
         activation = _activation({"authority": authority_data(ca, tenancy.name_of(ref)),
@@ -343,6 +360,8 @@ def evaluate(rules: list[CompiledRule], desired: Desired,
             if rule.scope == "authority" and _selected(policy_of(rule), None, ca, desired):
                 record(rank, position, 0, _run(rule, activation, ref, None))
     for position, (name, decl) in enumerate(sorted(desired.fleets.items())):
+        if fleet not in (None, name):
+            continue
         ca = desired.authority(decl.fleet.spec.issuerRef.name)
         profile = desired.profile(decl.fleet.spec.profileRef.name)
         chosen = [(rank, rule) for rank, rule in ranked if rule.scope != "authority"
@@ -363,7 +382,7 @@ def evaluate(rules: list[CompiledRule], desired: Desired,
                         and not any(_holds(g, activation) for g in rule.guards)]
         if not device_rules:
             continue
-        labels = {d.id: d.labels for d in decl.devices}
+        labels = _labels(decl.devices)
         memo: dict[tuple[int, str], Finding | None] = {}
         for number, intent in enumerate(by_fleet.get(name, [])):
             data = device_data(intent, labels.get(intent.device_id, {}), profile)

@@ -270,7 +270,7 @@ def check_policy(rules: Sequence[CompiledRule], desired: Desired, fleet: str, de
     if not rules:
         return
     issuer = desired.fleets[fleet].fleet.spec.issuerRef.name
-    findings = evaluate(list(rules), desired, {(fleet, device): intent}, now, tenancy)
+    findings = evaluate(list(rules), desired, {(fleet, device): intent}, now, tenancy, fleet)
     denies = [f for f in findings if f.action == "deny" and (
         (f.object == f"DeviceFleet/{fleet}" and f.device in (None, device))
         or f.object == f"CertificateAuthority/{issuer}")]

@@ -379,3 +379,26 @@ def test_devices_equal_in_the_fields_read_share_a_result_with_their_own_id(
     # evaluations: all devices share the P-256 result, paris and berlin two (what fits)
     assert (runs.count("algorithm"), runs.count("berlin")) == \
         {0: (4, 4), 1: (4, 2), 10_000: (1, 2)}[limit]
+
+
+def test_judging_one_fleet_gives_its_and_its_issuers_findings_only(repo: FleetRepo,
+                                                                   tmp_path: Path) -> None:
+    """What an EST enrollment asks: the same findings as a whole evaluation, for one fleet."""
+    from controller.plan.model import Observed
+    from controller.plan.planner import plan
+    from controller.policy.engine import evaluate
+    repo.authorities["other"] = ca_doc("other", parent="root")
+    repo.fleets["lights"] = fleet_doc("lights", devices("lamp-1", "lamp-2"), issuer="other")
+    repo.add_policy(policy("mixed", rule("berlin", 'device.labels.site == "paris"'),
+                           rule("named", 'fleet.name == "sensors"'),
+                           rule("issuer", 'authority.name == "issuing"')))
+    declaration = jobs.load(repo.write(tmp_path / "repo"))
+    intents = plan(declaration.desired, Observed(), NOW).intents
+    every = evaluate(declaration.rules, declaration.desired, intents, NOW, declaration.tenancy)
+    for fleet, issuer in (("sensors", "issuing"), ("lights", "other")):
+        mine = {key: i for key, i in intents.items() if key[0] == fleet}
+        judged = evaluate(declaration.rules, declaration.desired, mine, NOW,
+                          declaration.tenancy, fleet)
+        assert judged == [f for f in every if f.object in (
+            f"DeviceFleet/{fleet}", f"CertificateAuthority/{issuer}")]
+        assert {f.policy for f in judged} >= {"mixed"}
