@@ -2,8 +2,9 @@
 
 `python bench/scale.py --devices N [--keygen device|server] [--json FILE]` builds a throw-away
 repository (root + issuing CA, one fleet of N devices from a CSV, a small EST fleet), runs each
-stage in a fresh child process (timing and peak RSS per stage, worker processes included) and
-prints a table; `--json FILE` writes
+stage in a fresh child process (timing and peak memory per stage, worker processes included:
+the sum of their proportional set sizes, sampled every 50 ms) and prints a table; `--json FILE`
+writes
 
     {"stages": {STAGE: {"seconds", "per_second", "peak_rss_mb"}},
      "floor": {"openssl_sign_per_s", "cryptography_sign_per_s", "builder_per_s"},
@@ -197,22 +198,27 @@ def build_repo(work: Path, devices: int, keygen: str, est_devices: int) -> Path:
 
 # --- measuring a stage in its own process ------------------------------------------------------
 def tree_rss_kb(pid: int) -> int:
-    """Resident set of a process and all its descendants (kB; shared pages counted per process)."""
+    """Memory of a process and all its descendants (kB): the sum of their proportional set
+    sizes (a page shared by k processes counts 1/k in each, so forked workers are not counted
+    twice), or of their RSS where /proc has no smaps_rollup."""
     total = 0
     pending = [pid]
     while pending:
         current = pending.pop()
         with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{current}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-            for task in Path(f"/proc/{current}/task").iterdir():
+            proc = Path(f"/proc/{current}")
+            rollup = proc / "smaps_rollup"
+            wanted, text = ("Pss:", rollup.read_text()) if rollup.exists() else \
+                ("VmRSS:", (proc / "status").read_text())
+            total += next(int(line.split()[1]) for line in text.splitlines()
+                          if line.startswith(wanted))
+            for task in (proc / "task").iterdir():
                 pending += [int(c) for c in (task / "children").read_text().split()]
     return total
 
 
 class RSSWatch:
-    """Samples the RSS of a process tree every 50 ms in a thread; `peak_mb` is the largest."""
+    """Samples the memory of a process tree every 50 ms in a thread (`tree_rss_kb`)."""
 
     def __init__(self, pid: int) -> None:
         self.pid, self.peak_kb, self._stop = pid, 0, threading.Event()
