@@ -325,7 +325,7 @@ def job_stages(repo: Path, state: jobs.StateDir, devices: int, now: datetime) ->
               in_child("apply_first", devices, apply("issue")),
               in_child("noop", devices, apply("noop"))]
     sweep = in_child("renew_sweep", 0, renew_sweep)
-    sweep.count = int(re.search(r"'renew': (\d+)", sweep.detail).group(1))  # type: ignore[union-attr]
+    sweep.count = sum(int(n) for n in re.findall(r"'(?:renew|rekey)': (\d+)", sweep.detail))
     stages.append(sweep)
     stages.append(in_child("revoke_crl", min(REVOKE, devices // 10), revoke))
     return stages
