@@ -64,10 +64,15 @@ def records(executor: Executor, work: Work, batch: int) -> Iterator[list[CertRec
         _inherited = None
 
 
+_untouched: list[Inventory] = []  # in a worker: the parent's inventory, never used nor closed
+
+
 def _start_worker() -> None:
-    """In a new worker: never touch the parent's SQLite connection; read through a new one."""
+    """In a new worker: never touch the parent's SQLite connection (not even by closing it,
+    which SQLite forbids across fork); read through a new one."""
     assert _inherited is not None
     executor = _inherited[0]
+    _untouched.append(executor.inventory)
     executor.inventory = Inventory(executor.inventory.path, read_only=True)
 
 
