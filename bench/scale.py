@@ -1,24 +1,78 @@
-"""Measure the job at fleet scale: `python bench/scale.py [--devices N ...]` prints a table.
+"""Measure the job and the servers at fleet scale against the signing floor of the same run.
 
-Builds a throw-away fleet repo (root + intermediate, one server-keygen profile, one fleet from
-a CSV of N devices) and times each phase with the real stores, as `fleetpki` would run it.
+`python bench/scale.py --devices N [--keygen device|server] [--json FILE]` builds a throw-away
+repository (root + issuing CA, one fleet of N devices from a CSV, a small EST fleet), runs each
+stage in a fresh child process (timing and peak memory per stage, worker processes included:
+the sum of their proportional set sizes, sampled every 50 ms) and prints a table; `--json FILE`
+writes
+
+    {"stages": {STAGE: {"seconds", "per_second", "peak_rss_mb"}},
+     "floor": {"openssl_sign_per_s", "cryptography_sign_per_s", "builder_per_s"},
+     "peers": {PEER: {"per_second", "ratio"} | {"missing": why}}}
+
+Stages: validate, plan (empty inventory), apply_first (read, validate, plan, policies, sign,
+inventory, CRLs, status), noop, renew_sweep (10% of the fleet due), revoke_crl (10,000 marked
+revoked in the CSV, CRL published), crl_100k (a CRL of 100,000 entries), ocsp (POSTs to
+`fleetpki serve`, many certificates), est_enroll (first enrollment with a one-time secret) and
+est_reenroll (mTLS with the current certificate). With `--keygen device` (default) every
+device's P-256 public key is in the CSV (`publicKey` column, PEM), the IoT practice; with
+`server` the job generates the keys. Device keys are derived from the device number, so the CSV
+is cached between runs (in $XDG_CACHE_HOME/fleetpki-bench) and any sample key can be rebuilt.
+Stages run in child processes also report their CPU seconds (workers included), which vary
+less than wall time on a shared machine.
+
+The floor is measured first, in this process, on one core: `openssl speed ecdsap256`,
+`cryptography`'s raw ECDSA-P256 sign() and x509.CertificateBuilder for the bench's device
+certificate. Peers, on a sample: `openssl x509 -req` and `cfssl gencert`, one process per
+certificate as their users run them; their ratio is fleetpki's apply_first rate over theirs.
+Vault's published figure is cited, not run.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import contextlib
+import hashlib
+import http.client
+import json
+import multiprocessing
+import multiprocessing.connection
 import os
+import re
 import resource
 import shutil
+import socket
+import sqlite3
+import ssl
 import subprocess
+import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
-from datetime import timedelta
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509 import ocsp
+from cryptography.x509.oid import NameOID
+
 from controller import jobs
+from controller.pki import certificates as certs
+from controller.pki.crl import RevokedEntry, build_crl, crl_to_der
+from controller.servers.est import new_secret
+
+FLEET, EST_FLEET = "fleet", "est"
+REVOKE = 10_000
+CRL_ENTRIES = 100_000
+VAULT_PER_S = 2_200  # Vault PKI, stored P-256 certificates on one node (published figure)
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+CDP = "http://127.0.0.1:8080/crl/issuing.crl"
 
 REPO = """\
 apiVersion: fleetpki.io/v1alpha1
@@ -34,88 +88,602 @@ spec:
   parentRef: {name: root}
   subject: {commonName: Bench Issuing CA}
   pathLength: 0
-  crl: {distributionPoint: "http://127.0.0.1:8080/crl/issuing.crl"}
+  crl: {distributionPoint: "%(cdp)s"}
 ---
 apiVersion: fleetpki.io/v1alpha1
 kind: CertificateProfile
 metadata: {name: device}
 spec:
+  keyGeneration: %(keygen)s
   subject: {commonName: "{{ device.id }}"}
   subjectAltNames: {uris: ["urn:bench:{{ device.id }}"]}
 ---
 apiVersion: fleetpki.io/v1alpha1
 kind: DeviceFleet
-metadata: {name: fleet}
+metadata: {name: %(fleet)s}
 spec:
   issuerRef: {name: issuing}
   profileRef: {name: device}
   deviceSource: {path: devices.csv}
+---
+apiVersion: fleetpki.io/v1alpha1
+kind: CertificateProfile
+metadata: {name: enrolled}
+spec:
+  keyGeneration: device
+  subject: {commonName: "{{ device.id }}"}
+---
+apiVersion: fleetpki.io/v1alpha1
+kind: DeviceFleet
+metadata: {name: %(est)s}
+spec:
+  issuerRef: {name: issuing}
+  profileRef: {name: enrolled}
+  enrollment: {bootstrap: secret}
+  deviceSource: {path: est.csv}
 """
 
 
-def write_repo(directory: Path, devices: int, revoked: int = 0) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "fleet.yaml").write_text(REPO)
-    with open(directory / "devices.csv", "w") as handle:
-        handle.write("id,labels.site,revoked\n")
-        for number in range(devices):
-            reason = "keyCompromise" if number < revoked else ""
-            handle.write(f"dev-{number:07d},site-{number % 50},{reason}\n")
+# --- the fleet ---------------------------------------------------------------------------------
+def device_id(number: int) -> str:
+    return f"dev-{number:07d}"
 
 
-def timed(label: str, rows: list[tuple[str, float, str]], call: Callable[[], Any],
-          detail: Callable[[Any], str] = lambda r: "") -> Any:
+def device_key(number: int, family: str = "fleet") -> ec.EllipticCurvePrivateKey:
+    """The bench's P-256 key of a device, derived from its number (reproducible, bench only)."""
+    digest = hashlib.sha256(f"fleetpki-bench/{family}/{number}".encode()).digest()
+    return ec.derive_private_key(int.from_bytes(digest) % (P256_ORDER - 1) + 1, ec.SECP256R1())
+
+
+def _csv_rows(span: tuple[int, int, bool]) -> str:
+    start, stop, with_keys = span
+    lines = []
+    for number in range(start, stop):
+        if with_keys:
+            pem = device_key(number).public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            lines.append(f'{device_id(number)},site-{number % 50},"{pem.decode()}",\n')
+        else:
+            lines.append(f"{device_id(number)},site-{number % 50},\n")
+    return "".join(lines)
+
+
+def fleet_csv(devices: int, keygen: str) -> Path:
+    """The fleet's CSV (header `id,labels.site[,publicKey],revoked`), built on 2 cores once."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fleetpki-bench"
+    path = cache / f"devices-{keygen}-{devices}.csv"
+    if path.exists():
+        return path
+    cache.mkdir(parents=True, exist_ok=True)
+    header = "id,labels.site,publicKey,revoked\n" if keygen == "device" else \
+        "id,labels.site,revoked\n"
+    step = 10_000
+    spans = [(s, min(s + step, devices), keygen == "device") for s in range(0, devices, step)]
+    partial = path.with_suffix(".partial")
+    with multiprocessing.get_context("fork").Pool(2) as pool, open(partial, "w") as handle:
+        handle.write(header)
+        for text in pool.imap(_csv_rows, spans):
+            handle.write(text)
+    partial.rename(path)
+    return path
+
+
+def mark_revoked(source: Path, target: Path, count: int) -> None:
+    """Copy the CSV with the first `count` devices marked revoked (keyCompromise)."""
+    with open(source) as reading, open(target, "w") as writing:
+        writing.write(reading.readline())
+        pending = ""
+        marked = 0
+        for line in reading:
+            pending += line
+            if pending.count('"') % 2:  # inside a quoted multi-line PEM
+                continue
+            if marked < count:
+                pending = pending[:-1] + "keyCompromise\n"
+                marked += 1
+            writing.write(pending)
+            pending = ""
+
+
+def build_repo(work: Path, devices: int, keygen: str, est_devices: int) -> Path:
+    repo = work / "repo"
+    repo.mkdir(parents=True)
+    (repo / "fleet.yaml").write_text(REPO % {"cdp": CDP, "keygen": keygen, "fleet": FLEET,
+                                             "est": EST_FLEET})
+    shutil.copyfile(fleet_csv(devices, keygen), repo / "devices.csv")
+    (repo / "est.csv").write_text("id\n" + "".join(f"est-{n:05d}\n" for n in range(est_devices)))
+    subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+    return repo
+
+
+# --- measuring a stage in its own process ------------------------------------------------------
+def tree_rss_kb(pid: int) -> int:
+    """Memory of a process and all its descendants (kB): the sum of their proportional set
+    sizes (a page shared by k processes counts 1/k in each, so forked workers are not counted
+    twice), or of their RSS where /proc has no smaps_rollup."""
+    total = 0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        with contextlib.suppress(OSError):
+            proc = Path(f"/proc/{current}")
+            rollup = proc / "smaps_rollup"
+            wanted, text = ("Pss:", rollup.read_text()) if rollup.exists() else \
+                ("VmRSS:", (proc / "status").read_text())
+            total += next(int(line.split()[1]) for line in text.splitlines()
+                          if line.startswith(wanted))
+            for task in (proc / "task").iterdir():
+                pending += [int(c) for c in (task / "children").read_text().split()]
+    return total
+
+
+class RSSWatch:
+    """Samples the memory of a process tree every 50 ms in a thread (`tree_rss_kb`)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.peak_kb, self._stop = pid, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak_kb = max(self.peak_kb, tree_rss_kb(self.pid))
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak_kb / 1024
+
+
+@dataclass
+class Stage:
+    name: str
+    count: int
+    seconds: float
+    peak_rss_mb: float
+    detail: str = ""
+    cpu_seconds: float | None = None  # job stages: CPU time, workers included
+
+    @property
+    def per_second(self) -> float:
+        return self.count / self.seconds if self.seconds else 0.0
+
+
+Timed = Callable[[], str]  # runs the measured work, returns a detail for the table
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its waited-for children (workers), user + system."""
+    return sum(usage.ru_utime + usage.ru_stime for usage in (
+        resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
+def _child(setup: Callable[[], Timed], pipe: multiprocessing.connection.Connection) -> None:
+    try:
+        work = setup()
+        cpu, start = cpu_seconds(), time.perf_counter()
+        detail = work()
+        seconds = time.perf_counter() - start
+        own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        pipe.send((seconds, detail, own, cpu_seconds() - cpu))
+    except BaseException as exc:  # reported by the parent, which fails the bench
+        pipe.send(exc)
+        raise
+
+
+def in_child(name: str, count: int, setup: Callable[[], Timed]) -> Stage:
+    """Run `setup()` (untimed) then the work it returns (timed) in a forked child."""
+    receive, send = multiprocessing.Pipe(duplex=False)
+    process = multiprocessing.get_context("fork").Process(target=_child, args=(setup, send))
+    process.start()
+    assert process.pid is not None
+    watch = RSSWatch(process.pid)
+    answer = receive.recv()
+    process.join()
+    sampled = watch.stop()
+    if isinstance(answer, BaseException):
+        raise RuntimeError(f"stage {name} failed") from answer
+    seconds, detail, own_kb, cpu = answer
+    return Stage(name, count, seconds, max(sampled, own_kb / 1024), detail, cpu)
+
+
+# --- the job's stages --------------------------------------------------------------------------
+def job_stages(repo: Path, state: jobs.StateDir, devices: int, now: datetime) -> list[Stage]:
+    def validate() -> Timed:
+        def work() -> str:
+            problems, findings = jobs.validate(repo, now)
+            assert not problems, problems[:3]
+            return f"{len(problems)} problems, {len(findings)} findings"
+        return work
+
+    def plan() -> Timed:
+        return lambda: f"{len(jobs.plan(repo, state, now).actions)} actions"
+
+    def apply(expect: str, **options: Any) -> Callable[[], Timed]:
+        def setup() -> Timed:
+            def work() -> str:
+                report = jobs.apply(repo, state, now, **options)
+                done = dict(sorted(report.result.done.items()))
+                assert not report.result.failed, report.result.failed
+                return f"{done}" if done else "no changes"
+            return work
+        return setup
+
+    def renew_sweep() -> Timed:
+        with sqlite3.connect(state.inventory_path) as db:
+            db.execute("UPDATE certificates SET renew_at = 0 WHERE kind = 'device' AND owner = ? "
+                       "AND state = 'active' AND abs(random()) % 10 = 0", (FLEET,))
+        return apply("renew")()
+
+    def revoke() -> Timed:
+        partial = repo / "devices.csv.new"
+        mark_revoked(repo / "devices.csv", partial, min(REVOKE, devices // 10))
+        partial.rename(repo / "devices.csv")
+        return apply("revoke", allow_mass_revocation=True)()
+
+    stages = [in_child("validate", devices, validate), in_child("plan", devices, plan),
+              in_child("apply_first", devices, apply("issue")),
+              in_child("noop", devices, apply("noop"))]
+    sweep = in_child("renew_sweep", 0, renew_sweep)
+    sweep.count = sum(int(n) for n in re.findall(r"'(?:renew|rekey)': (\d+)", sweep.detail))
+    stages.append(sweep)
+    stages.append(in_child("revoke_crl", min(REVOKE, devices // 10), revoke))
+    return stages
+
+
+def crl_stage() -> Stage:
+    def setup() -> Timed:
+        issuer_key = ec.generate_private_key(ec.SECP256R1())
+        issuer = _self_signed(issuer_key, "Bench CRL Issuer")
+        now = datetime.now(UTC)
+        entries = [RevokedEntry(certs.random_serial(), now, "keyCompromise")
+                   for _ in range(CRL_ENTRIES)]
+
+        def work() -> str:
+            der = crl_to_der(build_crl(issuer_certificate=issuer, issuer_key=issuer_key,
+                                       entries=entries, crl_number=1, this_update=now,
+                                       next_update=now + timedelta(days=1)))
+            return f"{len(der) / 1e6:.1f} MB DER"
+        return work
+    return in_child("crl_100k", CRL_ENTRIES, setup)
+
+
+def _self_signed(key: ec.EllipticCurvePrivateKey, name: str) -> x509.Certificate:
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.now(UTC)
+    return (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(certs.random_serial())
+            .not_valid_before(now - timedelta(minutes=1)).not_valid_after(now + timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+            .sign(key, hashes.SHA256()))
+
+
+# --- the servers -------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(port: int, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"fleetpki serve did not listen on {port} within {seconds:.0f} s")
+
+
+def parallel(clients: int, jobs_: list[Any], run: Callable[[list[Any]], None]) -> float:
+    """Split `jobs_` over `clients` forked processes started together; the wall time."""
+    context = multiprocessing.get_context("fork")
+    go = context.Event()
+    processes = [context.Process(target=_client, args=(go, run, jobs_[i::clients]))
+                 for i in range(clients)]
+    for process in processes:
+        process.start()
+    time.sleep(0.3)
     start = time.perf_counter()
-    result = call()
-    rows.append((label, time.perf_counter() - start, detail(result)))
+    go.set()
+    for process in processes:
+        process.join()
+        if process.exitcode != 0:
+            raise RuntimeError("a bench client failed")
+    return time.perf_counter() - start
+
+
+def _client(go: Any, run: Callable[[list[Any]], None], share: list[Any]) -> None:
+    go.wait()
+    run(share)
+
+
+def _ocsp_requests(share: list[tuple[int, bytes]]) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", share[0][0])
+    for _, body in share:
+        connection.request("POST", "/ocsp", body, {"Content-Type": "application/ocsp-request"})
+        reply = connection.getresponse()
+        reply.read()
+        assert reply.status == 200, reply.status
+
+
+def _est_requests(share: list[tuple[int, str, bytes, str | None, tuple[str, str] | None,
+                                    str]]) -> None:
+    for port, path, body, auth, client_files, chain in share:
+        context = ssl.create_default_context(cadata=chain)
+        if client_files:
+            context.load_cert_chain(*client_files)
+        connection = http.client.HTTPSConnection("127.0.0.1", port, context=context)
+        headers = {"Content-Type": "application/pkcs10"}
+        if auth:
+            headers["Authorization"] = f"Basic {auth}"
+        connection.request("POST", path, body, headers)
+        reply = connection.getresponse()
+        reply.read()
+        assert reply.status == 200, (reply.status, path)
+        connection.close()
+
+
+def server_stages(repo: Path, state: jobs.StateDir, work: Path, ocsp_count: int,
+                  est_count: int, clients: int) -> list[Stage]:
+    """OCSP, first enrollment and re-enrollment against `fleetpki serve` on loopback."""
+    now = jobs.now_utc()
+    with state.inventory() as inventory:
+        issuer = x509.load_der_x509_certificate(inventory.active_ca("issuing").der)  # type: ignore[union-attr]
+        rows = inventory.db.execute(
+            "SELECT der FROM certificates WHERE owner = ? AND state = 'active' LIMIT 1000",
+            (FLEET,)).fetchall()
+        chain = "".join(x509.load_der_x509_certificate(g.der).public_bytes(
+            serialization.Encoding.PEM).decode() for name in inventory.ca_names()
+            for g in inventory.ca_generations(name))
+        secrets: dict[str, str] = {}
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            made = pool.starmap(new_secret, [(EST_FLEET, f"est-{n:05d}", now)
+                                             for n in range(est_count)])
+        with inventory.transaction():
+            for number, (secret, record) in enumerate(made):
+                secrets[f"est-{number:05d}"] = secret
+                inventory.put_enrollment_secret(record)
+    bodies = [ocsp.OCSPRequestBuilder().add_certificate(
+        x509.load_der_x509_certificate(der), issuer, hashes.SHA1()).build().public_bytes(
+        serialization.Encoding.DER) for (der,) in rows]
+    http_port, https_port = free_port(), free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "fleetpki"), "serve", str(repo), "--state-dir",
+         str(state.path), "--http", f"127.0.0.1:{http_port}", "--https",
+         f"127.0.0.1:{https_port}", "--tls-ca", "issuing"], stderr=subprocess.DEVNULL)
+    stages = []
+    try:
+        wait_for(https_port, 900)
+        # warm the OCSP response cache once per certificate, as a running server has it
+        _ocsp_requests([(http_port, body) for body in bodies])
+        load = [(http_port, bodies[i % len(bodies)]) for i in range(ocsp_count)]
+        stages.append(_server_stage("ocsp", server.pid, len(load),
+                                    lambda: parallel(clients, load, _ocsp_requests),
+                                    f"{len(bodies)} certificates, cached, {clients} clients"))
+        keys_ = {f"est-{n:05d}": device_key(n, "est") for n in range(est_count)}
+        enroll = []
+        for device, key in keys_.items():
+            auth = base64.b64encode(f"{device}:{secrets[device]}".encode()).decode()
+            enroll.append((https_port, "/.well-known/est/simpleenroll", _csr(device, key), auth,
+                           None, chain))
+        stages.append(_server_stage("est_enroll", server.pid, len(enroll),
+                                    lambda: parallel(clients, enroll, _est_requests),
+                                    f"one-time secret, TLS per device, {clients} clients"))
+        files = work / "clients"
+        files.mkdir(mode=0o700)
+        reenroll = []
+        with state.reader() as inventory:
+            for device, key in keys_.items():
+                record = inventory.active_device(EST_FLEET, device)
+                assert record is not None, device
+                certificate, private = files / f"{device}.crt", files / f"{device}.key"
+                certificate.write_bytes(x509.load_der_x509_certificate(record.der).public_bytes(
+                    serialization.Encoding.PEM))
+                private.touch(mode=0o600)
+                private.write_bytes(key.private_bytes(
+                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption()))
+                reenroll.append((https_port, "/.well-known/est/simplereenroll",
+                                 _csr(device, key), None, (str(certificate), str(private)),
+                                 chain))
+        stages.append(_server_stage("est_reenroll", server.pid, len(reenroll),
+                                    lambda: parallel(clients, reenroll, _est_requests),
+                                    f"mTLS per device, {clients} clients"))
+    finally:
+        server.terminate()
+        server.wait(30)
+    return stages
+
+
+def _csr(device: str, key: ec.EllipticCurvePrivateKey) -> bytes:
+    csr = (x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device)])).sign(key, hashes.SHA256()))
+    return base64.encodebytes(csr.public_bytes(serialization.Encoding.DER))
+
+
+def _server_stage(name: str, pid: int, count: int, run: Callable[[], float],
+                  detail: str) -> Stage:
+    watch = RSSWatch(pid)
+    seconds = run()
+    return Stage(name, count, seconds, watch.stop(), detail)
+
+
+# --- the floor and the peers -------------------------------------------------------------------
+def rate_for(seconds: float, call: Callable[[], object]) -> float:
+    """Calls per second of `call`, repeated for about `seconds`."""
+    count, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        for _ in range(50):
+            call()
+        count += 50
+    return count / elapsed
+
+
+def floor(seconds: float = 2.0) -> dict[str, float]:
+    """Single-core signing rates: openssl's, cryptography's raw sign(), CertificateBuilder."""
+    output = subprocess.run(["openssl", "speed", "-seconds", str(int(seconds)), "ecdsap256"],
+                            capture_output=True, text=True, check=True).stdout
+    line = next(line for line in output.splitlines() if "nistp256" in line and "ecdsa" in line)
+    openssl_rate = float(line.split()[-2])
+    key = ec.generate_private_key(ec.SECP256R1())
+    tbs = os.urandom(300)
+    raw = rate_for(seconds, lambda: key.sign(tbs, ec.ECDSA(hashes.SHA256())))
+    issuer = _self_signed(key, "Bench Floor CA")
+    aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key())
+    publics = [device_key(n, "floor").public_key() for n in range(200)]
+    numbers = iter(range(10**9))
+    now = datetime.now(UTC)
+
+    def build() -> x509.Certificate:
+        number = next(numbers)
+        public = publics[number % len(publics)]
+        name = device_id(number)
+        return (x509.CertificateBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+                .issuer_name(issuer.subject).public_key(public)
+                .serial_number(certs.random_serial())
+                .not_valid_before(now).not_valid_after(now + timedelta(days=365))
+                .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), False)
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
+                .add_extension(x509.KeyUsage(True, False, False, False, False, False, False,
+                                             False, False), True)
+                .add_extension(aki, False)
+                .add_extension(x509.SubjectAlternativeName(
+                    [x509.UniformResourceIdentifier(f"urn:bench:{name}")]), False)
+                .add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
+                    [x509.UniformResourceIdentifier(CDP)], None, None, None)]), False)
+                .sign(key, hashes.SHA256()))
+    return {"openssl_sign_per_s": openssl_rate, "cryptography_sign_per_s": raw,
+            "builder_per_s": rate_for(seconds, build)}
+
+
+def peers(work: Path, sample: int) -> dict[str, dict[str, Any]]:
+    """Per-certificate rates of `openssl x509 -req` and `cfssl gencert` on `sample` devices."""
+    place = work / "peers"
+    place.mkdir(mode=0o700)
+    ca_key = ec.generate_private_key(ec.SECP256R1())  # a throw-away CA, in a 0700 directory
+    (place / "ca.key").touch(mode=0o600)
+    (place / "ca.key").write_bytes(ca_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption()))
+    (place / "ca.pem").write_bytes(_self_signed(ca_key, "Bench Peer CA").public_bytes(
+        serialization.Encoding.PEM))
+    (place / "ext.cnf").write_text(
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+        "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n"
+        f"crlDistributionPoints=URI:{CDP}\n")
+    for number in range(sample):
+        key = device_key(number, "peer")
+        csr = (x509.CertificateSigningRequestBuilder().subject_name(x509.Name(
+            [x509.NameAttribute(NameOID.COMMON_NAME, device_id(number))])).sign(
+            key, hashes.SHA256()))
+        (place / f"{number}.csr").write_bytes(csr.public_bytes(serialization.Encoding.PEM))
+    result: dict[str, dict[str, Any]] = {}
+    start = time.perf_counter()
+    for number in range(sample):
+        subprocess.run(["openssl", "x509", "-req", "-in", str(place / f"{number}.csr"),
+                        "-CA", str(place / "ca.pem"), "-CAkey", str(place / "ca.key"),
+                        "-set_serial", str(certs.random_serial()), "-days", "365", "-sha256",
+                        "-extfile", str(place / "ext.cnf"), "-out", str(place / "out.pem")],
+                       check=True, capture_output=True)
+    result["openssl_x509_req"] = {"per_second": sample / (time.perf_counter() - start),
+                                  "sample": sample}
+    if shutil.which("cfssl") is None:
+        result["cfssl_gencert"] = {"missing": "cfssl not installed (Debian golang-cfssl)"}
+    else:
+        (place / "config.json").write_text(json.dumps({"signing": {"default": {
+            "expiry": "8760h", "usages": ["digital signature", "client auth"]}}}))
+        start = time.perf_counter()
+        for number in range(sample):
+            request = json.dumps({"CN": device_id(number), "key": {"algo": "ecdsa", "size": 256}})
+            subprocess.run(["cfssl", "gencert", "-ca", str(place / "ca.pem"), "-ca-key",
+                            str(place / "ca.key"), "-config", str(place / "config.json"), "-"],
+                           input=request, text=True, check=True, capture_output=True)
+        result["cfssl_gencert"] = {"per_second": sample / (time.perf_counter() - start),
+                                   "sample": sample, "note": "generates the key too"}
+    result["vault_published"] = {"per_second": VAULT_PER_S, "cited": True}
     return result
 
 
-def run(devices: int, revoke: int) -> list[tuple[str, float, str]]:
-    rows: list[tuple[str, float, str]] = []
+# --- report ------------------------------------------------------------------------------------
+def report(args: argparse.Namespace, floor_rates: dict[str, float], stages: list[Stage],
+           peer_rates: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    first = next(s for s in stages if s.name == "apply_first").per_second
+    for values in peer_rates.values():
+        if "per_second" in values:
+            values["ratio"] = first / values["per_second"]
+    return {"devices": args.devices, "keygen": args.keygen, "cpus": os.cpu_count(),
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "stages": {s.name: {"seconds": s.seconds, "per_second": s.per_second,
+                                "peak_rss_mb": s.peak_rss_mb, "count": s.count,
+                                "cpu_seconds": s.cpu_seconds,
+                                "detail": s.detail} for s in stages},
+            "floor": floor_rates, "peers": peer_rates}
+
+
+def print_table(data: dict[str, Any]) -> None:
+    floor_rates = data["floor"]
+    builder = floor_rates["builder_per_s"]
+    print(f"fleetpki bench: {data['devices']:,} devices, keygen {data['keygen']}, "
+          f"{data['cpus']} CPUs, {data['date']}")
+    print(f"floor (1 core): openssl sign {floor_rates['openssl_sign_per_s']:,.0f}/s, "
+          f"cryptography sign {floor_rates['cryptography_sign_per_s']:,.0f}/s, "
+          f"CertificateBuilder {builder:,.0f}/s")
+    print(f"{'stage':<13} {'n':>9} {'seconds':>9} {'per second':>11} {'x builder':>9} "
+          f"{'peak RSS':>9} {'CPU s':>7}  detail")
+    for name, stage in data["stages"].items():
+        ratio = f"{stage['per_second'] / builder:.2f}" if name in (
+            "apply_first", "renew_sweep") else ""
+        cpu = "" if stage["cpu_seconds"] is None else f"{stage['cpu_seconds']:.1f}"
+        print(f"{name:<13} {stage['count']:>9,} {stage['seconds']:>9.2f} "
+              f"{stage['per_second']:>11,.0f} {ratio:>9} {stage['peak_rss_mb']:>7.0f} MB "
+              f"{cpu:>7}  {stage['detail']}")
+    print("peers (fleetpki apply_first rate / theirs):")
+    for name, values in data["peers"].items():
+        if "missing" in values:
+            print(f"  {name:<18} missing: {values['missing']}")
+        else:
+            cited = " (published figure, not run)" if values.get("cited") else \
+                f" (sample {values['sample']})"
+            print(f"  {name:<18} {values['per_second']:>9,.0f}/s  ratio "
+                  f"{values['ratio']:.1f}{cited}")
+
+
+@contextlib.contextmanager
+def workspace() -> Iterator[Path]:
     work = Path(tempfile.mkdtemp(prefix="fleetpki-bench-"))
     try:
-        repo, state = work / "repo", jobs.StateDir(work / "state")
-        write_repo(repo, devices)
-        subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
-        now = jobs.now_utc()
-        timed("validate", rows, lambda: jobs.validate(repo, now),
-              lambda r: f"{len(r[0])} problems, {len(r[1])} policy findings")
-        timed("plan (empty inventory)", rows, lambda: jobs.plan(repo, state, now),
-              lambda p: f"{len(p.actions)} actions")
-        timed("apply (create CAs, issue all)", rows, lambda: jobs.apply(repo, state, now),
-              lambda r: f"{sum(r.result.done.values())} actions")
-        timed("plan (no-op)", rows, lambda: jobs.plan(repo, state, now),
-              lambda p: f"{len(p.actions)} actions")
-        timed("apply (no-op)", rows, lambda: jobs.apply(repo, state, now),
-              lambda r: f"{sum(r.result.done.values())} actions")
-        write_repo(repo, devices, revoked=revoke)
-        timed(f"apply (revoke {revoke}, publish CRL)", rows,
-              lambda: jobs.apply(repo, state, now, allow_mass_revocation=True),
-              lambda r: f"{r.result.done}")
-        later = now + timedelta(days=330)
-        timed("plan (renewal window, +330d)", rows, lambda: jobs.plan(repo, state, later),
-              lambda p: f"{len(p.actions)} actions")
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        rows.append(("peak RSS", 0.0, f"{rss:.0f} MiB"))
+        yield work
     finally:
         shutil.rmtree(work)
-    return rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", type=int, default=100_000)
-    parser.add_argument("--revoke", type=int, default=1_000)
+    parser.add_argument("--keygen", choices=("device", "server"), default="device")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON")
+    parser.add_argument("--ocsp", type=int, default=20_000, help="OCSP requests")
+    parser.add_argument("--est", type=int, default=500, help="EST (re)enrollments")
+    parser.add_argument("--clients", type=int, default=2, help="client processes (servers)")
+    parser.add_argument("--peer-sample", type=int, default=200)
     args = parser.parse_args()
-    os.environ.setdefault("FLEETPKI_PASSPHRASE", "bench-only-passphrase")
-    rows = run(args.devices, args.revoke)
-    print(f"fleetpki bench: {args.devices:,} devices, {os.cpu_count()} CPUs")
-    print(f"{'phase':<36} {'seconds':>9}  {'per device':>11}  detail")
-    for label, seconds, detail in rows:
-        per = f"{seconds / args.devices * 1e6:8.1f} µs" if seconds else ""
-        shown = f"{seconds:9.2f}" if seconds else ""
-        print(f"{label:<36} {shown:>9}  {per:>11}  {detail}")
+    os.environ.setdefault(jobs.PASSPHRASE_ENV, "bench-only-passphrase")
+    floor_rates = floor()
+    with workspace() as work:
+        repo = build_repo(work, args.devices, args.keygen, args.est)
+        state = jobs.StateDir(work / "state")
+        stages = job_stages(repo, state, args.devices, jobs.now_utc())
+        stages.append(crl_stage())
+        stages += server_stages(repo, state, work, args.ocsp, args.est, args.clients)
+        peer_rates = peers(work, args.peer_sample)
+    data = report(args, floor_rates, stages, peer_rates)
+    print_table(data)
+    if args.json:
+        args.json.write_text(json.dumps(data, indent=2) + "\n")
 
 
 if __name__ == "__main__":

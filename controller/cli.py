@@ -284,12 +284,18 @@ def apply(directory: DirArg, state_dir: StateOpt = None, max_revocations: MaxRev
                        "that was applied), or pass --allow-uncommitted"])
         raise typer.Exit(1)
     state = jobs.StateDir.resolve(state_dir)
-    with Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
+    # no refresh thread: apply forks signing workers only from a single-threaded process
+    with Progress(console=err, transient=True, disable=not err.is_terminal,
+                  auto_refresh=False) as bar:
         task = bar.add_task("applying", total=None)
+
+        def advance(count: int) -> None:
+            bar.advance(task, count)
+            bar.refresh()
+
         report = jobs.apply(directory, state, jobs.now_utc(), max_revocations=max_revocations,
                             allow_mass_revocation=allow_mass_revocation, write_status=status,
-                            status_branch=status_branch,
-                            progress=lambda n: bar.advance(task, n),
+                            status_branch=status_branch, progress=advance,
                             policies=jobs.PolicySource(default_policies, policies),
                             new_cas=frozenset(new_ca or ()), signers=signers)
     if output != OutputFormat.text:
@@ -815,7 +821,7 @@ def serve(directory: DirArg, state_dir: StateOpt = None,
 def enroll_secret(directory: DirArg, fleet: Annotated[str, typer.Option()],
                   device: Annotated[str, typer.Option()], state_dir: StateOpt = None) -> None:
     """Create a one-time EST enrollment secret for a declared device and print it once
-    (stored only as a salted scrypt hash; a new secret replaces an unused one). It
+    (stored only as a salted HMAC-SHA256 of it; a new secret replaces an unused one). It
     authenticates simpleenroll (keyGeneration: device) or serverkeygen (keyGeneration: server)."""
     from controller.servers.est import new_secret
 

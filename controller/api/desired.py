@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 from controller.api.loading import Located
 from controller.api.problems import Problem
@@ -72,11 +73,17 @@ class Desired:
 
 def content_hash(*parts: object) -> str:
     """Stable SHA-256 of JSON-serialisable parts."""
-    digest = hashlib.sha256()
+    return hash_parts(hashlib.sha256(), *parts).hexdigest()
+
+
+def hash_parts(digest: Any, *parts: object) -> Any:
+    """`digest` (a hashlib object) updated with parts as `content_hash` does: the content hash
+    of `a, b, c` is `hash_parts(hash_parts(sha256(), a).copy(), b, c)`'s, so a common prefix
+    can be hashed once."""
     for part in parts:
         digest.update(json.dumps(part, sort_keys=True, separators=(",", ":"), default=str).encode())
         digest.update(b"\0")
-    return digest.hexdigest()
+    return digest
 
 
 def fleet_hash(fleet: DeviceFleet, devices: tuple[Device, ...], profile: CertificateProfile) -> str:

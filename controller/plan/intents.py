@@ -7,15 +7,18 @@ it: they take effect at the next renewal, as in cert-manager.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import ipaddress
 import re
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlparse
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from controller.api.desired import content_hash
+from controller.api.desired import hash_parts
 from controller.api.resources import CertificateProfile, Device, DeviceFleet
 from controller.api.templates import TemplateError, render
 from controller.pki import keys
@@ -109,6 +112,12 @@ def _check_csr_identity(csr: x509.CertificateSigningRequest, device: Device) -> 
                            f"device id {device.id!r}")
 
 
+@functools.lru_cache(maxsize=256)
+def _profile_digest(issuer: str, algorithm: str, generation: str, usages: tuple[str, ...]) -> Any:
+    """The intent digest's parts that a fleet's devices share, hashed once."""
+    return hash_parts(hashlib.sha256(), issuer, algorithm, generation, sorted(usages))
+
+
 def device_intent(fleet: DeviceFleet, profile: CertificateProfile, device: Device) -> DeviceIntent:
     """Render the profile for the device; raise IntentError naming the field on any problem."""
     spec = profile.spec
@@ -138,8 +147,9 @@ def device_intent(fleet: DeviceFleet, profile: CertificateProfile, device: Devic
         raise IntentError("labels", f"profile {profile.name} extension: {exc}") from None
     enrolls = fleet.spec.enrollment is not None and profile.spec.keyGeneration == "device"
     public_key = device_public_key(device, profile, enrolls)
-    digest = content_hash(fleet.spec.issuerRef.name, spec.keyAlgorithm, spec.keyGeneration,
-                          sorted(spec.usages), subject, sans, extensions)
+    digest = hash_parts(_profile_digest(fleet.spec.issuerRef.name, spec.keyAlgorithm,
+                                        spec.keyGeneration, tuple(spec.usages)).copy(),
+                        subject, sans, extensions).hexdigest()
     if public_key is not None:
         fingerprint = keys.public_key_fingerprint(public_key)
     else:

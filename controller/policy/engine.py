@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -24,6 +24,7 @@ from controller.api.resources import (
     CertificateAuthority,
     CertificatePolicy,
     CertificateProfile,
+    Device,
     DeviceFleet,
     PolicyRule,
 )
@@ -44,6 +45,7 @@ VARIABLES = ("device", "fleet", "profile", "authority", "tenant")
 
 
 MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
+MEMO_LIMIT = 10_000  # per device rule and fleet: distinct device data remembered
 
 
 def _identifiers(tree: Tree) -> tuple[set[str], bool]:
@@ -62,6 +64,37 @@ def _identifiers(tree: Tree) -> tuple[set[str], bool]:
     uses_has = any(n.data == "ident_arg" and str(n.children[0]) == "has"
                    for n in tree.iter_subtrees())
     return names - bound, uses_has
+
+
+_LABELS: dict[int, tuple[tuple[Device, ...], dict[str, dict[str, str]]]] = {}
+
+
+def _labels(devices: tuple[Device, ...]) -> dict[str, dict[str, str]]:
+    """Device id -> labels, kept for the few device tuples last asked about (a server judges
+    one device of an unchanged declaration per request)."""
+    known = _LABELS.get(id(devices))
+    if known is None or known[0] is not devices:
+        if len(_LABELS) >= 8:
+            _LABELS.clear()
+        known = _LABELS[id(devices)] = (devices, {d.id: d.labels for d in devices})
+    return known[1]
+
+
+def _device_fields(tree: Tree) -> frozenset[str] | None:
+    """The `device.<field>`s an expression reads, or None when it uses `device` otherwise
+    (whole, or as a macro variable): then its result may depend on anything about a device."""
+    def is_device(node: object) -> bool:
+        while isinstance(node, Tree) and node.data in ("member", "primary") \
+                and len(node.children) == 1:
+            node = node.children[0]
+        return isinstance(node, Tree) and node.data == "ident" \
+            and str(node.children[0]) == "device"
+
+    uses = sum(1 for n in tree.iter_subtrees() if n.data == "ident"
+               and str(n.children[0]) == "device")
+    fields = [str(n.children[1]) for n in tree.iter_subtrees()
+              if n.data == "member_dot" and is_device(n.children[0])]
+    return frozenset(fields) if len(fields) == uses else None
 
 
 def _scope(names: set[str]) -> Scope:
@@ -107,7 +140,9 @@ def scope_of(expression: str) -> Scope:
 @dataclass(frozen=True)
 class CompiledRule:
     """A rule ready to run. `guards` (device rules only) are its top-level `||` operands that
-    do not read `device`: when one holds for a fleet, the rule holds for all its devices."""
+    do not read `device`: when one holds for a fleet, the rule holds for all its devices.
+    `device_fields` (device rules only) are the device's fields it reads, when it reads nothing
+    else of it: devices equal in those fields share its result."""
 
     policy: Located
     rule: PolicyRule
@@ -115,6 +150,7 @@ class CompiledRule:
     scope: Scope
     program: celpy.Runner
     guards: tuple[celpy.Runner, ...] = ()
+    device_fields: frozenset[str] | None = None
 
     @property
     def ref(self) -> str:
@@ -139,6 +175,7 @@ def compile_policies(policies: Iterable[Located]) -> tuple[list[CompiledRule], l
                                      f"{', '.join(VARIABLES)} and now")
                 scope = _scope(_identifiers(tree)[0])
                 guards = _guards(rule.expression, tree) if scope == "device" else ()
+                fields = _device_fields(tree) if scope == "device" else None
             except Exception as exc:  # cel-python raises parser-specific types
                 where = (f"syntax error at line {exc.line}, column {exc.column}"
                          if isinstance(exc, celpy.CELParseError) else str(exc))
@@ -148,7 +185,7 @@ def compile_policies(policies: Iterable[Located]) -> tuple[list[CompiledRule], l
                     item.line_of("spec", "rules", index, "expression"), item.ref,
                     f"spec.rules[{index}].expression"))
                 continue
-            rules.append(CompiledRule(item, rule, index, scope, program, guards))
+            rules.append(CompiledRule(item, rule, index, scope, program, guards, fields))
     return rules, problems
 
 
@@ -292,10 +329,11 @@ def _holds(guard: celpy.Runner, activation: dict[str, Any]) -> bool:
 
 def evaluate(rules: list[CompiledRule], desired: Desired,
              intents: Mapping[tuple[str, str], DeviceIntent], now: datetime,
-             tenancy: Tenancy = NO_TENANTS) -> list[Finding]:
+             tenancy: Tenancy = NO_TENANTS, fleet: str | None = None) -> list[Finding]:
     """Every rule over every object it selects; device rules over `intents` (the devices that
     would get a certificate), each device's data converted once for all its rules. `tenant` is
-    the CA's tenant in CA rules, the fleet's in the others."""
+    the CA's tenant in CA rules, the fleet's in the others. With `fleet`, only that fleet and
+    its issuing CA are judged (one EST enrollment)."""
     found: list[tuple[tuple[int, int, int], Finding]] = []  # (rule, object, device) order
     by_fleet: dict[str, list[DeviceIntent]] = {}
     for (fleet_name, _), intent in sorted(intents.items()):
@@ -310,9 +348,10 @@ def evaluate(rules: list[CompiledRule], desired: Desired,
         return rule.policy.resource
 
     ranked = list(enumerate(rules))
+    issuer = desired.fleets[fleet].fleet.spec.issuerRef.name if fleet is not None else None
     for position, name in enumerate(desired.authorities_in_order()):
         ca = desired.authority(name)
-        if ca.spec.type == "external":
+        if ca.spec.type == "external" or issuer not in (None, name):
             continue  # nothing is made for it: no rule to gate
         ref = f"CertificateAuthority/{name}"
         activation = _activation({"authority": authority_data(ca, tenancy.name_of(ref)),
@@ -321,6 +360,8 @@ def evaluate(rules: list[CompiledRule], desired: Desired,
             if rule.scope == "authority" and _selected(policy_of(rule), None, ca, desired):
                 record(rank, position, 0, _run(rule, activation, ref, None))
     for position, (name, decl) in enumerate(sorted(desired.fleets.items())):
+        if fleet not in (None, name):
+            continue
         ca = desired.authority(decl.fleet.spec.issuerRef.name)
         profile = desired.profile(decl.fleet.spec.profileRef.name)
         chosen = [(rank, rule) for rank, rule in ranked if rule.scope != "authority"
@@ -341,11 +382,26 @@ def evaluate(rules: list[CompiledRule], desired: Desired,
                         and not any(_holds(g, activation) for g in rule.guards)]
         if not device_rules:
             continue
-        labels = {d.id: d.labels for d in decl.devices}
+        labels = _labels(decl.devices)
+        memo: dict[tuple[int, str], Finding | None] = {}
         for number, intent in enumerate(by_fleet.get(name, [])):
-            data = _cel(device_data(intent, labels.get(intent.device_id, {}), profile))
-            device_activation = {**activation, "device": data}
+            data = device_data(intent, labels.get(intent.device_id, {}), profile)
+            device_activation: dict[str, Any] | None = None
             for rank, rule in device_rules:
+                if rule.device_fields is None:
+                    if device_activation is None:
+                        device_activation = {**activation, "device": _cel(data)}
+                    record(rank, position, number,
+                           _run(rule, device_activation, target, intent.device_id))
+                    continue
+                seen = {f: data[f] for f in sorted(rule.device_fields) if f in data}
+                key = (rank, repr(seen))
+                if key in memo:
+                    finding = memo[key]
+                else:
+                    finding = _run(rule, {**activation, "device": _cel(seen)}, target, None)
+                    if len(memo) < MEMO_LIMIT:
+                        memo[key] = finding
                 record(rank, position, number,
-                       _run(rule, device_activation, target, intent.device_id))
+                       finding and replace(finding, device=intent.device_id))
     return [finding for _, finding in sorted(found, key=lambda item: item[0])]

@@ -50,7 +50,10 @@ from controller.stores.keystore import KeyStore
 
 log = logging.getLogger(__name__)
 
-KDF = "scrypt:16384:8:1"
+# A one-time secret is a server-generated random token of 144 bits (`new_secret`): guessing it
+# is out of reach whatever the hash, so a slow KDF (as for a passphrase) adds only cost. New
+# secrets are stored as HMAC-SHA256(salt, secret); scrypt records made before still verify.
+KDF = "hmac-sha256"
 CERTS_ONLY = "application/pkcs7-mime; smime-type=certs-only"
 IDENTITY_OIDS = {"commonName": x509.NameOID.COMMON_NAME,
                  "serialNumber": x509.NameOID.SERIAL_NUMBER}
@@ -70,6 +73,8 @@ class ESTError(Exception):
 
 # --- one-time secrets -----------------------------------------------------------------------
 def hash_secret(secret: str, salt: bytes, kdf: str = KDF) -> bytes:
+    if kdf == "hmac-sha256":
+        return hmac.new(salt, secret.encode(), "sha256").digest()
     name, n, r, p = kdf.split(":")
     if name != "scrypt":
         raise ValueError(f"unsupported secret KDF {name!r}")
@@ -77,7 +82,7 @@ def hash_secret(secret: str, salt: bytes, kdf: str = KDF) -> bytes:
 
 
 def new_secret(fleet: str, device: str, now: datetime) -> tuple[str, EnrollmentSecret]:
-    """A fresh random secret (shown once) and the record to store (salted scrypt hash)."""
+    """A fresh random secret (shown once) and the record to store (salted HMAC-SHA256)."""
     secret = secrets.token_urlsafe(18)
     salt = os.urandom(16)
     return secret, EnrollmentSecret(fleet, device, KDF, salt, hash_secret(secret, salt),
@@ -265,7 +270,7 @@ def check_policy(rules: Sequence[CompiledRule], desired: Desired, fleet: str, de
     if not rules:
         return
     issuer = desired.fleets[fleet].fleet.spec.issuerRef.name
-    findings = evaluate(list(rules), desired, {(fleet, device): intent}, now, tenancy)
+    findings = evaluate(list(rules), desired, {(fleet, device): intent}, now, tenancy, fleet)
     denies = [f for f in findings if f.action == "deny" and (
         (f.object == f"DeviceFleet/{fleet}" and f.device in (None, device))
         or f.object == f"CertificateAuthority/{issuer}")]

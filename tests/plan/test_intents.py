@@ -228,3 +228,17 @@ def test_usage_order_does_not_matter() -> None:
     one = intent(profile(usages=["digital signature", "client auth"]), dev())
     other = intent(profile(usages=["client auth", "digital signature"]), dev())
     assert one.digest == other.digest
+
+
+def test_the_digest_is_the_content_hash_of_the_rendered_certificate() -> None:
+    """Stored in the inventory: computing it faster must not change it (else every device of
+    an existing fleet would be re-issued)."""
+    from controller.api.desired import content_hash
+    for prof, issuer in ((profile(), "issuing"), (profile(usages=["server auth", "signing"]),
+                                                  "other"), (profile(), "issuing")):
+        for device_id in ("dev-1", "dev-2"):
+            made = intent(prof, dev(device_id), issuer)
+            spec = prof.spec
+            assert made.content_digest == content_hash(
+                issuer, spec.keyAlgorithm, spec.keyGeneration, sorted(spec.usages),
+                made.subject, made.sans, made.extensions)

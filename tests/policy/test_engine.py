@@ -339,3 +339,66 @@ def test_the_data_rules_see(repo: FleetRepo, tmp_path: Path) -> None:
     ]
     repo.add_policy(policy("data", *(rule(f"r{i}", e) for i, e in enumerate(expressions))))
     assert findings_of(repo, tmp_path, defaults=False) == []
+
+
+# --- devices sharing a rule's result -------------------------------------------------------------
+@pytest.mark.parametrize(("expression", "fields"), [
+    ('device.keyAlgorithm == "ECDSA-P256"', {"keyAlgorithm"}),
+    ('device.labels.site == "berlin" && device.id != ""', {"labels", "id"}),
+    ('has(device.labels.site) || fleet.name == "x"', {"labels"}),
+    ('device.uris.all(u, u.startsWith("urn:"))', {"uris"}),
+    ("size(device) > 0", None),
+    ('[device].all(d, d.id != "")', None),
+])
+def test_the_device_fields_a_rule_reads(expression: str, fields: set[str] | None) -> None:
+    from controller.policy.engine import _COMPILED, _device_fields
+    found = _device_fields(_COMPILED.compile(expression))
+    assert found == (None if fields is None else frozenset(fields))
+
+
+@pytest.mark.parametrize("limit", [0, 1, 10_000])
+def test_devices_equal_in_the_fields_read_share_a_result_with_their_own_id(
+        repo: FleetRepo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int) -> None:
+    from controller.policy import engine
+    monkeypatch.setattr(engine, "MEMO_LIMIT", limit)
+    runs: list[str] = []
+    run = engine._run
+    monkeypatch.setattr(engine, "_run", lambda r, *a: runs.append(r.rule.name) or run(r, *a))
+    repo.fleets["sensors"]["spec"]["devices"] = devices("a-1", "a-2", "b-1", "b-2", site="paris")
+    repo.fleets["sensors"]["spec"]["devices"][2]["labels"] = {"site": "berlin"}
+    repo.add_policy(policy("sites", rule("berlin", 'device.labels.site == "berlin"',
+                                         message="berlin only"),
+                           rule("algorithm", 'device.keyAlgorithm == "ECDSA-P384"',
+                                action="warn")))
+    findings = [f for f in findings_of(repo, tmp_path) if f.policy == "sites"]
+    assert [(f.rule, f.action, f.device) for f in findings] == [
+        ("berlin", "deny", "a-1"), ("berlin", "deny", "a-2"), ("berlin", "deny", "b-2"),
+        *[("algorithm", "warn", d) for d in ("a-1", "a-2", "b-1", "b-2")]]
+    assert {f.message for f in findings if f.rule == "berlin"} == {"berlin only"}
+    assert {f.object for f in findings} == {"DeviceFleet/sensors"}
+    # evaluations: all devices share the P-256 result, paris and berlin two (what fits)
+    assert (runs.count("algorithm"), runs.count("berlin")) == \
+        {0: (4, 4), 1: (4, 2), 10_000: (1, 2)}[limit]
+
+
+def test_judging_one_fleet_gives_its_and_its_issuers_findings_only(repo: FleetRepo,
+                                                                   tmp_path: Path) -> None:
+    """What an EST enrollment asks: the same findings as a whole evaluation, for one fleet."""
+    from controller.plan.model import Observed
+    from controller.plan.planner import plan
+    from controller.policy.engine import evaluate
+    repo.authorities["other"] = ca_doc("other", parent="root")
+    repo.fleets["lights"] = fleet_doc("lights", devices("lamp-1", "lamp-2"), issuer="other")
+    repo.add_policy(policy("mixed", rule("berlin", 'device.labels.site == "paris"'),
+                           rule("named", 'fleet.name == "sensors"'),
+                           rule("issuer", 'authority.name == "issuing"')))
+    declaration = jobs.load(repo.write(tmp_path / "repo"))
+    intents = plan(declaration.desired, Observed(), NOW).intents
+    every = evaluate(declaration.rules, declaration.desired, intents, NOW, declaration.tenancy)
+    for fleet, issuer in (("sensors", "issuing"), ("lights", "other")):
+        mine = {key: i for key, i in intents.items() if key[0] == fleet}
+        judged = evaluate(declaration.rules, declaration.desired, mine, NOW,
+                          declaration.tenancy, fleet)
+        assert judged == [f for f in every if f.object in (
+            f"DeviceFleet/{fleet}", f"CertificateAuthority/{issuer}")]
+        assert {f.policy for f in judged} >= {"mixed"}

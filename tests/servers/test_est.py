@@ -254,3 +254,20 @@ def test_simplereenroll_refused_after_revocation_in_git(server: Running, env: En
     status, body, _ = post(server, env, "/simplereenroll", csr(env, "dev-1", "/CN=dev-1"),
                            "--cert", cert, "--key", env.keys / "dev-1.key", name="revoked")
     assert status == "403", body.read_text()
+
+
+def test_new_secrets_use_hmac_and_old_scrypt_records_still_verify() -> None:
+    """A 144-bit random token needs no slow KDF; records made with scrypt keep working."""
+    import os
+
+    from controller.servers.est import hash_secret, new_secret, secret_matches
+    from controller.stores.inventory import EnrollmentSecret
+
+    secret, record = new_secret("fleet", "dev-1", jobs.now_utc())
+    assert record.kdf == "hmac-sha256" and len(secret) >= 24  # 18 random bytes, base64url
+    assert secret_matches(record, secret)
+    assert not secret_matches(record, secret[:-1] + ("A" if secret[-1] != "A" else "B"))
+    assert not secret_matches(None, secret)
+    salt, kdf = os.urandom(16), "scrypt:1024:8:1"
+    old = EnrollmentSecret("fleet", "dev-2", kdf, salt, hash_secret("s3cret", salt, kdf), 0)
+    assert secret_matches(old, "s3cret") and not secret_matches(old, "s3cret!")

@@ -1,0 +1,187 @@
+"""End-entity certificates from a precomputed DER template, signed with the key's raw sign().
+
+`x509.CertificateBuilder` spends most of a device certificate's time in Python-side checks and
+object building around one signature. A `LeafTemplate` does those once per issuer and profile:
+the version, signature algorithm, issuer name and the extensions every device shares are DER
+bytes, and each certificate splices in its serial, validity, subject, key, key identifier, SANs
+and custom extensions (each encoded by `cryptography` itself), then signs the TBSCertificate.
+
+The result is byte-identical to `certificates.build_leaf_certificate` for the same inputs apart
+from the (randomised) ECDSA signature; tests/pki/test_template.py checks this over thousands of
+random devices and every profile feature. It covers ECDSA issuers (P-256, P-384); `for_issuer`
+returns None for any other issuer key, and `covers` is False for extension lists the builder
+would refuse, so callers use the builder there (and get its errors).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtensionOID
+
+from .certificates import _revocation_extensions, _validity, authority_key_identifier, check_issuer
+from .errors import PKIError
+from .keys import PrivateKey, PublicKey
+from .usages import parse_usages
+
+_ECDSA_OIDS = {256: "1.2.840.10045.4.3.2", 384: "1.2.840.10045.4.3.3"}  # with SHA-256/SHA-384
+_HASHES = {256: hashes.SHA256, 384: hashes.SHA384}
+_STANDARD = {ExtensionOID.SUBJECT_KEY_IDENTIFIER, ExtensionOID.BASIC_CONSTRAINTS,
+             ExtensionOID.KEY_USAGE, ExtensionOID.AUTHORITY_KEY_IDENTIFIER,
+             ExtensionOID.EXTENDED_KEY_USAGE, ExtensionOID.SUBJECT_ALTERNATIVE_NAME,
+             ExtensionOID.CRL_DISTRIBUTION_POINTS, ExtensionOID.AUTHORITY_INFORMATION_ACCESS}
+
+
+def _length(size: int) -> bytes:
+    if size < 0x80:
+        return bytes([size])
+    octets = size.to_bytes((size.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(octets)]) + octets
+
+
+def _tlv(tag: int, content: bytes) -> bytes:
+    return bytes([tag]) + _length(len(content)) + content
+
+
+def _oid(dotted: str) -> bytes:
+    arcs = [int(arc) for arc in dotted.split(".")]
+    body = bytearray()
+    for arc in [arcs[0] * 40 + arcs[1], *arcs[2:]]:
+        chunk = [arc & 0x7F]
+        arc >>= 7
+        while arc:
+            chunk.append(0x80 | (arc & 0x7F))
+            arc >>= 7
+        body += bytes(reversed(chunk))
+    return _tlv(0x06, bytes(body))
+
+
+def _integer(value: int) -> bytes:
+    return _tlv(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big"))  # positive, minimal
+
+
+def _time(moment: datetime) -> bytes:
+    """UTCTime before 2050, GeneralizedTime from then on (RFC 5280 4.1.2.5), whole seconds."""
+    moment = moment.astimezone(UTC)
+    if moment.year < 2050:
+        return _tlv(0x17, moment.strftime("%y%m%d%H%M%SZ").encode())
+    return _tlv(0x18, moment.strftime("%Y%m%d%H%M%SZ").encode())
+
+
+def _extension(oid: x509.ObjectIdentifier | bytes, critical: bool, value: bytes) -> bytes:
+    """An Extension; `oid` may be given already encoded."""
+    encoded = oid if isinstance(oid, bytes) else _oid(oid.dotted_string)
+    return _tlv(0x30, encoded + (b"\x01\x01\xff" if critical else b"") + _tlv(0x04, value))
+
+
+_SKI = _oid(ExtensionOID.SUBJECT_KEY_IDENTIFIER.dotted_string)
+_SAN = _oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME.dotted_string)
+
+
+def _key_identifier(spki: bytes) -> bytes:
+    """RFC 5280 method 1, as `SubjectKeyIdentifier.from_public_key`: the SHA-1 of the
+    subjectPublicKey BIT STRING's bits, read from the DER SubjectPublicKeyInfo."""
+    def skip_header(at: int) -> tuple[int, int]:  # (content start, content length)
+        size = spki[at + 1]
+        if size < 0x80:
+            return at + 2, size
+        count = size & 0x7F
+        return at + 2 + count, int.from_bytes(spki[at + 2:at + 2 + count], "big")
+
+    start, _ = skip_header(0)  # into the SEQUENCE
+    algorithm, length = skip_header(start)
+    bits, size = skip_header(algorithm + length)  # the BIT STRING
+    return hashlib.sha1(spki[bits + 1:bits + size]).digest()  # RFC 5280 method 1 is SHA-1
+
+
+class LeafTemplate:
+    """What every end-entity certificate of one issuer and profile shares, as DER."""
+
+    def __init__(self, issuer_certificate: x509.Certificate, issuer_key: ec.EllipticCurvePrivateKey,
+                 usages: Sequence[str], crl_distribution_point: str | None,
+                 ocsp_url: str | None) -> None:
+        check_issuer(issuer_certificate, issuer_key)
+        key_usage, extended = parse_usages(usages)
+        if key_usage.key_cert_sign:
+            raise PKIError('"cert sign" is not allowed on a non-CA certificate')
+        size = issuer_key.curve.key_size
+        self._key = issuer_key
+        self._hash = _HASHES[size]()
+        self._issuer = issuer_certificate
+        self._algorithm = _tlv(0x30, _oid(_ECDSA_OIDS[size]))
+        self._head = b"\xa0\x03\x02\x01\x02"  # [0] EXPLICIT version v3
+        self._issuer_name = issuer_certificate.subject.public_bytes()
+        self._usages = (
+            _extension(ExtensionOID.BASIC_CONSTRAINTS, True,
+                       x509.BasicConstraints(ca=False, path_length=None).public_bytes())
+            + _extension(ExtensionOID.KEY_USAGE, True, key_usage.public_bytes())
+            + _extension(ExtensionOID.AUTHORITY_KEY_IDENTIFIER, False,
+                         authority_key_identifier(issuer_certificate).public_bytes()))
+        self._extended = _extension(ExtensionOID.EXTENDED_KEY_USAGE, False,
+                                    x509.ExtendedKeyUsage(extended).public_bytes()) \
+            if extended else b""
+        self._revocation = b"".join(
+            _extension(extension.oid, False, extension.public_bytes())
+            for extension in _revocation_extensions(crl_distribution_point, ocsp_url))
+        self._custom: dict[str, bytes] = {}
+        self._validity: tuple[datetime, datetime, bytes] | None = None
+
+    @classmethod
+    def for_issuer(cls, issuer_certificate: x509.Certificate, issuer_key: PrivateKey,
+                   usages: Sequence[str], crl_distribution_point: str | None = None,
+                   ocsp_url: str | None = None) -> LeafTemplate | None:
+        """The template, or None when the issuer key is not covered (not ECDSA P-256/P-384)."""
+        if not isinstance(issuer_key, ec.EllipticCurvePrivateKey) \
+                or issuer_key.curve.key_size not in _ECDSA_OIDS:
+            return None
+        return cls(issuer_certificate, issuer_key, usages, crl_distribution_point, ocsp_url)
+
+    def covers(self, extra_extensions: Sequence[tuple[str, bytes]]) -> bool:
+        """Whether the custom extensions are ones the builder accepts (valid OIDs, no repeat of
+        each other or of the standard ones); else use the builder, which says what is wrong."""
+        oids = []
+        for dotted, _ in extra_extensions:
+            try:
+                oids.append(x509.ObjectIdentifier(dotted))
+            except ValueError:
+                return False
+        return len(set(oids)) == len(oids) and not set(oids) & _STANDARD
+
+    def tbs(self, *, subject: x509.Name, subject_alt_names: Sequence[x509.GeneralName],
+            public_key: PublicKey, not_before: datetime, not_after: datetime, serial: int,
+            extra_extensions: Sequence[tuple[str, bytes]] = ()) -> bytes:
+        """The DER TBSCertificate `build_leaf_certificate` makes from the same inputs."""
+        if len(subject) == 0 and not subject_alt_names:
+            raise PKIError("a certificate with an empty subject needs subject alternative names")
+        if serial <= 0 or serial.bit_length() > 159:
+            raise PKIError("serial must be positive and at most 159 bits")
+        if self._validity is None or self._validity[:2] != (not_before, not_after):
+            start, end = _validity(not_before, not_after, self._issuer)  # one apply: same times
+            self._validity = (not_before, not_after, _tlv(0x30, _time(start) + _time(end)))
+        spki = public_key.public_bytes(serialization.Encoding.DER,
+                                       serialization.PublicFormat.SubjectPublicKeyInfo)
+        extensions = [_extension(_SKI, False, _tlv(0x04, _key_identifier(spki))),
+                      self._usages, self._extended]
+        if subject_alt_names:
+            extensions.append(_extension(
+                _SAN, len(subject) == 0,
+                x509.SubjectAlternativeName(list(subject_alt_names)).public_bytes()))
+        extensions.append(self._revocation)
+        for dotted, value in extra_extensions:
+            if dotted not in self._custom:
+                self._custom[dotted] = _oid(x509.ObjectIdentifier(dotted).dotted_string)
+            extensions.append(_tlv(0x30, self._custom[dotted] + _tlv(0x04, value)))
+        return _tlv(0x30, self._head + _integer(serial) + self._algorithm + self._issuer_name
+                    + self._validity[2] + subject.public_bytes() + spki
+                    + _tlv(0xA3, _tlv(0x30, b"".join(extensions))))
+
+    def sign(self, tbs: bytes) -> bytes:
+        """The DER certificate: `tbs` signed with the issuer key."""
+        signature = self._key.sign(tbs, ec.ECDSA(self._hash))
+        return _tlv(0x30, tbs + self._algorithm + _tlv(0x03, b"\x00" + signature))
+
