@@ -96,9 +96,10 @@ def fleet_hash(fleet: DeviceFleet, devices: tuple[Device, ...], profile: Certifi
     )
 
 
-def _add(
+def add_unique(
     index: dict[str, Located], item: Located, problems: list[Problem]
 ) -> None:
+    """Index `item` by name, or report it as a duplicate of the first one declared."""
     name = item.resource.name
     if name in index:
         first = index[name]
@@ -156,7 +157,7 @@ def cross_check(
     for item in located:
         target = {"CertificateAuthority": authorities, "CertificateProfile": profiles,
                   "DeviceFleet": fleet_objs, "CertificatePolicy": policies}[item.resource.kind]
-        _add(target, item, problems)
+        add_unique(target, item, problems)
 
     for name, item in authorities.items():
         ca = item.resource

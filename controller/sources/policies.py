@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from controller.api.desired import Desired
+from controller.api.desired import Desired, add_unique
 from controller.api.loading import Located, parse_documents
 from controller.api.problems import Problem
 from controller.api.resources import CertificatePolicy
@@ -50,7 +50,7 @@ def read_trusted_directory(directory: Path) -> tuple[dict[str, Located], list[Lo
     tenants: dict[str, Located] = {}
     problems: list[Problem] = []
     for path in yaml_files(directory):
-        file = str(directory / path.relative_to(directory))
+        file = str(path)
         try:
             found, found_problems = parse_documents(path.read_text(encoding="utf-8"), file)
         except (OSError, UnicodeDecodeError) as exc:
@@ -63,13 +63,8 @@ def read_trusted_directory(directory: Path) -> tuple[dict[str, Located], list[Lo
                     file, f"{item.resource.kind} does not belong in the trusted policy "
                     f"directory (only {', '.join(TRUSTED_KINDS)})", item.line, item.ref, "kind"))
                 continue
-            index = policies if isinstance(item.resource, CertificatePolicy) else tenants
-            first = index.setdefault(item.resource.name, item)
-            if first is not item:
-                problems.append(Problem(file, f"duplicate name; first declared at "
-                                        f"{first.file}:{first.line}",
-                                        item.line_of("metadata", "name"), item.ref,
-                                        "metadata.name"))
+            add_unique(policies if isinstance(item.resource, CertificatePolicy) else tenants,
+                       item, problems)
     return policies, list(tenants.values()), problems
 
 

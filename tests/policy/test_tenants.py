@@ -356,3 +356,16 @@ def test_est_enrollment_is_judged_with_the_tenancy(example: tuple[Path, Path]) -
     with pytest.raises(est.ESTError, match="tenants/device-id") as refused:
         enroll("sensor-12")
     assert refused.value.status == 403
+
+
+def test_the_trusted_directory_holds_policies_and_tenants_once(
+        example: tuple[Path, Path]) -> None:
+    repo, policies = example
+    shutil.copy(policies / "tenants.yaml", policies / "again.yaml")
+    shutil.copy(repo / "platform" / "authorities.yaml", policies / "cas.yaml")
+    found = problems(validate(repo, policies, rc=1))
+    duplicates = [(file, obj) for file, _, obj, message in found
+                  if message.startswith("duplicate name; first declared at")]
+    assert sorted(duplicates) == [(str(policies / "tenants.yaml"), f"Tenant/{name}")
+                                  for name in ("meters", "platform", "sensors")]
+    assert sum("does not belong in the trusted policy directory" in m for *_, m in found) == 3
