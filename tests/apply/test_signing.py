@@ -89,6 +89,7 @@ def parallel(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(signing.WORKERS_ENV, "2")
     monkeypatch.setattr(signing, "MIN_PARALLEL", 1)
     monkeypatch.setattr(executor_module, "BATCH", 4)
+    monkeypatch.setattr(signing.threading, "active_count", lambda: 1)  # threads other tests left
     assert signing.worker_count(10) == 2
 
 
@@ -149,6 +150,7 @@ def test_worker_certificates_verify_and_match_the_in_process_path(
 
 def test_no_workers_when_threads_run_or_work_is_small(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(signing.WORKERS_ENV, "2")
+    monkeypatch.setattr(signing.threading, "active_count", lambda: 1)  # threads other tests left
     assert signing.worker_count(signing.MIN_PARALLEL - 1) == 0
     assert signing.worker_count(signing.MIN_PARALLEL) == 2
     monkeypatch.setenv(signing.WORKERS_ENV, "1")
