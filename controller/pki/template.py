@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtensionOID
 
 from .certificates import _revocation_extensions, _validity, authority_key_identifier, check_issuer
+from .der import der_integer, der_oid, der_time, der_tlv, public_key_bits
 from .errors import PKIError
 from .keys import PrivateKey, PublicKey
 from .usages import parse_usages
@@ -37,66 +38,19 @@ _STANDARD = {ExtensionOID.SUBJECT_KEY_IDENTIFIER, ExtensionOID.BASIC_CONSTRAINTS
              ExtensionOID.CRL_DISTRIBUTION_POINTS, ExtensionOID.AUTHORITY_INFORMATION_ACCESS}
 
 
-def _length(size: int) -> bytes:
-    if size < 0x80:
-        return bytes([size])
-    octets = size.to_bytes((size.bit_length() + 7) // 8, "big")
-    return bytes([0x80 | len(octets)]) + octets
-
-
-def _tlv(tag: int, content: bytes) -> bytes:
-    return bytes([tag]) + _length(len(content)) + content
-
-
-def _oid(dotted: str) -> bytes:
-    arcs = [int(arc) for arc in dotted.split(".")]
-    body = bytearray()
-    for arc in [arcs[0] * 40 + arcs[1], *arcs[2:]]:
-        chunk = [arc & 0x7F]
-        arc >>= 7
-        while arc:
-            chunk.append(0x80 | (arc & 0x7F))
-            arc >>= 7
-        body += bytes(reversed(chunk))
-    return _tlv(0x06, bytes(body))
-
-
-def _integer(value: int) -> bytes:
-    return _tlv(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big"))  # positive, minimal
-
-
-def _time(moment: datetime) -> bytes:
-    """UTCTime before 2050, GeneralizedTime from then on (RFC 5280 4.1.2.5), whole seconds."""
-    moment = moment.astimezone(UTC)
-    if moment.year < 2050:
-        return _tlv(0x17, moment.strftime("%y%m%d%H%M%SZ").encode())
-    return _tlv(0x18, moment.strftime("%Y%m%d%H%M%SZ").encode())
-
-
 def _extension(oid: x509.ObjectIdentifier | bytes, critical: bool, value: bytes) -> bytes:
     """An Extension; `oid` may be given already encoded."""
-    encoded = oid if isinstance(oid, bytes) else _oid(oid.dotted_string)
-    return _tlv(0x30, encoded + (b"\x01\x01\xff" if critical else b"") + _tlv(0x04, value))
+    encoded = oid if isinstance(oid, bytes) else der_oid(oid.dotted_string)
+    return der_tlv(0x30, encoded + (b"\x01\x01\xff" if critical else b"") + der_tlv(0x04, value))
 
 
-_SKI = _oid(ExtensionOID.SUBJECT_KEY_IDENTIFIER.dotted_string)
-_SAN = _oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME.dotted_string)
+_SKI = der_oid(ExtensionOID.SUBJECT_KEY_IDENTIFIER.dotted_string)
+_SAN = der_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME.dotted_string)
 
 
 def _key_identifier(spki: bytes) -> bytes:
-    """RFC 5280 method 1, as `SubjectKeyIdentifier.from_public_key`: the SHA-1 of the
-    subjectPublicKey BIT STRING's bits, read from the DER SubjectPublicKeyInfo."""
-    def skip_header(at: int) -> tuple[int, int]:  # (content start, content length)
-        size = spki[at + 1]
-        if size < 0x80:
-            return at + 2, size
-        count = size & 0x7F
-        return at + 2 + count, int.from_bytes(spki[at + 2:at + 2 + count], "big")
-
-    start, _ = skip_header(0)  # into the SEQUENCE
-    algorithm, length = skip_header(start)
-    bits, size = skip_header(algorithm + length)  # the BIT STRING
-    return hashlib.sha1(spki[bits + 1:bits + size]).digest()  # RFC 5280 method 1 is SHA-1
+    """RFC 5280 method 1, as `SubjectKeyIdentifier.from_public_key`."""
+    return hashlib.sha1(public_key_bits(spki)).digest()  # RFC 5280 method 1 is SHA-1
 
 
 class LeafTemplate:
@@ -113,7 +67,7 @@ class LeafTemplate:
         self._key = issuer_key
         self._hash = _HASHES[size]()
         self._issuer = issuer_certificate
-        self._algorithm = _tlv(0x30, _oid(_ECDSA_OIDS[size]))
+        self._algorithm = der_tlv(0x30, der_oid(_ECDSA_OIDS[size]))
         self._head = b"\xa0\x03\x02\x01\x02"  # [0] EXPLICIT version v3
         self._issuer_name = issuer_certificate.subject.public_bytes()
         self._usages = (
@@ -162,10 +116,10 @@ class LeafTemplate:
             raise PKIError("serial must be positive and at most 159 bits")
         if self._validity is None or self._validity[:2] != (not_before, not_after):
             start, end = _validity(not_before, not_after, self._issuer)  # one apply: same times
-            self._validity = (not_before, not_after, _tlv(0x30, _time(start) + _time(end)))
+            self._validity = (not_before, not_after, der_tlv(0x30, der_time(start) + der_time(end)))
         spki = public_key.public_bytes(serialization.Encoding.DER,
                                        serialization.PublicFormat.SubjectPublicKeyInfo)
-        extensions = [_extension(_SKI, False, _tlv(0x04, _key_identifier(spki))),
+        extensions = [_extension(_SKI, False, der_tlv(0x04, _key_identifier(spki))),
                       self._usages, self._extended]
         if subject_alt_names:
             extensions.append(_extension(
@@ -174,14 +128,14 @@ class LeafTemplate:
         extensions.append(self._revocation)
         for dotted, value in extra_extensions:
             if dotted not in self._custom:
-                self._custom[dotted] = _oid(x509.ObjectIdentifier(dotted).dotted_string)
-            extensions.append(_tlv(0x30, self._custom[dotted] + _tlv(0x04, value)))
-        return _tlv(0x30, self._head + _integer(serial) + self._algorithm + self._issuer_name
+                self._custom[dotted] = der_oid(x509.ObjectIdentifier(dotted).dotted_string)
+            extensions.append(der_tlv(0x30, self._custom[dotted] + der_tlv(0x04, value)))
+        return der_tlv(0x30, self._head + der_integer(serial) + self._algorithm + self._issuer_name
                     + self._validity[2] + subject.public_bytes() + spki
-                    + _tlv(0xA3, _tlv(0x30, b"".join(extensions))))
+                    + der_tlv(0xA3, der_tlv(0x30, b"".join(extensions))))
 
     def sign(self, tbs: bytes) -> bytes:
         """The DER certificate: `tbs` signed with the issuer key."""
         signature = self._key.sign(tbs, ec.ECDSA(self._hash))
-        return _tlv(0x30, tbs + self._algorithm + _tlv(0x03, b"\x00" + signature))
+        return der_tlv(0x30, tbs + self._algorithm + der_tlv(0x03, b"\x00" + signature))
 

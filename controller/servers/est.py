@@ -40,6 +40,7 @@ from controller.apply.executor import Executor, serial_hex
 from controller.clock import epoch
 from controller.pki import keys
 from controller.pki.csr import verify_csr
+from controller.pki.der import der_oid, der_tlv
 from controller.pki.errors import PKIError
 from controller.plan.intents import ENROLLED, DeviceIntent, IntentError, device_intent
 from controller.plan.model import Action, ActionName
@@ -140,27 +141,6 @@ def load_csr_der(body: bytes) -> x509.CertificateSigningRequest:
     return csr
 
 
-def _der(tag: int, content: bytes) -> bytes:
-    size = len(content)
-    if size < 0x80:
-        return bytes([tag, size]) + content
-    octets = size.to_bytes((size.bit_length() + 7) // 8, "big")
-    return bytes([tag, 0x80 | len(octets)]) + octets + content
-
-
-def _oid(dotted: str) -> bytes:
-    parts = [int(p) for p in dotted.split(".")]
-    body = bytearray([40 * parts[0] + parts[1]])
-    for part in parts[2:]:
-        chunk = [part & 0x7F]
-        part >>= 7
-        while part:
-            chunk.append(0x80 | (part & 0x7F))
-            part >>= 7
-        body.extend(reversed(chunk))
-    return _der(0x06, bytes(body))
-
-
 _KEY_ATTRS: dict[str, tuple[str, str | None]] = {  # algorithm -> (key OID, curve OID)
     "ECDSA-P256": ("1.2.840.10045.2.1", "1.2.840.10045.3.1.7"),
     "ECDSA-P384": ("1.2.840.10045.2.1", "1.3.132.0.34"),
@@ -175,10 +155,10 @@ def csr_attributes(key_algorithm: str) -> bytes:
     key_oid, curve = _KEY_ATTRS.get(key_algorithm, (None, None))
     items: list[bytes] = []
     if key_oid and curve:
-        items.append(_der(0x30, _oid(key_oid) + _der(0x31, _oid(curve))))
+        items.append(der_tlv(0x30, der_oid(key_oid) + der_tlv(0x31, der_oid(curve))))
     elif key_oid:
-        items.append(_oid(key_oid))
-    return base64.encodebytes(_der(0x30, b"".join(items)))
+        items.append(der_oid(key_oid))
+    return base64.encodebytes(der_tlv(0x30, b"".join(items)))
 
 
 # --- enrollment -----------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
 
 from controller.pki.crl import REVOCATION_REASONS
+from controller.pki.der import public_key_bits
 from controller.pki.keys import PrivateKey, signature_hash
 
 log = logging.getLogger(__name__)
@@ -58,25 +59,10 @@ class Status:
 Lookup = Callable[[Issuer, int], Status]  # (issuer, certificate serial number) -> status
 
 
-def _der_length(data: bytes, offset: int) -> tuple[int, int]:
-    """(content length, offset of the content) of the DER TLV whose length starts at offset."""
-    first = data[offset]
-    if first < 0x80:
-        return first, offset + 1
-    count = first & 0x7F
-    return int.from_bytes(data[offset + 1:offset + 1 + count], "big"), offset + 1 + count
-
-
 def subject_public_key_bits(certificate: x509.Certificate) -> bytes:
-    """The subjectPublicKey BIT STRING value (without the unused-bits octet), which RFC 6960
-    hashes into a CertID's issuerKeyHash."""
-    spki = certificate.public_key().public_bytes(serialization.Encoding.DER,
-                                                 serialization.PublicFormat.SubjectPublicKeyInfo)
-    _, inner = _der_length(spki, 1)  # SEQUENCE
-    algorithm_length, algorithm_content = _der_length(spki, inner + 1)  # AlgorithmIdentifier
-    bits = algorithm_content + algorithm_length
-    length, content = _der_length(spki, bits + 1)  # BIT STRING
-    return spki[content + 1:content + length]
+    """The subjectPublicKey bits, which RFC 6960 hashes into a CertID's issuerKeyHash."""
+    return public_key_bits(certificate.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
 def _digest(algorithm: hashes.HashAlgorithm, data: bytes) -> bytes:

@@ -1,5 +1,6 @@
 """CRLs, checked by cryptography and by the independent `openssl` CLI."""
 
+import random
 import re
 from datetime import timedelta
 
@@ -17,6 +18,7 @@ from controller.pki import (
     crl_to_der,
     crl_to_pem,
 )
+from controller.pki.keys import signature_hash
 
 from .support import NOW, KeyFor, Openssl, Writer, make_root
 
@@ -150,3 +152,51 @@ def test_crl_rejections(key_for: KeyFor) -> None:
         build_crl(**{**arguments, "next_update": NOW})  # type: ignore[arg-type]
     with pytest.raises(PKIError, match="does not match"):
         build_crl(**{**arguments, "issuer_key": key_for(ALGORITHM)})  # type: ignore[arg-type]
+
+
+def _builders_crl(root: x509.Certificate, key: object, entries: list[RevokedEntry],
+                  number: int) -> x509.CertificateRevocationList:
+    """The same CRL made entry by entry with cryptography's builders: the reference."""
+    builder = x509.CertificateRevocationListBuilder(
+        issuer_name=root.subject, last_update=NOW, next_update=NOW + timedelta(days=1))
+    for entry in entries:
+        revoked = x509.RevokedCertificateBuilder().serial_number(entry.serial).revocation_date(
+            entry.revoked_at)
+        if entry.reason != "unspecified":
+            revoked = revoked.add_extension(
+                x509.CRLReason(REVOCATION_REASONS[entry.reason]), critical=False)
+        builder = builder.add_revoked_certificate(revoked.build())
+    builder = builder.add_extension(x509.CRLNumber(number), critical=False).add_extension(
+        x509.AuthorityKeyIdentifier.from_issuer_public_key(root.public_key()),  # type: ignore[arg-type]
+        critical=False)
+    return builder.sign(key, signature_hash(key))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("algorithm, count", [
+    ("ECDSA-P256", 3000), ("ECDSA-P384", 500), ("Ed25519", 500), ("RSA-3072", 300),
+    ("ML-DSA-65", 300)])
+def test_spliced_crl_is_the_builders_for_random_entries(
+        algorithm: str, count: int, openssl: Openssl, write: Writer) -> None:
+    """Serials of every length up to 159 bits, times before and after 2050 (UTCTime and
+    GeneralizedTime), every reason: the TBS bytes are the builder's, the signature verifies
+    (and for deterministic Ed25519 the whole CRL is the builder's)."""
+    generator = random.Random(f"crl-{algorithm}")
+    root_key, root = make_root(algorithm)
+    reasons = list(REVOCATION_REASONS)
+    entries = [RevokedEntry(generator.randrange(1, 2 ** generator.randint(1, 159)),
+                            NOW + timedelta(seconds=generator.randint(-10 ** 9, 10 ** 9)),
+                            generator.choice(reasons)) for _ in range(count)]
+    number = generator.randrange(0, 2 ** 64)
+    ours = build_crl(issuer_certificate=root, issuer_key=root_key, entries=entries,
+                     crl_number=number, this_update=NOW, next_update=NOW + timedelta(days=1))
+    theirs = _builders_crl(root, root_key, entries, number)
+    assert ours.tbs_certlist_bytes == theirs.tbs_certlist_bytes
+    assert ours.signature_algorithm_oid == theirs.signature_algorithm_oid
+    assert ours.is_signature_valid(root.public_key())  # type: ignore[arg-type]
+    if algorithm == "Ed25519":
+        assert crl_to_der(ours) == crl_to_der(theirs)
+    if not algorithm.startswith("ML-DSA"):  # Debian's OpenSSL 3.0 has no ML-DSA
+        write("root.pem", certificate_to_pem(root))
+        write("crl.pem", crl_to_pem(ours))
+        verified = openssl("crl", "-in", "crl.pem", "-CAfile", "root.pem", "-verify", "-noout")
+        assert verified.returncode == 0 and "verify OK" in verified.stdout, verified.stdout

@@ -10,8 +10,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp as x509_ocsp
 
 from controller.pki import certificates as certs
+from controller.pki.der import der_oid, der_tlv
 from controller.servers import ocsp
-from controller.servers.est import _der, _oid
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 SHA1 = "1.3.14.3.2.26"
@@ -103,7 +103,7 @@ def test_two_certificates_in_one_request_is_malformed() -> None:
     # duplicate the Request to make a requestList of two.
     assert single[1] < 0x80 and single[3] < 0x80 and single[5] < 0x80
     one = single[6:]
-    double = _der(0x30, _der(0x30, _der(0x30, one + one)))
+    double = der_tlv(0x30, der_tlv(0x30, der_tlv(0x30, one + one)))
     assert len(x509_ocsp.load_der_ocsp_request(single).public_bytes(
         serialization.Encoding.DER)) == len(single)
     answer = x509_ocsp.load_der_ocsp_response(responder.respond(double, NOW))
@@ -114,9 +114,10 @@ def cert_id_request(hash_oid: str, name_hash: bytes, key_hash: bytes, serial: in
     """A DER OCSPRequest naming one CertID, built by hand: any hash OID, any (even negative)
     serial number."""
     serial_der = serial.to_bytes((serial.bit_length() + 8) // 8, "big", signed=True)
-    cert_id = _der(0x30, _der(0x30, _oid(hash_oid) + b"\x05\x00") + _der(0x04, name_hash)
-                   + _der(0x04, key_hash) + _der(0x02, serial_der))
-    return _der(0x30, _der(0x30, _der(0x30, _der(0x30, cert_id))))
+    algorithm = der_tlv(0x30, der_oid(hash_oid) + b"\x05\x00")
+    cert_id = der_tlv(0x30, algorithm + der_tlv(0x04, name_hash) + der_tlv(0x04, key_hash)
+                      + der_tlv(0x02, serial_der))
+    return der_tlv(0x30, der_tlv(0x30, der_tlv(0x30, der_tlv(0x30, cert_id))))
 
 
 def _hashes(leaf: x509.Certificate, ca: x509.Certificate) -> tuple[bytes, bytes]:
