@@ -827,7 +827,7 @@ def enroll_secret(directory: DirArg, fleet: Annotated[str, typer.Option()],
 
     declaration = jobs.load(directory)
     decl = declaration.desired.fleets.get(fleet)
-    if decl is None or not any(d.id == device for d in decl.devices):
+    if decl is None or decl.device(device) is None:
         err.print(f"error: device {device!r} is not declared in fleet {fleet!r}", markup=False)
         raise typer.Exit(1)
     now = jobs.now_utc()

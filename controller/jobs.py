@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from kubernetes.client import ApiClient
 
 from controller.api.desired import Desired
+from controller.api.devices import DeviceSummary
 from controller.api.loading import Located
 from controller.api.problems import Finding, InvalidDeclaration, Problem
 from controller.apply.evidence import ExistingCA, Places, refuse_existing_cas
@@ -228,10 +229,15 @@ class Declaration:
         return replace(gated, dangers=tuple(flags + dangers(gated, danger_fraction)))
 
 
-def read_declaration(directory: Path, policies: PolicySource = DEFAULT_SOURCE
-                     ) -> tuple[Declaration, list[Problem]]:
-    """Resources, policies and tenants (from where `policies` says), with every problem."""
-    desired, problems = load_repository(directory)
+def read_declaration(directory: Path, policies: PolicySource = DEFAULT_SOURCE,
+                     inventory: Inventory | None = None) -> tuple[Declaration, list[Problem]]:
+    """Resources, policies and tenants (from where `policies` says), with every problem. With
+    the `inventory`, the device rows of fleets unchanged since their last complete apply are
+    parsed only when used (a no-op run hashes them and parses none)."""
+    applied = {name: (digest, DeviceSummary(devices, declared))
+               for name, (digest, devices, declared) in inventory.applied_fleets().items()
+               } if inventory is not None else None
+    desired, problems = load_repository(directory, applied)
     effective = read_policies(policies, desired)
     rules, rule_problems = compile_policies(effective.policies)
     tenancy, tenancy_problems = assign(effective.tenants, desired, policies.namespace)
@@ -239,9 +245,10 @@ def read_declaration(directory: Path, policies: PolicySource = DEFAULT_SOURCE
             problems + effective.problems + rule_problems + tenancy_problems)
 
 
-def load(directory: Path, policies: PolicySource = DEFAULT_SOURCE) -> Declaration:
+def load(directory: Path, policies: PolicySource = DEFAULT_SOURCE,
+         inventory: Inventory | None = None) -> Declaration:
     """The declaration, or InvalidDeclaration listing every problem."""
-    declaration, problems = read_declaration(directory, policies)
+    declaration, problems = read_declaration(directory, policies, inventory)
     if problems:
         raise InvalidDeclaration(problems)
     return declaration
@@ -262,14 +269,15 @@ def plan(directory: Path, state: StateDir, now: datetime, max_revocations: int |
          new_cas: frozenset[str] = frozenset(), status_branch: str = STATUS_BRANCH) -> Plan:
     """Plan against the inventory (read-only; an absent state directory is empty). A CA to
     create that exists elsewhere is refused (ExistingCA), as apply would."""
-    declaration = load(directory, policies)
     root = enclosing_work_tree(directory)
     places = state.places(GitStatus(root, status_branch) if root else None)
     if not state.exists():
+        declaration = load(directory, policies)
         the_plan = declaration.plan(Observed(), now, max_revocations, danger_fraction)
         refuse_existing_cas(_created_cas(the_plan), places, None, new_cas)
         return the_plan
     with state.reader() as inventory:
+        declaration = load(directory, policies, inventory)
         the_plan = declaration.plan(observe(inventory, declaration.desired, now), now,
                                     max_revocations, danger_fraction)
         refuse_existing_cas(_created_cas(the_plan), places, inventory, new_cas)
@@ -416,7 +424,7 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
             return store.write(StatusUpdate(files, summary, the_plan, outcome, now, done or {},
                                             applied, str(signer) if signer else None))
 
-        declaration, problems = read_declaration(directory, policies)
+        declaration, problems = read_declaration(directory, policies, inventory)
         problems = [*source_problems, *problems]
         desired = declaration.desired
         outcome = Outcome(problems=list(problems))

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from controller.api.devices import DeviceLines, DeviceSet, DeviceSummary
 from controller.api.loading import Located
 from controller.api.problems import Problem
 from controller.api.resources import (
@@ -20,17 +22,33 @@ from controller.api.resources import (
 
 @dataclass(frozen=True)
 class FleetDecl:
-    """A fleet with its devices (inline plus `deviceSource`) and a content hash of both."""
+    """A fleet with its devices (inline plus `deviceSource`, parsed on first use) and a content
+    hash of both."""
 
     located: Located
-    devices: tuple[Device, ...]
-    device_lines: dict[str, tuple[str, int | None]]  # device id -> (file, line)
+    device_set: DeviceSet
     content_hash: str
 
     @property
     def fleet(self) -> DeviceFleet:
         assert isinstance(self.located.resource, DeviceFleet)
         return self.located.resource
+
+    @property
+    def devices(self) -> tuple[Device, ...]:
+        return self.device_set.parsed[0]
+
+    @property
+    def device_lines(self) -> DeviceLines:
+        """Device id -> (file, line)."""
+        return self.device_set.parsed[1]
+
+    def device(self, device_id: str) -> Device | None:
+        return self.device_set.find(device_id)
+
+    @property
+    def summary(self) -> DeviceSummary:
+        return self.device_set.summary
 
 
 @dataclass(frozen=True)
@@ -86,14 +104,13 @@ def hash_parts(digest: Any, *parts: object) -> Any:
     return digest
 
 
-def fleet_hash(fleet: DeviceFleet, devices: tuple[Device, ...], profile: CertificateProfile) -> str:
+def fleet_hash(fleet: DeviceFleet, devices: DeviceSet, profile: CertificateProfile) -> str:
     """Changes whenever anything that could change a device certificate changes (`tlsSecrets`
-    cannot: it is where the operator copies them)."""
+    cannot: it is where the operator copies them); the devices count as the text declaring
+    them, so an unchanged fleet is known without parsing its rows."""
     return content_hash(
         fleet.spec.model_dump(mode="json", exclude={"devices", "tlsSecrets"}),
-        profile.spec.model_dump(mode="json"),
-        [d.model_dump(mode="json", exclude_defaults=True) for d in devices],
-    )
+        profile.spec.model_dump(mode="json"), devices.digest)
 
 
 def add_unique(
@@ -112,7 +129,7 @@ def add_unique(
 
 
 def tls_secret_problems(item: Located, profile: CertificateProfile,
-                        devices: tuple[Device, ...]) -> list[Problem]:
+                        devices: DeviceSet) -> list[Problem]:
     """`spec.tlsSecrets` needs keys fleetpki holds, and a fleet small enough for one Secret per
     device (MAX_TLS_SECRETS)."""
     fleet = item.resource
@@ -124,7 +141,7 @@ def tls_secret_problems(item: Located, profile: CertificateProfile,
         return [Problem(item.file, f"CertificateProfile {profile.name!r} has keyGeneration: "
                         f"{profile.spec.keyGeneration}: fleetpki holds no device key to put in a "
                         "Secret (only keyGeneration: server)", line, item.ref, "spec.tlsSecrets")]
-    count = sum(1 for device in devices if device.revoked is None)
+    count = devices.summary.declared
     if count > MAX_TLS_SECRETS:
         return [Problem(item.file, f"{count} devices (not revoked): one Secret per device is "
                         f"limited to {MAX_TLS_SECRETS} (each is held in etcd and in the memory "
@@ -141,10 +158,12 @@ def _external(item: Located) -> bool:
 
 def cross_check(
     located: list[Located],
-    fleet_devices: dict[str, tuple[tuple[Device, ...], dict[str, tuple[str, int | None]]]],
+    fleet_devices: dict[str, DeviceSet],
     invalid: frozenset[str] = frozenset(),
+    applied: Mapping[str, tuple[str, DeviceSummary]] | None = None,
 ) -> tuple[Desired, list[Problem]]:
-    """Index resources and check references and cycles.
+    """Index resources and check references and cycles; parse the devices of every fleet but
+    those `applied` as they are (name -> content hash and summary when last applied).
 
     References to objects in `invalid` ("Kind/name" that failed schema validation, already
     reported) are not reported again as missing.
@@ -226,10 +245,18 @@ def cross_check(
                     item.line_of("spec", "enrollment", "idevid", "issuerRef", "name"),
                     item.ref, "spec.enrollment.idevid.issuerRef.name"))
         profile_item = profiles.get(fleet.spec.profileRef.name)
-        devices, lines = fleet_devices.get(name, ((), {}))
+        devices = fleet_devices.get(name) or DeviceSet.of((), {})
         if ok and profile_item is not None:
             profile = profile_item.resource
             assert isinstance(profile, CertificateProfile)
+            digest = fleet_hash(fleet, devices, profile)
+            last = (applied or {}).get(name)
+            if last is not None and last[0] == digest:
+                devices.defer(last[1])
+            else:
+                devices.parse(problems)
             problems.extend(tls_secret_problems(item, profile, devices))
-            fleets[name] = FleetDecl(item, devices, lines, fleet_hash(fleet, devices, profile))
+            fleets[name] = FleetDecl(item, devices, digest)
+        else:
+            devices.parse(problems)  # report bad rows with the fleet's own problems
     return Desired(authorities, profiles, fleets, policies), problems

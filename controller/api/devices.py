@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import csv
+import hashlib
 import io
 import json
 from collections.abc import Callable, Mapping
@@ -20,7 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from controller.api.loading import Located, field_path, friendly_message
-from controller.api.problems import Problem
+from controller.api.problems import InvalidDeclaration, Problem
 from controller.api.resources import ConfigMapKeyRef, Device, DeviceFleet, DeviceSource
 
 DeviceLines = dict[str, tuple[str, int | None]]  # device id -> (file, line)
@@ -113,15 +114,120 @@ def describe(source: DeviceSource) -> str:
     return repr(source.path)
 
 
-def load_fleet_devices(
-    item: Located, problems: list[Problem], read_devices: ReadDevices
-) -> tuple[tuple[Device, ...], DeviceLines]:
-    """Inline devices plus those `read_devices` returns for the fleet's `deviceSource`.
+@dataclass(frozen=True, slots=True)
+class DeviceSummary:
+    """What the planner, policies and status need of a fleet's devices without the devices:
+    kept in the inventory with the fleet's content hash when it was applied."""
 
-    A source that cannot be read or parsed is a problem and leaves the fleet with no devices
-    (never zero devices by mistake); a bad row is a problem at its part's label and line; a
-    device id may appear once across inline devices and all parts.
-    """
+    count: int
+    declared: int  # not revoked
+
+
+class DeviceSet:
+    """A fleet's devices as declared: the inline ones and the text of each `deviceSource` part.
+
+    `digest` covers exactly that text, so a fleet whose declaration is what was last applied
+    can be planned with a `DeviceSummary` and no parsing (`defer`); the rows are then parsed
+    on first use, e.g. when a renewal falls due or a device enrolls. Parsing a deferred set
+    that has problems (rows valid when applied that this version refuses) raises
+    InvalidDeclaration."""
+
+    def __init__(self, item: Located | None, parts: list[DeviceText], digest: str) -> None:
+        self._item = item
+        self._parts = parts
+        self.digest = digest
+        self.files = tuple(dict.fromkeys(part.label for part in parts))
+        self._parsed: tuple[tuple[Device, ...], DeviceLines] | None = None
+        self._summary: DeviceSummary | None = None
+        self._index: dict[str, Device] | None = None
+
+    @classmethod
+    def of(cls, devices: tuple[Device, ...], lines: DeviceLines) -> DeviceSet:
+        """Devices already parsed (tests, and a source that could not be read: none)."""
+        digest = hashlib.sha256(json.dumps(
+            [d.model_dump(mode="json", exclude_defaults=True) for d in devices],
+            sort_keys=True).encode()).hexdigest()
+        made = cls(None, [], digest)
+        made._parsed = (devices, lines)
+        return made
+
+    def parse(self, problems: list[Problem]) -> None:
+        """Parse now, reporting bad rows and duplicate ids to `problems`."""
+        if self._parsed is None:
+            assert self._item is not None
+            self._parsed = _parse(self._item, self._parts, problems)
+            self._parts = []  # the text is not needed any more
+
+    def defer(self, summary: DeviceSummary) -> None:
+        """Known unchanged since it was applied: parse only when the devices are asked for."""
+        self._summary = summary
+
+    @property
+    def parsed(self) -> tuple[tuple[Device, ...], DeviceLines]:
+        if self._parsed is None:
+            problems: list[Problem] = []
+            self.parse(problems)
+            if problems:
+                raise InvalidDeclaration(problems)
+        assert self._parsed is not None
+        return self._parsed
+
+    def find(self, device_id: str) -> Device | None:
+        if self._index is None:
+            self._index = {device.id: device for device in self.parsed[0]}
+        return self._index.get(device_id)
+
+    @property
+    def summary(self) -> DeviceSummary:
+        if self._parsed is None and self._summary is not None:
+            return self._summary
+        devices = self.parsed[0]
+        return DeviceSummary(len(devices), sum(1 for d in devices if d.revoked is None))
+
+
+def read_fleet_devices(item: Located, problems: list[Problem],
+                       read_devices: ReadDevices) -> DeviceSet:
+    """The fleet's inline devices and the text of its `deviceSource`, unparsed.
+
+    A source that cannot be read is a problem and leaves the fleet with no devices (never
+    zero devices by mistake)."""
+    fleet = item.resource
+    assert isinstance(fleet, DeviceFleet)
+    source = fleet.spec.deviceSource
+    digest = hashlib.sha256(json.dumps(
+        [d.model_dump(mode="json", exclude_defaults=True) for d in fleet.spec.devices],
+        sort_keys=True).encode())
+    if source is None:
+        return DeviceSet(item, [], digest.hexdigest())
+    try:
+        parts = read_devices(source)
+    except UnsupportedDeviceSource as exc:
+        _source_problem(item, problems, exc.message, exc.field or main_field(source))
+        return DeviceSet.of((), {})
+    except DeviceSourceError as exc:
+        _source_problem(item, problems, f"cannot read device source "
+                        f"{exc.source or describe(source)}: {exc.message}{NEVER_ZERO}",
+                        exc.field or main_field(source))
+        return DeviceSet.of((), {})
+    for part in parts:
+        for value in (part.label, part.format):
+            digest.update(b"\0" + value.encode())
+        digest.update(b"\0" + hashlib.sha256(part.text.encode()).digest())
+    return DeviceSet(item, parts, digest.hexdigest())
+
+
+def _source_problem(item: Located, problems: list[Problem], message: str, field: str) -> None:
+    where = [int(p) if p.isdigit() else p
+             for p in field.replace("[", ".").replace("]", "").split(".")]
+    problems.append(Problem(item.file, message, item.line_of("spec", "deviceSource", *where),
+                            item.ref, f"spec.deviceSource.{field}"))
+
+
+def _parse(item: Located, parts: list[DeviceText],
+           problems: list[Problem]) -> tuple[tuple[Device, ...], DeviceLines]:
+    """Inline devices plus every part's rows. A part that cannot be parsed is a problem and
+    leaves the fleet with no devices; a bad row is a problem at its part's label and line; a
+    device id may appear once across inline devices and all parts."""
     fleet = item.resource
     assert isinstance(fleet, DeviceFleet)
     devices: list[Device] = []
@@ -136,34 +242,17 @@ def load_fleet_devices(
         lines[device.id] = (file, line)
         devices.append(device)
 
-    def source_problem(message: str, field: str) -> None:
-        where = [int(p) if p.isdigit() else p
-                 for p in field.replace("[", ".").replace("]", "").split(".")]
-        problems.append(Problem(item.file, message,
-                                item.line_of("spec", "deviceSource", *where), item.ref,
-                                f"spec.deviceSource.{field}"))
-
     for index, device in enumerate(fleet.spec.devices):
         add(device, item.file, item.line_of("spec", "devices", index, "id"))
-    source = fleet.spec.deviceSource
-    if source is None:
-        return tuple(devices), lines
-    try:
-        parts = read_devices(source)
-    except UnsupportedDeviceSource as exc:
-        source_problem(exc.message, exc.field or main_field(source))
-        return (), {}
-    except DeviceSourceError as exc:
-        source_problem(f"cannot read device source {exc.source or describe(source)}: "
-                       f"{exc.message}{NEVER_ZERO}", exc.field or main_field(source))
-        return (), {}
     parsed: list[tuple[DeviceText, list[tuple[int, dict[str, Any]]]]] = []
     for part in parts:
         try:
             parsed.append((part, parse_device_rows(part.text, part.format)))
         except (ValueError, csv.Error) as exc:
-            source_problem(f"cannot read device source {part.label!r}: {exc}{NEVER_ZERO}",
-                           part.field or main_field(source))
+            source = fleet.spec.deviceSource
+            assert source is not None
+            _source_problem(item, problems, f"cannot read device source {part.label!r}: "
+                            f"{exc}{NEVER_ZERO}", part.field or main_field(source))
     if len(parsed) < len(parts):
         return (), {}
     for part, rows in parsed:

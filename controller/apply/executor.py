@@ -337,5 +337,6 @@ def execute(runner: Executor, plan: Plan, progress: Progress = lambda n: None) -
         for name, digest in plan.completed_fleets.items():
             decl = runner.desired.fleets[name]
             runner.inventory.set_fleet(name, digest, decl.fleet.spec.decommissioned,
-                                       epoch(runner.now))
+                                       epoch(runner.now), decl.summary.count,
+                                       decl.summary.declared)
     return runner.result

@@ -79,10 +79,10 @@ class _FleetPlanner:
         spec = self.fleet.spec
         active = self.seen.active
         if active is None:  # unchanged since the last complete apply: only renewals are due
-            by_id = {d.id: d for d in self.decl.devices}
             for device_id, due in sorted(self.seen.due.items()):
-                if device_id in by_id:
-                    self._device(by_id[device_id], due)
+                device = self.decl.device(device_id)
+                if device is not None:
+                    self._device(device, due)
             return
         if spec.decommissioned:
             for device_id, (serial, _, _) in sorted(active.items()):

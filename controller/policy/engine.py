@@ -241,7 +241,7 @@ def fleet_data(decl: FleetDecl, tenant: str = "") -> dict[str, Any]:
     return {
         "name": fleet.name, "tenant": tenant, "labels": fleet.metadata.labels,
         "annotations": fleet.metadata.annotations, "issuer": fleet.spec.issuerRef.name,
-        "profile": fleet.spec.profileRef.name, "deviceCount": len(decl.devices),
+        "profile": fleet.spec.profileRef.name, "deviceCount": decl.summary.count,
         "suspend": fleet.spec.suspend, "decommissioned": fleet.spec.decommissioned,
         "deletionPolicy": fleet.spec.deletionPolicy,
     }
@@ -380,7 +380,7 @@ def evaluate(rules: list[CompiledRule], desired: Desired,
                 record(rank, position, 0, _run(rule, activation, target, None))
         device_rules = [(rank, rule) for rank, rule in chosen if rule.scope == "device"
                         and not any(_holds(g, activation) for g in rule.guards)]
-        if not device_rules:
+        if not device_rules or not by_fleet.get(name):
             continue
         labels = _labels(decl.devices)
         memo: dict[tuple[int, str], Finding | None] = {}

@@ -120,7 +120,7 @@ def assign(tenants: Iterable[Located], desired: Desired,
     if namespace is None:
         for decl in desired.fleets.values():
             fleet_tenant = owners.get(decl.located.ref)
-            files = sorted({file for file, _ in decl.device_lines.values()} - {decl.located.file})
+            files = sorted(set(decl.device_set.files) - {decl.located.file})
             for file in files:
                 if fleet_tenant and fleet_tenant not in tenancy.owning(file):
                     problems.append(Problem(

@@ -172,9 +172,9 @@ class Target:
 
 def declared_device(desired: Desired, device_id: str, fleet: str | None) -> Target | None:
     """The device declared with this id (in `fleet`, if given), or None."""
-    matches = [Target(decl, device) for name, decl in sorted(desired.fleets.items())
-               if fleet is None or name == fleet for device in decl.devices
-               if device.id == device_id]
+    found = [(decl, decl.device(device_id)) for name, decl in sorted(desired.fleets.items())
+             if fleet is None or name == fleet]
+    matches = [Target(decl, device) for decl, device in found if device is not None]
     if len(matches) > 1:
         raise ESTError(400, f"device {device_id!r} is declared in several fleets; use "
                        "/.well-known/est/<fleet>/")
@@ -290,7 +290,7 @@ def idevid_identity(desired: Desired, peer_der: bytes, fleet: str | None,
         values = [str(a.value) for a in certificate.subject.get_attributes_for_oid(oid)]
         if len(values) != 1:
             raise ESTError(403, f"IDevID certificate has no single subject {idevid.identity}")
-        device = next((d for d in decl.devices if d.id == values[0]), None)
+        device = decl.device(values[0])
         if device is None:
             raise ESTError(403, f"IDevID {idevid.identity} {values[0]!r} is not a device "
                            f"declared in fleet {decl.fleet.name!r}")

@@ -71,7 +71,7 @@ class ServerState:
         self._executor = None
         if self.directory is not None:
             try:
-                declaration = jobs.load(self.directory, self.policies)
+                declaration = jobs.load(self.directory, self.policies, self.inventory)
                 self.desired, self.rules = declaration.desired, declaration.rules
                 self.tenancy = declaration.tenancy
             except Exception as exc:  # keep serving the last good declaration

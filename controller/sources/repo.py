@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -9,10 +10,11 @@ from controller.api.desired import Desired, cross_check
 from controller.api.devices import (
     KUBERNETES_ONLY,
     DeviceSourceError,
+    DeviceSummary,
     DeviceText,
     ReadDevices,
     UnsupportedDeviceSource,
-    load_fleet_devices,
+    read_fleet_devices,
 )
 from controller.api.loading import Located, parse_documents
 from controller.api.problems import InvalidDeclaration, Problem
@@ -53,8 +55,10 @@ def repository_reader(root: Path) -> ReadDevices:
     return read
 
 
-def load_repository(root: Path) -> tuple[Desired, list[Problem]]:
-    """Parse every YAML file under `root` and cross-check; problems name file, line and field."""
+def load_repository(root: Path, applied: Mapping[str, tuple[str, DeviceSummary]] | None = None
+                    ) -> tuple[Desired, list[Problem]]:
+    """Parse every YAML file under `root` and cross-check; problems name file, line and field.
+    The device rows of fleets `applied` as they are now are parsed only when used."""
     root = root.resolve()
     if not root.is_dir():
         raise InvalidDeclaration([Problem(str(root), "not a directory")])
@@ -76,14 +80,15 @@ def load_repository(root: Path) -> tuple[Desired, list[Problem]]:
         problems.extend(found_problems)
     read_devices = repository_reader(root)
     fleet_devices = {
-        item.resource.name: load_fleet_devices(item, problems, read_devices)
+        item.resource.name: read_fleet_devices(item, problems, read_devices)
         for item in located if isinstance(item.resource, DeviceFleet)
     }
     invalid = frozenset(p.object for p in problems if p.object)
-    desired, reference_problems = cross_check(located, fleet_devices, invalid)
+    desired, reference_problems = cross_check(located, fleet_devices, invalid, applied)
     unparsed = sorted({p.file for p in problems if p.message.startswith("invalid YAML")})
     if unparsed:  # a "missing" object may well be declared in a file that did not parse
         note = f" (maybe declared in {', '.join(unparsed)}, which could not be read)"
         reference_problems = [replace(p, message=p.message + note)
-                              if p.message.startswith("no ") else p for p in reference_problems]
+                              if p.message.startswith("no ") and (p.field or "").endswith(".name")
+                              else p for p in reference_problems]
     return desired, problems + reference_problems

@@ -136,7 +136,7 @@ def build_status(desired: Desired, inventory: Inventory, outcome: Outcome,
                       for f in findings if f.device] +
                      [{"device": f.device, "reason": f"lint {f.code}: {f.message}"}
                       for f in linted.get(name, [])])[:ATTENTION_LIMIT]
-        declared = sum(1 for d in decl.devices if d.revoked is None)
+        declared = decl.summary.declared
         spec = decl.fleet.spec
         blocked_by = outcome.blocked_fleets.get(name)
         whole = [p for p in problems if p.device is None]  # the fleet's own spec (tlsSecrets)

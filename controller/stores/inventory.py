@@ -52,7 +52,9 @@ CREATE TABLE IF NOT EXISTS fleets (
     name TEXT PRIMARY KEY,
     content_hash TEXT NOT NULL,
     decommissioned INTEGER NOT NULL DEFAULT 0,
-    updated_at INTEGER NOT NULL
+    updated_at INTEGER NOT NULL,
+    devices INTEGER,  -- declared devices, and those not revoked, when content_hash was applied
+    declared INTEGER
 );
 CREATE TABLE IF NOT EXISTS crls (
     ca_serial TEXT PRIMARY KEY,
@@ -212,6 +214,10 @@ class Inventory:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(fleets)")}
+        for column in ("devices", "declared"):  # inventories made before these columns
+            if column not in columns:
+                db.execute(f"ALTER TABLE fleets ADD COLUMN {column} INTEGER")
         for path in (self.path, self.path.with_name(self.path.name + "-wal"),
                      self.path.with_name(self.path.name + "-shm")):
             if path.exists() and path.stat().st_mode & 0o077:
@@ -340,6 +346,15 @@ class Inventory:
     def fleet_hash(self, name: str) -> str | None:
         row = self.db.execute("SELECT content_hash FROM fleets WHERE name = ?", (name,)).fetchone()
         return row[0] if row else None
+
+    def applied_fleets(self) -> dict[str, tuple[str, int, int]]:
+        """Fleet name -> (content hash, devices, not revoked) as last applied completely."""
+        try:
+            rows = self.db.execute("SELECT name, content_hash, devices, declared FROM fleets "
+                                   "WHERE devices IS NOT NULL AND declared IS NOT NULL")
+        except sqlite3.OperationalError:  # read-only, made before the columns: parse them all
+            return {}
+        return {name: (digest, devices, declared) for name, digest, devices, declared in rows}
 
     def fleet_counts(self, fleet: str, now: int) -> dict[str, int]:
         """Certificate counts by state, plus active ones due for renewal and expired."""
@@ -481,12 +496,14 @@ class Inventory:
         self.db.execute("UPDATE certificates SET state = 'retired' WHERE serial = ? "
                         "AND state = 'active'", (serial,))
 
-    def set_fleet(self, name: str, content_hash: str, decommissioned: bool, at: int) -> None:
+    def set_fleet(self, name: str, content_hash: str, decommissioned: bool, at: int,
+                  devices: int, declared: int) -> None:
         self.db.execute(
-            "INSERT INTO fleets (name, content_hash, decommissioned, updated_at) "
-            "VALUES (?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET content_hash = excluded."
-            "content_hash, decommissioned = excluded.decommissioned, updated_at = "
-            "excluded.updated_at", (name, content_hash, int(decommissioned), at))
+            "INSERT INTO fleets (name, content_hash, decommissioned, updated_at, devices, "
+            "declared) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET content_hash = "
+            "excluded.content_hash, decommissioned = excluded.decommissioned, updated_at = "
+            "excluded.updated_at, devices = excluded.devices, declared = excluded.declared",
+            (name, content_hash, int(decommissioned), at, devices, declared))
 
     def put_crl(self, record: CRLRecord) -> None:
         self.db.execute(

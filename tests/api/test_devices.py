@@ -14,8 +14,8 @@ from controller.api.devices import (
     DeviceText,
     UnsupportedDeviceSource,
     configmap_device_text,
-    load_fleet_devices,
     parse_device_rows,
+    read_fleet_devices,
 )
 from controller.api.loading import Located, parse_documents
 from controller.api.problems import Problem
@@ -49,7 +49,9 @@ def load(parts: list[DeviceText] | DeviceSourceError, text: str = CONFIGMAPS
         return parts
 
     problems: list[Problem] = []
-    devices, lines = load_fleet_devices(fleet(text), problems, read)
+    device_set = read_fleet_devices(fleet(text), problems, read)
+    device_set.parse(problems)
+    devices, lines = device_set.parsed
     assert len(seen) == 1
     return [d.id for d in devices], lines, problems
 

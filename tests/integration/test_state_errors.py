@@ -111,7 +111,7 @@ def test_state_files_are_private(tmp_path: Path) -> None:
     """The inventory and its SQLite -wal/-shm files are created 0600 in a 0700 directory."""
     state = jobs.StateDir(tmp_path / "state")
     with state.inventory() as inventory, inventory.transaction():
-        inventory.set_fleet("meters", "hash", False, 0)
+        inventory.set_fleet("meters", "hash", False, 0, 0, 0)
         made = sorted(state.path.iterdir())
         assert {p.name for p in made} >= {"inventory.db", "inventory.db-wal", "inventory.db-shm"}
         for path in made:

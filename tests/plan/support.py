@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from controller.api.desired import Desired, cross_check
+from controller.api.devices import DeviceSet
 from controller.api.loading import Located
 from controller.api.resources import (
     CertificateAuthority,
@@ -77,14 +78,14 @@ def make_desired(
     fleets = {"sensors": (devices if devices is not None else [device("dev-1"), device("dev-2")],
                           fleet or {})}
     fleets.update({name: (devs, {}) for name, devs in (more_fleets or {}).items()})
-    fleet_devices: dict[str, tuple[tuple[Device, ...], dict[str, tuple[str, int | None]]]] = {}
+    fleet_devices: dict[str, DeviceSet] = {}
     for name, (devs, extra) in fleets.items():
         spec = {"issuerRef": {"name": ISSUING}, "profileRef": {"name": "client"}, **extra}
         located.append(Located(DeviceFleet.model_validate(
             {"metadata": {"name": name}, "spec": spec}), f"fleets/{name}.yaml", 1))
         models = tuple(Device.model_validate(d) for d in devs)
-        fleet_devices[name] = (models, {d.id: (f"fleets/{name}.csv", i + 2)
-                                        for i, d in enumerate(models)})
+        fleet_devices[name] = DeviceSet.of(models, {d.id: (f"fleets/{name}.csv", i + 2)
+                                                    for i, d in enumerate(models)})
     desired, problems = cross_check(located, fleet_devices)
     assert problems == [], problems
     return desired

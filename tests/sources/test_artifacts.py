@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from controller.api.devices import DeviceSourceError, load_fleet_devices
+from controller.api.devices import DeviceSourceError, read_fleet_devices
 from controller.api.loading import parse_documents
 from controller.api.problems import Problem
 from controller.api.resources import DeviceSource
@@ -353,7 +353,9 @@ def test_devices_from_a_flux_artifact_through_the_shared_loader(server: Server) 
         return [artifact_device_text(flux_object(**status), source, **LIMITS)]
 
     problems: list[Problem] = []
-    devices, lines = load_fleet_devices(item, problems, read)
+    device_set = read_fleet_devices(item, problems, read)
+    device_set.parse(problems)
+    devices, lines = device_set.parsed
     assert [d.id for d in devices] == ["sensor-1", "sensor-2"]
     label = "GitRepository/fleet-repo@main@sha1:abc fleets/devices.csv"
     assert lines["sensor-2"] == (label, 3)
@@ -362,7 +364,7 @@ def test_devices_from_a_flux_artifact_through_the_shared_loader(server: Server) 
 
     status["artifact"]["digest"] = "sha256:" + "0" * 64
     problems = []
-    assert load_fleet_devices(item, problems, read) == ((), {})
+    assert read_fleet_devices(item, problems, read).parsed == ((), {})
     (problem,) = problems
     assert problem.field == "spec.deviceSource.sourceRef"
     assert problem.message.startswith(

@@ -1,0 +1,91 @@
+"""A fleet declared exactly as it was last applied costs a hash, not a parse of its rows.
+
+The planner needs nothing of such a fleet's devices unless a renewal falls due; the policies
+and the status need only its counts, kept with the content hash in the inventory. The rows are
+parsed on first use, so a due renewal or a changed file still does the full work.
+"""
+
+from __future__ import annotations
+
+import shutil
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from controller import jobs
+from controller.api import devices as device_module
+from controller.clock import epoch
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fleet-repo"
+
+
+@pytest.fixture
+def parsed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The formats of device texts parsed into rows, in order."""
+    calls: list[str] = []
+    real = device_module.parse_device_rows
+
+    def counting(text: str, fmt: str) -> list[tuple[int, dict[str, object]]]:
+        calls.append(fmt)
+        return real(text, fmt)
+
+    monkeypatch.setattr(device_module, "parse_device_rows", counting)
+    monkeypatch.setenv("FLEETPKI_PASSPHRASE", "test-passphrase")
+    return calls
+
+
+def test_unchanged_fleet_is_not_parsed_until_its_devices_are_needed(
+        parsed: list[str], tmp_path: Path) -> None:
+    repo, state = tmp_path / "repo", jobs.StateDir(tmp_path / "state")
+    shutil.copytree(EXAMPLE, repo)
+    csv = repo / "fleets" / "sensors.csv"
+    now = jobs.now_utc()
+    jobs.apply(repo, state, now, write_status=False)
+    assert parsed == ["csv"]
+    with state.reader() as inventory:
+        (digest, count, declared) = inventory.applied_fleets()["sensors"]
+    rows = csv.read_text().splitlines()[1:]
+    assert count == len(rows) and declared == sum(1 for r in rows if r.endswith(","))
+
+    parsed.clear()
+    again = jobs.apply(repo, state, now + timedelta(minutes=5), write_status=False)
+    assert again.result.done == {} and again.plan.actions == ()
+    assert jobs.plan(repo, state, now).actions == ()
+    assert parsed == []  # neither the no-op apply nor the plan read a row
+
+    # a new row: the file's hash changes, the fleet is parsed and planned as before
+    csv.write_text(csv.read_text() + "sensor-9999,TS-100,hamburg,\n")
+    changed = jobs.apply(repo, state, now + timedelta(minutes=10), write_status=False)
+    assert parsed == ["csv"] and changed.result.done.get("issue") == 1
+    with state.reader() as inventory:
+        assert inventory.applied_fleets()["sensors"][0] != digest
+        assert inventory.active_device("sensors", "sensor-9999") is not None
+
+    # renewals due in an unchanged fleet: its rows are parsed then, and every due one renewed
+    parsed.clear()
+    later = now + timedelta(days=350)
+    with state.reader() as inventory:
+        due = inventory.due_devices("sensors", epoch(later))
+    assert len(due) > 0
+    renewed = jobs.apply(repo, state, later, write_status=False)
+    assert parsed == ["csv"]
+    assert {a.device for a in renewed.plan.actions if a.name == "sensors"} == set(due)
+    with state.reader() as inventory:
+        assert inventory.due_devices("sensors", epoch(later)) == {}
+
+
+def test_an_inventory_from_before_the_summary_columns_parses_once_then_skips(
+        parsed: list[str], tmp_path: Path) -> None:
+    repo, state = tmp_path / "repo", jobs.StateDir(tmp_path / "state")
+    shutil.copytree(EXAMPLE, repo)
+    now = jobs.now_utc()
+    jobs.apply(repo, state, now, write_status=False)
+    with state.inventory() as inventory, inventory.transaction():
+        inventory.db.execute("UPDATE fleets SET devices = NULL, declared = NULL")
+    parsed.clear()
+    assert jobs.apply(repo, state, now, write_status=False).plan.actions == ()
+    assert parsed == ["csv"]  # no summary: parsed, nothing to do, summary recorded
+    parsed.clear()
+    jobs.apply(repo, state, now, write_status=False)
+    assert parsed == []
