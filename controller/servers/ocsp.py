@@ -7,9 +7,10 @@ Limits, by design:
   (which no certificate has, RFC 5280 4.1.2.2, and which a response cannot carry), is a
   `malformedRequest`; one whose issuer this responder does not hold is `unauthorized`.
 - Responses are signed by the issuing CA itself (no delegated responder certificate).
-- Nonce-less responses are cached per (issuer, serial, hash algorithm) until `invalidate()`
-  (called when the inventory changes) or until half their validity has passed; a request with
-  a nonce is always signed afresh, with the nonce echoed.
+- Nonce-less responses are cached by the request's exact bytes until `invalidate()` (called
+  when the inventory changes) or until half their validity has passed, so a repeated request
+  is answered without being parsed; a request with a nonce is always signed afresh, with the
+  nonce echoed.
 """
 
 from __future__ import annotations
@@ -106,8 +107,7 @@ class Responder:
         self.index = index
         self.lookup = lookup
         self.validity = validity
-        self._cache: dict[tuple[str, int, str], tuple[bytes, datetime]] = {}
-        self.hits = 0
+        self._cache: dict[bytes, tuple[bytes, datetime]] = {}  # request DER -> response
 
     def invalidate(self, index: IssuerIndex | None = None) -> None:
         self._cache.clear()
@@ -116,6 +116,9 @@ class Responder:
 
     def respond(self, request_der: bytes, now: datetime) -> bytes:
         """A DER OCSPResponse; never raises on bad input (malformedRequest instead)."""
+        cached = self._cache.get(request_der)
+        if cached is not None and now < cached[1]:
+            return cached[0]
         try:
             request = ocsp.load_der_ocsp_request(request_der)
             algorithm = request.hash_algorithm
@@ -134,19 +137,13 @@ class Responder:
             # RFC 6960 2.3: a responder that is not authoritative for the issuer
             log.info("OCSP: unknown issuer for serial %x", serial)
             return unsuccessful(ocsp.OCSPResponseStatus.UNAUTHORIZED)
-        key = (issuer.serial, serial, algorithm.name)
-        if nonce is None:
-            cached = self._cache.get(key)
-            if cached is not None and now < cached[1]:
-                self.hits += 1
-                return cached[0]
         status = self.lookup(issuer, serial)
         now = now.replace(microsecond=0)
         der = self._sign(issuer, algorithm, name_hash, key_hash, serial, status, now, nonce)
         if nonce is None:
             if len(self._cache) >= MAX_CACHE:
                 self._cache.clear()
-            self._cache[key] = (der, now + self.validity / 2)
+            self._cache[request_der] = (der, now + self.validity / 2)
         return der
 
     @staticmethod

@@ -83,6 +83,8 @@ def test_nonce_less_answers_are_cached_until_invalidated() -> None:
     responder.invalidate()
     responder.respond(request, NOW)
     assert calls == [1000, 1000]
+    responder.respond(request, NOW + ocsp.DEFAULT_VALIDITY / 2)  # half its validity: stale
+    assert calls == [1000, 1000, 1000]
 
 
 def test_garbage_and_unknown_issuer() -> None:
