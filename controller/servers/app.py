@@ -96,8 +96,8 @@ def _est(handler: Callable[[web.Request, ServerState], Awaitable[web.Response]])
             return await handler(request, state)
         except est.ESTError as exc:
             if audit.is_enrollment(request):
-                await audit.record(state.audit, audit.enrollment(
-                    request, _peer_certificate(request), None, exc), now_utc())
+                await state.enrollments.record(audit.enrollment(
+                    request, _peer_certificate(request), None, exc))
             return _refusal(exc, request)
     return wrapped
 
@@ -105,8 +105,8 @@ def _est(handler: Callable[[web.Request, ServerState], Awaitable[web.Response]])
 async def _enrolled(request: web.Request, state: ServerState, record: CertRecord) -> None:
     """Our write: drop cached OCSP answers, and audit the enrollment before answering."""
     state.changed()
-    await audit.record(state.audit, audit.enrollment(request, _peer_certificate(request), record,
-                                                     None), now_utc())
+    await state.enrollments.record(audit.enrollment(request, _peer_certificate(request), record,
+                                                    None))
 
 
 def _label_fleet(request: web.Request, state: ServerState) -> str | None:

@@ -1,14 +1,13 @@
 """Audit records of EST enrollments, accepted (with the certificate issued) or refused (with
 why), naming the client: its address, the device id it claimed (HTTP Basic user, never the
-secret) and its TLS client certificate. Appended before the response is sent; forwarded to the
-SIEM receivers in the background."""
+secret) and its TLS client certificate. Appended before the response is sent, group-committed
+(`GroupCommit`); forwarded to the SIEM receivers in the background."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import socket
-from datetime import datetime
 
 from aiohttp import web
 from cryptography import x509
@@ -16,6 +15,7 @@ from cryptography import x509
 from controller.audit.log import AuditError
 from controller.audit.records import Event
 from controller.audit.trail import Trail
+from controller.clock import now_utc
 from controller.pki import certificates as certs
 from controller.servers import est
 from controller.stores.inventory import CertRecord
@@ -60,15 +60,45 @@ def enrollment(request: web.Request, peer: bytes | None, issued: CertRecord | No
                   "reason": refusal.detail or str(refusal)})
 
 
-async def record(trail: Trail, event: Event, now: datetime) -> None:
-    """Append (in a thread), then forward in the background: a slow receiver never delays
-    the response."""
-    try:
-        await asyncio.to_thread(trail.append, [event], now)
-    except AuditError as exc:
-        log.error("audit: %s (EST %s not recorded)", exc, event.action)
-        return
-    if trail.destinations:
-        task = asyncio.create_task(asyncio.to_thread(trail.forward))
-        _forwarding.add(task)
-        task.add_done_callback(_forwarding.discard)
+class GroupCommit:
+    """Appends EST records as they come, several at a time: records that arrive while an append
+    (one seal, one fsync) is running go together in the next one. Each `record` returns once
+    its own record is on disk, so a response never goes out before its audit record; under load
+    the cost of an append is shared by every enrollment that waited for it."""
+
+    def __init__(self, trail: Trail) -> None:
+        self.trail = trail
+        self._waiting: list[tuple[Event, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def record(self, event: Event) -> None:
+        """Append `event` (in a thread), then forward in the background: a slow receiver never
+        delays the response. A failed append is logged, and the enrollment still answered."""
+        done = asyncio.get_running_loop().create_future()
+        self._waiting.append((event, done))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write())
+        try:
+            await done
+        except AuditError as exc:
+            log.error("audit: %s (EST %s not recorded)", exc, event.action)
+
+    async def _write(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            try:
+                await asyncio.to_thread(self.trail.append, [event for event, _ in batch],
+                                        now_utc())
+            except AuditError as exc:
+                for _, done in batch:
+                    if not done.done():  # its request may have been cancelled meanwhile
+                        done.set_exception(exc)
+                continue
+            for _, done in batch:
+                if not done.done():
+                    done.set_result(None)
+            if self.trail.destinations:
+                task = asyncio.create_task(asyncio.to_thread(self.trail.forward))
+                _forwarding.add(task)
+                task.add_done_callback(_forwarding.discard)
+        self._writer = None

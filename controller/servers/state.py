@@ -27,6 +27,7 @@ from controller.pki import keys
 from controller.policy.engine import CompiledRule
 from controller.policy.tenancy import Tenancy
 from controller.servers import ocsp
+from controller.servers.audit import GroupCommit
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class ServerState:
         self.inventory = state.inventory(create=False)
         self.keystore = state.keystore()
         self.audit = state.audit(lambda: self.keystore)
+        self.enrollments = GroupCommit(self.audit)  # EST's records, appended from the loop
         self._keys: dict[str, keys.PrivateKey] = {}
         self._version: int | None = None
         self.desired = Desired()
