@@ -24,7 +24,6 @@ from controller.api.resources import (
     CertificateAuthority,
     CertificatePolicy,
     CertificateProfile,
-    Device,
     DeviceFleet,
     PolicyRule,
 )
@@ -45,7 +44,7 @@ VARIABLES = ("device", "fleet", "profile", "authority", "tenant")
 
 
 MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
-MEMO_LIMIT = 10_000  # per device rule and fleet: distinct device data remembered
+MEMO_LIMIT = 100_000  # device-rule results remembered (by rule, fleet and fields read)
 
 
 def _identifiers(tree: Tree) -> tuple[set[str], bool]:
@@ -64,20 +63,6 @@ def _identifiers(tree: Tree) -> tuple[set[str], bool]:
     uses_has = any(n.data == "ident_arg" and str(n.children[0]) == "has"
                    for n in tree.iter_subtrees())
     return names - bound, uses_has
-
-
-_LABELS: dict[int, tuple[tuple[Device, ...], dict[str, dict[str, str]]]] = {}
-
-
-def _labels(devices: tuple[Device, ...]) -> dict[str, dict[str, str]]:
-    """Device id -> labels, kept for the few device tuples last asked about (a server judges
-    one device of an unchanged declaration per request)."""
-    known = _LABELS.get(id(devices))
-    if known is None or known[0] is not devices:
-        if len(_LABELS) >= 8:
-            _LABELS.clear()
-        known = _LABELS[id(devices)] = (devices, {d.id: d.labels for d in devices})
-    return known[1]
 
 
 def _device_fields(tree: Tree) -> frozenset[str] | None:
@@ -327,13 +312,80 @@ def _holds(guard: celpy.Runner, activation: dict[str, Any]) -> bool:
     return isinstance(result, celtypes.BoolType | bool) and bool(result)
 
 
+class PolicyMemo:
+    """What repeated `evaluate` calls over one declaration may share (a server judging one
+    enrollment at a time): each CA's findings, each fleet's findings, activation and the device
+    rules its guards leave, and device-rule results by the device fields they read. Rules may
+    read `now`, so it holds for one minute of it; drop it when the declaration changes."""
+
+    def __init__(self) -> None:
+        self.minute: int | None = None
+        self.authorities: dict[str, list[tuple[int, Finding | None]]] = {}
+        self.fleets: dict[str, _FleetJudgement] = {}
+        self.devices: dict[tuple[str, int, str], Finding | None] = {}
+
+    def at(self, now: datetime) -> PolicyMemo:
+        """Itself, emptied if it was filled in another minute than `now`'s."""
+        minute = int(now.timestamp()) // 60
+        if minute != self.minute:
+            self.minute = minute
+            self.authorities, self.fleets, self.devices = {}, {}, {}
+        return self
+
+
+@dataclass(frozen=True)
+class _FleetJudgement:
+    findings: list[tuple[int, Finding | None]]
+    activation: dict[str, Any]
+    device_rules: list[tuple[int, CompiledRule]]
+
+
+def _policy_of(rule: CompiledRule) -> CertificatePolicy:
+    assert isinstance(rule.policy.resource, CertificatePolicy)
+    return rule.policy.resource
+
+
+def _judge_authority(ranked: list[tuple[int, CompiledRule]], desired: Desired, name: str,
+                     now: datetime, tenancy: Tenancy) -> list[tuple[int, Finding | None]]:
+    ca = desired.authority(name)
+    ref = f"CertificateAuthority/{name}"
+    activation = _activation({"authority": authority_data(ca, tenancy.name_of(ref)),
+                              "tenant": tenancy.data(ref), "now": now})
+    return [(rank, _run(rule, activation, ref, None)) for rank, rule in ranked
+            if rule.scope == "authority" and _selected(_policy_of(rule), None, ca, desired)]
+
+
+def _judge_fleet(ranked: list[tuple[int, CompiledRule]], desired: Desired, decl: FleetDecl,
+                 now: datetime, tenancy: Tenancy) -> _FleetJudgement:
+    ca = desired.authority(decl.fleet.spec.issuerRef.name)
+    profile = desired.profile(decl.fleet.spec.profileRef.name)
+    chosen = [(rank, rule) for rank, rule in ranked if rule.scope != "authority"
+              and _selected(_policy_of(rule), decl.fleet, ca, desired)]
+    if not chosen:
+        return _FleetJudgement([], {}, [])
+    target = f"DeviceFleet/{decl.fleet.name}"
+    activation = _activation({
+        "authority": authority_data(ca, tenancy.name_of(f"CertificateAuthority/{ca.name}")),
+        "profile": profile_data(profile, tenancy.name_of(f"CertificateProfile/{profile.name}")),
+        "fleet": fleet_data(decl, tenancy.name_of(target)), "tenant": tenancy.data(target),
+        "now": now})
+    findings = [(rank, _run(rule, activation, target, None)) for rank, rule in chosen
+                if rule.scope == "fleet"]
+    device_rules = [(rank, rule) for rank, rule in chosen if rule.scope == "device"
+                    and not any(_holds(g, activation) for g in rule.guards)]
+    return _FleetJudgement(findings, activation, device_rules)
+
+
 def evaluate(rules: list[CompiledRule], desired: Desired,
              intents: Mapping[tuple[str, str], DeviceIntent], now: datetime,
-             tenancy: Tenancy = NO_TENANTS, fleet: str | None = None) -> list[Finding]:
+             tenancy: Tenancy = NO_TENANTS, fleet: str | None = None,
+             memo: PolicyMemo | None = None) -> list[Finding]:
     """Every rule over every object it selects; device rules over `intents` (the devices that
     would get a certificate), each device's data converted once for all its rules. `tenant` is
     the CA's tenant in CA rules, the fleet's in the others. With `fleet`, only that fleet and
-    its issuing CA are judged (one EST enrollment)."""
+    its issuing CA are judged (one EST enrollment); a `memo` carries what does not depend on
+    the device from one such call to the next."""
+    memo = (memo or PolicyMemo()).at(now)
     found: list[tuple[tuple[int, int, int], Finding]] = []  # (rule, object, device) order
     by_fleet: dict[str, list[DeviceIntent]] = {}
     for (fleet_name, _), intent in sorted(intents.items()):
@@ -343,65 +395,47 @@ def evaluate(rules: list[CompiledRule], desired: Desired,
         if finding is not None:
             found.append(((rank, target, device), finding))
 
-    def policy_of(rule: CompiledRule) -> CertificatePolicy:
-        assert isinstance(rule.policy.resource, CertificatePolicy)
-        return rule.policy.resource
-
     ranked = list(enumerate(rules))
     issuer = desired.fleets[fleet].fleet.spec.issuerRef.name if fleet is not None else None
     for position, name in enumerate(desired.authorities_in_order()):
-        ca = desired.authority(name)
-        if ca.spec.type == "external" or issuer not in (None, name):
+        if desired.authority(name).spec.type == "external" or issuer not in (None, name):
             continue  # nothing is made for it: no rule to gate
-        ref = f"CertificateAuthority/{name}"
-        activation = _activation({"authority": authority_data(ca, tenancy.name_of(ref)),
-                                  "tenant": tenancy.data(ref), "now": now})
-        for rank, rule in ranked:
-            if rule.scope == "authority" and _selected(policy_of(rule), None, ca, desired):
-                record(rank, position, 0, _run(rule, activation, ref, None))
+        if name not in memo.authorities:
+            memo.authorities[name] = _judge_authority(ranked, desired, name, now, tenancy)
+        for rank, finding in memo.authorities[name]:
+            record(rank, position, 0, finding)
     for position, (name, decl) in enumerate(sorted(desired.fleets.items())):
         if fleet not in (None, name):
             continue
-        ca = desired.authority(decl.fleet.spec.issuerRef.name)
-        profile = desired.profile(decl.fleet.spec.profileRef.name)
-        chosen = [(rank, rule) for rank, rule in ranked if rule.scope != "authority"
-                  and _selected(policy_of(rule), decl.fleet, ca, desired)]
-        if not chosen:
+        if name not in memo.fleets:
+            memo.fleets[name] = _judge_fleet(ranked, desired, decl, now, tenancy)
+        judged = memo.fleets[name]
+        for rank, finding in judged.findings:
+            record(rank, position, 0, finding)
+        if not judged.device_rules:
             continue
         target = f"DeviceFleet/{name}"
-        activation = _activation({
-            "authority": authority_data(ca, tenancy.name_of(f"CertificateAuthority/{ca.name}")),
-            "profile": profile_data(profile,
-                                    tenancy.name_of(f"CertificateProfile/{profile.name}")),
-            "fleet": fleet_data(decl, tenancy.name_of(target)), "tenant": tenancy.data(target),
-            "now": now})
-        for rank, rule in chosen:
-            if rule.scope == "fleet":
-                record(rank, position, 0, _run(rule, activation, target, None))
-        device_rules = [(rank, rule) for rank, rule in chosen if rule.scope == "device"
-                        and not any(_holds(g, activation) for g in rule.guards)]
-        if not device_rules or not by_fleet.get(name):
-            continue
-        labels = _labels(decl.devices)
-        memo: dict[tuple[int, str], Finding | None] = {}
+        profile = desired.profile(decl.fleet.spec.profileRef.name)
         for number, intent in enumerate(by_fleet.get(name, [])):
-            data = device_data(intent, labels.get(intent.device_id, {}), profile)
+            declared = decl.device(intent.device_id)
+            data = device_data(intent, declared.labels if declared else {}, profile)
             device_activation: dict[str, Any] | None = None
-            for rank, rule in device_rules:
+            for rank, rule in judged.device_rules:
                 if rule.device_fields is None:
                     if device_activation is None:
-                        device_activation = {**activation, "device": _cel(data)}
+                        device_activation = {**judged.activation, "device": _cel(data)}
                     record(rank, position, number,
                            _run(rule, device_activation, target, intent.device_id))
                     continue
                 seen = {f: data[f] for f in sorted(rule.device_fields) if f in data}
-                key = (rank, repr(seen))
-                if key in memo:
-                    finding = memo[key]
+                key = (name, rank, repr(seen))
+                if key in memo.devices:
+                    finding = memo.devices[key]
                 else:
-                    finding = _run(rule, {**activation, "device": _cel(seen)}, target, None)
-                    if len(memo) < MEMO_LIMIT:
-                        memo[key] = finding
+                    finding = _run(rule, {**judged.activation, "device": _cel(seen)}, target,
+                                   None)
+                    if len(memo.devices) < MEMO_LIMIT:
+                        memo.devices[key] = finding
                 record(rank, position, number,
                        finding and replace(finding, device=intent.device_id))
     return [finding for _, finding in sorted(found, key=lambda item: item[0])]

@@ -198,7 +198,7 @@ async def simpleenroll(request: web.Request, state: ServerState) -> web.Response
         target, stored = await _secret_holder(request, state, fleet)
     record = est.issue(state.executor(now), state.inventory, target, csr, now, consume=stored,
                        rules=state.rules,
-                       tenancy=state.tenancy)
+                       tenancy=state.tenancy, memo=state.policy_memo)
     await _enrolled(request, state, record)
     return _issued(record.der)
 
@@ -221,7 +221,7 @@ async def serverkeygen(request: web.Request, state: ServerState) -> web.Response
         target = est.find_device(state.desired, current.device, current.owner)
     record = est.issue(state.executor(now), state.inventory, target, csr, now, consume=consume,
                        server_key=True, rules=state.rules,
-                       tenancy=state.tenancy)
+                       tenancy=state.tenancy, memo=state.policy_memo)
     await _enrolled(request, state, record)
     body, content_type = est.server_key_response(state.keystore, record)
     return web.Response(body=body, headers={"Content-Type": content_type})
@@ -244,7 +244,7 @@ async def simplereenroll(request: web.Request, state: ServerState) -> web.Respon
     csr = await _csr(request)
     target = est.find_device(state.desired, current.device, current.owner)
     record = est.issue(state.executor(now), state.inventory, target, csr, now, rules=state.rules,
-                       tenancy=state.tenancy)
+                       tenancy=state.tenancy, memo=state.policy_memo)
     await _enrolled(request, state, record)
     return _issued(record.der)
 

@@ -44,7 +44,7 @@ from controller.pki.der import der_oid, der_tlv
 from controller.pki.errors import PKIError
 from controller.plan.intents import ENROLLED, DeviceIntent, IntentError, device_intent
 from controller.plan.model import Action, ActionName
-from controller.policy.engine import CompiledRule, evaluate
+from controller.policy.engine import CompiledRule, PolicyMemo, evaluate
 from controller.policy.tenancy import NO_TENANTS, Tenancy
 from controller.stores.inventory import CertRecord, EnrollmentSecret, Inventory
 from controller.stores.keystore import KeyStore
@@ -199,12 +199,14 @@ def check_csr_identity(csr: x509.CertificateSigningRequest, device_id: str) -> N
 def issue(executor: Executor, inventory: Inventory, target: Target,
           csr: x509.CertificateSigningRequest, now: datetime,
           consume: EnrollmentSecret | None = None, server_key: bool = False,
-          rules: Sequence[CompiledRule] = (), tenancy: Tenancy = NO_TENANTS) -> CertRecord:
+          rules: Sequence[CompiledRule] = (), tenancy: Tenancy = NO_TENANTS,
+          memo: PolicyMemo | None = None) -> CertRecord:
     """Build the device certificate from its profile and record it as `apply` would: the new
     certificate active, the previous one revoked `superseded`, the secret consumed, in one
     transaction. `server_key` (serverkeygen): a new key generated here and kept wrapped in the
     inventory as for `keyGeneration: server`; the CSR's key is then ignored. The declaration's
-    policy `rules` are evaluated over this one device first, as `plan` gates an issuance."""
+    policy `rules` are evaluated over this one device first, as `plan` gates an issuance (with
+    `memo`, what does not depend on the device is judged once a minute)."""
     fleet = target.decl.fleet
     profile = executor.desired.profile(fleet.spec.profileRef.name)
     device = target.device
@@ -225,7 +227,7 @@ def issue(executor: Executor, inventory: Inventory, target: Target,
             intent = _device_key_intent(target, profile, csr)
     except IntentError as exc:
         raise ESTError(400, str(exc)) from None
-    check_policy(rules, executor.desired, fleet.name, device.id, intent, now, tenancy)
+    check_policy(rules, executor.desired, fleet.name, device.id, intent, now, tenancy, memo)
     current = inventory.active_device(fleet.name, device.id)
     name: ActionName = ("rekey" if server_key else "renew") if current else "issue"
     action = Action(name, "DeviceFleet", fleet.name, "EST enrollment",
@@ -245,12 +247,14 @@ def issue(executor: Executor, inventory: Inventory, target: Target,
 
 
 def check_policy(rules: Sequence[CompiledRule], desired: Desired, fleet: str, device: str,
-                 intent: DeviceIntent, now: datetime, tenancy: Tenancy = NO_TENANTS) -> None:
+                 intent: DeviceIntent, now: datetime, tenancy: Tenancy = NO_TENANTS,
+                 memo: PolicyMemo | None = None) -> None:
     """Refuse (403) when a deny rule fails for this device, its fleet or its issuing CA."""
     if not rules:
         return
     issuer = desired.fleets[fleet].fleet.spec.issuerRef.name
-    findings = evaluate(list(rules), desired, {(fleet, device): intent}, now, tenancy, fleet)
+    findings = evaluate(list(rules), desired, {(fleet, device): intent}, now, tenancy, fleet,
+                        memo)
     denies = [f for f in findings if f.action == "deny" and (
         (f.object == f"DeviceFleet/{fleet}" and f.device in (None, device))
         or f.object == f"CertificateAuthority/{issuer}")]

@@ -24,7 +24,7 @@ from controller.audit.records import Event
 from controller.clock import epoch, from_epoch, now_utc
 from controller.pki import certificates as certs
 from controller.pki import keys
-from controller.policy.engine import CompiledRule
+from controller.policy.engine import CompiledRule, PolicyMemo
 from controller.policy.tenancy import Tenancy
 from controller.servers import ocsp
 from controller.servers.audit import GroupCommit
@@ -51,6 +51,7 @@ class ServerState:
         self._version: int | None = None
         self.desired = Desired()
         self.rules: list[CompiledRule] = []
+        self.policy_memo = PolicyMemo()  # the rules' verdicts on the current declaration
         self.tenancy = Tenancy()
         self._executor: Executor | None = None
         self.responder = ocsp.Responder(ocsp.IssuerIndex([]), self._lookup)
@@ -75,6 +76,7 @@ class ServerState:
             try:
                 declaration = jobs.load(self.directory, self.policies, self.inventory)
                 self.desired, self.rules = declaration.desired, declaration.rules
+                self.policy_memo = PolicyMemo()
                 self.tenancy = declaration.tenancy
             except Exception as exc:  # keep serving the last good declaration
                 log.warning("cannot reload the declaration from %s: %s", self.directory,

@@ -402,3 +402,42 @@ def test_judging_one_fleet_gives_its_and_its_issuers_findings_only(repo: FleetRe
         assert judged == [f for f in every if f.object in (
             f"DeviceFleet/{fleet}", f"CertificateAuthority/{issuer}")]
         assert {f.policy for f in judged} >= {"mixed"}
+
+
+def test_a_memo_judges_objects_once_a_minute_and_devices_by_the_fields_read(
+        repo: FleetRepo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a server does per enrollment: the same findings as without the memo, with the CA's
+    and the fleet's rules and a device rule's result for equal fields evaluated once a minute."""
+    from datetime import datetime, timedelta
+
+    from controller.plan.model import Observed
+    from controller.plan.planner import plan
+    from controller.policy import engine
+    runs: list[str] = []
+    run = engine._run
+    monkeypatch.setattr(engine, "_run", lambda r, *a: runs.append(r.rule.name) or run(r, *a))
+    repo.fleets["sensors"]["spec"]["devices"] = devices("a-1", "a-2", "a-3", site="paris")
+    repo.add_policy(policy("mixed", rule("site", 'device.labels.site == "berlin"'),
+                           rule("soon", 'now < timestamp("2030-01-01T00:01:00Z")'),
+                           rule("issuer", 'authority.name == "issuing"')))
+    declaration = jobs.load(repo.write(tmp_path / "repo"))
+    intents = plan(declaration.desired, Observed(), NOW).intents
+    memo = engine.PolicyMemo()
+
+    def judge(device: str, at: datetime) -> list[tuple[str, str | None]]:
+        one = {key: i for key, i in intents.items() if key == ("sensors", device)}
+        with_memo = engine.evaluate(declaration.rules, declaration.desired, one, at,
+                                    declaration.tenancy, "sensors", memo)
+        assert with_memo == engine.evaluate(declaration.rules, declaration.desired, one, at,
+                                            declaration.tenancy, "sensors")
+        return [(f.rule, f.device) for f in with_memo if f.policy == "mixed"]
+
+    assert judge("a-1", NOW) == [("site", "a-1")]
+    runs.clear()
+    assert judge("a-2", NOW + timedelta(seconds=30)) == [("site", "a-2")]
+    assert judge("a-3", NOW + timedelta(seconds=59)) == [("site", "a-3")]
+    # only the two calls without the memo evaluated them (same fields: the site result shared)
+    assert runs.count("soon") == runs.count("issuer") == runs.count("site") == 2
+    runs.clear()
+    assert judge("a-1", NOW + timedelta(minutes=1)) == [("site", "a-1"), ("soon", None)]
+    assert runs.count("soon") == 2  # a new minute: judged again, with and without the memo
