@@ -426,10 +426,14 @@ def _ab(ab: str, body: Path, url: str, count: int) -> float:
 
 def _est_requests(share: list[tuple[int, str, bytes, str | None, tuple[str, str] | None,
                                     str]]) -> None:
+    shared: dict[str, ssl.SSLContext] = {}  # one context per chain when there is no client key
     for port, path, body, auth, client_files, chain in share:
-        context = ssl.create_default_context(cadata=chain)
         if client_files:
+            context = ssl.create_default_context(cadata=chain)
             context.load_cert_chain(*client_files)
+        else:
+            context = shared.get(chain) or shared.setdefault(
+                chain, ssl.create_default_context(cadata=chain))
         connection = http.client.HTTPSConnection("127.0.0.1", port, context=context)
         headers = {"Content-Type": "application/pkcs10"}
         if auth:
