@@ -6,6 +6,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring_ascii as _string
 from typing import Any
 
 from controller.api.devices import DeviceLines, DeviceSet, DeviceSummary
@@ -99,9 +100,20 @@ def hash_parts(digest: Any, *parts: object) -> Any:
     of `a, b, c` is `hash_parts(hash_parts(sha256(), a).copy(), b, c)`'s, so a common prefix
     can be hashed once."""
     for part in parts:
-        digest.update(json.dumps(part, sort_keys=True, separators=(",", ":"), default=str).encode())
+        digest.update(_json(part).encode())
         digest.update(b"\0")
     return digest
+
+
+def _json(part: object) -> str:
+    """Compact JSON with sorted keys; pairs of strings (an intent's subject, SANs and
+    extensions, hashed for every device) are written directly, byte for byte as json.dumps
+    writes them, at a fifth of its cost."""
+    if isinstance(part, tuple) and all(
+            isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], str)
+            and isinstance(pair[1], str) for pair in part):
+        return "[" + ",".join(f"[{_string(key)},{_string(value)}]" for key, value in part) + "]"
+    return json.dumps(part, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def fleet_hash(fleet: DeviceFleet, devices: DeviceSet, profile: CertificateProfile) -> str:
