@@ -5,7 +5,7 @@ keys are declared), applies it, starts `fleetpki serve` as a subprocess and meas
 keep-alive `http.client` connection each:
 - OCSP POSTs for one certificate without a nonce (served from the response cache) and with a
   fresh nonce each time (signed per request);
-- EST simpleenroll with one-time secrets (each a scrypt check, a signature and a commit).
+- EST simpleenroll with one-time secrets (each an HMAC check, a signature and a commit).
 """
 
 from __future__ import annotations
