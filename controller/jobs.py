@@ -60,7 +60,9 @@ from controller.status.fleetlint import lint as lint  # part of the job API
 from controller.status.gitbranch import GitStatus
 from controller.status.report import Outcome, build_status
 from controller.status.store import StatusStore, StatusUpdate
-from controller.stores.inventory import Inventory
+from controller.stores.database import ERRORS as DATABASE_ERRORS  # noqa: F401 # part of the job API
+from controller.stores.database import is_url, redact
+from controller.stores.inventory import Inventory, copy, migrate
 from controller.stores.inventory import InventoryError as InventoryError  # part of the job API
 from controller.stores.keystore import PASSPHRASE_ENV as PASSPHRASE_ENV  # part of the job API
 from controller.stores.keystore import FileBlobs, KeyBlobs, KeyStore, initialised
@@ -70,6 +72,7 @@ from controller.stores.secrets import api_client as api_client  # part of the jo
 from controller.stores.secrets import secret_blobs
 
 STATE_ENV = "FLEETPKI_STATE_DIR"
+DATABASE_ENV = "FLEETPKI_DATABASE_URL"
 # what a run refuses with, before or while applying: reported (on status too), not retried
 REFUSALS = (InvalidDeclaration, ApplyRefused, ExistingCA, KeyStoreError, PKIError,
             UnsignedChange)
@@ -86,30 +89,43 @@ class StateDir:
     """Where the inventory, keys and published CRLs/CA certificates live (never in git).
 
     The keys are files in `<path>/keys` unless `key_blobs` names another backend (the operator
-    passes `SecretBlobs`: Kubernetes Secrets)."""
+    passes `SecretBlobs`: Kubernetes Secrets). The inventory is `<path>/inventory.db` (SQLite)
+    unless `database_url` names a PostgreSQL database (never printed: it may hold a password)."""
 
     path: Path
     key_blobs: KeyBlobs | None = field(default=None, compare=False, repr=False)
+    database_url: str | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def resolve(cls, option: Path | None) -> StateDir:
+    def resolve(cls, option: Path | None, database_url: str | None = None) -> StateDir:
+        """From the options, else $FLEETPKI_STATE_DIR and $FLEETPKI_DATABASE_URL."""
+        url = database_url or os.environ.get(DATABASE_ENV) or None
+        if url is not None and not is_url(url):
+            raise InventoryError(f"--database-url / ${DATABASE_ENV} must be a postgresql:// "
+                                 f"URL, not {redact(url)!r} (leave it unset for SQLite)")
         if option is not None:
-            return cls(option.expanduser().resolve())
+            return cls(option.expanduser().resolve(), database_url=url)
         if os.environ.get(STATE_ENV):
-            return cls(Path(os.environ[STATE_ENV]).expanduser().resolve())
+            return cls(Path(os.environ[STATE_ENV]).expanduser().resolve(), database_url=url)
         base = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state"))
-        return cls(base / "fleetpki")
+        return cls(base / "fleetpki", database_url=url)
 
     @property
     def inventory_path(self) -> Path:
         return self.path / "inventory.db"
 
     @property
+    def inventory_location(self) -> Path | str:
+        """The SQLite file, or the PostgreSQL URL."""
+        return self.database_url or self.inventory_path
+
+    @property
     def public_dir(self) -> Path:
         return self.path / "public"
 
     def exists(self) -> bool:
-        return self.inventory_path.exists()
+        """Whether there is an inventory (a PostgreSQL one is checked when opened)."""
+        return self.database_url is not None or self.inventory_path.exists()
 
     def inventory(self, create: bool = True) -> Inventory:
         """The inventory for writing: created if absent (only with `create`), never in place
@@ -120,11 +136,11 @@ class StateDir:
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         if self.path.stat().st_mode & 0o077:
             self.path.chmod(0o700)
-        return Inventory(self.inventory_path)
+        return Inventory(self.inventory_location)
 
     def reader(self) -> Inventory:
         """The existing inventory, read-only (works in a read-only state directory)."""
-        return Inventory(self.inventory_path, read_only=True)
+        return Inventory(self.inventory_location, read_only=True)
 
     @property
     def keys(self) -> KeyBlobs:
@@ -526,3 +542,23 @@ def device_tls_bundles(state: StateDir, fleet: str,
             if record is None or record.key_blob is None:
                 continue
             yield DeviceTLS(device, record.serial, device_pem(inventory, keystore, record))
+
+
+def migrate_inventory(state: StateDir) -> tuple[int, int]:
+    """Create or upgrade the schema of the state directory's inventory (or its database);
+    (version before, after)."""
+    if state.database_url is None:
+        state.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return migrate(state.inventory_location)
+
+
+def copy_inventory(source: Path, target_url: str) -> dict[str, int]:
+    """Copy the SQLite inventory `source` (a file, or a state directory holding one) into
+    the empty PostgreSQL database `target_url` (its schema made first), verified row for row;
+    rows copied per table."""
+    if not is_url(target_url):
+        raise InventoryError(f"--to must be a postgresql:// URL, not {redact(target_url)!r}")
+    path = source / "inventory.db" if source.is_dir() else source
+    migrate(target_url)
+    with Inventory(path, read_only=True) as reader, Inventory(target_url) as writer:
+        return copy(reader, writer)

@@ -63,7 +63,7 @@ class ServerState:
 
     # --- refresh ------------------------------------------------------------------------------
     def refresh(self, force: bool = False) -> None:
-        version = int(self.inventory.db.execute("PRAGMA data_version").fetchone()[0])
+        version = self.inventory.db.version()
         if version == self._version and not force:
             return
         self._version = version
