@@ -639,7 +639,7 @@ def reconcile(repo: Annotated[str, typer.Option(help="Git URL or path of the fle
     if metrics_port is not None:
         from controller.status import metrics
 
-        metrics.serve(metrics_port, lambda: {"": state.inventory_path})
+        metrics.serve(metrics_port, lambda: {"": state.inventory_location})
     reconciler.run(period if not once else None, log=lambda m: err.print(m, markup=False,
                                                                           highlight=False))
 

@@ -62,7 +62,7 @@ from controller.status.report import Outcome, build_status
 from controller.status.store import StatusStore, StatusUpdate
 from controller.stores.database import ERRORS as DATABASE_ERRORS  # noqa: F401 # part of the job API
 from controller.stores.database import is_url, redact
-from controller.stores.inventory import Inventory, copy, migrate
+from controller.stores.inventory import Inventory, copy, database_lock, migrate
 from controller.stores.inventory import InventoryError as InventoryError  # part of the job API
 from controller.stores.keystore import PASSPHRASE_ENV as PASSPHRASE_ENV  # part of the job API
 from controller.stores.keystore import FileBlobs, KeyBlobs, KeyStore, initialised
@@ -163,11 +163,16 @@ class StateDir:
 
     @contextmanager
     def lock(self) -> Iterator[None]:
-        """One applier per state directory; a second one fails at once instead of racing."""
+        """One applier per state directory; a second one fails at once instead of racing.
+        With PostgreSQL, also one applier per database (on any machine): later ones wait."""
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         with _locked(self.path / "apply.lock", f"another fleetpki process is applying with "
                      f"state directory {self.path}; try again when it has finished"):
-            yield
+            if self.database_url is None:
+                yield
+                return
+            with database_lock(self.database_url, "apply"):
+                yield
 
     def audit(self, keystore: Callable[[], KeyStore] | None = None) -> Trail:
         """The audit trail of this state directory (forwarded as $FLEETPKI_AUDIT_SYSLOG says),

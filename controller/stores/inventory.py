@@ -291,6 +291,21 @@ def _fingerprint(inventory: Inventory, table: str, columns: str) -> tuple[int, i
     return count, total
 
 
+@contextmanager
+def database_lock(url: str, name: str) -> Iterator[None]:
+    """Hold PostgreSQL's advisory lock `name` for the block, waiting for it while another
+    process (on any machine) holds it. It is the connection's: released when the block ends
+    or the process dies."""
+    db = connect(url, read_only=False)
+    try:
+        db.execute("SELECT pg_advisory_lock(hashtextextended(?, 0))", (f"fleetpki {name}",))
+        yield
+    except db.errors as exc:
+        raise InventoryError(db.describe(exc)) from None
+    finally:
+        db.close()
+
+
 def newer(name: str, version: int) -> str:
     return (f"the inventory {name} has schema version {version}, newer than this fleetpki's "
             f"({VERSION}): upgrade fleetpki")
