@@ -273,7 +273,11 @@ def apply(directory: DirArg, state_dir: StateOpt = None,
           new_ca: NewCAOpt = None, allow_uncommitted: Annotated[bool, typer.Option(
               help="Apply the working tree even when files under DIR are not committed.")] =
           False, require_signed_commits: RequireSignedOpt = False,
-          allowed_signers: AllowedSignersOpt = None) -> None:
+          allowed_signers: AllowedSignersOpt = None,
+          fleet: Annotated[list[str] | None, typer.Option(
+              "--fleet", help="Only this fleet's certificates (repeatable; CAs and CRLs are "
+              "always converged). With PostgreSQL, appliers of other fleets run meanwhile.",
+              show_default=False)] = None) -> None:
     """Converge the state to the declaration and write status back. Actions a policy denies
     are skipped (their objects become Stalled) and the exit code is 1. In a git work tree,
     only what is committed is applied: uncommitted files under DIR are refused."""
@@ -301,7 +305,8 @@ def apply(directory: DirArg, state_dir: StateOpt = None,
                             allow_mass_revocation=allow_mass_revocation, write_status=status,
                             status_branch=status_branch, progress=advance,
                             policies=jobs.PolicySource(default_policies, policies),
-                            new_cas=frozenset(new_ca or ()), signers=signers)
+                            new_cas=frozenset(new_ca or ()), signers=signers,
+                            fleets=frozenset(fleet or ()))
     if output != OutputFormat.text:
         _emit({"done": report.result.done, "summary": report.plan.summary(),
                "warnings": list(report.plan.warnings),

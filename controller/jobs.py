@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import os
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -162,17 +163,30 @@ class StateDir:
         return KeyStore.from_env(self.keys)
 
     @contextmanager
-    def lock(self) -> Iterator[None]:
+    def lock(self, fleets: Collection[str] = ()) -> Iterator[None]:
         """One applier per state directory; a second one fails at once instead of racing.
-        With PostgreSQL, also one applier per database (on any machine): later ones wait."""
+
+        With PostgreSQL, appliers on any machine wait for each other's database locks: an
+        apply of every fleet excludes all others; appliers of `fleets` exclude those of the
+        same fleets only (their CA work is serialized by `ca_lock`)."""
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         with _locked(self.path / "apply.lock", f"another fleetpki process is applying with "
                      f"state directory {self.path}; try again when it has finished"):
             if self.database_url is None:
                 yield
-                return
-            with database_lock(self.database_url, "apply"):
-                yield
+            elif fleets:
+                with database_lock(self.database_url, [f"fleet {f}" for f in fleets],
+                                   shared=["all fleets"]):
+                    yield
+            else:
+                with database_lock(self.database_url, ["all fleets"]):
+                    yield
+
+    def ca_lock(self) -> AbstractContextManager[object]:
+        """Held around an apply's work on CAs, the crash journal and CRLs (PostgreSQL)."""
+        if self.database_url is None:
+            return contextlib.nullcontext()
+        return database_lock(self.database_url, ["CAs"])
 
     def audit(self, keystore: Callable[[], KeyStore] | None = None) -> Trail:
         """The audit trail of this state directory (forwarded as $FLEETPKI_AUDIT_SYSLOG says),
@@ -401,7 +415,8 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
           status_store: StatusStore | None = None, source_problems: Sequence[Problem] = (),
           progress: Progress = lambda n: None, policies: PolicySource = DEFAULT_SOURCE,
           new_cas: frozenset[str] = frozenset(),
-          signers: AllowedSigners | None = None) -> ApplyReport:
+          signers: AllowedSigners | None = None,
+          fleets: frozenset[str] = frozenset()) -> ApplyReport:
     """Converge, then write status: to `status_store`, else to the status branch (when in a
     git repository and `write_status`). `source_problems` are what the source found before
     writing `directory` (an unreadable device source in Kubernetes mode). The keys are where
@@ -415,6 +430,9 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
     With `signers`, every commit since the last applied one (recorded on the status branch) up
     to HEAD must be signed by a key they allow for each path of `directory` it touches
     (UnsignedChange otherwise); the status commit records who signed HEAD.
+
+    With `fleets`, only those fleets' certificates are changed (and the CAs' work: creation,
+    renewal, CRLs); with PostgreSQL, appliers of other fleets may run at the same time.
     """
     root = enclosing_work_tree(directory)
     records = write_status and status_store is None  # only a written branch records HEAD
@@ -426,7 +444,7 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
     commit = store.observed() if store is not None else None
     keystore = functools.cache(state.keystore)
     trail = state.audit(keystore)
-    with repository_lock(root), state.lock(), state.inventory() as inventory:
+    with repository_lock(root), state.lock(fleets), state.inventory() as inventory:
         previous = store.read() if store is not None else {}
 
         def write(summary: str, done: dict[str, int] | None = None,
@@ -452,14 +470,15 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
                                         declaration.tenancy)
             if problems:
                 raise InvalidDeclaration(problems)
-            the_plan = declaration.plan(observe(inventory, desired, now), now, max_revocations)
+            the_plan = only_fleets(declaration.plan(observe(inventory, desired, now), now,
+                                                    max_revocations), desired, fleets)
             outcome.problems.extend(the_plan.problems)
             outcome.findings.extend(the_plan.findings)
             outcome.blocked_fleets.update(the_plan.blocked_fleets)
             refuse_existing_cas(_created_cas(the_plan), state.places(evidence), inventory,
                                 new_cas)
             runner = prepare(the_plan, desired, inventory, keystore(), now,
-                             allow_mass_revocation=allow_mass_revocation)
+                             allow_mass_revocation=allow_mass_revocation, ca_lock=state.ca_lock)
         except REFUSALS as exc:
             actor = audit_events.commit_actor(root, commit, str(signer) if signer else None)
             trail.record([Event("apply.started", "success", str(directory.resolve()), actor),
@@ -493,6 +512,23 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
         done = ", ".join(f"{k} {v}" for k, v in sorted(result.done.items())) or "no changes"
         status_commit = write(done, dict(result.done), applied=True)
     return ApplyReport(the_plan, result, status_commit)
+
+
+def only_fleets(the_plan: Plan, desired: Desired, fleets: frozenset[str]) -> Plan:
+    """The plan's work on CAs and on `fleets` (all of it without `fleets`); an undeclared
+    fleet is refused."""
+    if not fleets:
+        return the_plan
+    unknown = sorted(fleets - set(desired.fleets))
+    if unknown:
+        raise ApplyRefused(f"--fleet {', '.join(unknown)}: no such DeviceFleet is declared; "
+                           "nothing applied")
+    return replace(
+        the_plan,
+        actions=tuple(a for a in the_plan.actions
+                      if a.kind != "DeviceFleet" or a.name in fleets),
+        completed_fleets={k: v for k, v in the_plan.completed_fleets.items() if k in fleets},
+        mass_revocations=tuple(m for m in the_plan.mass_revocations if m.fleet in fleets))
 
 
 REPORT_STEPS = BUILD_STEPS + 2  # `report` adds its policy and writing steps

@@ -292,13 +292,18 @@ def _fingerprint(inventory: Inventory, table: str, columns: str) -> tuple[int, i
 
 
 @contextmanager
-def database_lock(url: str, name: str) -> Iterator[None]:
-    """Hold PostgreSQL's advisory lock `name` for the block, waiting for it while another
-    process (on any machine) holds it. It is the connection's: released when the block ends
-    or the process dies."""
+def database_lock(url: str, exclusive: Iterable[str], shared: Iterable[str] = ()
+                  ) -> Iterator[None]:
+    """Hold PostgreSQL advisory locks for the block (shared ones first, then exclusive ones,
+    each in name order so that appliers never deadlock), waiting while another process on any
+    machine holds them. They are the connection's: released when the block ends or the
+    process dies."""
     db = connect(url, read_only=False)
     try:
-        db.execute("SELECT pg_advisory_lock(hashtextextended(?, 0))", (f"fleetpki {name}",))
+        for function, names in (("pg_advisory_lock_shared", shared),
+                                ("pg_advisory_lock", exclusive)):
+            for name in sorted(set(names)):
+                db.execute(f"SELECT {function}(hashtextextended(?, 0))", (f"fleetpki {name}",))
         yield
     except db.errors as exc:
         raise InventoryError(db.describe(exc)) from None
