@@ -183,11 +183,12 @@ class Executor:
     # --- devices -----------------------------------------------------------------------------
     def revoke(self, actions: list[Action], progress: Progress) -> None:
         for chunk in _chunks(actions):
+            revocations = []
+            for action in chunk:
+                assert action.serial is not None
+                revocations.append((action.serial, action.revocation_reason or "unspecified"))
             with self.inventory.transaction():
-                for action in chunk:
-                    assert action.serial is not None
-                    self.inventory.revoke(action.serial, action.revocation_reason or "unspecified",
-                                          epoch(self.now))
+                self.inventory.revoke_all(revocations, epoch(self.now))
             self.result.count("revoke", len(chunk))
             progress(len(chunk))
 
@@ -199,11 +200,11 @@ class Executor:
             self.signer(issuer)  # loaded once, before any worker is forked
         for chunk, records in zip(_chunks(actions), signing.records(self, work, BATCH),
                                   strict=True):
-            with self.inventory.transaction():
-                for action, record in zip(chunk, records, strict=True):
-                    if action.serial:
-                        self.inventory.revoke(action.serial, "superseded", epoch(self.now))
-                    self.inventory.insert(record)
+            assert len(records) == len(chunk)
+            with self.inventory.transaction():  # the replaced ones first: one active each
+                self.inventory.revoke_all([(action.serial, "superseded") for action in chunk
+                                           if action.serial], epoch(self.now))
+                self.inventory.insert_all(records)
             for action in chunk:
                 self.result.count(action.action)
             progress(len(chunk))

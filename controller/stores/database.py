@@ -45,13 +45,23 @@ def is_url(location: str | Path) -> bool:
 
 def redact(url: str) -> str:
     """`url` without its password (in the user part or a `password=` parameter)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return f"{url.split('://', 1)[0]}://(an unparsable URL)"
     netloc = parts.netloc
     if "@" in netloc:
         user, host = netloc.rsplit("@", 1)
         netloc = f"{user.split(':', 1)[0]}@{host}"
     query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k != "password"])
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def passwords(url: str) -> list[str]:
+    """The passwords written in `url` (user part, `password=`), to be kept out of messages."""
+    found = re.findall(r"://[^/@]*?:([^/@]+)@", url)
+    found += re.findall(r"[?&]password=([^&]+)", url)
+    return [secret for secret in found if secret]
 
 
 class Database:
@@ -242,6 +252,7 @@ class Postgres(Database):
 
     def __init__(self, url: str, read_only: bool) -> None:
         self.name = redact(url)
+        self._secrets = passwords(url)
         try:
             self.db = psycopg.connect(url, autocommit=True)
         except psycopg.Error as exc:
@@ -288,4 +299,6 @@ class Postgres(Database):
 
     def describe(self, exc: Exception) -> str:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        for secret in self._secrets:  # libpq may quote the URL it could not parse
+            text = text.replace(secret, "***")
         return f"the inventory database {self.name}: {text}"

@@ -573,14 +573,22 @@ class Inventory:
         return cursor.rowcount == 1
 
     def insert(self, record: CertRecord) -> None:
-        placeholders = ", ".join("?" * len(COLUMNS.split(",")))
-        self.db.execute(f"INSERT INTO certificates ({COLUMNS}) VALUES ({placeholders})",
-                        tuple(getattr(record, c.strip()) for c in COLUMNS.split(",")))
+        self.insert_all([record])
+
+    def insert_all(self, records: Sequence[CertRecord]) -> None:
+        """Insert several certificates in one batch (pipelined on PostgreSQL)."""
+        names = [c.strip() for c in COLUMNS.split(",")]
+        self.db.many(f"INSERT INTO certificates ({COLUMNS}) VALUES ({', '.join('?' * len(names))})",
+                     [tuple(getattr(record, name) for name in names) for record in records])
 
     def revoke(self, serial: str, reason: str, at: int) -> None:
-        self.db.execute(
-            "UPDATE certificates SET state = 'revoked', revoked_at = ?, reason = ? "
-            "WHERE serial = ? AND state != 'revoked'", (at, reason, serial))
+        self.revoke_all([(serial, reason)], at)
+
+    def revoke_all(self, revocations: Sequence[tuple[str, str]], at: int) -> None:
+        """Revoke several (serial, reason) in one batch (pipelined on PostgreSQL)."""
+        self.db.many("UPDATE certificates SET state = 'revoked', revoked_at = ?, reason = ? "
+                     "WHERE serial = ? AND state != 'revoked'",
+                     [(at, reason, serial) for serial, reason in revocations])
 
     def retire(self, serial: str) -> None:
         self.db.execute("UPDATE certificates SET state = 'retired' WHERE serial = ? "

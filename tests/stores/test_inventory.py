@@ -153,3 +153,7 @@ def test_placeholders_and_passwords() -> None:
         "SELECT '?:x%%' , %s , %(now)s, a::text WHERE b LIKE '%%'"
     assert redact("postgresql://u:secret@h:5432/db?password=other&sslmode=require") == \
         "postgresql://u@h:5432/db?sslmode=require"
+    assert redact("postgresql://u:secret@[bad/db") == "postgresql://(an unparsable URL)"
+    with pytest.raises(InventoryError) as refused:
+        Inventory("postgresql://u:s3cret@[bad/db")
+    assert "s3cret" not in str(refused.value) and "***" in str(refused.value)
