@@ -275,8 +275,9 @@ def apply(directory: DirArg, state_dir: StateOpt = None,
           False, require_signed_commits: RequireSignedOpt = False,
           allowed_signers: AllowedSignersOpt = None,
           fleet: Annotated[list[str] | None, typer.Option(
-              "--fleet", help="Only this fleet's certificates (repeatable; CAs and CRLs are "
-              "always converged). With PostgreSQL, appliers of other fleets run meanwhile.",
+              "--fleet", metavar="NAME", help="Only this fleet's certificates (repeatable; CAs and "
+              "CRLs are always converged). With PostgreSQL, appliers of other fleets run "
+              "meanwhile.",
               show_default=False)] = None) -> None:
     """Converge the state to the declaration and write status back. Actions a policy denies
     are skipped (their objects become Stalled) and the exit code is 1. In a git work tree,
