@@ -1,6 +1,7 @@
 """Measure the job and the servers at fleet scale against the signing floor of the same run.
 
-`python bench/scale.py --devices N [--keygen device|server] [--json FILE]` builds a throw-away
+`python bench/scale.py --devices N [--keygen device|server] [--database-url URL] [--json FILE]`
+builds a throw-away
 repository (root + issuing CA, one fleet of N devices from a CSV, a small EST fleet), runs each
 stage in a fresh child process (timing and peak memory per stage, worker processes included:
 the sum of their proportional set sizes, sampled every 50 ms) and prints a table; `--json FILE`
@@ -15,13 +16,15 @@ inventory, CRLs, status), noop, renew_sweep (10% of the fleet due), revoke_crl (
 revoked in the CSV, CRL published), crl_100k (a CRL of 100,000 entries), ocsp (POSTs to
 `fleetpki serve`: from ApacheBench, `ab` of apache2-utils, with keep-alive and 16 connections
 when it is installed, so that the client costs little of the 2 cores; else from Python
-clients cycling over 1,000 certificates), est_enroll (first enrollment with a one-time secret) and
-est_reenroll (mTLS with the current certificate). With `--keygen device` (default) every
-device's P-256 public key is in the CSV (`publicKey` column, PEM), the IoT practice; with
-`server` the job generates the keys. Device keys are derived from the device number, so the CSV
-is cached between runs (in $XDG_CACHE_HOME/fleetpki-bench) and any sample key can be rebuilt.
-Stages run in child processes also report their CPU seconds (workers included), which vary
-less than wall time on a shared machine.
+clients cycling over 1,000 certificates), est_enroll (first enrollment with a one-time secret)
+and est_reenroll (mTLS with the current certificate). With `--database-url postgresql://…` (an
+empty database; its schema is made) the job's stages run a second time on a fresh copy of the
+repository with the inventory in PostgreSQL, reported beside SQLite's with a `_pg` suffix.
+With `--keygen device` (default) every device's P-256 public key is in the CSV (`publicKey`
+column, PEM), the IoT practice; with `server` the job generates the keys. Device keys are derived
+from the device number, so the CSV is cached between runs (in $XDG_CACHE_HOME/fleetpki-bench)
+and any sample key can be rebuilt. Stages run in child processes also report their CPU seconds
+(workers included), which vary less than wall time on a shared machine.
 
 The floor is measured first, in this process, on one core: `openssl speed ecdsap256`,
 `cryptography`'s raw ECDSA-P256 sign() and x509.CertificateBuilder for the bench's device
@@ -45,7 +48,6 @@ import re
 import resource
 import shutil
 import socket
-import sqlite3
 import ssl
 import subprocess
 import sys
@@ -290,7 +292,8 @@ def in_child(name: str, count: int, setup: Callable[[], Timed]) -> Stage:
 
 
 # --- the job's stages --------------------------------------------------------------------------
-def job_stages(repo: Path, state: jobs.StateDir, devices: int, now: datetime) -> list[Stage]:
+def job_stages(repo: Path, state: jobs.StateDir, devices: int, now: datetime,
+               suffix: str = "") -> list[Stage]:
     def validate() -> Timed:
         def work() -> str:
             problems, findings = jobs.validate(repo, now)
@@ -312,9 +315,10 @@ def job_stages(repo: Path, state: jobs.StateDir, devices: int, now: datetime) ->
         return setup
 
     def renew_sweep() -> Timed:
-        with sqlite3.connect(state.inventory_path) as db:
-            db.execute("UPDATE certificates SET renew_at = 0 WHERE kind = 'device' AND owner = ? "
-                       "AND state = 'active' AND abs(random()) % 10 = 0", (FLEET,))
+        with state.inventory() as inventory, inventory.transaction():  # every tenth device
+            inventory.db.execute("UPDATE certificates SET renew_at = 0 WHERE kind = 'device' "
+                                 "AND owner = ? AND state = 'active' AND device LIKE '%0'",
+                                 (FLEET,))
         return apply("renew")()
 
     def revoke() -> Timed:
@@ -323,14 +327,26 @@ def job_stages(repo: Path, state: jobs.StateDir, devices: int, now: datetime) ->
         partial.rename(repo / "devices.csv")
         return apply("revoke", allow_mass_revocation=True)()
 
-    stages = [in_child("validate", devices, validate), in_child("plan", devices, plan),
-              in_child("apply_first", devices, apply("issue")),
-              in_child("noop", devices, apply("noop"))]
-    sweep = in_child("renew_sweep", 0, renew_sweep)
+    stages = [in_child("validate" + suffix, devices, validate),
+              in_child("plan" + suffix, devices, plan),
+              in_child("apply_first" + suffix, devices, apply("issue")),
+              in_child("noop" + suffix, devices, apply("noop"))]
+    sweep = in_child("renew_sweep" + suffix, 0, renew_sweep)
     sweep.count = sum(int(n) for n in re.findall(r"'(?:renew|rekey)': (\d+)", sweep.detail))
     stages.append(sweep)
-    stages.append(in_child("revoke_crl", min(REVOKE, devices // 10), revoke))
+    stages.append(in_child("revoke_crl" + suffix, min(REVOKE, devices // 10), revoke))
     return stages
+
+
+def postgres_stages(url: str, work: Path, args: argparse.Namespace) -> list[Stage]:
+    """The job's stages again, on a fresh copy of the repository, the inventory in `url`."""
+    state = jobs.StateDir(work / "state", database_url=url)
+    jobs.migrate_inventory(state)
+    with state.reader() as inventory:
+        if inventory.fleet_names() or inventory.ca_names():
+            raise SystemExit(f"--database-url: {inventory.db.name} is not empty")
+    repo = build_repo(work, args.devices, args.keygen, args.est)
+    return job_stages(repo, state, args.devices, jobs.now_utc(), suffix="_pg")
 
 
 def crl_stage() -> Stage:
@@ -665,7 +681,7 @@ def print_table(data: dict[str, Any]) -> None:
           f"{'peak RSS':>9} {'CPU s':>7}  detail")
     for name, stage in data["stages"].items():
         ratio = f"{stage['per_second'] / builder:.2f}" if name in (
-            "apply_first", "renew_sweep") else ""
+            "apply_first", "renew_sweep", "apply_first_pg", "renew_sweep_pg") else ""
         cpu = "" if stage["cpu_seconds"] is None else f"{stage['cpu_seconds']:.1f}"
         print(f"{name:<13} {stage['count']:>9,} {stage['seconds']:>9.2f} "
               f"{stage['per_second']:>11,.0f} {ratio:>9} {stage['peak_rss_mb']:>7.0f} MB "
@@ -699,6 +715,8 @@ def main() -> None:
     parser.add_argument("--est", type=int, default=500, help="EST (re)enrollments")
     parser.add_argument("--clients", type=int, default=2, help="client processes (servers)")
     parser.add_argument("--peer-sample", type=int, default=200)
+    parser.add_argument("--database-url", help="also run the job's stages on this (empty) "
+                        "PostgreSQL database")
     args = parser.parse_args()
     os.environ.setdefault(jobs.PASSPHRASE_ENV, "bench-only-passphrase")
     floor_rates = floor()
@@ -708,6 +726,9 @@ def main() -> None:
         stages = job_stages(repo, state, args.devices, jobs.now_utc())
         stages.append(crl_stage())
         stages += server_stages(repo, state, work, args.ocsp, args.est, args.clients)
+        if args.database_url:
+            (work / "pg").mkdir()
+            stages += postgres_stages(args.database_url, work / "pg", args)
         peer_rates = peers(work, args.peer_sample)
     data = report(args, floor_rates, stages, peer_rates)
     print_table(data)

@@ -7,7 +7,6 @@ import errno
 import functools
 import json
 import os
-import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from enum import StrEnum
@@ -65,6 +64,10 @@ DirArg = Annotated[Path, typer.Argument(help="Fleet repository directory.", show
 StateOpt = Annotated[Path | None, typer.Option(
     "--state-dir", help="State directory (inventory, keys). Default: $FLEETPKI_STATE_DIR or "
     "~/.local/state/fleetpki.", show_default=False, readable=False)]  # commands explain (exit 1)
+DatabaseOpt = Annotated[str | None, typer.Option(
+    "--database-url", help="postgresql://… inventory instead of the state directory's SQLite "
+    "file (default: $FLEETPKI_DATABASE_URL). Keys stay in the state directory.",
+    show_default=False)]
 DefaultPoliciesOpt = Annotated[bool, typer.Option(
     help="Apply the built-in recommended policies (a repo policy of the same name replaces one).")]
 PoliciesOpt = Annotated[Path | None, typer.Option(
@@ -125,7 +128,7 @@ def handle_errors(function: F) -> F:
             err.print(f"error: {exc}", markup=False, highlight=False)
         except OSError as exc:
             err.print(f"error: {describe_os_error(exc)}", markup=False, highlight=False)
-        except sqlite3.Error as exc:
+        except jobs.DATABASE_ERRORS as exc:
             err.print(f"error: the inventory: {exc}", markup=False, highlight=False)
         raise typer.Exit(1)
 
@@ -210,7 +213,7 @@ def validate(directory: DirArg, output: Annotated[OutputFormat, typer.Option(
 
 @app.command()
 @handle_errors
-def plan(directory: DirArg, state_dir: StateOpt = None,
+def plan(directory: DirArg, state_dir: StateOpt = None, database_url: DatabaseOpt = None,
          output: Annotated[PlanFormat, typer.Option("-o", "--output")] = PlanFormat.text,
          detailed_exitcode: Annotated[bool, typer.Option(
              "--detailed-exitcode", help="Exit 2 when the plan has changes.")] = False,
@@ -241,7 +244,7 @@ def plan(directory: DirArg, state_dir: StateOpt = None,
         the_plan = jobs.plan_change(directory, base_dir, now, max_revocations, source,
                                     danger_fraction)
     else:
-        the_plan = jobs.plan(directory, jobs.StateDir.resolve(state_dir), now,
+        the_plan = jobs.plan(directory, jobs.StateDir.resolve(state_dir, database_url), now,
                              max_revocations, source, danger_fraction,
                              frozenset(new_ca or ()))
     print(RENDERERS[output.value](the_plan), end="")
@@ -258,7 +261,8 @@ def plan(directory: DirArg, state_dir: StateOpt = None,
 
 @app.command()
 @handle_errors
-def apply(directory: DirArg, state_dir: StateOpt = None, max_revocations: MaxRevOpt = None,
+def apply(directory: DirArg, state_dir: StateOpt = None,
+          database_url: DatabaseOpt = None, max_revocations: MaxRevOpt = None,
           allow_mass_revocation: Annotated[bool, typer.Option(
               help="Allow revocations above the limit.")] = False,
           status: Annotated[bool, typer.Option(
@@ -269,7 +273,12 @@ def apply(directory: DirArg, state_dir: StateOpt = None, max_revocations: MaxRev
           new_ca: NewCAOpt = None, allow_uncommitted: Annotated[bool, typer.Option(
               help="Apply the working tree even when files under DIR are not committed.")] =
           False, require_signed_commits: RequireSignedOpt = False,
-          allowed_signers: AllowedSignersOpt = None) -> None:
+          allowed_signers: AllowedSignersOpt = None,
+          fleet: Annotated[list[str] | None, typer.Option(
+              "--fleet", metavar="NAME", help="Only this fleet's certificates (repeatable; CAs and "
+              "CRLs are always converged). With PostgreSQL, appliers of other fleets run "
+              "meanwhile.",
+              show_default=False)] = None) -> None:
     """Converge the state to the declaration and write status back. Actions a policy denies
     are skipped (their objects become Stalled) and the exit code is 1. In a git work tree,
     only what is committed is applied: uncommitted files under DIR are refused."""
@@ -283,7 +292,7 @@ def apply(directory: DirArg, state_dir: StateOpt = None, max_revocations: MaxRev
         _say("error", [f"{_uncommitted(dirty)}: commit them first (status records the commit "
                        "that was applied), or pass --allow-uncommitted"])
         raise typer.Exit(1)
-    state = jobs.StateDir.resolve(state_dir)
+    state = jobs.StateDir.resolve(state_dir, database_url)
     # no refresh thread: apply forks signing workers only from a single-threaded process
     with Progress(console=err, transient=True, disable=not err.is_terminal,
                   auto_refresh=False) as bar:
@@ -297,7 +306,8 @@ def apply(directory: DirArg, state_dir: StateOpt = None, max_revocations: MaxRev
                             allow_mass_revocation=allow_mass_revocation, write_status=status,
                             status_branch=status_branch, progress=advance,
                             policies=jobs.PolicySource(default_policies, policies),
-                            new_cas=frozenset(new_ca or ()), signers=signers)
+                            new_cas=frozenset(new_ca or ()), signers=signers,
+                            fleets=frozenset(fleet or ()))
     if output != OutputFormat.text:
         _emit({"done": report.result.done, "summary": report.plan.summary(),
                "warnings": list(report.plan.warnings),
@@ -319,14 +329,14 @@ def apply(directory: DirArg, state_dir: StateOpt = None, max_revocations: MaxRev
 
 @app.command("status")
 @handle_errors
-def show_status(directory: DirArg, state_dir: StateOpt = None,
+def show_status(directory: DirArg, state_dir: StateOpt = None, database_url: DatabaseOpt = None,
                 fleet: Annotated[str | None, typer.Option(help="Only this fleet.")] = None,
                 devices: Annotated[bool, typer.Option(
                     "--devices", help="Per-device rows (with --fleet).")] = False,
                 output: Annotated[OutputFormat, typer.Option("-o", "--output")] =
                 OutputFormat.text) -> None:
     """Tables of CAs and fleets from the inventory; --fleet F --devices for per-device rows."""
-    state = jobs.StateDir.resolve(state_dir)
+    state = jobs.StateDir.resolve(state_dir, database_url)
     now = epoch(jobs.now_utc())
     with state.reader() as inventory:
         if fleet is not None and fleet not in inventory.fleet_names():
@@ -395,7 +405,7 @@ def _duration(value: str, option: str) -> Any:
 
 @app.command()
 @handle_errors
-def lint(directory: DirArg, state_dir: StateOpt = None,
+def lint(directory: DirArg, state_dir: StateOpt = None, database_url: DatabaseOpt = None,
          expiring_within: Annotated[str, typer.Option(
              help="Device certificates expiring within this are flagged.")] = "30d",
          max_age: Annotated[str, typer.Option(
@@ -419,7 +429,7 @@ def lint(directory: DirArg, state_dir: StateOpt = None,
                             _duration(ca_expiring_within, "--ca-expiring-within"),
                             allowed_key_algorithms=tuple(key_algorithm or STRONG_KEY_ALGORITHMS))
     now = epoch(jobs.now_utc())
-    with jobs.StateDir.resolve(state_dir).reader() as inventory:
+    with jobs.StateDir.resolve(state_dir, database_url).reader() as inventory:
         report = jobs.lint(inventory, now, thresholds)
     findings = report.sorted()
     summary = {s: sum(1 for f in findings if f.severity == s) for s in reversed(SEVERITIES)}
@@ -453,9 +463,10 @@ def _table_or_emit(title: str, rows: list[dict[str, Any]], output: OutputFormat)
 def export_cert(directory: DirArg, fleet: Annotated[str, typer.Option()],
                 device: Annotated[str, typer.Option()],
                 out_dir: Annotated[Path, typer.Option("--out")], state_dir: StateOpt = None,
+                database_url: DatabaseOpt = None,
                 ) -> None:
     """cert.pem, chain.pem, ca.pem and (server keygen only) key.pem under OUT/."""
-    state = jobs.StateDir.resolve(state_dir)
+    state = jobs.StateDir.resolve(state_dir, database_url)
     with state.reader() as inventory:
         for path in exports.export_device_pem(inventory, state.keystore, fleet, device, out_dir):
             out.print(str(path), highlight=False)
@@ -465,10 +476,11 @@ def export_cert(directory: DirArg, fleet: Annotated[str, typer.Option()],
 @handle_errors
 def export_fleet(directory: DirArg, fleet: Annotated[str, typer.Option()],
                  out_dir: Annotated[Path, typer.Option("--out")], state_dir: StateOpt = None,
+                 database_url: DatabaseOpt = None,
                  format: Annotated[ExportFormat, typer.Option("--format")] = ExportFormat.pem,
                  ) -> None:
     """The same files per device under OUT/<device-id>/ (p12: OUT/<id>/<id>.p12)."""
-    state = jobs.StateDir.resolve(state_dir)
+    state = jobs.StateDir.resolve(state_dir, database_url)
     columns = (TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), TextColumn("devices"),
                TimeElapsedColumn())
     with state.reader() as inventory, Progress(*columns, console=err, transient=True,
@@ -484,10 +496,11 @@ def export_fleet(directory: DirArg, fleet: Annotated[str, typer.Option()],
 @handle_errors
 def export_crl(directory: DirArg, ca: Annotated[str, typer.Option()],
                out_file: Annotated[Path, typer.Option("--out")], state_dir: StateOpt = None,
+               database_url: DatabaseOpt = None,
                der: Annotated[bool, typer.Option("--der", help="DER, current CA only.")] = False,
                ) -> None:
     """The CA's CRL (PEM: every unexpired CA generation; --der: the current one)."""
-    state = jobs.StateDir.resolve(state_dir)
+    state = jobs.StateDir.resolve(state_dir, database_url)
     with state.reader() as inventory:
         exports.write_file(out_file, exports.crl_bytes(inventory, ca, der))
 
@@ -495,9 +508,9 @@ def export_crl(directory: DirArg, ca: Annotated[str, typer.Option()],
 @export_app.command("bundle")
 @handle_errors
 def export_bundle(directory: DirArg, out_file: Annotated[Path, typer.Option("--out")],
-                  state_dir: StateOpt = None) -> None:
+                  state_dir: StateOpt = None, database_url: DatabaseOpt = None) -> None:
     """Trust bundle: every unexpired CA certificate, PEM."""
-    state = jobs.StateDir.resolve(state_dir)
+    state = jobs.StateDir.resolve(state_dir, database_url)
     with state.reader() as inventory:
         exports.write_file(out_file, exports.trust_bundle(inventory, epoch(jobs.now_utc())))
 
@@ -523,7 +536,7 @@ def discover(paths: Annotated[list[Path] | None, typer.Argument(
              tls_list: Annotated[Path | None, typer.Option(
                  "--tls-list", help="File of endpoints, one per line (# comments).",
                  show_default=False)] = None,
-             state_dir: StateOpt = None,
+             state_dir: StateOpt = None, database_url: DatabaseOpt = None,
              expiring: Annotated[str, typer.Option(
                  help="Flag certificates expiring within this time.")] = "720h",
              p12_passphrase: Annotated[str | None, typer.Option(
@@ -553,7 +566,7 @@ def discover(paths: Annotated[list[Path] | None, typer.Argument(
         raise typer.BadParameter(str(exc), param_hint="--tls") from None
     if not endpoints and not paths:
         raise typer.BadParameter("give --tls HOST:PORT, --tls-list FILE or PATHs to search")
-    state = jobs.StateDir.resolve(state_dir)
+    state = jobs.StateDir.resolve(state_dir, database_url)
     now = jobs.now_utc()
     columns = (TextColumn("discovering"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as bar:
@@ -584,14 +597,15 @@ def discover(paths: Annotated[list[Path] | None, typer.Argument(
 def report(directory: DirArg, out_dir: Annotated[Path, typer.Option(
                "--out", help="Directory for report.html, report.json and the CSV files.",
                show_default=False)],
-           state_dir: StateOpt = None, status_branch: Annotated[str, typer.Option()] =
+           state_dir: StateOpt = None,
+           database_url: DatabaseOpt = None, status_branch: Annotated[str, typer.Option()] =
            jobs.STATUS_BRANCH, default_policies: DefaultPoliciesOpt = True,
            policies: PoliciesOpt = None) -> None:
     """Compliance report: self-contained HTML (inline SVG charts, nothing fetched) plus JSON
     and CSV. Counts per fleet and CA, expiry windows, algorithms, policy findings, revocations,
     CA and CRL health, and who changed what (git history, status branch, audit log)."""
     with _steps(jobs.REPORT_STEPS) as step:
-        written = jobs.report(directory, jobs.StateDir.resolve(state_dir), out_dir,
+        written = jobs.report(directory, jobs.StateDir.resolve(state_dir, database_url), out_dir,
                               jobs.now_utc(), jobs.PolicySource(default_policies, policies),
                               status_branch, step)
     for path in written:
@@ -606,7 +620,8 @@ def reconcile(repo: Annotated[str, typer.Option(help="Git URL or path of the fle
               push: Annotated[bool, typer.Option(help="Push the status branch.")] = False,
               once: Annotated[bool, typer.Option(help="Run once and exit.")] = False,
               path: Annotated[str, typer.Option(help="Directory inside the repo.")] = ".",
-              state_dir: StateOpt = None, max_revocations: MaxRevOpt = None,
+              state_dir: StateOpt = None,
+              database_url: DatabaseOpt = None, max_revocations: MaxRevOpt = None,
               new_ca: NewCAOpt = None, default_policies: DefaultPoliciesOpt = True,
               policies: PoliciesOpt = None, require_signed_commits: RequireSignedOpt = False,
               allowed_signers: AllowedSignersOpt = None,
@@ -618,7 +633,7 @@ def reconcile(repo: Annotated[str, typer.Option(help="Git URL or path of the fle
     if new_ca and not once:
         raise typer.BadParameter("--new-ca is for one run: use it with --once",
                                  param_hint="--new-ca")
-    state = jobs.StateDir.resolve(state_dir)
+    state = jobs.StateDir.resolve(state_dir, database_url)
     try:
         period = parse_duration(interval)
     except ValueError as exc:
@@ -630,7 +645,7 @@ def reconcile(repo: Annotated[str, typer.Option(help="Git URL or path of the fle
     if metrics_port is not None:
         from controller.status import metrics
 
-        metrics.serve(metrics_port, lambda: {"": state.inventory_path})
+        metrics.serve(metrics_port, lambda: {"": state.inventory_location})
     reconciler.run(period if not once else None, log=lambda m: err.print(m, markup=False,
                                                                           highlight=False))
 
@@ -772,7 +787,7 @@ def codeowners(directory: DirArg, policies: Annotated[Path, typer.Option(
 
 @app.command()
 @handle_errors
-def serve(directory: DirArg, state_dir: StateOpt = None,
+def serve(directory: DirArg, state_dir: StateOpt = None, database_url: DatabaseOpt = None,
           http: Annotated[str | None, typer.Option(
               "--http", help="HOST:PORT for OCSP, CRLs and CA certificates.")] = None,
           https: Annotated[str | None, typer.Option(
@@ -803,7 +818,7 @@ def serve(directory: DirArg, state_dir: StateOpt = None,
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(1) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    state = ServerState(directory, jobs.StateDir.resolve(state_dir),
+    state = ServerState(directory, jobs.StateDir.resolve(state_dir, database_url),
                         jobs.PolicySource(default_policies, policies))
     try:
         asyncio.run(serve_forever(state, options))
@@ -819,7 +834,8 @@ def serve(directory: DirArg, state_dir: StateOpt = None,
 @app.command("enroll-secret")
 @handle_errors
 def enroll_secret(directory: DirArg, fleet: Annotated[str, typer.Option()],
-                  device: Annotated[str, typer.Option()], state_dir: StateOpt = None) -> None:
+                  device: Annotated[str, typer.Option()], state_dir: StateOpt = None,
+                  database_url: DatabaseOpt = None) -> None:
     """Create a one-time EST enrollment secret for a declared device and print it once
     (stored only as a salted HMAC-SHA256 of it; a new secret replaces an unused one). It
     authenticates simpleenroll (keyGeneration: device) or serverkeygen (keyGeneration: server)."""
@@ -832,7 +848,7 @@ def enroll_secret(directory: DirArg, fleet: Annotated[str, typer.Option()],
         raise typer.Exit(1)
     now = jobs.now_utc()
     secret, record = new_secret(fleet, device, now)
-    state = jobs.StateDir.resolve(state_dir)
+    state = jobs.StateDir.resolve(state_dir, database_url)
     with state.inventory(create=False) as inventory, inventory.transaction():
         inventory.put_enrollment_secret(record)
     state.audit().record([Event("enrollment.secret-created", "success", f"DeviceFleet/{fleet}",
@@ -845,10 +861,10 @@ def enroll_secret(directory: DirArg, fleet: Annotated[str, typer.Option()],
 def backup_state(out_file: Annotated[Path, typer.Option(
                      "--out", help="The backup file (gzip tar, written 0600, replaced atomically).",
                      show_default=False)],
-                 state_dir: StateOpt = None) -> None:
+                 state_dir: StateOpt = None, database_url: DatabaseOpt = None) -> None:
     """Snapshot the inventory (SQLite online backup, safe while serve or apply run) and the
     encrypted keystore into one file. Keys stay encrypted; no passphrase needed."""
-    state = jobs.StateDir.resolve(state_dir)
+    state = _sqlite_only(jobs.StateDir.resolve(state_dir, database_url), "backup")
     with _steps(backup.BACKUP_STEPS) as step:
         summary = backup.backup(state.path, out_file, jobs.now_utc(), step)
     out.print(f"Backed up {state.path} to {summary.path}: {summary.certificates} "
@@ -860,15 +876,49 @@ def backup_state(out_file: Annotated[Path, typer.Option(
 @handle_errors
 def restore_state(archive: Annotated[Path, typer.Argument(
                       help="A file written by `fleetpki backup`.", show_default=False)],
-                  state_dir: StateOpt = None) -> None:
+                  state_dir: StateOpt = None, database_url: DatabaseOpt = None) -> None:
     """Restore a backup into a new state directory (refused unless it is absent or empty).
     All-or-nothing: the archive is verified before anything appears there."""
-    state = jobs.StateDir.resolve(state_dir)
+    state = _sqlite_only(jobs.StateDir.resolve(state_dir, database_url), "restore")
     summary = backup.restore(archive, state.path)
     out.print(f"Restored {summary.certificates} certificate(s) and {summary.key_files} "
               f"keystore file(s) into {summary.path}.", highlight=False)
     out.print(f"The keys are still encrypted: use the same {jobs.PASSPHRASE_ENV} as the backed-up "
               "state directory.", highlight=False)
+
+
+def _sqlite_only(state: jobs.StateDir, command: str) -> jobs.StateDir:
+    if state.database_url is not None:
+        raise backup.BackupError(f"fleetpki {command} covers an SQLite inventory; with a "
+                                 "PostgreSQL one use pg_dump/pg_restore for the database "
+                                 "(and copy the state directory's keys/ with it)")
+    return state
+
+
+@app.command("migrate")
+@handle_errors
+def migrate(state_dir: StateOpt = None, database_url: DatabaseOpt = None,
+            source: Annotated[str | None, typer.Option(
+                "--from", help="sqlite:PATH (an inventory file or a state directory) to copy "
+                "from, with --to.", show_default=False)] = None,
+            target: Annotated[str | None, typer.Option(
+                "--to", help="postgresql://… database to copy --from into (must be empty).",
+                show_default=False)] = None) -> None:
+    """Create or upgrade the inventory's schema (never done implicitly for PostgreSQL), or
+    copy an SQLite inventory into PostgreSQL, verified row for row (--from/--to)."""
+    if (source is None) != (target is None):
+        raise jobs.InventoryError("--from and --to go together")
+    if source is not None and target is not None:
+        if not source.startswith("sqlite:"):
+            raise jobs.InventoryError(f"--from must be sqlite:PATH, not {source!r}")
+        copied = jobs.copy_inventory(Path(source.removeprefix("sqlite:")).expanduser(), target)
+        out.print("Copied and verified " + ", ".join(f"{n} {table}" for table, n in
+                                                   copied.items()) + ".", highlight=False)
+        return
+    state = jobs.StateDir.resolve(state_dir, database_url)
+    before, after = jobs.migrate_inventory(state)
+    out.print(f"Inventory schema at version {after}" +
+              (f" (was {before})." if before != after else " (up to date)."), highlight=False)
 
 
 def main() -> None:

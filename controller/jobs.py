@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import os
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -61,7 +62,9 @@ from controller.status.fleetlint import lint as lint  # part of the job API
 from controller.status.gitbranch import GitStatus
 from controller.status.report import Outcome, build_status
 from controller.status.store import StatusStore, StatusUpdate
-from controller.stores.inventory import Inventory
+from controller.stores.database import ERRORS as DATABASE_ERRORS  # noqa: F401 # part of the job API
+from controller.stores.database import is_url, redact
+from controller.stores.inventory import Inventory, copy, database_lock, migrate
 from controller.stores.inventory import InventoryError as InventoryError  # part of the job API
 from controller.stores.keystore import PASSPHRASE_ENV as PASSPHRASE_ENV  # part of the job API
 from controller.stores.keystore import FileBlobs, KeyBlobs, KeyStore, initialised
@@ -71,6 +74,7 @@ from controller.stores.secrets import api_client as api_client  # part of the jo
 from controller.stores.secrets import secret_blobs
 
 STATE_ENV = "FLEETPKI_STATE_DIR"
+DATABASE_ENV = "FLEETPKI_DATABASE_URL"
 # what a run refuses with, before or while applying: reported (on status too), not retried
 REFUSALS = (InvalidDeclaration, ApplyRefused, ExistingCA, KeyStoreError, PKIError,
             UnsignedChange)
@@ -87,30 +91,43 @@ class StateDir:
     """Where the inventory, keys and published CRLs/CA certificates live (never in git).
 
     The keys are files in `<path>/keys` unless `key_blobs` names another backend (the operator
-    passes `SecretBlobs`: Kubernetes Secrets)."""
+    passes `SecretBlobs`: Kubernetes Secrets). The inventory is `<path>/inventory.db` (SQLite)
+    unless `database_url` names a PostgreSQL database (never printed: it may hold a password)."""
 
     path: Path
     key_blobs: KeyBlobs | None = field(default=None, compare=False, repr=False)
+    database_url: str | None = field(default=None, compare=False, repr=False)
 
     @classmethod
-    def resolve(cls, option: Path | None) -> StateDir:
+    def resolve(cls, option: Path | None, database_url: str | None = None) -> StateDir:
+        """From the options, else $FLEETPKI_STATE_DIR and $FLEETPKI_DATABASE_URL."""
+        url = database_url or os.environ.get(DATABASE_ENV) or None
+        if url is not None and not is_url(url):
+            raise InventoryError(f"--database-url / ${DATABASE_ENV} must be a postgresql:// "
+                                 f"URL, not {redact(url)!r} (leave it unset for SQLite)")
         if option is not None:
-            return cls(option.expanduser().resolve())
+            return cls(option.expanduser().resolve(), database_url=url)
         if os.environ.get(STATE_ENV):
-            return cls(Path(os.environ[STATE_ENV]).expanduser().resolve())
+            return cls(Path(os.environ[STATE_ENV]).expanduser().resolve(), database_url=url)
         base = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state"))
-        return cls(base / "fleetpki")
+        return cls(base / "fleetpki", database_url=url)
 
     @property
     def inventory_path(self) -> Path:
         return self.path / "inventory.db"
 
     @property
+    def inventory_location(self) -> Path | str:
+        """The SQLite file, or the PostgreSQL URL."""
+        return self.database_url or self.inventory_path
+
+    @property
     def public_dir(self) -> Path:
         return self.path / "public"
 
     def exists(self) -> bool:
-        return self.inventory_path.exists()
+        """Whether there is an inventory (a PostgreSQL one is checked when opened)."""
+        return self.database_url is not None or self.inventory_path.exists()
 
     def inventory(self, create: bool = True) -> Inventory:
         """The inventory for writing: created if absent (only with `create`), never in place
@@ -121,11 +138,11 @@ class StateDir:
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         if self.path.stat().st_mode & 0o077:
             self.path.chmod(0o700)
-        return Inventory(self.inventory_path)
+        return Inventory(self.inventory_location)
 
     def reader(self) -> Inventory:
         """The existing inventory, read-only (works in a read-only state directory)."""
-        return Inventory(self.inventory_path, read_only=True)
+        return Inventory(self.inventory_location, read_only=True)
 
     @property
     def keys(self) -> KeyBlobs:
@@ -147,12 +164,30 @@ class StateDir:
         return KeyStore.from_env(self.keys)
 
     @contextmanager
-    def lock(self) -> Iterator[None]:
-        """One applier per state directory; a second one fails at once instead of racing."""
+    def lock(self, fleets: Collection[str] = ()) -> Iterator[None]:
+        """One applier per state directory; a second one fails at once instead of racing.
+
+        With PostgreSQL, appliers on any machine wait for each other's database locks: an
+        apply of every fleet excludes all others; appliers of `fleets` exclude those of the
+        same fleets only (their CA work is serialized by `ca_lock`)."""
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         with _locked(self.path / "apply.lock", f"another fleetpki process is applying with "
                      f"state directory {self.path}; try again when it has finished"):
-            yield
+            if self.database_url is None:
+                yield
+            elif fleets:
+                with database_lock(self.database_url, [f"fleet {f}" for f in fleets],
+                                   shared=["all fleets"]):
+                    yield
+            else:
+                with database_lock(self.database_url, ["all fleets"]):
+                    yield
+
+    def ca_lock(self) -> AbstractContextManager[object]:
+        """Held around an apply's work on CAs, the crash journal and CRLs (PostgreSQL)."""
+        if self.database_url is None:
+            return contextlib.nullcontext()
+        return database_lock(self.database_url, ["CAs"])
 
     def audit(self, keystore: Callable[[], KeyStore] | None = None) -> Trail:
         """The audit trail of this state directory (forwarded as $FLEETPKI_AUDIT_SYSLOG says),
@@ -388,7 +423,8 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
           status_store: StatusStore | None = None, source_problems: Sequence[Problem] = (),
           progress: Progress = lambda n: None, policies: PolicySource = DEFAULT_SOURCE,
           new_cas: frozenset[str] = frozenset(),
-          signers: AllowedSigners | None = None) -> ApplyReport:
+          signers: AllowedSigners | None = None,
+          fleets: frozenset[str] = frozenset()) -> ApplyReport:
     """Converge, then write status: to `status_store`, else to the status branch (when in a
     git repository and `write_status`). `source_problems` are what the source found before
     writing `directory` (an unreadable device source in Kubernetes mode). The keys are where
@@ -402,6 +438,9 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
     With `signers`, every commit since the last applied one (recorded on the status branch) up
     to HEAD must be signed by a key they allow for each path of `directory` it touches
     (UnsignedChange otherwise); the status commit records who signed HEAD.
+
+    With `fleets`, only those fleets' certificates are changed (and the CAs' work: creation,
+    renewal, CRLs); with PostgreSQL, appliers of other fleets may run at the same time.
     """
     root = enclosing_work_tree(directory)
     records = write_status and status_store is None  # only a written branch records HEAD
@@ -413,7 +452,7 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
     commit = store.observed() if store is not None else None
     keystore = functools.cache(state.keystore)
     trail = state.audit(keystore)
-    with repository_lock(root), state.lock(), state.inventory() as inventory:
+    with repository_lock(root), state.lock(fleets), state.inventory() as inventory:
         previous = store.read() if store is not None else {}
 
         def write(summary: str, done: dict[str, int] | None = None,
@@ -439,14 +478,15 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
                                         declaration.tenancy)
             if problems:
                 raise InvalidDeclaration(problems)
-            the_plan = declaration.plan(observe(inventory, desired, now), now, max_revocations)
+            the_plan = only_fleets(declaration.plan(observe(inventory, desired, now), now,
+                                                    max_revocations), desired, fleets)
             outcome.problems.extend(the_plan.problems)
             outcome.findings.extend(the_plan.findings)
             outcome.blocked_fleets.update(the_plan.blocked_fleets)
             refuse_existing_cas(_created_cas(the_plan), state.places(evidence), inventory,
                                 new_cas)
             runner = prepare(the_plan, desired, inventory, keystore(), now,
-                             allow_mass_revocation=allow_mass_revocation)
+                             allow_mass_revocation=allow_mass_revocation, ca_lock=state.ca_lock)
         except REFUSALS as exc:
             actor = audit_events.commit_actor(root, commit, str(signer) if signer else None)
             trail.record([Event("apply.started", "success", str(directory.resolve()), actor),
@@ -480,6 +520,23 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
         done = ", ".join(f"{k} {v}" for k, v in sorted(result.done.items())) or "no changes"
         status_commit = write(done, dict(result.done), applied=True)
     return ApplyReport(the_plan, result, status_commit)
+
+
+def only_fleets(the_plan: Plan, desired: Desired, fleets: frozenset[str]) -> Plan:
+    """The plan's work on CAs and on `fleets` (all of it without `fleets`); an undeclared
+    fleet is refused."""
+    if not fleets:
+        return the_plan
+    unknown = sorted(fleets - set(desired.fleets))
+    if unknown:
+        raise ApplyRefused(f"--fleet {', '.join(unknown)}: no such DeviceFleet is declared; "
+                           "nothing applied")
+    return replace(
+        the_plan,
+        actions=tuple(a for a in the_plan.actions
+                      if a.kind != "DeviceFleet" or a.name in fleets),
+        completed_fleets={k: v for k, v in the_plan.completed_fleets.items() if k in fleets},
+        mass_revocations=tuple(m for m in the_plan.mass_revocations if m.fleet in fleets))
 
 
 REPORT_STEPS = BUILD_STEPS + 2  # `report` adds its policy and writing steps
@@ -534,3 +591,23 @@ def device_tls_bundles(state: StateDir, fleet: str,
             if record is None or record.key_blob is None:
                 continue
             yield DeviceTLS(device, record.serial, device_pem(inventory, keystore, record))
+
+
+def migrate_inventory(state: StateDir) -> tuple[int, int]:
+    """Create or upgrade the schema of the state directory's inventory (or its database);
+    (version before, after)."""
+    if state.database_url is None:
+        state.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return migrate(state.inventory_location)
+
+
+def copy_inventory(source: Path, target_url: str) -> dict[str, int]:
+    """Copy the SQLite inventory `source` (a file, or a state directory holding one) into
+    the empty PostgreSQL database `target_url` (its schema made first), verified row for row;
+    rows copied per table."""
+    if not is_url(target_url):
+        raise InventoryError(f"--to must be a postgresql:// URL, not {redact(target_url)!r}")
+    path = source / "inventory.db" if source.is_dir() else source
+    migrate(target_url)
+    with Inventory(path, read_only=True) as reader, Inventory(target_url) as writer:
+        return copy(reader, writer)

@@ -1,13 +1,18 @@
-"""Fixtures shared by test directories: `kube_emulator` (tests/stores, tests/operator)."""
+"""Fixtures shared by test directories: `kube_emulator` (tests/stores, tests/operator), and
+`inventory_backend`, which runs a test on SQLite and on a real PostgreSQL (tests/postgres.py)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.kube_emulator import RunningEmulator
+from tests.postgres import REQUIRE_ENV, Cluster, server_bindir
+
+DATABASE_ENV = "FLEETPKI_DATABASE_URL"
 
 
 @pytest.fixture
@@ -16,3 +21,39 @@ def kube_emulator(tmp_path: Path) -> Iterator[RunningEmulator]:
     loopback port, served by a background thread; stopped (thread joined) on teardown."""
     with RunningEmulator(tmp_path / "kube") as running:
         yield running
+
+
+@pytest.fixture(autouse=True)
+def _no_outside_database(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never a database from the environment the tests run in: only `inventory_backend`'s."""
+    monkeypatch.delenv(DATABASE_ENV, raising=False)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Cluster]:
+    """A throwaway PostgreSQL cluster for the session (skips the test without the server
+    binaries, unless FLEETPKI_REQUIRE_POSTGRES=1)."""
+    bindir = server_bindir()
+    if bindir is None:
+        message = "PostgreSQL server binaries (initdb, pg_ctl) not found"
+        if os.environ.get(REQUIRE_ENV) == "1":
+            pytest.fail(f"{message} ({REQUIRE_ENV}=1)", pytrace=False)
+        pytest.skip(message)
+    cluster = Cluster(bindir)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def inventory_backend(request: pytest.FixtureRequest,
+                      monkeypatch: pytest.MonkeyPatch) -> str | None:
+    """The test once on the state directory's SQLite file (None) and once on a fresh
+    PostgreSQL database (its URL), which $FLEETPKI_DATABASE_URL then selects."""
+    if request.param == "sqlite":
+        return None
+    url: str = request.getfixturevalue("postgres").database()
+    monkeypatch.setenv(DATABASE_ENV, url)
+    return url

@@ -14,9 +14,11 @@ CRLs) are derived from the inventory afterwards (`stores.publish.sync_public`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -42,6 +44,7 @@ from controller.stores.keystore import KeyStore
 BACKDATE = timedelta(minutes=1)  # tolerate device clock skew, as step-ca does
 BATCH = 500
 Progress = Callable[[int], None]
+CALock = Callable[[], AbstractContextManager[object]]  # see Executor
 
 
 class ApplyRefused(Exception):
@@ -75,11 +78,14 @@ class Executor:
     """Carries the stores and the clock through one apply."""
 
     def __init__(self, desired: Desired, inventory: Inventory, keystore: KeyStore,
-                 now: datetime) -> None:
+                 now: datetime, ca_lock: CALock = contextlib.nullcontext) -> None:
+        """`ca_lock()` is held around the work on CAs and the crash journal (recovery, CA
+        creation, CRLs) when other appliers, of other fleets, share the inventory."""
         self.desired = desired
         self.inventory = inventory
         self.keystore = keystore
         self.now = now
+        self.ca_lock = ca_lock
         self._signers: dict[str, tuple[CertRecord, x509.Certificate, keys.PrivateKey]] = {}
         self._keys: dict[str, keys.PrivateKey] = {}
         self._templates: dict[tuple[str, str], LeafTemplate | None] = {}
@@ -177,11 +183,12 @@ class Executor:
     # --- devices -----------------------------------------------------------------------------
     def revoke(self, actions: list[Action], progress: Progress) -> None:
         for chunk in _chunks(actions):
+            revocations = []
+            for action in chunk:
+                assert action.serial is not None
+                revocations.append((action.serial, action.revocation_reason or "unspecified"))
             with self.inventory.transaction():
-                for action in chunk:
-                    assert action.serial is not None
-                    self.inventory.revoke(action.serial, action.revocation_reason or "unspecified",
-                                          epoch(self.now))
+                self.inventory.revoke_all(revocations, epoch(self.now))
             self.result.count("revoke", len(chunk))
             progress(len(chunk))
 
@@ -193,11 +200,11 @@ class Executor:
             self.signer(issuer)  # loaded once, before any worker is forked
         for chunk, records in zip(_chunks(actions), signing.records(self, work, BATCH),
                                   strict=True):
-            with self.inventory.transaction():
-                for action, record in zip(chunk, records, strict=True):
-                    if action.serial:
-                        self.inventory.revoke(action.serial, "superseded", epoch(self.now))
-                    self.inventory.insert(record)
+            assert len(records) == len(chunk)
+            with self.inventory.transaction():  # the replaced ones first: one active each
+                self.inventory.revoke_all([(action.serial, "superseded") for action in chunk
+                                           if action.serial], epoch(self.now))
+                self.inventory.insert_all(records)
             for action in chunk:
                 self.result.count(action.action)
             progress(len(chunk))
@@ -306,7 +313,8 @@ def recover(inventory: Inventory, keystore: KeyStore) -> list[str]:
 
 
 def prepare(plan: Plan, desired: Desired, inventory: Inventory, keystore: KeyStore,
-            now: datetime, *, allow_mass_revocation: bool = False) -> Executor:
+            now: datetime, *, allow_mass_revocation: bool = False,
+            ca_lock: CALock = contextlib.nullcontext) -> Executor:
     """Refuse an unsafe plan and unlock what it needs; nothing is changed."""
     if plan.problems:
         raise InvalidDeclaration(list(plan.problems))
@@ -316,23 +324,31 @@ def prepare(plan: Plan, desired: Desired, inventory: Inventory, keystore: KeySto
             f"refusing to revoke {worst.count} certificates of DeviceFleet/{worst.fleet} "
             f"(limit {worst.limit}); check the change, then pass --allow-mass-revocation or "
             "--max-revocations N; nothing applied")
-    runner = Executor(desired, inventory, keystore, now)
+    runner = Executor(desired, inventory, keystore, now, ca_lock)
     runner.preload(plan)
     return runner
 
 
+def _still_due(runner: Executor, action: Action) -> bool:
+    """Whether a planned CA creation or renewal was not done meanwhile by another applier."""
+    current = runner.inventory.active_ca(action.name)
+    return (current.serial if current else None) == action.serial
+
+
 def execute(runner: Executor, plan: Plan, progress: Progress = lambda n: None) -> ApplyResult:
     """Run a prepared plan's steps in order: CAs, revocations, issuance, CRLs."""
-    recover(runner.inventory, runner.keystore)
-    for action in plan.actions:
-        if action.action in ("create-ca", "renew-ca"):
-            runner.create_ca(action)
+    with runner.ca_lock():
+        recover(runner.inventory, runner.keystore)
+        for action in plan.actions:
+            if action.action in ("create-ca", "renew-ca") and _still_due(runner, action):
+                runner.create_ca(action)
     runner.revoke([a for a in plan.actions if a.action == "revoke"], progress)
     runner.issue([a for a in plan.actions if a.action in ("issue", "renew", "rekey")],
                  plan.intents, progress)
-    for action in plan.actions:
-        if action.action == "publish-crl":
-            runner.publish_crl(action)
+    with runner.ca_lock():
+        for action in plan.actions:
+            if action.action == "publish-crl":
+                runner.publish_crl(action)
     with runner.inventory.transaction():
         for name, digest in plan.completed_fleets.items():
             decl = runner.desired.fleets[name]

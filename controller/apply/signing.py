@@ -68,12 +68,12 @@ _untouched: list[Inventory] = []  # in a worker: the parent's inventory, never u
 
 
 def _start_worker() -> None:
-    """In a new worker: never touch the parent's SQLite connection (not even by closing it,
-    which SQLite forbids across fork); read through a new one."""
+    """In a new worker: never touch the parent's database connection (not even by closing it,
+    which SQLite and libpq forbid across fork); read through a new one."""
     assert _inherited is not None
     executor = _inherited[0]
     _untouched.append(executor.inventory)
-    executor.inventory = Inventory(executor.inventory.path, read_only=True)
+    executor.inventory = executor.inventory.reader()
 
 
 def _make(span: tuple[int, int]) -> list[CertRecord]:

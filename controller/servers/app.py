@@ -327,7 +327,7 @@ class Server:
         self.runners: list[web.AppRunner] = []
         self.listeners: list[asyncio.Server] = []
         self.ports: dict[str, int] = {}
-        self.metrics = ServerMetrics(state.state.inventory_path)
+        self.metrics = ServerMetrics(state.state.inventory_location)
 
     async def start(self) -> None:
         opts = self.options

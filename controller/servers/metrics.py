@@ -58,7 +58,7 @@ def ocsp_refusal(response: web.StreamResponse) -> str | None:
 
 
 class ServerMetrics:
-    def __init__(self, inventory: Path) -> None:
+    def __init__(self, inventory: Path | str) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter("fleetpki_server_requests_total", "Requests by endpoint.",
                                 ["endpoint"], registry=self.registry)

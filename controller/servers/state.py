@@ -1,8 +1,9 @@
 """What the servers read: the inventory (re-checked per request), CA keys and the declaration.
 
 One `ServerState` per process, used only from the event-loop thread (SQLite connections are
-per thread). Each request starts with `refresh()`, one `PRAGMA data_version` query: it changes
-exactly when another connection (a `fleetpki apply`) committed, and then the CA generations,
+per thread). Each request starts with `refresh()`, one query for the database's version (SQLite's
+`PRAGMA data_version`; PostgreSQL's change notifications): it changes when another connection
+(a `fleetpki apply`, another replica) committed, and then the CA generations,
 their keys, the declaration and the OCSP cache are reloaded, so a new CRL or a revocation is
 served on the next request.
 """
@@ -66,7 +67,7 @@ class ServerState:
 
     # --- refresh ------------------------------------------------------------------------------
     def refresh(self, force: bool = False) -> None:
-        version = int(self.inventory.db.execute("PRAGMA data_version").fetchone()[0])
+        version = self.inventory.db.version()
         if version == self._version and not force:
             return
         self._version = version

@@ -8,7 +8,6 @@ a fresh read-only connection (safe from the exporter's thread). Labels are bound
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from controller.clock import epoch, now_utc
 from controller.lint.rules import CHECKS
 from controller.status.fleetlint import counts as lint_counts
 from controller.stores import facts
+from controller.stores.database import ERRORS, is_url, redact
 from controller.stores.inventory import Inventory, InventoryError
 
 log = logging.getLogger(__name__)
@@ -44,9 +44,10 @@ def _gauge(name: str, text: str, labels: list[str]) -> GaugeMetricFamily:
 
 
 class InventoryCollector(Collector):
-    """Gauges from the inventories `sources()` names (namespace -> inventory file)."""
+    """Gauges from the inventories `sources()` names (namespace -> inventory file or
+    PostgreSQL URL)."""
 
-    def __init__(self, sources: Callable[[], Mapping[str, Path]], clock: Callable[[], int]
+    def __init__(self, sources: Callable[[], Mapping[str, Path | str]], clock: Callable[[], int]
                  ) -> None:
         self.sources = sources
         self.clock = clock
@@ -81,8 +82,9 @@ class InventoryCollector(Collector):
             try:
                 with Inventory(path, read_only=True) as inventory:
                     self._add(families, namespace, inventory, now)
-            except (InventoryError, sqlite3.Error) as exc:
-                log.warning("metrics: cannot read the inventory %s: %s", path, exc)
+            except (InventoryError, *ERRORS) as exc:
+                log.warning("metrics: cannot read the inventory %s: %s",
+                            redact(str(path)) if is_url(path) else path, exc)
                 up.add_metric([namespace], 0)
             else:
                 up.add_metric([namespace], 1)
@@ -115,7 +117,7 @@ INVENTORIES = InventoryCollector(dict, lambda: epoch(now_utc()))
 REGISTRY.register(INVENTORIES)
 
 
-def serve(port: int, inventories: Callable[[], Mapping[str, Path]]) -> None:
+def serve(port: int, inventories: Callable[[], Mapping[str, Path | str]]) -> None:
     """Serve the process's metrics on /metrics on all interfaces (a background thread), with
     the gauges of `inventories` (namespace -> inventory file)."""
     INVENTORIES.sources = inventories

@@ -1,6 +1,6 @@
 """Read-only aggregates of the inventory for lint and metrics, computed in SQL.
 
-A fleet may hold a million certificates: every query here groups or narrows in SQLite and
+A fleet may hold a million certificates: every query here groups or narrows in SQL and
 returns rows per fleet, CA or flagged certificate, never one row per healthy device. Owners
 starting with `_` (serve's own TLS certificates) are not fleets and are left out.
 """
@@ -34,8 +34,7 @@ CHECKS = {
 
 def _has_sightings(inventory: Inventory) -> bool:
     """False for an inventory written before sightings existed, opened read-only."""
-    return inventory.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
-                                "AND name = 'sightings'").fetchone() is not None
+    return "sightings" in inventory.db.tables()
 
 
 def _query(inventory: Inventory, code: str, columns: str) -> str | None:
@@ -52,9 +51,13 @@ def device_rows(inventory: Inventory, code: str, window: Window,
     -1: all)."""
     query = _query(inventory, code, f"{ROW}, DETAIL")
     if query is not None:
-        for row in inventory.db.execute(query + " ORDER BY c.owner, c.device LIMIT :limit",
-                                        {**asdict(window), "limit": limit}):
+        for row in inventory.db.execute(query + " ORDER BY c.owner, c.device" + _limit(limit),
+                                        asdict(window)):
             yield DeviceRow(*row)
+
+
+def _limit(limit: int) -> str:
+    return f" LIMIT {int(limit)}" if limit >= 0 else ""
 
 
 def device_counts(inventory: Inventory, window: Window) -> dict[str, int]:
@@ -69,13 +72,14 @@ def device_counts(inventory: Inventory, window: Window) -> dict[str, int]:
 
 def _shared(inventory: Inventory) -> str:
     """The fingerprints held by several active device certificates, grouped in the order of
-    the `active_keys` index (when the inventory has it: one opened read-only may predate it)."""
-    indexed = "INDEXED BY active_keys" if inventory.db.execute(
+    the `active_keys` index (when an SQLite inventory has it: one opened read-only may predate
+    it; PostgreSQL's planner chooses by itself)."""
+    indexed = "INDEXED BY active_keys" if inventory.db.dialect == "sqlite" and inventory.db.execute(
         "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'active_keys'"
     ).fetchone() else ""
     return (f"SELECT {KEY} AS key, count(*) AS holders FROM certificates c {indexed} "
             f"WHERE c.kind = 'device' AND c.state = 'active' GROUP BY {KEY} "
-            f"HAVING holders > 1 AND length(key) = 64")
+            f"HAVING count(*) > 1 AND length({KEY}) = 64")
 
 
 def shared_keys(inventory: Inventory, limit: int = -1) -> Iterator[tuple[str, DeviceRow]]:
@@ -85,14 +89,14 @@ def shared_keys(inventory: Inventory, limit: int = -1) -> Iterator[tuple[str, De
     rows = inventory.db.execute(
         f"SELECT shared.key, {ROW} FROM ({_shared(inventory)}) shared JOIN certificates c "
         f"ON {KEY} = shared.key AND c.kind = 'device' AND c.state = 'active' "
-        "ORDER BY shared.key, c.owner, c.device LIMIT ?", (limit,))
+        "ORDER BY shared.key, c.owner, c.device" + _limit(limit))
     for row in rows:
         yield row[0], DeviceRow(*row[1:])
 
 
 def shared_key_count(inventory: Inventory) -> int:
     """How many active device certificates share their key."""
-    query = f"SELECT coalesce(sum(holders), 0) FROM ({_shared(inventory)})"
+    query = f"SELECT coalesce(sum(holders), 0) FROM ({_shared(inventory)}) shared"
     return int(inventory.db.execute(query).fetchone()[0])
 
 

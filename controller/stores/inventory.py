@@ -1,41 +1,56 @@
-"""The inventory: every certificate ever issued, in SQLite (one file in the state directory).
+"""The inventory: every certificate ever issued, in SQLite (one file in the state directory,
+the default) or in PostgreSQL (shared by several appliers and servers; `database.py`).
 
-Invariants kept by the schema, not only by the code:
+Invariants kept by the schema, not only by the code, on both databases:
 - at most one `active` certificate per device and per CA (partial unique indexes);
 - a batch of issuances, with the revocation of the certificates they replace, commits atomically,
   so a crash leaves either the old certificate active or the new one, never both or neither.
 Times are integer epoch seconds (UTC) so renewal queries are indexed range scans.
+
+The schema is versioned (`schema_version`); `migrate` creates or upgrades it, opening an
+inventory never alters an older one. A new SQLite file is created at the current version; an
+SQLite inventory from before versioning is version 1, which (as before versions) is completed
+with `CREATE ... IF NOT EXISTS` and stamped whenever it is opened for writing.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sqlite3
+import hashlib
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA = """
+from controller.stores.database import (
+    Database,
+    DatabaseError,
+    Postgres,
+    SQLite,
+    is_url,
+    redact,
+)
+
+# One schema text; {placeholders} are the dialects' differences (`DIALECTS`).
+SCHEMA = """{functions}
 CREATE TABLE IF NOT EXISTS certificates (
-    serial TEXT PRIMARY KEY,
+    {rowid}serial TEXT PRIMARY KEY,
     kind TEXT NOT NULL CHECK (kind IN ('ca', 'device')),
     owner TEXT NOT NULL,
     device TEXT NOT NULL DEFAULT '',
     issuer_serial TEXT,
     state TEXT NOT NULL CHECK (state IN ('active', 'retired', 'revoked')),
-    not_before INTEGER NOT NULL,
-    not_after INTEGER NOT NULL,
-    renew_at INTEGER NOT NULL,
+    not_before {int} NOT NULL,
+    not_after {int} NOT NULL,
+    renew_at {int} NOT NULL,
     intent TEXT NOT NULL,
     fingerprint TEXT NOT NULL,
     key_id TEXT,
-    key_blob BLOB,
-    der BLOB NOT NULL,
-    issued_at INTEGER NOT NULL,
-    revoked_at INTEGER,
+    key_blob {blob},
+    der {blob} NOT NULL,
+    issued_at {int} NOT NULL,
+    revoked_at {int},
     reason TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS one_active_per_intent
@@ -51,49 +66,89 @@ CREATE INDEX IF NOT EXISTS active_keys ON certificates (substr(intent, instr(int
 CREATE TABLE IF NOT EXISTS fleets (
     name TEXT PRIMARY KEY,
     content_hash TEXT NOT NULL,
-    decommissioned INTEGER NOT NULL DEFAULT 0,
-    updated_at INTEGER NOT NULL,
-    devices INTEGER,  -- declared devices, and those not revoked, when content_hash was applied
-    declared INTEGER
+    decommissioned {int} NOT NULL DEFAULT 0,
+    updated_at {int} NOT NULL
 );
 CREATE TABLE IF NOT EXISTS crls (
     ca_serial TEXT PRIMARY KEY,
     ca_name TEXT NOT NULL,
-    number INTEGER NOT NULL,
-    this_update INTEGER NOT NULL,
-    next_update INTEGER NOT NULL,
-    entries INTEGER NOT NULL,
-    revoked_total INTEGER NOT NULL,
-    der BLOB NOT NULL
+    number {int} NOT NULL,
+    this_update {int} NOT NULL,
+    next_update {int} NOT NULL,
+    entries {int} NOT NULL,
+    revoked_total {int} NOT NULL,
+    der {blob} NOT NULL
 );
 CREATE TABLE IF NOT EXISTS enrollment_secrets (
     fleet TEXT NOT NULL,
     device TEXT NOT NULL,
     kdf TEXT NOT NULL,
-    salt BLOB NOT NULL,
-    hash BLOB NOT NULL,
-    created_at INTEGER NOT NULL,
+    salt {blob} NOT NULL,
+    hash {blob} NOT NULL,
+    created_at {int} NOT NULL,
     PRIMARY KEY (fleet, device)
 );
 CREATE TABLE IF NOT EXISTS journal (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id {id},
     operation TEXT NOT NULL,
     subject TEXT NOT NULL,
     detail TEXT NOT NULL DEFAULT '',
-    started_at INTEGER NOT NULL
+    started_at {int} NOT NULL
 );
 CREATE TABLE IF NOT EXISTS sightings (
     serial TEXT NOT NULL,
     source TEXT NOT NULL,
-    first_seen INTEGER NOT NULL,
-    last_seen INTEGER NOT NULL,
-    times INTEGER NOT NULL,
+    first_seen {int} NOT NULL,
+    last_seen {int} NOT NULL,
+    times {int} NOT NULL,
     PRIMARY KEY (serial, source)
 );
+{triggers}"""
+NOTIFY = """CREATE OR REPLACE TRIGGER {0}_changed AFTER INSERT OR UPDATE OR DELETE ON {0}
+    FOR EACH STATEMENT EXECUTE FUNCTION fleetpki_notify();
 """
-
+DIALECTS: dict[str, dict[str, str]] = {
+    "sqlite": {"functions": "", "rowid": "", "int": "INTEGER", "blob": "BLOB",
+               "id": "INTEGER PRIMARY KEY AUTOINCREMENT", "triggers": ""},
+    "postgresql": {
+        # SQLite's instr, for the `active_keys` index and the queries of facts.py
+        "functions": "CREATE OR REPLACE FUNCTION instr(text, text) RETURNS integer "
+                     "LANGUAGE sql IMMUTABLE PARALLEL SAFE AS 'SELECT strpos($1, $2)';\n"
+                     "CREATE OR REPLACE FUNCTION fleetpki_notify() RETURNS trigger "
+                     "LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_notify('fleetpki_inventory', "
+                     "TG_TABLE_NAME); RETURN NULL; END $$;",
+        "rowid": "rowid BIGINT GENERATED ALWAYS AS IDENTITY UNIQUE,\n    ",  # insertion order
+        "int": "BIGINT", "blob": "BYTEA",
+        "id": "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY",
+        "triggers": "".join(NOTIFY.format(table) for table in ("certificates", "crls", "fleets")),
+    },
+}
+# 2: what a fleet declared (devices, and those not revoked) when its content hash was applied,
+# so that an unchanged fleet is planned without parsing its devices (controller/api/devices.py)
+FLEET_SUMMARY = """ALTER TABLE fleets ADD COLUMN devices {int};
+ALTER TABLE fleets ADD COLUMN declared {int};
+"""
+MIGRATIONS = (SCHEMA, FLEET_SUMMARY)  # MIGRATIONS[i] brings a database from version i to i + 1
+VERSION = len(MIGRATIONS)
 COLUMNS = ("serial, kind, owner, device, issuer_serial, state, not_before, not_after, renew_at, "
            "intent, fingerprint, key_id, key_blob, der, issued_at, revoked_at, reason")
+# what `copy` moves, table by table (certificates in insertion order; journal ids are renumbered)
+COPIED = {
+    "certificates": COLUMNS,
+    "fleets": "name, content_hash, decommissioned, updated_at, devices, declared",
+    "crls": "ca_serial, ca_name, number, this_update, next_update, entries, revoked_total, der",
+    "enrollment_secrets": "fleet, device, kdf, salt, hash, created_at",
+    "journal": "operation, subject, detail, started_at",
+    "sightings": "serial, source, first_seen, last_seen, times",
+}
+
+
+def upgrade(dialect: str, version: int) -> str:
+    """The script bringing a database from `version` to `VERSION`, stamping it."""
+    steps = "".join(step.format(**DIALECTS[dialect]) for step in MIGRATIONS[version:])
+    return (f"{steps}\nCREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);\n"
+            f"DELETE FROM schema_version;\nINSERT INTO schema_version VALUES ({VERSION});\n")
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,130 +210,180 @@ class InventoryError(Exception):
     """The inventory cannot be opened, read or written; the message names it and what to do."""
 
 
-def describe(path: Path, exc: sqlite3.Error) -> str:
-    """A user's message for an SQLite error on the inventory at `path`."""
-    text = str(exc)
-    if "full" in text:
-        return (f"cannot write the inventory {path}: {text}; free some space and re-run "
-                "(each batch is atomic: nothing was half-written)")
-    if "readonly" in text or "read-only" in text:
-        return (f"cannot write the inventory {path}: {text}; it or its directory is read-only "
-                "(status, plan and export work read-only, apply needs write access)")
-    if "locked" in text or "busy" in text:
-        return f"the inventory {path} is locked by another process ({text}); re-run later"
-    if "unable to open" in text:
-        return (f"cannot open the inventory {path}: {text} (is the state directory readable, "
-                "and writable for apply?)")
-    return damaged(path, text)
+def connect(location: Path | str, read_only: bool) -> Database:
+    """The database at `location`: a PostgreSQL URL, or an SQLite file (created, at the
+    current schema version, if absent and not `read_only`)."""
+    try:
+        if is_url(location):
+            return Postgres(str(location), read_only)
+        return SQLite.open(Path(location), read_only, upgrade("sqlite", 0))
+    except OSError as exc:
+        raise InventoryError(f"cannot open the inventory {location}: {exc.strerror}") from None
+    except DatabaseError as exc:
+        raise InventoryError(str(exc)) from None
 
 
-def damaged(path: Path, why: str) -> str:
-    return (f"the inventory {path} is damaged ({why}): restore it from a backup "
-            "(fleetpki restore); fleetpki never starts a new inventory in its place")
+def migrate_command(location: Path | str) -> str:
+    if is_url(location):
+        return f"fleetpki migrate --database-url {redact(str(location))}"
+    return f"fleetpki migrate --state-dir {Path(location).parent}"
+
+
+def stored_version(db: Database) -> int:
+    """The schema version of `db`: 0 if it has none, 1 for an inventory from before versions."""
+    tables = db.tables()
+    if "schema_version" in tables:
+        row = db.execute("SELECT max(version) FROM schema_version").fetchone()
+        return int(row[0] or 0)
+    return 1 if "certificates" in tables else 0
+
+
+def migrate(location: Path | str) -> tuple[int, int]:
+    """Create or upgrade the schema at `location` (atomically on PostgreSQL, where concurrent
+    migrations wait for each other); (version before, version after)."""
+    db = connect(location, read_only=False)
+    try:
+        if db.dialect == "postgresql":
+            db.begin()
+            db.execute("SELECT pg_advisory_xact_lock(hashtext('fleetpki migrate'))")
+        before = stored_version(db)
+        if before > VERSION:
+            raise InventoryError(newer(db.name, before))
+        db.script(upgrade(db.dialect, before))
+        if db.dialect == "postgresql":
+            db.commit()
+        return before, VERSION
+    except db.errors as exc:
+        raise InventoryError(db.describe(exc)) from None
+    finally:
+        db.close()
+
+
+def copy(source: Inventory, target: Inventory, batch: int = 1000) -> dict[str, int]:
+    """Copy every row of `source` into the empty `target` in one transaction, then verify
+    them, table by table: same count, same multiset of rows (a sum of row digests). Rows per
+    table; an InventoryError if the target holds any row or a table differs."""
+    for table in COPIED:
+        if target.db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone():
+            raise InventoryError(f"the target inventory {target.db.name} is not empty "
+                                 f"(table {table}): refusing to copy into it")
+    order = {"certificates": " ORDER BY rowid", "journal": " ORDER BY id"}
+    with target.transaction():
+        for table, columns in COPIED.items():
+            insert = (f"INSERT INTO {table} ({columns}) VALUES "
+                      f"({', '.join('?' * (columns.count(',') + 1))})")
+            rows = source.db.execute(f"SELECT {columns} FROM {table}{order.get(table, '')}")
+            while chunk := rows.fetchmany(batch):
+                target.db.many(insert, chunk)
+    copied = {}
+    for table, columns in COPIED.items():
+        count, digest = _fingerprint(source, table, columns)
+        if (count, digest) != _fingerprint(target, table, columns):
+            raise InventoryError(f"copy verification failed for table {table}: the target "
+                                 f"{target.db.name} differs from the source; drop it and retry")
+        copied[table] = count
+    return copied
+
+
+def _fingerprint(inventory: Inventory, table: str, columns: str) -> tuple[int, int]:
+    """(rows, sum of their SHA-256 digests mod 2**256): equal for equal sets of rows, in any
+    order and whichever database they come from."""
+    count, total = 0, 0
+    for row in inventory.db.execute(f"SELECT {columns} FROM {table}"):
+        text = repr(tuple(bytes(v) if isinstance(v, memoryview) else v for v in row))
+        total = (total + int.from_bytes(hashlib.sha256(text.encode()).digest(), "big")) % 2**256
+        count += 1
+    return count, total
+
+
+@contextmanager
+def database_lock(url: str, exclusive: Iterable[str], shared: Iterable[str] = ()
+                  ) -> Iterator[None]:
+    """Hold PostgreSQL advisory locks for the block (shared ones first, then exclusive ones,
+    each in name order so that appliers never deadlock), waiting while another process on any
+    machine holds them. They are the connection's: released when the block ends or the
+    process dies."""
+    db = connect(url, read_only=False)
+    try:
+        for function, names in (("pg_advisory_lock_shared", shared),
+                                ("pg_advisory_lock", exclusive)):
+            for name in sorted(set(names)):
+                db.execute(f"SELECT {function}(hashtextextended(?, 0))", (f"fleetpki {name}",))
+        yield
+    except db.errors as exc:
+        raise InventoryError(db.describe(exc)) from None
+    finally:
+        db.close()
+
+
+def newer(name: str, version: int) -> str:
+    return (f"the inventory {name} has schema version {version}, newer than this fleetpki's "
+            f"({VERSION}): upgrade fleetpki")
 
 
 class Inventory:
-    """SQLite-backed store; use as a context manager or call `close()`.
+    """The inventory in SQLite or PostgreSQL; use as a context manager or call `close()`.
 
-    An existing file must be a fleetpki inventory (else InventoryError, never a new one); a
-    new one is created 0600. `read_only` opens an existing inventory without writing to it,
-    also in a read-only state directory.
+    `location` is an SQLite file or a postgresql:// URL. An existing SQLite file must be a
+    fleetpki inventory (else InventoryError, never a new one); a new one is created 0600. A
+    PostgreSQL database must have been made by `fleetpki migrate`. Any other schema version
+    than this fleetpki's is an error naming the command to run. `read_only` opens an existing
+    inventory without writing to it, also in a read-only state directory.
     """
 
-    def __init__(self, path: Path, *, read_only: bool = False) -> None:
-        self.path = path
+    def __init__(self, location: Path | str, *, read_only: bool = False) -> None:
+        self.location = location
+        self.db = connect(location, read_only)
         try:
-            self.db = self._open_read_only() if read_only else self._open_for_writing()
-        except OSError as exc:
-            raise InventoryError(f"cannot open the inventory {path}: {exc.strerror}") from None
-        except sqlite3.Error as exc:
-            raise InventoryError(describe(path, exc)) from None
-
-    def _open_read_only(self) -> sqlite3.Connection:
-        if not self.path.exists():
-            raise InventoryError(f"no inventory in {self.path.parent}: run `fleetpki apply` "
-                                 "first (or restore a backup)")
-        uri = f"{self.path.resolve().as_uri()}?mode=ro"
-        try:
-            return self._checked(sqlite3.connect(uri, uri=True, isolation_level=None,
-                                                 timeout=30))
-        except sqlite3.OperationalError:  # a read-only directory: no -shm can be made
-            return self._checked(sqlite3.connect(f"{uri}&immutable=1", uri=True,
-                                                 isolation_level=None))
-
-    def _open_for_writing(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not self.path.exists():
-            self._create()
-        db = self._checked(sqlite3.connect(self.path, isolation_level=None, timeout=30))
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.executescript(SCHEMA)
-        columns = {row[1] for row in db.execute("PRAGMA table_info(fleets)")}
-        for column in ("devices", "declared"):  # inventories made before these columns
-            if column not in columns:
-                db.execute(f"ALTER TABLE fleets ADD COLUMN {column} INTEGER")
-        for path in (self.path, self.path.with_name(self.path.name + "-wal"),
-                     self.path.with_name(self.path.name + "-shm")):
-            if path.exists() and path.stat().st_mode & 0o077:
-                path.chmod(0o600)
-        return db
-
-    def _create(self) -> None:
-        """Build the empty inventory beside its place, 0600 (SQLite gives its -wal and -shm
-        files the same mode), and link it in: a crash never leaves a half-made file."""
-        temporary = self.path.with_name(f".{self.path.name}.{os.urandom(6).hex()}.new")
-        try:
-            os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-            db = sqlite3.connect(temporary, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(SCHEMA)
-            db.close()
-            with contextlib.suppress(FileExistsError):  # another process made it first
-                os.link(temporary, self.path)
-        finally:
-            for leftover in (temporary, temporary.with_name(temporary.name + "-wal"),
-                             temporary.with_name(temporary.name + "-shm")):
-                leftover.unlink(missing_ok=True)
-
-    def _checked(self, db: sqlite3.Connection) -> sqlite3.Connection:
-        """`db` if it is a fleetpki inventory (closed otherwise): a 0-byte or overwritten file
-        would else open as a new, empty inventory and start a second PKI. Only SQLite opens
-        the file: closing another descriptor of it would drop SQLite's POSIX locks."""
-        try:
-            names = {row[0] for row in db.execute("SELECT name FROM sqlite_master "
-                                                  "WHERE type = 'table'")}
-            if "certificates" not in names:
-                empty = self.path.stat().st_size == 0
-                raise InventoryError(damaged(self.path, "empty file" if empty else
-                                             "no certificates table: not a fleetpki inventory"))
+            self._check(read_only)
+        except self.db.errors as exc:
+            self.db.close()
+            raise InventoryError(self.db.describe(exc)) from None
         except BaseException:
-            db.close()
+            self.db.close()
             raise
-        return db
+
+    def _check(self, read_only: bool) -> None:
+        """Refuse a database that is not a fleetpki inventory of this schema version (SQLite
+        files are checked when opened)."""
+        version = stored_version(self.db)
+        if version > VERSION:
+            raise InventoryError(newer(self.db.name, version))
+        if not read_only and isinstance(self.db, SQLite) and version == 1 \
+                and "schema_version" not in self.db.tables():
+            self.db.script(upgrade("sqlite", 0))  # completed when opened, as before versions
+            return
+        if version < VERSION:
+            raise InventoryError(f"the inventory {self.db.name} has schema version {version}, "
+                                 f"this fleetpki needs {VERSION}: run `"
+                                 f"{migrate_command(self.location)}` (back it up first)")
+
+    def reader(self) -> Inventory:
+        """A new, read-only connection to the same inventory (e.g. in a forked worker)."""
+        return Inventory(self.location, read_only=True)
 
     def __enter__(self) -> Inventory:
         return self
 
     def __exit__(self, kind: object, exc: BaseException | None, traceback: object) -> None:
-        """Close; an SQLite error raised inside the block becomes an InventoryError."""
+        """Close; a database error raised inside the block becomes an InventoryError."""
         self.close()
-        if isinstance(exc, sqlite3.Error):
-            raise InventoryError(describe(self.path, exc)) from None
+        if isinstance(exc, self.db.errors):
+            raise InventoryError(self.db.describe(exc)) from None
 
     def close(self) -> None:
         self.db.close()
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """All-or-nothing: BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
-        self.db.execute("BEGIN IMMEDIATE")
+    def transaction(self) -> Iterator[Database]:
+        """All-or-nothing (SQLite: BEGIN IMMEDIATE), rolled back on any exception."""
+        self.db.begin()
         try:
             yield self.db
         except BaseException:
-            self.db.execute("ROLLBACK")
+            self.db.rollback()
             raise
-        self.db.execute("COMMIT")
+        self.db.commit()
 
     # --- reads -------------------------------------------------------------------------------
     def _records(self, where: str, params: Iterable[object] = ()) -> list[CertRecord]:
@@ -349,11 +454,8 @@ class Inventory:
 
     def applied_fleets(self) -> dict[str, tuple[str, int, int]]:
         """Fleet name -> (content hash, devices, not revoked) as last applied completely."""
-        try:
-            rows = self.db.execute("SELECT name, content_hash, devices, declared FROM fleets "
-                                   "WHERE devices IS NOT NULL AND declared IS NOT NULL")
-        except sqlite3.OperationalError:  # read-only, made before the columns: parse them all
-            return {}
+        rows = self.db.execute("SELECT name, content_hash, devices, declared FROM fleets "
+                               "WHERE devices IS NOT NULL AND declared IS NOT NULL")
         return {name: (digest, devices, declared) for name, digest, devices, declared in rows}
 
     def fleet_counts(self, fleet: str, now: int) -> dict[str, int]:
@@ -430,13 +532,14 @@ class Inventory:
     def state_counts(self, now: int, horizons: Sequence[int]) -> list[tuple[Any, ...]]:
         """Per (kind, owner, issuer serial): active, retired, revoked, expired (active past
         not_after), then per horizon (seconds) the active ones expiring within it."""
-        expiring = "".join(f", sum(state = 'active' AND not_after > :now AND not_after <= "
-                           f":now + :h{i})" for i in range(len(horizons)))
+        expiring = [f"state = 'active' AND not_after > :now AND not_after <= :now + :h{i}"
+                    for i in range(len(horizons))]
         params: dict[str, int] = {"now": now, **{f"h{i}": h for i, h in enumerate(horizons)}}
         rows = self.db.execute(
-            "SELECT kind, owner, coalesce(issuer_serial, ''), sum(state = 'active'), "
-            "sum(state = 'retired'), sum(state = 'revoked'), "
-            f"sum(state = 'active' AND not_after <= :now){expiring} FROM certificates "
+            "SELECT kind, owner, coalesce(issuer_serial, ''), " + ", ".join(
+                f"count(*) FILTER (WHERE {condition})" for condition in (
+                    "state = 'active'", "state = 'retired'", "state = 'revoked'",
+                    "state = 'active' AND not_after <= :now", *expiring)) + " FROM certificates "
             "GROUP BY kind, owner, issuer_serial ORDER BY kind, owner, issuer_serial", params)
         return [tuple(row) for row in rows]
 
@@ -451,27 +554,27 @@ class Inventory:
         """Active device certificates by expiry: bucket -1 is expired, 0..count-1 expire within
         successive `width` seconds, `count` later."""
         rows = self.db.execute(
-            "SELECT CASE WHEN not_after <= :now THEN -1 ELSE min((not_after - :now - 1) / :w, "
-            ":n) END AS bucket, count(*) FROM certificates WHERE kind = 'device' AND "
-            "state = 'active' GROUP BY bucket", {"now": now, "w": width, "n": count})
+            "SELECT CASE WHEN not_after <= :now THEN -1 WHEN (not_after - :now - 1) / :w >= :n "
+            "THEN :n ELSE (not_after - :now - 1) / :w END AS bucket, count(*) FROM certificates "
+            "WHERE kind = 'device' AND state = 'active' GROUP BY bucket",
+            {"now": now, "w": width, "n": count})
         return {r[0]: r[1] for r in rows}
 
     def key_algorithms(self, name_of: Callable[[bytes], str]) -> list[tuple[str, str, str, int]]:
         """(kind, owner, algorithm, count) of active certificates; `name_of(der)` names a
-        certificate's key algorithm (grouped in SQL, one call per certificate)."""
-        self.db.create_function("key_algorithm", 1, name_of, deterministic=True)
-        rows = self.db.execute(
-            "SELECT kind, owner, key_algorithm(der) AS algorithm, count(*) FROM certificates "
-            "WHERE state = 'active' GROUP BY kind, owner, algorithm ORDER BY kind, owner, "
-            "algorithm")
-        return [(r[0], r[1], r[2], r[3]) for r in rows]
+        certificate's key algorithm (one call per certificate, rows streamed)."""
+        counts = Counter((kind, owner, name_of(bytes(der))) for kind, owner, der in self.db.execute(
+            "SELECT kind, owner, der FROM certificates WHERE state = 'active'"))
+        return sorted((kind, owner, name, n) for (kind, owner, name), n in counts.items())
 
     # --- writes (call inside `transaction()`) ----------------------------------------------
     def put_enrollment_secret(self, secret: EnrollmentSecret) -> None:
         """Store (or replace) a device's hashed one-time enrollment secret."""
         self.db.execute(
-            "INSERT OR REPLACE INTO enrollment_secrets (fleet, device, kdf, salt, hash, "
-            "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO enrollment_secrets (fleet, device, kdf, salt, hash, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (fleet, device) DO UPDATE SET kdf = "
+            "excluded.kdf, salt = excluded.salt, hash = excluded.hash, created_at = "
+            "excluded.created_at",
             (secret.fleet, secret.device, secret.kdf, secret.salt, secret.hash,
              secret.created_at))
 
@@ -483,14 +586,22 @@ class Inventory:
         return cursor.rowcount == 1
 
     def insert(self, record: CertRecord) -> None:
-        placeholders = ", ".join("?" * len(COLUMNS.split(",")))
-        self.db.execute(f"INSERT INTO certificates ({COLUMNS}) VALUES ({placeholders})",
-                        tuple(getattr(record, c.strip()) for c in COLUMNS.split(",")))
+        self.insert_all([record])
+
+    def insert_all(self, records: Sequence[CertRecord]) -> None:
+        """Insert several certificates in one batch (pipelined on PostgreSQL)."""
+        names = [c.strip() for c in COLUMNS.split(",")]
+        self.db.many(f"INSERT INTO certificates ({COLUMNS}) VALUES ({', '.join('?' * len(names))})",
+                     [tuple(getattr(record, name) for name in names) for record in records])
 
     def revoke(self, serial: str, reason: str, at: int) -> None:
-        self.db.execute(
-            "UPDATE certificates SET state = 'revoked', revoked_at = ?, reason = ? "
-            "WHERE serial = ? AND state != 'revoked'", (at, reason, serial))
+        self.revoke_all([(serial, reason)], at)
+
+    def revoke_all(self, revocations: Sequence[tuple[str, str]], at: int) -> None:
+        """Revoke several (serial, reason) in one batch (pipelined on PostgreSQL)."""
+        self.db.many("UPDATE certificates SET state = 'revoked', revoked_at = ?, reason = ? "
+                     "WHERE serial = ? AND state != 'revoked'",
+                     [(at, reason, serial) for serial, reason in revocations])
 
     def retire(self, serial: str) -> None:
         self.db.execute("UPDATE certificates SET state = 'retired' WHERE serial = ? "
@@ -507,8 +618,11 @@ class Inventory:
 
     def put_crl(self, record: CRLRecord) -> None:
         self.db.execute(
-            "INSERT OR REPLACE INTO crls (ca_serial, ca_name, number, this_update, next_update, "
-            "entries, revoked_total, der) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO crls (ca_serial, ca_name, number, this_update, next_update, entries, "
+            "revoked_total, der) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (ca_serial) DO "
+            "UPDATE SET ca_name = excluded.ca_name, number = excluded.number, this_update = "
+            "excluded.this_update, next_update = excluded.next_update, entries = "
+            "excluded.entries, revoked_total = excluded.revoked_total, der = excluded.der",
             (record.ca_serial, record.ca_name, record.number, record.this_update,
              record.next_update, record.entries, record.revoked_total, record.der))
 
@@ -517,14 +631,12 @@ class Inventory:
         self.db.execute(
             "INSERT INTO sightings (serial, source, first_seen, last_seen, times) "
             "VALUES (?, ?, ?, ?, 1) ON CONFLICT(serial, source) DO UPDATE SET "
-            "last_seen = excluded.last_seen, times = times + 1", (serial, source, at, at))
+            "last_seen = excluded.last_seen, times = sightings.times + 1", (serial, source, at, at))
 
     def journal_begin(self, operation: str, subject: str, detail: str, at: int) -> int:
-        cursor = self.db.execute(
-            "INSERT INTO journal (operation, subject, detail, started_at) VALUES (?, ?, ?, ?)",
-            (operation, subject, detail, at))
-        assert cursor.lastrowid is not None
-        return cursor.lastrowid
+        return int(self.db.execute(
+            "INSERT INTO journal (operation, subject, detail, started_at) VALUES (?, ?, ?, ?) "
+            "RETURNING id", (operation, subject, detail, at)).fetchone()[0])
 
     def journal_end(self, entry: int) -> None:
         self.db.execute("DELETE FROM journal WHERE id = ?", (entry,))

@@ -18,6 +18,7 @@ from controller.apply.executor import Executor
 from controller.pki import keys
 from controller.servers.est import find_device, issue
 
+pytestmark = pytest.mark.usefixtures("inventory_backend")  # on SQLite and on PostgreSQL
 REPO = """\
 apiVersion: fleetpki.io/v1alpha1
 kind: CertificateAuthority
@@ -56,7 +57,7 @@ def enrolled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     repo = tmp_path / "repo"
     repo.mkdir()
     (repo / "fleet.yaml").write_text(REPO)
-    state = jobs.StateDir(tmp_path / "state")
+    state = jobs.StateDir.resolve(tmp_path / "state")
     now = jobs.now_utc()
     report = jobs.apply(repo, state, now, write_status=False)
     assert report.result.done == {"create-ca": 1, "publish-crl": 1}  # nothing to issue yet

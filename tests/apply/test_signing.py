@@ -93,9 +93,10 @@ def parallel(monkeypatch: pytest.MonkeyPatch) -> None:
     assert signing.worker_count(10) == 2
 
 
+@pytest.mark.usefixtures("inventory_backend")  # forked workers open their own connections
 def test_worker_certificates_verify_and_match_the_in_process_path(
         parallel: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    repo, state = tmp_path / "repo", jobs.StateDir(tmp_path / "state")
+    repo, state = tmp_path / "repo", jobs.StateDir.resolve(tmp_path / "state")
     repo.mkdir()
     servers = ", ".join(f"{{id: s{n}}}" for n in range(9))
     (repo / "fleet.yaml").write_text(CAS % servers + own_keys_fleet(23))

@@ -21,6 +21,7 @@ import yaml
 from typer.testing import CliRunner
 
 from controller.cli import app
+from controller.stores.inventory import Inventory
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "fleet-repo"
@@ -35,7 +36,8 @@ SECRET_MARKER = "PRIVATE KEY"
 def base_env(home: Path) -> dict[str, str]:
     """A hermetic environment: own HOME (no user git config), no inherited fleetpki settings."""
     home.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLEETPKI_", "GIT_"))}
+    env = {k: v for k, v in os.environ.items()  # the database of `inventory_backend` only
+           if not k.startswith(("FLEETPKI_", "GIT_")) or k == "FLEETPKI_DATABASE_URL"}
     env.update({
         "HOME": str(home),
         "XDG_STATE_HOME": str(home / "state"),
@@ -215,7 +217,11 @@ def edit_csv(path: Path, *, revoke: Mapping[str, str] | None = None,
 
 # --- the inventory -----------------------------------------------------------------------------
 def query(state: Path, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-    """Read the inventory read-only, as an outside observer would."""
+    """Read the inventory read-only, as an outside observer would (the database of
+    `inventory_backend` if it set one)."""
+    if os.environ.get("FLEETPKI_DATABASE_URL"):
+        with Inventory(os.environ["FLEETPKI_DATABASE_URL"], read_only=True) as inventory:
+            return [tuple(row) for row in inventory.db.execute(sql, tuple(params))]
     db = sqlite3.connect(f"file:{state / 'inventory.db'}?mode=ro", uri=True, timeout=30)
     try:
         return db.execute(sql, tuple(params)).fetchall()

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
+
+from controller.stores.database import ERRORS
 
 from .support import (
     SECRET_MARKER,
@@ -35,6 +38,7 @@ sys.argv = ["fleetpki", *sys.argv[1:]]
 main()
 """
 SIZE = 5000
+pytestmark = pytest.mark.usefixtures("inventory_backend")  # on SQLite and on PostgreSQL
 
 
 def poll(state: Path, sql: str, ready: Callable[[Any], bool],
@@ -45,7 +49,7 @@ def poll(state: Path, sql: str, ready: Callable[[Any], bool],
         assert process.poll() is None, "apply finished before reaching the kill point"
         try:
             value = query(state, sql)[0][0]
-        except sqlite3.Error:  # database or table not created yet
+        except ERRORS:  # database or table not created yet
             value = None
         if value is not None and ready(value):
             return value

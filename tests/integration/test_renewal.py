@@ -7,6 +7,7 @@ import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -31,6 +32,7 @@ T0 = datetime(2031, 3, 1, 8, 0, tzinfo=UTC)
 LIFETIME = timedelta(hours=48)
 WINDOW = timedelta(hours=24)
 SIZE = 24
+pytestmark = pytest.mark.usefixtures("inventory_backend")  # on SQLite and on PostgreSQL
 
 
 def actions(plan: Plan, kind: str | None = None) -> list[tuple[str, str, str | None]]:
@@ -77,7 +79,7 @@ def short_lived_repo(root: Path) -> Path:
 
 def test_renewal_with_jitter_and_rotation_policies(passphrase: str, tmp_path: Path) -> None:
     repo = short_lived_repo(tmp_path / "repo")
-    state = jobs.StateDir(tmp_path / "state")
+    state = jobs.StateDir.resolve(tmp_path / "state")
     first = jobs.apply(repo, state, T0)
     assert first.result.done == {"create-ca": 2, "issue": 2 * SIZE, "publish-crl": 2}
     issued = {name: history(state.path, name) for name in ("always", "never")}
@@ -143,7 +145,7 @@ def test_renewal_with_jitter_and_rotation_policies(passphrase: str, tmp_path: Pa
 
 def test_crl_is_republished_half_way_to_next_update(passphrase: str, tmp_path: Path) -> None:
     repo = small_repo(tmp_path / "repo", device_ids("meter", 3), git_init=False)
-    state = jobs.StateDir(tmp_path / "state")
+    state = jobs.StateDir.resolve(tmp_path / "state")
     crl_life = timedelta(hours=168)  # devices-ca in the example's authorities.yaml
     jobs.apply(repo, state, T0)
 
@@ -172,7 +174,7 @@ def test_crl_is_republished_half_way_to_next_update(passphrase: str, tmp_path: P
 def test_intermediate_rollover_reissues_devices_under_the_new_ca(passphrase: str,
                                                                   tmp_path: Path) -> None:
     repo = small_repo(tmp_path / "repo", device_ids("meter", 3), git_init=False)
-    state = jobs.StateDir(tmp_path / "state")
+    state = jobs.StateDir.resolve(tmp_path / "state")
     jobs.apply(repo, state, T0)
     old_ca = query(state.path, "SELECT serial FROM certificates WHERE kind = 'ca' AND "
                    "owner = 'devices-ca'")[0][0]

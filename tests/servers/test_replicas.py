@@ -1,0 +1,55 @@
+"""Two server replicas on one inventory see an apply's revocation on their next request: on
+SQLite through `PRAGMA data_version`, on PostgreSQL through the notifications its triggers send
+on commit (LISTEN/NOTIFY), which drop the replicas' OCSP caches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509 import ocsp
+
+from controller import jobs
+from controller.servers.state import ServerState
+from tests.integration.support import (
+    PASSPHRASE,
+    commit_all,
+    device_ids,
+    edit_csv,
+    small_repo,
+)
+
+
+def status(replica: ServerState, request: bytes) -> ocsp.OCSPCertStatus:
+    return ocsp.load_der_ocsp_response(replica.ocsp_response(request)).certificate_status
+
+
+@pytest.mark.usefixtures("inventory_backend")
+def test_replicas_answer_a_revocation_after_an_apply(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(jobs.PASSPHRASE_ENV, PASSPHRASE)
+    ids = device_ids("m", 3)
+    repo = small_repo(tmp_path / "repo", ids)
+    state = jobs.StateDir.resolve(tmp_path / "state")  # $FLEETPKI_DATABASE_URL, if set
+    jobs.apply(repo, state, jobs.now_utc(), write_status=False)
+    with state.reader() as inventory:
+        device = inventory.active_device("meters", ids[0])
+        assert device is not None and device.issuer_serial is not None
+        issuer = inventory.get(device.issuer_serial)
+        assert issuer is not None
+    request = ocsp.OCSPRequestBuilder().add_certificate(
+        x509.load_der_x509_certificate(device.der), x509.load_der_x509_certificate(issuer.der),
+        hashes.SHA256()).build().public_bytes(Encoding.DER)
+    replicas = [ServerState(None, state), ServerState(None, state)]
+    try:
+        assert [status(r, request) for r in replicas] == [ocsp.OCSPCertStatus.GOOD] * 2
+        edit_csv(repo / "fleets" / "meters.csv", revoke={ids[0]: "keyCompromise"})
+        commit_all(repo, "revoke one")
+        jobs.apply(repo, state, jobs.now_utc(), write_status=False)
+        assert [status(r, request) for r in replicas] == [ocsp.OCSPCertStatus.REVOKED] * 2
+    finally:
+        for replica in replicas:
+            replica.close()

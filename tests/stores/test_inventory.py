@@ -1,0 +1,164 @@
+"""The inventory on both databases: the schema's invariants, versions, `migrate` and `copy`."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from controller.stores.database import ERRORS, for_psycopg, redact
+from controller.stores.inventory import (
+    DIALECTS,
+    SCHEMA,
+    VERSION,
+    CertRecord,
+    CRLRecord,
+    EnrollmentSecret,
+    Inventory,
+    InventoryError,
+    copy,
+    migrate,
+)
+from tests.postgres import Cluster
+
+
+@pytest.fixture
+def location(inventory_backend: str | None, tmp_path: Path) -> Path | str:
+    return inventory_backend or tmp_path / "state" / "inventory.db"
+
+
+def record(serial: str, device: str = "d1", state: str = "active", **fields: object) -> CertRecord:
+    values: dict[str, object] = dict(
+        serial=serial, kind="device", owner="meters", device=device, issuer_serial="ca1",
+        state=state, not_before=1_000, not_after=5_000_000_000, renew_at=4_000, intent="x:k" * 1,
+        fingerprint="f" + serial, key_id=None, key_blob=None, der=b"\x30\x00" + serial.encode(),
+        issued_at=1_000)
+    values.update(fields)
+    return CertRecord(**values)  # type: ignore[arg-type]
+
+
+def test_one_active_certificate_per_device(location: Path | str) -> None:
+    with Inventory(location) as inventory:
+        with inventory.transaction():
+            inventory.insert(record("01"))
+        with pytest.raises(ERRORS), inventory.transaction():
+            inventory.insert(record("02"))  # a second active certificate of d1
+        with inventory.transaction():  # replaced atomically: revoke the old, add the new
+            inventory.revoke("01", "superseded", 2_000)
+            inventory.insert(record("02", issued_at=2_000))
+        assert inventory.active_device("meters", "d1") == record("02", issued_at=2_000)
+        assert inventory.revoked_total("ca1") == 1
+        assert [r.serial for r in inventory.device_history("meters", "d1")] == ["01", "02"]
+
+
+def test_failed_batch_leaves_nothing(location: Path | str) -> None:
+    with Inventory(location) as inventory:
+        with pytest.raises(RuntimeError), inventory.transaction():
+            inventory.insert(record("01"))
+            inventory.revoke("01", "keyCompromise", 2_000)
+            raise RuntimeError("crash")
+        assert inventory.get("01") is None and inventory.revoked_total("ca1") == 0
+
+
+def test_queries_agree(location: Path | str) -> None:
+    """The dialect-sensitive queries (upserts, aggregates, RETURNING) on either database."""
+    with Inventory(location) as inventory, inventory.transaction():
+        inventory.insert(record("ca1", kind="ca", owner="root", device="",
+                                issuer_serial=None, intent="ca"))
+        inventory.insert(record("01", intent="x:" + "a" * 64))
+        inventory.insert(record("02", device="d2", not_after=1_500, intent="x:" + "a" * 64))
+        inventory.insert(record("03", device="d3", state="revoked", revoked_at=2_000,
+                                reason="keyCompromise"))
+        crl = CRLRecord("ca1", "root", 1, 10, 20, 0, 0, b"crl1")
+        inventory.put_crl(crl)
+        inventory.put_crl(CRLRecord("ca1", "root", 2, 10, 20, 1, 1, b"crl2"))
+        secret = EnrollmentSecret("meters", "d1", "scrypt:1:1:1", b"salt", b"hash", 5)
+        inventory.put_enrollment_secret(secret)
+        inventory.put_enrollment_secret(EnrollmentSecret("meters", "d1", "k", b"s", b"h", 6))
+        inventory.saw("03", "est", 3_000)
+        inventory.saw("03", "est", 4_000)
+        entry = inventory.journal_begin("ca-key", "root", "k1", 1)
+        assert inventory.journal_entries() == [(entry, "ca-key", "root", "k1")]
+        inventory.journal_end(entry)
+        inventory.set_fleet("meters", "h1", False, 1, 3, 3)
+        inventory.set_fleet("meters", "h2", True, 2, 3, 2)
+    with Inventory(location, read_only=True) as inventory:
+        assert inventory.crl("ca1") == CRLRecord("ca1", "root", 2, 10, 20, 1, 1, b"crl2")
+        assert inventory.next_crl_number("root") == 3
+        assert inventory.enrollment_secret("meters", "d1") == EnrollmentSecret(
+            "meters", "d1", "k", b"s", b"h", 6)
+        assert inventory.journal_entries() == []
+        assert inventory.fleet_hash("meters") == "h2"
+        assert inventory.applied_fleets() == {"meters": ("h2", 3, 2)}
+        assert inventory.fleet_counts("meters", 2_000) == {
+            "active": 2, "revoked": 1, "due": 0, "expired": 1}
+        assert inventory.state_counts(1_000, [1_000]) == [
+            ("ca", "root", "", 1, 0, 0, 0, 0), ("device", "meters", "ca1", 2, 0, 1, 0, 1)]
+        assert inventory.expiry_buckets(1_000, 1_000, 3) == {0: 1, 3: 1}
+        assert inventory.revocation_reasons() == [("meters", "keyCompromise", 1)]
+        assert inventory.key_algorithms(lambda der: "ec") == [
+            ("ca", "root", "ec", 1), ("device", "meters", "ec", 2)]
+        assert [c[3] for c in inventory.changed_at(1_000)] == ["ca1", "01", "02", "03"]
+        assert inventory.ca_names() == ["root"] and inventory.fleet_names() == ["meters"]
+
+
+def test_copy_is_verified_and_refuses_a_full_target(tmp_path: Path, postgres: Cluster) -> None:
+    source = tmp_path / "inventory.db"
+    with Inventory(source) as inventory, inventory.transaction():
+        for i in range(50):
+            inventory.insert(record(f"{i:02}", device=f"d{i}", key_blob=b"\x00\xff" * i))
+        inventory.journal_begin("ca-key", "root", "k1", 1)
+        inventory.saw("01", "ocsp", 7)
+    target = postgres.database()
+    with Inventory(source, read_only=True) as reader, Inventory(target) as writer:
+        copied = copy(reader, writer, batch=7)
+        assert copied["certificates"] == 50 and copied["journal"] == 1
+        assert writer.device_records("meters") == reader.device_records("meters")
+        assert [c[3] for c in writer.changed_at(1_000)] == [c[3] for c in
+                                                           reader.changed_at(1_000)]
+        with pytest.raises(InventoryError, match="not empty"):
+            copy(reader, writer)
+
+
+def test_versions_are_checked_never_altered(tmp_path: Path, postgres: Cluster) -> None:
+    url = postgres.database(schema=False)
+    with pytest.raises(InventoryError, match="schema version 0.*fleetpki migrate --database-url"):
+        Inventory(url)
+    assert migrate(url) == (0, VERSION) and migrate(url) == (VERSION, VERSION)
+    Inventory(url).close()
+    path = tmp_path / "inventory.db"
+    Inventory(path).close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE schema_version SET version = ?", (VERSION + 1,))
+    db.commit()
+    db.close()
+    with pytest.raises(InventoryError, match="newer than this fleetpki"):
+        Inventory(path)
+
+
+def test_an_inventory_from_before_versions_is_version_1(tmp_path: Path) -> None:
+    """As fleetpki made them before schema versions: completed and stamped when next opened
+    for writing; read-only before that, it asks for `fleetpki migrate`."""
+    path = tmp_path / "inventory.db"
+    db = sqlite3.connect(path)
+    db.executescript(SCHEMA.format(**DIALECTS["sqlite"]))
+    db.close()
+    with pytest.raises(InventoryError, match="schema version 1, this fleetpki needs 2: run "
+                       "`fleetpki migrate --state-dir"):
+        Inventory(path, read_only=True)
+    Inventory(path).close()  # stamped when opened for writing
+    with Inventory(path, read_only=True) as inventory:
+        assert "schema_version" in inventory.db.tables()
+        assert inventory.applied_fleets() == {}  # the columns of version 2 are there
+
+
+def test_placeholders_and_passwords() -> None:
+    assert for_psycopg("SELECT '?:x%' , ? , :now, a::text WHERE b LIKE '%'") == \
+        "SELECT '?:x%%' , %s , %(now)s, a::text WHERE b LIKE '%%'"
+    assert redact("postgresql://u:secret@h:5432/db?password=other&sslmode=require") == \
+        "postgresql://u@h:5432/db?sslmode=require"
+    assert redact("postgresql://u:secret@[bad/db") == "postgresql://(an unparsable URL)"
+    with pytest.raises(InventoryError) as refused:
+        Inventory("postgresql://u:s3cret@[bad/db")
+    assert "s3cret" not in str(refused.value) and "***" in str(refused.value)
