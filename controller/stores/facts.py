@@ -18,6 +18,10 @@ from controller.stores.inventory import Inventory
 
 DEVICES = "c.kind = 'device' AND substr(c.owner, 1, 1) != '_'"
 KEY = "substr(c.intent, instr(c.intent, ':') + 1)"  # the key part of the intent digest
+# With KEY IN (a key) (not `=`, whose text affinity hides the `active_keys` index from SQLite)
+# and CROSS JOIN (SQLite keeps the order: the few shared keys first), a key's holders are an
+# index search, never a pass over every certificate.
+ACTIVE = "c.kind = 'device' AND c.state = 'active'"
 SERVER_KEY = "server-"  # KEY of a server-generated key: server-<algorithm>
 ROW = "c.owner, c.device, c.serial, c.not_before, c.not_after"
 # check code -> (join, condition, detail) selecting its certificates
@@ -32,15 +36,8 @@ CHECKS = {
 }
 
 
-def _has_sightings(inventory: Inventory) -> bool:
-    """False for an inventory written before sightings existed, opened read-only."""
-    return "sightings" in inventory.db.tables()
-
-
-def _query(inventory: Inventory, code: str, columns: str) -> str | None:
+def _query(code: str, columns: str) -> str:
     join, condition, detail = CHECKS[code]
-    if join and not _has_sightings(inventory):
-        return None
     return (f"SELECT {columns.replace('DETAIL', detail)} FROM certificates c {join} "
             f"WHERE {DEVICES} AND {condition}")
 
@@ -49,11 +46,10 @@ def device_rows(inventory: Inventory, code: str, window: Window,
                 limit: int = -1) -> Iterator[DeviceRow]:
     """The certificates one of the SQL checks selects, by fleet and device (at most `limit`;
     -1: all)."""
-    query = _query(inventory, code, f"{ROW}, DETAIL")
-    if query is not None:
-        for row in inventory.db.execute(query + " ORDER BY c.owner, c.device" + _limit(limit),
-                                        asdict(window)):
-            yield DeviceRow(*row)
+    query = _query(code, f"{ROW}, DETAIL")
+    for row in inventory.db.execute(query + " ORDER BY c.owner, c.device" + _limit(limit),
+                                    asdict(window)):
+        yield DeviceRow(*row)
 
 
 def _limit(limit: int) -> str:
@@ -62,24 +58,15 @@ def _limit(limit: int) -> str:
 
 def device_counts(inventory: Inventory, window: Window) -> dict[str, int]:
     """How many certificates each SQL check selects."""
-    counts = {}
-    for code in CHECKS:
-        query = _query(inventory, code, "count(*)")
-        counts[code] = int(inventory.db.execute(query, asdict(window)).fetchone()[0]) \
-            if query else 0
-    return counts
+    return {code: int(inventory.db.execute(_query(code, "count(*)"), asdict(window)
+                                           ).fetchone()[0]) for code in CHECKS}
 
 
-def _shared(inventory: Inventory) -> str:
-    """The fingerprints held by several active device certificates, grouped in the order of
-    the `active_keys` index (when an SQLite inventory has it: one opened read-only may predate
-    it; PostgreSQL's planner chooses by itself)."""
-    indexed = "INDEXED BY active_keys" if inventory.db.dialect == "sqlite" and inventory.db.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'active_keys'"
-    ).fetchone() else ""
-    return (f"SELECT {KEY} AS key, count(*) AS holders FROM certificates c {indexed} "
-            f"WHERE c.kind = 'device' AND c.state = 'active' GROUP BY {KEY} "
-            f"HAVING count(*) > 1 AND length({KEY}) = 64")
+# The fingerprints held by several active device certificates: of the keys noted when
+# certificates were inserted (`shared_keys`, a few), those still held more than once.
+SHARED = (f"SELECT s.key AS key, count(*) AS holders FROM shared_keys s CROSS JOIN "
+          f"certificates c WHERE {KEY} IN (s.key) AND {ACTIVE} GROUP BY s.key "
+          "HAVING count(*) > 1")
 
 
 def shared_keys(inventory: Inventory, limit: int = -1) -> Iterator[tuple[str, DeviceRow]]:
@@ -87,16 +74,16 @@ def shared_keys(inventory: Inventory, limit: int = -1) -> Iterator[tuple[str, De
     the SubjectPublicKeyInfo, kept in the intent digest) another one has too, at most `limit`
     (-1: all). Server-generated keys are fresh per certificate and not fingerprinted there."""
     rows = inventory.db.execute(
-        f"SELECT shared.key, {ROW} FROM ({_shared(inventory)}) shared JOIN certificates c "
-        f"ON {KEY} = shared.key AND c.kind = 'device' AND c.state = 'active' "
-        "ORDER BY shared.key, c.owner, c.device" + _limit(limit))
+        f"SELECT shared.key, {ROW} FROM ({SHARED}) shared CROSS JOIN certificates c "
+        f"WHERE {KEY} IN (shared.key) AND {ACTIVE} ORDER BY shared.key, c.owner, c.device"
+        + _limit(limit))
     for row in rows:
         yield row[0], DeviceRow(*row[1:])
 
 
 def shared_key_count(inventory: Inventory) -> int:
     """How many active device certificates share their key."""
-    query = f"SELECT coalesce(sum(holders), 0) FROM ({_shared(inventory)}) shared"
+    query = f"SELECT coalesce(sum(holders), 0) FROM ({SHARED}) shared"
     return int(inventory.db.execute(query).fetchone()[0])
 
 

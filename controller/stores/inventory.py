@@ -123,12 +123,24 @@ DIALECTS: dict[str, dict[str, str]] = {
         "triggers": "".join(NOTIFY.format(table) for table in ("certificates", "crls", "fleets")),
     },
 }
-# 2: what a fleet declared (devices, and those not revoked) when its content hash was applied,
-# so that an unchanged fleet is planned without parsing its devices (controller/api/devices.py)
-FLEET_SUMMARY = """ALTER TABLE fleets ADD COLUMN devices {int};
+ACTIVE_KEY = "substr(intent, instr(intent, ':') + 1)"  # the key part of an intent digest
+# Version 2: what no run should pay for in proportion to the inventory's size:
+# - what a fleet declared (devices, and those not revoked) when its content hash was applied,
+#   so that an unchanged fleet is planned without parsing its devices (controller/api/devices.py);
+# - the keys ever held by several active device certificates, found as certificates are
+#   inserted, so that lint, metrics and status check those keys instead of grouping them all;
+# - the times certificates were issued and revoked, for what a run changed (audit).
+VERSION_2 = """ALTER TABLE fleets ADD COLUMN devices {int};
 ALTER TABLE fleets ADD COLUMN declared {int};
+CREATE TABLE IF NOT EXISTS shared_keys (key TEXT PRIMARY KEY);
+INSERT INTO shared_keys SELECT substr(intent, instr(intent, ':') + 1) FROM certificates
+    WHERE kind = 'device' AND state = 'active' AND length(intent) - instr(intent, ':') = 64
+    GROUP BY substr(intent, instr(intent, ':') + 1) HAVING count(*) > 1 ON CONFLICT DO NOTHING;
+CREATE INDEX IF NOT EXISTS by_issue_time ON certificates (issued_at);
+CREATE INDEX IF NOT EXISTS by_revocation_time ON certificates (revoked_at)
+    WHERE revoked_at IS NOT NULL;
 """
-MIGRATIONS = (SCHEMA, FLEET_SUMMARY)  # MIGRATIONS[i] brings a database from version i to i + 1
+MIGRATIONS = (SCHEMA, VERSION_2)  # MIGRATIONS[i] brings a database from version i to i + 1
 VERSION = len(MIGRATIONS)
 COLUMNS = ("serial, kind, owner, device, issuer_serial, state, not_before, not_after, renew_at, "
            "intent, fingerprint, key_id, key_blob, der, issued_at, revoked_at, reason")
@@ -140,6 +152,7 @@ COPIED = {
     "enrollment_secrets": "fleet, device, kdf, salt, hash, created_at",
     "journal": "operation, subject, detail, started_at",
     "sightings": "serial, source, first_seen, last_seen, times",
+    "shared_keys": "key",
 }
 
 
@@ -589,10 +602,21 @@ class Inventory:
         self.insert_all([record])
 
     def insert_all(self, records: Sequence[CertRecord]) -> None:
-        """Insert several certificates in one batch (pipelined on PostgreSQL)."""
+        """Insert several certificates in one batch (pipelined on PostgreSQL), and note the
+        keys an active device certificate now shares with another (`shared_keys`)."""
         names = [c.strip() for c in COLUMNS.split(",")]
         self.db.many(f"INSERT INTO certificates ({COLUMNS}) VALUES ({', '.join('?' * len(names))})",
                      [tuple(getattr(record, name) for name in names) for record in records])
+        held = sorted({key for record in records
+                       if record.kind == "device" and record.state == "active"
+                       and len(key := record.intent.partition(":")[2]) == 64})
+        for start in range(0, len(held), 500):
+            chunk = held[start:start + 500]
+            self.db.execute(
+                f"INSERT INTO shared_keys SELECT {ACTIVE_KEY} FROM certificates "
+                f"WHERE kind = 'device' AND state = 'active' AND {ACTIVE_KEY} IN "
+                f"({', '.join('?' * len(chunk))}) GROUP BY {ACTIVE_KEY} HAVING count(*) > 1 "
+                "ON CONFLICT DO NOTHING", chunk)
 
     def revoke(self, serial: str, reason: str, at: int) -> None:
         self.revoke_all([(serial, reason)], at)

@@ -5,7 +5,6 @@ moved past their end, and key algorithms outside an allowed list."""
 from __future__ import annotations
 
 import json
-import sqlite3
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -154,23 +153,6 @@ def test_text_output_and_exit_codes(applied: tuple[Path, Path]) -> None:
 def test_without_an_inventory(tmp_path: Path) -> None:
     result = invoke("lint", tmp_path, "--state-dir", tmp_path / "none", rc=1)
     assert result.stderr.startswith("error: no inventory in")
-
-
-def test_an_inventory_from_before_lint(applied: tuple[Path, Path],
-                                       inventory_backend: str | None) -> None:
-    """Without the sightings table and the key index (an older inventory, opened read-only),
-    lint finds the same; opening it for writing adds them."""
-    if inventory_backend is not None:
-        pytest.skip("SQLite inventories from before schema versions only")
-    repo, state = applied
-    before = lint(repo, state)
-    with sqlite3.connect(state / "inventory.db") as db:
-        db.execute("DROP TABLE sightings")
-        db.execute("DROP INDEX active_keys")
-    assert lint(repo, state) == before
-    with jobs.StateDir(state).inventory() as inventory:
-        names = {r[0] for r in inventory.db.execute("SELECT name FROM sqlite_master")}
-    assert {"sightings", "active_keys", "device_facts"} <= names
 
 
 def test_the_fleet_status_lists_shared_keys(applied: tuple[Path, Path]) -> None:

@@ -162,3 +162,64 @@ def test_placeholders_and_passwords() -> None:
     with pytest.raises(InventoryError) as refused:
         Inventory("postgresql://u:s3cret@[bad/db")
     assert "s3cret" not in str(refused.value) and "***" in str(refused.value)
+
+
+def test_shared_keys_are_noted_as_certificates_are_inserted(location: Path | str) -> None:
+    """Lint, metrics and status look only at keys noted when a certificate was inserted
+    beside another active holder; what is no longer shared drops out, renewals with the same
+    key (the old one revoked first) and server-generated keys never count."""
+    from controller.stores import facts
+    shared, other = "a" * 64, "b" * 64
+    with Inventory(location) as inventory:
+        with inventory.transaction():
+            inventory.insert(record("01", device="d1", intent="x:" + shared))
+            inventory.insert(record("02", device="d2", intent="x:" + other))
+            inventory.insert(record("03", device="s1", intent="x:server-ECDSA-P256"))
+            inventory.insert(record("04", device="s2", intent="x:server-ECDSA-P256"))
+        assert facts.shared_key_count(inventory) == 0
+        with inventory.transaction():
+            inventory.insert(record("05", device="d3", intent="y:" + shared))
+        assert facts.shared_key_count(inventory) == 2
+        assert [(key, row.device) for key, row in facts.shared_keys(inventory)] == [
+            (shared, "d1"), (shared, "d3")]
+        with inventory.transaction():  # renewal of d2 with its own key: not shared
+            inventory.revoke("02", "superseded", 2_000)
+            inventory.insert(record("06", device="d2", intent="z:" + other))
+            inventory.revoke("05", "keyCompromise", 2_000)
+        assert facts.shared_key_count(inventory) == 0
+        assert list(facts.shared_keys(inventory)) == []
+        noted = {row[0] for row in inventory.db.execute("SELECT key FROM shared_keys")}
+        assert noted == {shared}
+
+
+def test_an_older_inventory_notes_its_shared_keys_when_upgraded(tmp_path: Path) -> None:
+    from controller.stores import facts
+    path = tmp_path / "inventory.db"
+    db = sqlite3.connect(path)
+    db.executescript(SCHEMA.format(**DIALECTS["sqlite"]))
+    for serial, device in (("01", "d1"), ("02", "d2")):
+        db.execute("INSERT INTO certificates (serial, kind, owner, device, state, not_before, "
+                   "not_after, renew_at, intent, fingerprint, der, issued_at) VALUES "
+                   "(?, 'device', 'meters', ?, 'active', 0, 9, 9, ?, 'f', x'00', 0)",
+                   (serial, device, "x:" + "c" * 64))
+    db.commit()
+    db.close()
+    with Inventory(path) as inventory:
+        assert facts.shared_key_count(inventory) == 2
+
+
+def test_what_every_run_asks_never_reads_every_certificate(tmp_path: Path) -> None:
+    """SQLite's plans for the shared keys and for a run's changes search indexes."""
+    from controller.stores import facts
+    with Inventory(tmp_path / "inventory.db") as inventory:
+        def plan(query: str) -> list[str]:
+            return [row[3] for row in inventory.db.execute("EXPLAIN QUERY PLAN " + query)]
+
+        for query in (f"SELECT * FROM ({facts.SHARED})",
+                      f"SELECT * FROM ({facts.SHARED}) shared CROSS JOIN certificates c WHERE "
+                      f"{facts.KEY} IN (shared.key) AND {facts.ACTIVE}"):
+            steps = [step for step in plan(query) if step.split()[1:2] == ["c"]]
+            assert steps and all("USING INDEX active_keys (<expr>=?)" in s for s in steps), steps
+        steps = plan("SELECT kind FROM certificates WHERE issued_at = 1 OR revoked_at = 1")
+        assert any("by_issue_time" in s for s in steps) and \
+            any("by_revocation_time" in s for s in steps), steps
