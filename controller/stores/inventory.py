@@ -610,13 +610,10 @@ class Inventory:
         held = sorted({key for record in records
                        if record.kind == "device" and record.state == "active"
                        and len(key := record.intent.partition(":")[2]) == 64})
-        for start in range(0, len(held), 500):
-            chunk = held[start:start + 500]
-            self.db.execute(
-                f"INSERT INTO shared_keys SELECT {ACTIVE_KEY} FROM certificates "
-                f"WHERE kind = 'device' AND state = 'active' AND {ACTIVE_KEY} IN "
-                f"({', '.join('?' * len(chunk))}) GROUP BY {ACTIVE_KEY} HAVING count(*) > 1 "
-                "ON CONFLICT DO NOTHING", chunk)
+        self.db.many(  # one index search per key (a list of keys would tempt a scan)
+            f"INSERT INTO shared_keys SELECT CAST(? AS TEXT) WHERE (SELECT count(*) FROM "
+            f"certificates WHERE {ACTIVE_KEY} = ? AND kind = 'device' AND state = 'active') > 1 "
+            "ON CONFLICT DO NOTHING", [(key, key) for key in held])
 
     def revoke(self, serial: str, reason: str, at: int) -> None:
         self.revoke_all([(serial, reason)], at)
