@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 from pathlib import Path
 
-from controller.api.desired import Desired, cross_check
+from controller.api.desired import Desired, ReadArtifact, cross_check
 from controller.api.devices import (
     KUBERNETES_ONLY,
     DeviceSourceError,
@@ -53,6 +54,27 @@ def repository_reader(root: Path) -> ReadDevices:
     return read
 
 
+def artifact_reader(root: Path) -> ReadArtifact:
+    """Git mode's `read_artifact`: SHA-256 and size of a file of the repository at `root`."""
+
+    def read(path_text: str) -> tuple[str, int]:
+        path = root / path_text
+        try:
+            if not path.resolve().is_relative_to(root.resolve()):
+                raise ValueError("path leaves the repository")
+            digest = hashlib.sha256()
+            size = 0
+            with path.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+                    size += len(block)
+        except OSError as exc:
+            raise ValueError(exc.strerror or str(exc)) from None
+        return digest.hexdigest(), size
+
+    return read
+
+
 def load_repository(root: Path) -> tuple[Desired, list[Problem]]:
     """Parse every YAML file under `root` and cross-check; problems name file, line and field."""
     root = root.resolve()
@@ -80,7 +102,8 @@ def load_repository(root: Path) -> tuple[Desired, list[Problem]]:
         for item in located if isinstance(item.resource, DeviceFleet)
     }
     invalid = frozenset(p.object for p in problems if p.object)
-    desired, reference_problems = cross_check(located, fleet_devices, invalid)
+    desired, reference_problems = cross_check(located, fleet_devices, invalid,
+                                              artifact_reader(root))
     unparsed = sorted({p.file for p in problems if p.message.startswith("invalid YAML")})
     if unparsed:  # a "missing" object may well be declared in a file that did not parse
         note = f" (maybe declared in {', '.join(unparsed)}, which could not be read)"
