@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from controller import jobs
+from controller import exports, jobs
 from controller.api.problems import InvalidDeclaration
 from tests.releases.support import Setup, release, signing_profile
 
@@ -46,8 +46,8 @@ def test_a_production_release_may_target_only_the_firmware_team(setup: Setup) ->
     assert deny.object == "Release/fw-gw" and "target fleet gateways" in deny.message
     assert deny.rule == "production-firmware-team"
     setup.export("fw-1")
-    with setup.state.reader() as inventory, pytest.raises(Exception, match="no signed Release"):
-        from controller import exports
+    with setup.state.reader() as inventory, \
+            pytest.raises(exports.ExportError, match="no signed Release"):
         exports.release_files(inventory, "fw-gw")
 
 

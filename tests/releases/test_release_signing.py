@@ -12,6 +12,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from controller import exports
 from controller.pki.keys import key_algorithm_of
 from controller.signing import cms
 from controller.signing.timestamp import tokens_of
@@ -159,3 +160,25 @@ def test_signing_keys_stay_in_the_keystore(setup: Setup) -> None:
                              text=True, check=True).stdout
     assert tracked.split() == ["artifacts/firmware.bin", "pki.yaml", "signing.yaml"]
     assert not any(b"PRIVATE KEY" in (setup.repo / name).read_bytes() for name in tracked.split())
+
+
+def test_raising_key_version_rotates_the_key_and_keeps_old_signatures_valid(
+        setup: Setup) -> None:
+    setup.declare(signing_profile(), release())
+    setup.apply()
+    first = setup.export(out="first")
+    setup.declare(signing_profile(keyVersion=2), release(), release("fw-2"))
+    report = setup.apply(setup.now + timedelta(minutes=1))
+    assert report.result.done["sign-release"] == 1  # fw-2 only: fw-1 is unchanged
+    second = setup.export("fw-2", out="second")
+    key_of = [x509.load_pem_x509_certificates((out / "chain.pem").read_bytes())[0]
+              .public_key() for out in (first, second)]
+    assert key_of[0] != key_of[1]
+    assert sorted(p.name for p in (setup.state.path / "keys").rglob("signing.firmware.*")) == [
+        "signing.firmware.ECDSA-P256.v1.pem", "signing.firmware.ECDSA-P256.v2.pem"]
+    der_crl = setup.tmp / "signing-ca.crl"
+    with setup.state.reader() as inventory:
+        der_crl.write_bytes(exports.crl_bytes(inventory, "signing-ca", der=True))
+    later = setup.now + timedelta(minutes=2)
+    setup.verify(first, crls=[der_crl], now=later)
+    setup.verify(second, crls=[der_crl], now=later)
