@@ -325,7 +325,8 @@ def show_status(directory: DirArg, state_dir: StateOpt = None,
                     "--devices", help="Per-device rows (with --fleet).")] = False,
                 output: Annotated[OutputFormat, typer.Option("-o", "--output")] =
                 OutputFormat.text) -> None:
-    """Tables of CAs and fleets from the inventory; --fleet F --devices for per-device rows."""
+    """Tables of CAs, fleets and release signatures from the inventory; --fleet F --devices
+    for per-device rows."""
     state = jobs.StateDir.resolve(state_dir)
     now = epoch(jobs.now_utc())
     with state.reader() as inventory:
@@ -350,11 +351,15 @@ def show_status(directory: DirArg, state_dir: StateOpt = None,
                         "crlNextUpdate": rfc3339(crl.next_update) if crl else None})
         fleets = [{"fleet": name, **inventory.fleet_counts(name, now)}
                   for name in inventory.fleet_names() if fleet in (None, name)]
+        releases = exports.release_rows(inventory) if fleet is None else []
         if output != OutputFormat.text:
-            _emit({"authorities": cas, "fleets": fleets}, output)
+            _emit({"authorities": cas, "fleets": fleets,
+                   **({"releases": releases} if releases else {})}, output)
             return
         _table_or_emit("Certificate authorities", cas, output)
         _table_or_emit("Fleets", fleets, output)
+        if releases:
+            _table_or_emit("Release signatures", releases, output)
 
 
 @contextmanager

@@ -15,6 +15,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509 import load_der_x509_certificate
 
+from controller.clock import rfc3339
 from controller.pki import bundles, certificates, keys
 from controller.pki.crl import crl_to_pem
 from controller.sources.worktree import enclosing_work_tree
@@ -224,3 +225,13 @@ def export_release(inventory: Inventory, release: str, out: Path) -> list[Path]:
         write_file(out / name, data)
         written.append(out / name)
     return written
+
+
+def release_rows(inventory: Inventory) -> list[dict[str, object]]:
+    """Every release signature, newest first (`fleetpki status`)."""
+    from controller.stores.releases import Releases
+
+    return [{"release": r.release, "state": r.state, "profile": r.profile, "serial": r.serial,
+             "signedAt": rfc3339(r.issued_at), "notAfter": rfc3339(r.not_after),
+             "manifestSha256": r.digest, "reason": r.reason}
+            for r in Releases(inventory).released()]

@@ -4,6 +4,7 @@ when valid, 1 with the reason otherwise."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,9 @@ def test_plan_apply_export_verify(setup: Setup) -> None:
     assert run("apply", setup.repo, *state)[0] == 0
     code, plan, _ = run("plan", setup.repo, *state)
     assert "sign-release" not in plan and "Plan: no changes." in plan
+    code, shown, _ = run("status", setup.repo, *state, "-o", "json")
+    [row] = json.loads(shown)["releases"]
+    assert (row["release"], row["state"], row["profile"]) == ("fw-1", "active", "firmware")
     out = setup.tmp / "OUT"
     code, listed, _ = run("export", "release", setup.repo, "--release", "fw-1", "--out", out,
                           *state)
