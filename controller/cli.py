@@ -335,7 +335,8 @@ def show_status(directory: DirArg, state_dir: StateOpt = None, database_url: Dat
                     "--devices", help="Per-device rows (with --fleet).")] = False,
                 output: Annotated[OutputFormat, typer.Option("-o", "--output")] =
                 OutputFormat.text) -> None:
-    """Tables of CAs and fleets from the inventory; --fleet F --devices for per-device rows."""
+    """Tables of CAs, fleets and release signatures from the inventory; --fleet F --devices
+    for per-device rows."""
     state = jobs.StateDir.resolve(state_dir, database_url)
     now = epoch(jobs.now_utc())
     with state.reader() as inventory:
@@ -360,11 +361,15 @@ def show_status(directory: DirArg, state_dir: StateOpt = None, database_url: Dat
                         "crlNextUpdate": rfc3339(crl.next_update) if crl else None})
         fleets = [{"fleet": name, **inventory.fleet_counts(name, now)}
                   for name in inventory.fleet_names() if fleet in (None, name)]
+        releases = exports.release_rows(inventory) if fleet is None else []
         if output != OutputFormat.text:
-            _emit({"authorities": cas, "fleets": fleets}, output)
+            _emit({"authorities": cas, "fleets": fleets,
+                   **({"releases": releases} if releases else {})}, output)
             return
         _table_or_emit("Certificate authorities", cas, output)
         _table_or_emit("Fleets", fleets, output)
+        if releases:
+            _table_or_emit("Release signatures", releases, output)
 
 
 @contextmanager
@@ -513,6 +518,51 @@ def export_bundle(directory: DirArg, out_file: Annotated[Path, typer.Option("--o
     state = jobs.StateDir.resolve(state_dir, database_url)
     with state.reader() as inventory:
         exports.write_file(out_file, exports.trust_bundle(inventory, epoch(jobs.now_utc())))
+
+
+@export_app.command("release")
+@handle_errors
+def export_release(directory: DirArg, release: Annotated[str, typer.Option()],
+                   out_dir: Annotated[Path, typer.Option("--out")],
+                   state_dir: StateOpt = None) -> None:
+    """A release's signature: manifest.json, manifest.p7s (DER CMS, detached, over
+    manifest.json's exact bytes, with the signer chain), chain.pem and ca.pem under OUT/."""
+    state = jobs.StateDir.resolve(state_dir)
+    with state.reader() as inventory:
+        for path in exports.export_release(inventory, release, out_dir):
+            out.print(str(path), highlight=False)
+
+
+@app.command()
+def verify(artifact: Annotated[Path | None, typer.Argument(
+               help="The artifact to install (omit to check only the manifest's signature).",
+               show_default=False)] = None,
+           manifest: Annotated[Path, typer.Option(help="manifest.json of the release.")] =
+           Path("manifest.json"),
+           signature: Annotated[Path | None, typer.Option(
+               help="The detached CMS signature (default: the manifest's name with .p7s).",
+               show_default=False)] = None,
+           trust: Annotated[Path, typer.Option(help="Trusted root certificate(s), PEM.")] =
+           Path("ca.pem"),
+           crl: Annotated[list[Path] | None, typer.Option(
+               "--crl", help="CRL file(s), PEM or DER: the signer must not be revoked.",
+               show_default=False)] = None,
+           fleet: Annotated[str | None, typer.Option(
+               help="This device's fleet: the release must target it.")] = None) -> None:
+    """Check a release before installing it: digest, signature, chain, code-signing usage,
+    revocation, timestamp and target fleet. Exit 0 if valid, 1 with the reason otherwise."""
+    signature = signature or manifest.with_suffix(".p7s")
+    try:
+        result = jobs.verify_release(artifact, manifest, signature, trust, crl or [], fleet,
+                                     jobs.now_utc())
+    except jobs.VerifyError as exc:
+        err.print(f"verification failed: {exc}", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    stamp = f", timestamp {rfc3339(epoch(result.timestamp))}" if result.timestamp else ""
+    signed = rfc3339(epoch(result.signing_time)) if result.signing_time else "?"
+    out.print(f"OK: release {result.release}, signed {signed} by "
+              f"{result.signer.subject.rfc4514_string()}{stamp}", markup=False, soft_wrap=True,
+              highlight=False)
 
 
 class DiscoverState(StrEnum):

@@ -15,6 +15,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509 import load_der_x509_certificate
 
+from controller.clock import rfc3339
 from controller.pki import bundles, certificates, keys
 from controller.pki.crl import crl_to_pem
 from controller.sources.worktree import enclosing_work_tree
@@ -189,3 +190,48 @@ def trust_bundle(inventory: Inventory, now: int) -> bytes:
         raise ExportError("no CA certificates in the inventory")
     return certificates.certificates_to_pem(certs)
 
+
+
+def release_files(inventory: Inventory, release: str) -> tuple[bytes, bytes, bytes, bytes]:
+    """(manifest.json, manifest.p7s, chain.pem, ca.pem) of a release's current signature:
+    chain.pem is the signing certificate, then its issuing CAs up to, excluding, the root."""
+    from controller.stores.releases import Releases
+
+    store = Releases(inventory)
+    record = store.current(release)
+    if record is None or record.manifest is None or record.signature is None:
+        history = store.history(release)
+        if history:
+            last = history[-1]
+            raise ExportError(f"Release {release!r} has no valid signature: its last one was "
+                              f"revoked ({last.reason})")
+        raise ExportError(f"no signed Release named {release!r}: run `fleetpki apply` first")
+    issuer = inventory.get(record.issuer_serial)
+    if issuer is None:
+        raise ExportError(f"issuer certificate {record.issuer_serial} missing from the inventory")
+    signer = load_der_x509_certificate(record.der)
+    chain = [load_der_x509_certificate(issuer.der), *issuer_chain(inventory, issuer)]
+    return (record.manifest, record.signature,
+            certificates.certificates_to_pem([signer, *chain[:-1]]),
+            certificates.certificates_to_pem(chain[-1:]))
+
+
+def export_release(inventory: Inventory, release: str, out: Path) -> list[Path]:
+    """OUT/manifest.json, OUT/manifest.p7s (DER), OUT/chain.pem and OUT/ca.pem."""
+    manifest, signature, chain, root = release_files(inventory, release)
+    written = []
+    for name, data in (("manifest.json", manifest), ("manifest.p7s", signature),
+                       ("chain.pem", chain), ("ca.pem", root)):
+        write_file(out / name, data)
+        written.append(out / name)
+    return written
+
+
+def release_rows(inventory: Inventory) -> list[dict[str, object]]:
+    """Every release signature, newest first (`fleetpki status`)."""
+    from controller.stores.releases import Releases
+
+    return [{"release": r.release, "state": r.state, "profile": r.profile, "serial": r.serial,
+             "signedAt": rfc3339(r.issued_at), "notAfter": rfc3339(r.not_after),
+             "manifestSha256": r.digest, "reason": r.reason}
+            for r in Releases(inventory).released()]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import hashlib
 import os
 import tarfile
 import tempfile
@@ -15,6 +16,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import git
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from kubernetes.client import ApiClient
 
@@ -35,6 +37,7 @@ from controller.discovery import job as discovery
 from controller.discovery.classify import Finding as Discovered
 from controller.discovery.scan import Endpoint
 from controller.exports import DevicePEM, device_pem
+from controller.pki.certificates import load_certificates_pem
 from controller.pki.errors import PKIError
 from controller.plan.baseline import as_if_applied
 from controller.plan.dangers import dangers
@@ -50,6 +53,9 @@ from controller.policy.signers import SignersFileError as SignersFileError  # pa
 from controller.policy.tenancy import Tenancy, assign
 from controller.report.job import STEPS as BUILD_STEPS
 from controller.report.job import build_report, write_report
+from controller.signing.verify import Verified
+from controller.signing.verify import VerifyError as VerifyError  # part of the job API
+from controller.signing.verify import verify_release as verify_signed_release
 from controller.sources.policies import DEFAULT_SOURCE as DEFAULT_SOURCE  # part of the job API
 from controller.sources.policies import PolicySource as PolicySource  # part of the job API
 from controller.sources.policies import read_policies, read_trusted_directory
@@ -537,6 +543,37 @@ def only_fleets(the_plan: Plan, desired: Desired, fleets: frozenset[str]) -> Pla
                       if a.kind != "DeviceFleet" or a.name in fleets),
         completed_fleets={k: v for k, v in the_plan.completed_fleets.items() if k in fleets},
         mass_revocations=tuple(m for m in the_plan.mass_revocations if m.fleet in fleets))
+
+
+def verify_release(artifact: Path | None, manifest: Path, signature: Path, trust: Path,
+                   crls: Sequence[Path], fleet: str | None, now: datetime) -> Verified:
+    """`fleetpki verify`: read the files, then every check of controller.signing.verify;
+    VerifyError with the reason when one fails (unreadable files: VerifyError too)."""
+    try:
+        anchors = load_certificates_pem(trust.read_bytes())
+        revocation_lists = [crl for path in crls for crl in _crls(path.read_bytes())]
+        digest = None
+        if artifact is not None:
+            with artifact.open("rb") as handle:
+                digest = (hashlib.file_digest(handle, "sha256").hexdigest(),
+                          artifact.stat().st_size)
+        manifest_data = manifest.read_bytes()
+        signature_data = signature.read_bytes()
+    except OSError as exc:
+        raise VerifyError(f"cannot read {exc.filename}: {exc.strerror}") from None
+    except (ValueError, PKIError) as exc:
+        raise VerifyError(f"cannot read the trust anchors or CRLs: {exc}") from None
+    return verify_signed_release(manifest_data, signature_data, anchors, now, artifact=digest,
+                                 crls=revocation_lists, fleet=fleet)
+
+
+def _crls(data: bytes) -> list[x509.CertificateRevocationList]:
+    """Every CRL of a PEM file (several may be concatenated), or one DER CRL."""
+    if b"-----BEGIN X509 CRL-----" not in data:
+        return [x509.load_der_x509_crl(data)]
+    blocks = data.split(b"-----END X509 CRL-----")
+    return [x509.load_pem_x509_crl(block + b"-----END X509 CRL-----\n")
+            for block in blocks if b"-----BEGIN X509 CRL-----" in block]
 
 
 REPORT_STEPS = BUILD_STEPS + 2  # `report` adds its policy and writing steps

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The 5-minute tour on a throw-away copy of examples/fleet-repo: validate, plan, apply,
-# status, revoke by editing the CSV, apply again, inspect the CRL with openssl.
+# status, revoke by editing the CSV, apply again, inspect the CRL with openssl, verify the
+# signed firmware release.
 # Everything happens in a temporary directory: your checkout is left unchanged.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -31,4 +32,9 @@ step openssl crl -in "$work/devices-ca.crl.pem" -noout -text
 step fleetpki export cert . --fleet sensors --device sensor-0001 --out "$work/sensor-0001"
 step openssl verify -x509_strict -CAfile "$work/sensor-0001/ca.pem" \
   -untrusted "$work/sensor-0001/chain.pem" "$work/sensor-0001/cert.pem"
+
+echo; echo "# The signed firmware release (releases/sensor-fw.yaml), as a sensor checks it:"
+step fleetpki export release . --release sensor-fw-1.4.2 --out "$work/sensor-fw"
+step fleetpki verify releases/sensor-fw-1.4.2.bin --manifest "$work/sensor-fw/manifest.json" \
+  --trust "$work/sensor-fw/ca.pem" --crl "$work/devices-ca.crl.pem" --fleet sensors
 echo; echo "Everything is in $work (state: $FLEETPKI_STATE_DIR). Remove it when done."

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii as _string
 from typing import Any
@@ -18,6 +18,8 @@ from controller.api.resources import (
     CertificateProfile,
     Device,
     DeviceFleet,
+    Release,
+    SigningProfile,
 )
 
 
@@ -52,6 +54,32 @@ class FleetDecl:
         return self.device_set.summary
 
 
+ReadArtifact = Callable[[str], tuple[str, int]]  # repository path -> (sha256 hex, size)
+
+
+@dataclass(frozen=True, slots=True)
+class Artifact:
+    """A release artifact as signed: its name in the manifest, SHA-256 (hex) and size."""
+
+    name: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class ReleaseDecl:
+    """A release with its artifacts' digests and the fleets its targets resolve to."""
+
+    located: Located
+    artifacts: tuple[Artifact, ...]
+    fleets: tuple[str, ...]
+
+    @property
+    def release(self) -> Release:
+        assert isinstance(self.located.resource, Release)
+        return self.located.resource
+
+
 @dataclass(frozen=True)
 class Desired:
     """Everything declared, by kind and name."""
@@ -60,6 +88,13 @@ class Desired:
     profiles: dict[str, Located] = field(default_factory=dict)
     fleets: dict[str, FleetDecl] = field(default_factory=dict)
     policies: dict[str, Located] = field(default_factory=dict)
+    signing_profiles: dict[str, Located] = field(default_factory=dict)
+    releases: dict[str, ReleaseDecl] = field(default_factory=dict)
+
+    def signing_profile(self, name: str) -> SigningProfile:
+        resource = self.signing_profiles[name].resource
+        assert isinstance(resource, SigningProfile)
+        return resource
 
     def authority(self, name: str) -> CertificateAuthority:
         resource = self.authorities[name].resource
@@ -173,6 +208,7 @@ def cross_check(
     fleet_devices: dict[str, DeviceSet],
     invalid: frozenset[str] = frozenset(),
     applied: Mapping[str, tuple[str, DeviceSummary]] | None = None,
+    read_artifact: ReadArtifact | None = None,
 ) -> tuple[Desired, list[Problem]]:
     """Index resources and check references and cycles; parse the devices of every fleet but
     those `applied` as they are (name -> content hash and summary when last applied).
@@ -185,9 +221,12 @@ def cross_check(
     profiles: dict[str, Located] = {}
     fleet_objs: dict[str, Located] = {}
     policies: dict[str, Located] = {}
+    signing: dict[str, Located] = {}
+    release_objs: dict[str, Located] = {}
     for item in located:
         target = {"CertificateAuthority": authorities, "CertificateProfile": profiles,
-                  "DeviceFleet": fleet_objs, "CertificatePolicy": policies}[item.resource.kind]
+                  "DeviceFleet": fleet_objs, "CertificatePolicy": policies,
+                  "SigningProfile": signing, "Release": release_objs}[item.resource.kind]
         add_unique(target, item, problems)
 
     for name, item in authorities.items():
@@ -271,4 +310,96 @@ def cross_check(
             fleets[name] = FleetDecl(item, devices, digest)
         else:
             devices.parse(problems)  # report bad rows with the fleet's own problems
-    return Desired(authorities, profiles, fleets, policies), problems
+    _check_signing(signing, authorities, invalid, problems)
+    releases = _check_releases(release_objs, signing, fleet_objs, read_artifact, invalid,
+                               problems)
+    return Desired(authorities, profiles, fleets, policies, signing, releases), problems
+
+
+def _check_signing(signing: dict[str, Located], authorities: dict[str, Located],
+                   invalid: frozenset[str], problems: list[Problem]) -> None:
+    for item in signing.values():
+        profile = item.resource
+        assert isinstance(profile, SigningProfile)
+        issuer = profile.spec.issuerRef.name
+        if issuer not in authorities:
+            if f"CertificateAuthority/{issuer}" not in invalid:
+                problems.append(Problem(item.file, f"no CertificateAuthority named {issuer!r}",
+                                        item.line_of("spec", "issuerRef", "name"), item.ref,
+                                        "spec.issuerRef.name"))
+        elif _external(authorities[issuer]):
+            problems.append(Problem(item.file, f"CertificateAuthority {issuer!r} is external "
+                                    "(no key held here): it cannot issue signing certificates",
+                                    item.line_of("spec", "issuerRef", "name"), item.ref,
+                                    "spec.issuerRef.name"))
+        tsa = profile.spec.timestampAuthorityRef
+        if tsa is None:
+            continue
+        tsa_item = signing.get(tsa.name)
+        tsa_profile = tsa_item.resource if tsa_item is not None else None
+        if (not isinstance(tsa_profile, SigningProfile)
+                or tsa_profile.spec.usage != "timeStamping") \
+                and f"SigningProfile/{tsa.name}" not in invalid:
+            problems.append(Problem(item.file, f"no SigningProfile named {tsa.name!r} with "
+                                    "usage: timeStamping",
+                                    item.line_of("spec", "timestampAuthorityRef", "name"),
+                                    item.ref, "spec.timestampAuthorityRef.name"))
+
+
+def _check_releases(release_objs: dict[str, Located], signing: dict[str, Located],
+                    fleet_objs: dict[str, Located], read_artifact: ReadArtifact | None,
+                    invalid: frozenset[str], problems: list[Problem]) -> dict[str, ReleaseDecl]:
+    releases: dict[str, ReleaseDecl] = {}
+    for name, item in release_objs.items():
+        release = item.resource
+        assert isinstance(release, Release)
+        ok = True
+        ref = release.spec.signingProfileRef.name
+        profile_item = signing.get(ref)
+        profile = profile_item.resource if profile_item is not None else None
+        if not isinstance(profile, SigningProfile) or profile.spec.usage != "codeSigning":
+            ok = False
+            if f"SigningProfile/{ref}" not in invalid:
+                problems.append(Problem(item.file, f"no SigningProfile named {ref!r} with "
+                                        "usage: codeSigning",
+                                        item.line_of("spec", "signingProfileRef", "name"),
+                                        item.ref, "spec.signingProfileRef.name"))
+        targets = release.spec.targets
+        fleets = set()
+        for index, fleet in enumerate(targets.fleets):
+            if fleet in fleet_objs:
+                fleets.add(fleet)
+            elif f"DeviceFleet/{fleet}" not in invalid:
+                ok = False
+                problems.append(Problem(item.file, f"no DeviceFleet named {fleet!r}",
+                                        item.line_of("spec", "targets", "fleets", index),
+                                        item.ref, f"spec.targets.fleets[{index}]"))
+        for selector in targets.selectors:
+            fleets.update(n for n, f in fleet_objs.items()
+                          if all(f.resource.metadata.labels.get(k) == v
+                                 for k, v in selector.matchLabels.items()))
+        if ok and not fleets:
+            ok = False
+            problems.append(Problem(item.file, "the targets select no DeviceFleet",
+                                    item.line_of("spec", "targets"), item.ref, "spec.targets"))
+        found: list[Artifact] = []
+        for index, spec in enumerate(release.spec.artifacts):
+            if spec.path is None:
+                assert spec.name is not None and spec.sha256 is not None and spec.size is not None
+                found.append(Artifact(spec.name, spec.sha256, spec.size))
+                continue
+            try:
+                if read_artifact is None:
+                    raise ValueError("artifacts by path are read from a git repository only; "
+                                     "give name, sha256 and size")
+                digest, size = read_artifact(spec.path)
+            except ValueError as exc:
+                ok = False
+                problems.append(Problem(item.file, f"cannot read {spec.path}: {exc}",
+                                        item.line_of("spec", "artifacts", index, "path"),
+                                        item.ref, f"spec.artifacts[{index}].path"))
+                continue
+            found.append(Artifact(spec.name or spec.path.rsplit("/", 1)[-1], digest, size))
+        if ok:
+            releases[name] = ReleaseDecl(item, tuple(found), tuple(sorted(fleets)))
+    return releases

@@ -385,6 +385,106 @@ class DeviceFleetSpec(Model):
     deletionPolicy: Literal["Revoke", "Orphan"] = "Revoke"
 
 
+SigningAlgorithm = Literal["ECDSA-P256", "ECDSA-P384", "Ed25519", "RSA-3072", "ML-DSA-65"]
+SHA256_HEX = r"^[0-9a-f]{64}$"
+VERSION_TEXT = r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,63}$"
+
+
+class SigningProfileSpec(Model):
+    """A signing identity: its key lives in the keystore (Secrets in Kubernetes mode) and is
+    rotated by raising `keyVersion`. `usage: codeSigning` signs releases (each release gets its
+    own certificate for the profile's key, so withdrawing one release is one CRL entry);
+    `usage: timeStamping` is a time-stamping authority (RFC 3161) that code-signing profiles
+    name in `timestampAuthorityRef`. `revoked` revokes every certificate of the profile."""
+
+    issuerRef: LocalRef
+    usage: Literal["codeSigning", "timeStamping"] = "codeSigning"
+    keyAlgorithm: SigningAlgorithm = "ECDSA-P256"
+    keyVersion: Annotated[int, Field(ge=1, le=1_000_000)] = 1
+    duration: Duration = timedelta(days=365)
+    subject: Subject = Subject()
+    timestampAuthorityRef: LocalRef | None = None
+    revoked: Revocation | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> SigningProfileSpec:
+        if not self.subject.commonName:
+            raise ValueError("subject.commonName: required for a signing profile")
+        if self.usage == "timeStamping" and self.timestampAuthorityRef is not None:
+            raise ValueError("timestampAuthorityRef: only for usage: codeSigning")
+        return self
+
+
+class ReleaseArtifact(Model):
+    """A file of the repository (`path`), or a binary kept elsewhere, by `name`, `sha256` and
+    `size`."""
+
+    path: Annotated[str | None, Field(min_length=1, max_length=4096)] = None
+    name: Annotated[str | None, Field(pattern=r"^[A-Za-z0-9._+-][A-Za-z0-9._+/-]{0,254}$")] = None
+    sha256: Annotated[str | None, Field(pattern=SHA256_HEX)] = None
+    size: Annotated[int | None, Field(ge=0)] = None
+
+    @field_validator("path")
+    @classmethod
+    def _relative(cls, path: str | None) -> str | None:
+        return None if path is None else _inside(path)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ReleaseArtifact:
+        if self.path is not None:
+            if self.sha256 is not None or self.size is not None:
+                raise ValueError("sha256: give either path or sha256 with size, not both")
+            return self
+        if self.sha256 is None or self.size is None or self.name is None:
+            missing = [n for n in ("name", "sha256", "size") if getattr(self, n) is None]
+            raise ValueError(f"{missing[0]}: required without path (an artifact is a path of "
+                             "the repository, or name, sha256 and size)")
+        return self
+
+
+class LabelSelector(Model):
+    matchLabels: dict[str, str] = {}
+
+
+class ReleaseTargets(Model):
+    """Fleets by name, and/or every fleet whose labels match one of `selectors`."""
+
+    fleets: list[Annotated[str, Field(pattern=DNS_LABEL)]] = []
+    selectors: list[LabelSelector] = []
+
+    @model_validator(mode="after")
+    def _some(self) -> ReleaseTargets:
+        if not self.fleets and not self.selectors:
+            raise ValueError("fleets: a release targets at least one fleet or selector")
+        if any(not s.matchLabels for s in self.selectors):
+            raise ValueError("selectors: an empty selector would target every fleet")
+        return self
+
+
+class FirmwareVersions(Model):
+    """The device firmware versions a release may be installed on (inclusive)."""
+
+    min: Annotated[str | None, Field(pattern=VERSION_TEXT)] = None
+    max: Annotated[str | None, Field(pattern=VERSION_TEXT)] = None
+
+
+class ReleaseSpec(Model):
+    signingProfileRef: LocalRef
+    version: Annotated[str | None, Field(pattern=VERSION_TEXT)] = None
+    artifacts: Annotated[list[ReleaseArtifact], Field(min_length=1, max_length=1000)]
+    targets: ReleaseTargets
+    firmwareVersions: FirmwareVersions | None = None
+    revoked: Revocation | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ReleaseSpec:
+        names = [a.name or (a.path or "").rsplit("/", 1)[-1] for a in self.artifacts]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"artifacts: two artifacts named {twice[0]!r}")
+        return self
+
+
 class PolicySelector(Model):
     """Which objects a policy applies to; every field given must match (empty: all)."""
 
@@ -509,10 +609,26 @@ class Tenant(Resource):
     spec: TenantSpec
 
 
+class SigningProfile(Resource):
+    """A code-signing (or time-stamping) identity issued by one of our CAs."""
+
+    kind: Literal["SigningProfile"] = "SigningProfile"
+    spec: SigningProfileSpec
+
+
+class Release(Resource):
+    """Artifacts signed together under a SigningProfile for target fleets."""
+
+    kind: Literal["Release"] = "Release"
+    spec: ReleaseSpec
+
+
 KINDS: dict[str, type[Resource]] = {
     "CertificateAuthority": CertificateAuthority,
     "CertificateProfile": CertificateProfile,
     "DeviceFleet": DeviceFleet,
     "CertificatePolicy": CertificatePolicy,
     "Tenant": Tenant,
+    "SigningProfile": SigningProfile,
+    "Release": Release,
 }

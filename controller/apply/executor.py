@@ -29,17 +29,19 @@ from controller.api.desired import Desired
 from controller.api.problems import InvalidDeclaration
 from controller.api.resources import CertificateAuthority
 from controller.apply import signing
+from controller.apply.releases import execute_releases
 from controller.clock import epoch, from_epoch
 from controller.pki import certificates as certs
 from controller.pki import keys
 from controller.pki.crl import RevokedEntry, build_crl, crl_to_der
 from controller.pki.template import LeafTemplate
 from controller.plan.intents import ENROLLED, DeviceIntent
-from controller.plan.model import Action, Plan
+from controller.plan.model import RELEASE_ACTION_NAMES, Action, Plan
 from controller.plan.planner import ca_intent
 from controller.plan.schedule import renew_before, renewal_time
 from controller.stores.inventory import CertRecord, CRLRecord, Inventory
 from controller.stores.keystore import KeyStore
+from controller.stores.releases import Releases
 
 BACKDATE = timedelta(minutes=1)  # tolerate device clock skew, as step-ca does
 BATCH = 500
@@ -102,6 +104,13 @@ class Executor:
             elif action.action in ("create-ca", "renew-ca"):
                 parent = self.desired.authority(action.name).spec.parentRef
                 issuers.update([parent.name] if parent else [])
+            elif action.action == "sign-release":
+                decl = self.desired.releases[action.name]
+                profile = self.desired.signing_profile(decl.release.spec.signingProfileRef.name)
+                issuers.add(profile.spec.issuerRef.name)
+                tsa = profile.spec.timestampAuthorityRef
+                if tsa is not None:
+                    issuers.add(self.desired.signing_profile(tsa.name).spec.issuerRef.name)
             elif action.action == "publish-crl":
                 for generation in self.inventory.crl_generations(action.name, epoch(self.now)):
                     self._ca_key(generation.key_id or "")
@@ -280,7 +289,11 @@ class Executor:
                        for serial, at, reason in self.inventory.revoked_by_issuer(
                            generation.serial, now_s)]
             number = self.inventory.next_crl_number(ca.name)
-            revoked_total = self.inventory.revoked_total(generation.serial)
+            signing = Releases(self.inventory)
+            entries += [RevokedEntry(int(serial, 16), from_epoch(at), reason)
+                        for serial, at, reason in signing.revoked_by_issuer(generation.serial)]
+            revoked_total = self.inventory.revoked_total(generation.serial) + \
+                signing.revoked_total(generation.serial)
             crl = build_crl(issuer_certificate=ca_cert, issuer_key=key, entries=entries,
                             crl_number=number, this_update=self.now,
                             next_update=self.now + ca.spec.crl.duration)
@@ -346,6 +359,7 @@ def execute(runner: Executor, plan: Plan, progress: Progress = lambda n: None) -
     runner.issue([a for a in plan.actions if a.action in ("issue", "renew", "rekey")],
                  plan.intents, progress)
     with runner.ca_lock():
+        execute_releases(runner, [a for a in plan.actions if a.action in RELEASE_ACTION_NAMES])
         for action in plan.actions:
             if action.action == "publish-crl":
                 runner.publish_crl(action)

@@ -8,6 +8,7 @@ from controller.api.desired import Desired
 from controller.clock import epoch
 from controller.plan.model import CAObserved, CRLObserved, FleetObserved, Observed
 from controller.stores.inventory import Inventory
+from controller.stores.releases import Releases
 
 
 def observe(inventory: Inventory, desired: Desired, now: datetime) -> Observed:
@@ -15,6 +16,7 @@ def observe(inventory: Inventory, desired: Desired, now: datetime) -> Observed:
     now_s = epoch(now)
     authorities: dict[str, CAObserved] = {}
     crls: dict[str, CRLObserved] = {}
+    releases = Releases(inventory)
     for name in inventory.ca_names():
         record = inventory.active_ca(name)
         if record is None:
@@ -23,7 +25,8 @@ def observe(inventory: Inventory, desired: Desired, now: datetime) -> Observed:
                                        record.renew_at)
         crl = inventory.crl(record.serial)
         if crl is not None:
-            missing = inventory.revoked_total(record.serial) - crl.revoked_total
+            missing = inventory.revoked_total(record.serial) + \
+                releases.revoked_total(record.serial) - crl.revoked_total
             crls[name] = CRLObserved(crl.this_update, crl.next_update, missing)
     fleets: dict[str, FleetObserved] = {}
     # Owners starting with "_" (e.g. `fleetpki serve`'s own TLS certificate) are not fleets.
@@ -38,4 +41,9 @@ def observe(inventory: Inventory, desired: Desired, now: datetime) -> Observed:
         else:
             fleets[name] = FleetObserved(stored_hash, inventory.active_devices(name),
                                          active_count=count)
-    return Observed(authorities, crls, fleets, frozenset(inventory.ca_names()))
+    signed = {name: (r.serial, r.digest) for name in desired.releases
+              if (r := releases.current(name)) is not None}
+    signers = {name: tuple(r.serial for r in releases.active(name))
+               for name in desired.signing_profiles}
+    return Observed(authorities, crls, fleets, frozenset(inventory.ca_names()), signed,
+                    {name: serials for name, serials in signers.items() if serials})

@@ -15,6 +15,7 @@ from controller.audit.records import Event
 from controller.discovery.classify import Finding as Discovered
 from controller.plan.model import Plan
 from controller.stores.inventory import Inventory
+from controller.stores.releases import Releases
 
 _DONE = {"create-ca": "ca.created", "renew-ca": "ca.renewed", "issue": "certificate.issued",
          "renew": "certificate.renewed", "rekey": "certificate.rekeyed"}
@@ -89,6 +90,17 @@ def executed(the_plan: Plan, inventory: Inventory, at: int,
             if action.serial:
                 fields["replaces"] = action.serial
             yield Event(_DONE[action.action], "success", target, actor, fields)
+    for record in Releases(inventory).signed_at(at):
+        target = f"Release/{record.release}" if record.release else \
+            f"SigningProfile/{record.profile}"
+        fields = {"serial": record.serial, "profile": record.profile, "usage": record.usage}
+        if record.revoked_at == at:
+            yield Event("signature.revoked" if record.release else "certificate.revoked",
+                        "success", target, actor, fields | {"reason": record.reason or ""})
+        if record.issued_at == at:
+            yield Event("release.signed" if record.release else "certificate.issued",
+                        "success", target, actor,
+                        fields | ({"manifestSha256": record.digest} if record.release else {}))
     for action in the_plan.actions:
         if action.action != "publish-crl":
             continue

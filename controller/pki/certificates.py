@@ -217,10 +217,12 @@ def build_leaf_certificate(
     crl_distribution_point: str | None = None,
     ocsp_url: str | None = None,
     serial: int | None = None,
+    critical_extended_usage: bool = False,
 ) -> x509.Certificate:
     """Build an end-entity certificate; its validity is clamped to the issuer's expiry.
 
     extra_extensions are (dotted OID, DER value) pairs added as non-critical extensions.
+    `critical_extended_usage` marks the ExtendedKeyUsage critical (RFC 3161: a TSA's).
     """
     check_issuer(issuer_certificate, issuer_key)
     key_usage, extended = parse_usages(usages)
@@ -236,7 +238,8 @@ def build_leaf_certificate(
         .add_extension(authority_key_identifier(issuer_certificate), critical=False)
     )
     if extended:
-        builder = builder.add_extension(x509.ExtendedKeyUsage(extended), critical=False)
+        builder = builder.add_extension(x509.ExtendedKeyUsage(extended),
+                                        critical=critical_extended_usage)
     if subject_alt_names:
         builder = builder.add_extension(
             x509.SubjectAlternativeName(list(subject_alt_names)), critical=len(subject) == 0

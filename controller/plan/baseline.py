@@ -14,6 +14,7 @@ from controller.clock import epoch
 from controller.plan.intents import IntentError, device_intent
 from controller.plan.model import CAObserved, CRLObserved, FleetObserved, Observed
 from controller.plan.planner import ca_intent
+from controller.signing.manifest import manifest_digest
 
 FAR_FUTURE = 2**62  # "never due" in epoch seconds
 
@@ -39,4 +40,10 @@ def as_if_applied(base: Desired, now: datetime) -> Observed:
                     continue  # never issued at base: the head plan shows it as new
                 active[device.id] = (f"base:{name}:{device.id}", intent.digest, FAR_FUTURE)
         fleets[name] = FleetObserved(None, active, active_count=len(active))
-    return Observed(authorities, crls, fleets, frozenset(base.authorities))
+    releases = {name: (f"base:{name}", manifest_digest(decl))
+                for name, decl in base.releases.items() if decl.release.spec.revoked is None
+                and base.signing_profile(decl.release.spec.signingProfileRef.name).spec.revoked
+                is None}
+    signers: dict[str, tuple[str, ...]] = {name: (f"base:{name}",) for name in base.signing_profiles
+               if base.signing_profile(name).spec.revoked is None}
+    return Observed(authorities, crls, fleets, frozenset(base.authorities), releases, signers)

@@ -9,10 +9,16 @@ from typing import Literal
 from controller.api.problems import Finding, Problem
 from controller.plan.intents import DeviceIntent
 
-ActionName = Literal["create-ca", "renew-ca", "issue", "renew", "rekey", "revoke", "publish-crl"]
+ActionName = Literal["create-ca", "renew-ca", "issue", "renew", "rekey", "revoke", "publish-crl",
+                     "revoke-signer", "withdraw-release", "sign-release"]
 ACTION_NAMES: tuple[ActionName, ...] = (
     "create-ca", "renew-ca", "revoke", "issue", "renew", "rekey", "publish-crl"
 )
+# releases (docs/signing.md): counted in the summary only when planned
+RELEASE_ACTION_NAMES: tuple[ActionName, ...] = ("revoke-signer", "withdraw-release",
+                                                "sign-release")
+RELEASE_KIND = "Release"
+SIGNING_PROFILE_KIND = "SigningProfile"
 DEVICE_ACTIONS = frozenset({"issue", "renew", "rekey", "revoke"})
 
 
@@ -80,6 +86,8 @@ class Observed:
     crls: dict[str, CRLObserved] = field(default_factory=dict)
     fleets: dict[str, FleetObserved] = field(default_factory=dict)
     known_authorities: frozenset[str] = frozenset()  # CAs with any history in the inventory
+    releases: dict[str, tuple[str, str]] = field(default_factory=dict)  # -> (serial, digest)
+    signers: dict[str, tuple[str, ...]] = field(default_factory=dict)  # profile -> serials
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +124,7 @@ class Plan:
     def summary(self) -> dict[str, int]:
         counts = Counter(a.action for a in self.actions)
         summary: dict[str, int] = {name: counts.get(name, 0) for name in ACTION_NAMES}
+        summary.update({name: counts[name] for name in RELEASE_ACTION_NAMES if counts[name]})
         summary["total"] = len(self.actions)
         summary["problems"] = len(self.problems)
         summary["warnings"] = len(self.warnings)

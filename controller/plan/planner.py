@@ -18,6 +18,7 @@ from controller.plan.model import (
     Observed,
     Plan,
 )
+from controller.plan.releases import plan_releases
 from controller.plan.schedule import crl_due
 
 CA_KIND = "CertificateAuthority"
@@ -194,6 +195,8 @@ def plan(desired: Desired, observed: Observed, now: datetime,
                 f"DeviceFleet/{name} is no longer declared but holds {seen.active_count} active "
                 "certificates: nothing is revoked; declare it with decommissioned: true to revoke")
 
+    release_actions, release_cas, release_warnings = plan_releases(desired, observed)
+    warnings.extend(release_warnings)
     crl_actions: list[Action] = []
     for name in desired.authorities_in_order():
         if desired.authority(name).spec.type == "external":
@@ -203,7 +206,7 @@ def plan(desired: Desired, observed: Observed, now: datetime,
         reason = None
         if name in changed_cas or crl is None or ca_seen is None:
             reason = "no current CRL for the CA certificate"
-        elif name in revoking_cas:
+        elif name in revoking_cas or name in release_cas:
             reason = "new revocations"
         elif crl.unpublished_revocations > 0:
             reason = f"{crl.unpublished_revocations} revocation(s) not yet published"
@@ -212,5 +215,6 @@ def plan(desired: Desired, observed: Observed, now: datetime,
         if reason:
             crl_actions.append(Action("publish-crl", CA_KIND, name, reason))
 
-    return Plan(tuple(ca_actions + device_actions + crl_actions), tuple(problems),
+    return Plan(tuple(ca_actions + device_actions + release_actions + crl_actions),
+                tuple(problems),
                 tuple(warnings), tuple(mass), intents, completed, sizes)

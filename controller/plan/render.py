@@ -6,13 +6,14 @@ import json
 from collections import defaultdict
 
 from controller.api.problems import Finding
-from controller.plan.model import ACTION_NAMES, Action, Plan
+from controller.plan.model import ACTION_NAMES, RELEASE_ACTION_NAMES, Action, Plan
 
 SHOWN_PER_GROUP = 20
 MARKDOWN_ROWS = 100  # rows per table section
 MARKDOWN_LIMIT = 60_000  # characters; GitHub refuses comments over 65,536
 SYMBOLS = {"create-ca": "+", "renew-ca": "~", "issue": "+", "renew": "~", "rekey": "~",
-           "revoke": "-", "publish-crl": "*"}
+           "revoke": "-", "publish-crl": "*", "sign-release": "+", "withdraw-release": "-",
+           "revoke-signer": "-"}
 
 
 def _groups(actions: tuple[Action, ...],
@@ -39,7 +40,8 @@ def _finding_groups(findings: tuple[Finding, ...]) -> dict[tuple[str, str, str, 
 
 def _summary_line(plan: Plan) -> str:
     summary = plan.summary()
-    parts = [f"{summary[name]} {name}" for name in ACTION_NAMES if summary[name]]
+    parts = [f"{summary[name]} {name}" for name in (*ACTION_NAMES, *RELEASE_ACTION_NAMES)
+             if summary.get(name)]
     line = "Plan: " + (", ".join(parts) if parts else "no changes") + "."
     if plan.denied:
         line += f" {len(plan.denied)} denied by policy."

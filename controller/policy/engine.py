@@ -1,7 +1,9 @@
 """CertificatePolicy rules: CEL expressions (cel-python) over plain data, deny or warn.
 
 A rule's scope follows from the variables it uses: `device` -> once per device that would get a
-certificate; `fleet`/`profile` -> once per fleet; only `authority` -> once per CA. Durations are
+certificate; `release`/`signingProfile` -> once per release and target fleet (`fleet` is the
+target, `authority` the signing profile's CA); `fleet`/`profile` -> once per fleet; only
+`authority` -> once per CA. Durations are
 CEL `duration`s and `now` is a CEL `timestamp`, so `profile.duration <= duration("9552h")` works.
 """
 
@@ -17,7 +19,7 @@ import celpy
 from celpy import celtypes
 from lark import Tree
 
-from controller.api.desired import Desired, FleetDecl
+from controller.api.desired import Desired, FleetDecl, ReleaseDecl
 from controller.api.loading import Located
 from controller.api.problems import Finding, Problem
 from controller.api.resources import (
@@ -26,13 +28,14 @@ from controller.api.resources import (
     CertificateProfile,
     DeviceFleet,
     PolicyRule,
+    SigningProfile,
 )
 from controller.pki import keys
 from controller.plan.intents import DeviceIntent
 from controller.plan.schedule import renew_before
 from controller.policy.tenancy import NO_TENANTS, Tenancy
 
-Scope = Literal["authority", "fleet", "device"]
+Scope = Literal["authority", "fleet", "device", "release"]
 # cel-python's compiled runner is ~5x faster, but its has() macro yields a Python bool that
 # breaks `&&`/`!`; expressions using has() run on the (correct) interpreted runner.
 _COMPILED = celpy.Environment(runner_class=celpy.CompiledRunner)
@@ -40,7 +43,7 @@ _COMPILED = celpy.Environment(runner_class=celpy.CompiledRunner)
 # ("Internal error: ...") would only be noise on stderr.
 logging.getLogger("celpy").setLevel(logging.CRITICAL)
 _INTERPRETED = celpy.Environment()
-VARIABLES = ("device", "fleet", "profile", "authority", "tenant")
+VARIABLES = ("device", "fleet", "profile", "authority", "tenant", "release", "signingProfile")
 
 
 MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
@@ -83,6 +86,8 @@ def _device_fields(tree: Tree) -> frozenset[str] | None:
 
 
 def _scope(names: set[str]) -> Scope:
+    if names & {"release", "signingProfile"}:
+        return "release"
     if "device" in names:
         return "device"
     if names & {"fleet", "profile"} or "authority" not in names:
@@ -116,8 +121,9 @@ def _guards(expression: str, tree: Tree) -> tuple[celpy.Runner, ...]:
 
 
 def scope_of(expression: str) -> Scope:
-    """`device` -> per device; `fleet`/`profile`/`tenant` (or nothing) -> per fleet; else
-    per CA (then `tenant` is the CA's).
+    """`release`/`signingProfile` -> per release and target fleet; `device` -> per device;
+    `fleet`/`profile`/`tenant` (or nothing) -> per fleet; else per CA (then `tenant` is the
+    CA's).
     Read from the parsed expression, so names in strings or comments do not count."""
     return _scope(_identifiers(_COMPILED.compile(expression))[0])
 
@@ -246,6 +252,51 @@ def device_data(intent: DeviceIntent, labels: Mapping[str, str],
         else profile.spec.keyAlgorithm,
         "keyGeneration": profile.spec.keyGeneration,
     }
+
+
+def signing_profile_data(profile: SigningProfile, tenant: str = "") -> dict[str, Any]:
+    spec = profile.spec
+    return {
+        "name": profile.name, "tenant": tenant, "labels": profile.metadata.labels,
+        "annotations": profile.metadata.annotations, "usage": spec.usage,
+        "issuer": spec.issuerRef.name, "keyAlgorithm": spec.keyAlgorithm,
+        "keyVersion": spec.keyVersion, "duration": spec.duration,
+        "subject": spec.subject.attributes(),
+        "timestampAuthority": spec.timestampAuthorityRef.name
+        if spec.timestampAuthorityRef else "",
+        "revoked": spec.revoked is not None,
+    }
+
+
+def release_data(decl: ReleaseDecl, tenant: str = "") -> dict[str, Any]:
+    release = decl.release
+    spec = release.spec
+    versions = spec.firmwareVersions
+    return {
+        "name": release.name, "tenant": tenant, "labels": release.metadata.labels,
+        "annotations": release.metadata.annotations, "version": spec.version or "",
+        "signingProfile": spec.signingProfileRef.name, "fleets": list(decl.fleets),
+        "artifacts": [{"name": a.name, "sha256": a.sha256, "size": a.size}
+                      for a in decl.artifacts],
+        "minFirmwareVersion": versions.min if versions and versions.min else "",
+        "maxFirmwareVersion": versions.max if versions and versions.max else "",
+        "revoked": spec.revoked is not None,
+    }
+
+
+def _release_selected(policy: CertificatePolicy, release: ReleaseDecl, fleet: DeviceFleet,
+                      ca: CertificateAuthority) -> bool:
+    """A release rule's selector: `fleets` and `matchLabels` pick target fleets,
+    `authorities` the signing CA, `profiles` the SigningProfile."""
+    selector = policy.spec.selector
+    if selector.authorities and ca.name not in selector.authorities:
+        return False
+    if selector.profiles and release.release.spec.signingProfileRef.name not in \
+            selector.profiles:
+        return False
+    if selector.fleets and fleet.name not in selector.fleets:
+        return False
+    return all(fleet.metadata.labels.get(k) == v for k, v in selector.matchLabels.items())
 
 
 def _selected(policy: CertificatePolicy, fleet: DeviceFleet | None, ca: CertificateAuthority,
@@ -396,6 +447,8 @@ def evaluate(rules: list[CompiledRule], desired: Desired,
             found.append(((rank, target, device), finding))
 
     ranked = list(enumerate(rules))
+    if fleet is None:
+        _evaluate_releases(ranked, desired, now, tenancy, record)
     issuer = desired.fleets[fleet].fleet.spec.issuerRef.name if fleet is not None else None
     for position, name in enumerate(desired.authorities_in_order()):
         if desired.authority(name).spec.type == "external" or issuer not in (None, name):
@@ -439,3 +492,43 @@ def evaluate(rules: list[CompiledRule], desired: Desired,
                 record(rank, position, number,
                        finding and replace(finding, device=intent.device_id))
     return [finding for _, finding in sorted(found, key=lambda item: item[0])]
+
+
+RELEASE_POSITION = 1_000_000  # release findings come after those of CAs and fleets
+
+
+def _evaluate_releases(ranked: list[tuple[int, CompiledRule]], desired: Desired, now: datetime,
+                       tenancy: Tenancy, record: Any) -> None:
+    """Release rules, once per release (not withdrawn) and target fleet."""
+    release_rules = [(rank, rule) for rank, rule in ranked if rule.scope == "release"]
+    if not release_rules:
+        return
+    for position, (name, decl) in enumerate(sorted(desired.releases.items())):
+        if decl.release.spec.revoked is not None:
+            continue  # withdrawing is never blocked
+        target = f"Release/{name}"
+        profile = desired.signing_profile(decl.release.spec.signingProfileRef.name)
+        ca = desired.authority(profile.spec.issuerRef.name)
+        base = {"release": release_data(decl, tenancy.name_of(target)),
+                "signingProfile": signing_profile_data(
+                    profile, tenancy.name_of(f"SigningProfile/{profile.name}")),
+                "authority": authority_data(ca, tenancy.name_of(f"CertificateAuthority/"
+                                                                f"{ca.name}")),
+                "tenant": tenancy.data(target), "now": now}
+        for number, fleet_name in enumerate(decl.fleets):
+            fleet_decl = desired.fleets.get(fleet_name)
+            if fleet_decl is None:
+                continue
+            chosen = [(rank, rule) for rank, rule in release_rules
+                      if isinstance(rule.policy.resource, CertificatePolicy)
+                      and _release_selected(rule.policy.resource, decl, fleet_decl.fleet, ca)]
+            if not chosen:
+                continue
+            activation = _activation({**base, "fleet": fleet_data(
+                fleet_decl, tenancy.name_of(f"DeviceFleet/{fleet_name}"))})
+            for rank, rule in chosen:
+                finding = _run(rule, activation, target, None)
+                if finding is not None:
+                    finding = replace(finding, message=f"{finding.message} (target fleet "
+                                                       f"{fleet_name})")
+                record(rank, RELEASE_POSITION + position, number, finding)

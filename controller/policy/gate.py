@@ -32,8 +32,11 @@ def gate(plan: Plan, desired: Desired, findings: list[Finding]) -> Plan:
     fleets = {f.object.split("/", 1)[1] for f in denies
               if f.object.startswith("DeviceFleet/") and f.device is None} | set(by_ca)
     devices = {(f.object.split("/", 1)[1], f.device) for f in denies if f.device is not None}
+    releases = {f.object.split("/", 1)[1] for f in denies if f.object.startswith("Release/")}
 
     def blocked(action: Action) -> bool:
+        if action.action == "sign-release":
+            return action.name in releases
         if action.action not in ISSUING:
             return False
         if action.kind == "CertificateAuthority":

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
-from controller.api.desired import Desired, cross_check
+from controller.api.desired import Desired, ReadArtifact, cross_check
 from controller.api.devices import (
     KUBERNETES_ONLY,
     DeviceSourceError,
@@ -55,6 +56,22 @@ def repository_reader(root: Path) -> ReadDevices:
     return read
 
 
+def artifact_reader(root: Path) -> ReadArtifact:
+    """Git mode's `read_artifact`: SHA-256 and size of a file of the repository at `root`."""
+
+    def read(path_text: str) -> tuple[str, int]:
+        path = root / path_text
+        try:
+            if not path.resolve().is_relative_to(root.resolve()):
+                raise ValueError("path leaves the repository")
+            with path.open("rb") as handle:
+                return hashlib.file_digest(handle, "sha256").hexdigest(), path.stat().st_size
+        except OSError as exc:
+            raise ValueError(exc.strerror or str(exc)) from None
+
+    return read
+
+
 def load_repository(root: Path, applied: Mapping[str, tuple[str, DeviceSummary]] | None = None
                     ) -> tuple[Desired, list[Problem]]:
     """Parse every YAML file under `root` and cross-check; problems name file, line and field.
@@ -84,7 +101,8 @@ def load_repository(root: Path, applied: Mapping[str, tuple[str, DeviceSummary]]
         for item in located if isinstance(item.resource, DeviceFleet)
     }
     invalid = frozenset(p.object for p in problems if p.object)
-    desired, reference_problems = cross_check(located, fleet_devices, invalid, applied)
+    desired, reference_problems = cross_check(located, fleet_devices, invalid, applied,
+                                              artifact_reader(root))
     unparsed = sorted({p.file for p in problems if p.message.startswith("invalid YAML")})
     if unparsed:  # a "missing" object may well be declared in a file that did not parse
         note = f" (maybe declared in {', '.join(unparsed)}, which could not be read)"

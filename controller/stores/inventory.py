@@ -129,7 +129,8 @@ ACTIVE_KEY = "substr(intent, instr(intent, ':') + 1)"  # the key part of an inte
 #   so that an unchanged fleet is planned without parsing its devices (controller/api/devices.py);
 # - the keys ever held by several active device certificates, found as certificates are
 #   inserted, so that lint, metrics and status check those keys instead of grouping them all;
-# - the times certificates were issued and revoked, for what a run changed (audit).
+# - the times certificates were issued and revoked, for what a run changed (audit);
+# - signing certificates and release signatures (`releases.py`).
 VERSION_2 = """ALTER TABLE fleets ADD COLUMN devices {int};
 ALTER TABLE fleets ADD COLUMN declared {int};
 CREATE TABLE IF NOT EXISTS shared_keys (key TEXT PRIMARY KEY);
@@ -139,6 +140,25 @@ INSERT INTO shared_keys SELECT substr(intent, instr(intent, ':') + 1) FROM certi
 CREATE INDEX IF NOT EXISTS by_issue_time ON certificates (issued_at);
 CREATE INDEX IF NOT EXISTS by_revocation_time ON certificates (revoked_at)
     WHERE revoked_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS signing_certificates (
+    serial TEXT PRIMARY KEY,
+    profile TEXT NOT NULL,
+    usage TEXT NOT NULL CHECK (usage IN ('codeSigning', 'timeStamping')),
+    release TEXT NOT NULL DEFAULT '',
+    digest TEXT NOT NULL DEFAULT '',
+    issuer_serial TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('active', 'revoked')),
+    not_after {int} NOT NULL,
+    der {blob} NOT NULL,
+    issued_at {int} NOT NULL,
+    manifest {blob},
+    signature {blob},
+    revoked_at {int},
+    reason TEXT
+);
+CREATE INDEX IF NOT EXISTS signing_by_release ON signing_certificates (release, state);
+CREATE INDEX IF NOT EXISTS signing_by_issuer ON signing_certificates (issuer_serial, state);
 """
 MIGRATIONS = (SCHEMA, VERSION_2)  # MIGRATIONS[i] brings a database from version i to i + 1
 VERSION = len(MIGRATIONS)
@@ -153,6 +173,9 @@ COPIED = {
     "journal": "operation, subject, detail, started_at",
     "sightings": "serial, source, first_seen, last_seen, times",
     "shared_keys": "key",
+    "signing_certificates": "serial, profile, usage, release, digest, issuer_serial, key_id, "
+                            "state, not_after, der, issued_at, manifest, signature, revoked_at, "
+                            "reason",
 }
 
 

@@ -102,8 +102,8 @@ def test_restored_state_applies_as_a_no_op_with_the_same_cas(
 
     archive = tmp_path / "backups" / "fleet.tgz"
     made = cli_process("backup", "--state-dir", state, "--out", archive)  # as scripts run it
-    # kek.json, two CA keys and the audit signing key
-    assert "1004 certificate(s), 4 keystore file(s)" in one_line(made.stdout)
+    # kek.json, two CA keys, two signing keys (firmware, acme-tsa) and the audit signing key
+    assert "1004 certificate(s), 6 keystore file(s)" in one_line(made.stdout)
     shutil.rmtree(state)
     new = tmp_path / "new-disk" / "state"
     restored = cli_process("restore", archive, "--state-dir", new)
@@ -206,7 +206,8 @@ def test_backup_is_private_and_keys_stay_encrypted(applied_example: Applied, cli
     assert stat.S_IMODE(archive.stat().st_mode) == 0o600
     assert leftovers(archive.parent) == ["fleet.tgz"]
     raw = gzip.decompress(archive.read_bytes())
-    assert raw.count(b"BEGIN ENCRYPTED PRIVATE KEY") == 3  # two CA keys, the audit key
+    # two CA keys, two signing keys, the audit key
+    assert raw.count(b"BEGIN ENCRYPTED PRIVATE KEY") == 5
     for marker in (b"BEGIN PRIVATE KEY", b"BEGIN EC PRIVATE KEY", b"BEGIN RSA PRIVATE KEY",
                    *secrets):
         assert marker not in raw

@@ -10,7 +10,7 @@ from .support import Cli, branch_sha, copy_example, git, one_line, status_files
 
 STATUS_BRANCH = "fleetpki/status"
 ORDER = {"create-ca": 0, "renew-ca": 0, "revoke": 1, "issue": 2, "renew": 2, "rekey": 2,
-         "publish-crl": 3}
+         "sign-release": 3, "publish-crl": 4}
 
 
 def index_digest(repo: Path) -> str:
@@ -29,7 +29,8 @@ def test_example_validate_plan_apply_status(cli_process: Cli, tmp_path: Path) ->
     plan = json.loads(cli("plan", repo, "--state-dir", state, "-o", "json").stdout)
     summary = plan["summary"]
     assert (summary["create-ca"], summary["issue"], summary["publish-crl"]) == (2, 1002, 2)
-    assert summary["total"] == 1006 and summary["problems"] == 0
+    assert summary["sign-release"] == 1  # examples/fleet-repo/releases
+    assert summary["total"] == 1007 and summary["problems"] == 0
     actions = plan["actions"]
     ranks = [ORDER[a["action"]] for a in actions]
     assert ranks == sorted(ranks), "CA actions, then device actions, then CRLs"

@@ -118,6 +118,7 @@ def test_deleted_fleet_is_not_revoked_but_decommissioned_is(applied_example: App
     repo, state = applied_example
     sensors_before = active_serials(state, "sensors")
     (repo / "fleets" / "sensors.yaml").unlink()
+    (repo / "releases" / "sensor-fw.yaml").unlink()  # it targets the sensors
     commit_all(repo, "remove the sensors fleet")
 
     plan = cli("plan", repo, "--state-dir", state).stdout

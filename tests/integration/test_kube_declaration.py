@@ -14,6 +14,7 @@ import yaml
 from controller import jobs
 from controller.api.devices import DeviceSourceError, DeviceText
 from controller.api.problems import InvalidDeclaration
+from controller.api.status import STATUS_KINDS
 from controller.sources.kube import Readers, write_declaration
 from controller.status.store import StatusUpdate
 
@@ -60,8 +61,9 @@ def as_served(document: Mapping[str, Any]) -> dict[str, Any]:
 
 def example_bodies() -> list[dict[str, Any]]:
     bodies = []
-    for path in sorted(EXAMPLE.rglob("*.yaml")):
-        bodies += [as_served(d) for d in yaml.safe_load_all(path.read_text()) if d]
+    for path in sorted(EXAMPLE.rglob("*.yaml")):  # the kinds that are custom resources
+        bodies += [as_served(d) for d in yaml.safe_load_all(path.read_text())
+                   if d and d["kind"] in STATUS_KINDS]
     sensors = next(b for b in bodies if b["metadata"]["name"] == "sensors")
     sensors["spec"]["deviceSource"] = {"configMapRef": [{"name": "sensors-a", "key": "a.csv"},
                                                         {"name": "sensors-b", "key": "b.csv"}]}

@@ -43,8 +43,8 @@ def test_state_files_are_private(applied_example: Applied) -> None:
     assert mode(state / "inventory.db") == 0o600
     assert mode(state / "keys") == 0o700
     assert mode(state / "keys" / "ca") == 0o700
-    ca_keys = sorted((state / "keys" / "ca").glob("*.pem"))
-    assert len(ca_keys) == 2
+    ca_keys = sorted((state / "keys" / "ca").glob("*.pem"))  # with the signing keys
+    assert len(ca_keys) == 4 and len([k for k in ca_keys if k.name.startswith("signing.")]) == 2
     for path in ca_keys:
         assert mode(path) == 0o600, path
         assert path.read_text().startswith("-----BEGIN ENCRYPTED PRIVATE KEY-----")

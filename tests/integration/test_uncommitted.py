@@ -120,3 +120,4 @@ def test_quickstart_script_runs(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stdout + run.stderr
     assert "Applied: 1 publish-crl, 2 revoke." in run.stdout
     assert "sensor-0001/cert.pem: OK" in run.stdout
+    assert "OK: release sensor-fw-1.4.2, signed" in run.stdout
