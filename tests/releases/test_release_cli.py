@@ -7,17 +7,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from controller.cli import app
 from tests.releases.support import Setup, release, signing_profile
-
-
-@pytest.fixture
-def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Setup:
-    monkeypatch.setenv("COLUMNS", "400")
-    return Setup(tmp_path, monkeypatch)
 
 
 def run(*args: str | Path) -> tuple[int, str, str]:

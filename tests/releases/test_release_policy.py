@@ -3,7 +3,6 @@ and target fleet; a deny keeps the release unsigned. Declarations are checked wi
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,10 +23,6 @@ TEAM_RULE = {
         "message": "a release signed with a production profile may target only the firmware "
                    "team's fleets"}]}}
 
-
-@pytest.fixture
-def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Setup:
-    return Setup(tmp_path, monkeypatch)
 
 
 def production(name: str = "firmware") -> dict[str, Any]:

@@ -20,11 +20,6 @@ from tests.releases.support import (
 )
 
 
-@pytest.fixture
-def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Setup:
-    return Setup(tmp_path, monkeypatch)
-
-
 def test_a_tampered_artifact_is_refused(setup: Setup) -> None:
     setup.declare(signing_profile(), release())
     setup.apply()

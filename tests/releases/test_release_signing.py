@@ -6,7 +6,6 @@ import hashlib
 import json
 import subprocess
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -27,11 +26,6 @@ from tests.releases.support import (
     release,
     signing_profile,
 )
-
-
-@pytest.fixture
-def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Setup:
-    return Setup(tmp_path, monkeypatch)
 
 
 def test_apply_signs_once_and_records_it(setup: Setup) -> None:
