@@ -14,24 +14,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from controller import jobs
 from controller.pki import keys
+from tests.hierarchy import two_cas
 from tests.policy.support import NOW, init_repo, invoke, show
 
-CAS = """\
-apiVersion: fleetpki.io/v1alpha1
-kind: CertificateAuthority
-metadata: {name: root}
-spec: {type: root, subject: {commonName: Lint Root}, pathLength: 1}
----
-apiVersion: fleetpki.io/v1alpha1
-kind: CertificateAuthority
-metadata: {name: issuing}
-spec:
-  type: intermediate
-  parentRef: {name: root}
-  subject: {commonName: Lint Issuing}
-  pathLength: 0
-  duration: 2000h
----
+CAS = two_cas("Lint", "duration: 2000h") + """\
 apiVersion: fleetpki.io/v1alpha1
 kind: CertificateProfile
 metadata: {name: short}

@@ -25,22 +25,9 @@ from controller.servers.app import Listener, ServeOptions, Server
 from controller.servers.limits import Limits
 from controller.servers.state import ServerState
 from controller.servers.throttle import Backoff
+from tests.hierarchy import two_cas
 
-CAS = """\
-apiVersion: fleetpki.io/v1alpha1
-kind: CertificateAuthority
-metadata: {name: root}
-spec: {type: root, subject: {commonName: Test Root}, pathLength: 1}
----
-apiVersion: fleetpki.io/v1alpha1
-kind: CertificateAuthority
-metadata: {name: issuing}
-spec:
-  type: intermediate
-  parentRef: {name: root}
-  subject: {commonName: Test Issuing}
-  pathLength: 0
----
+CAS = two_cas("Test") + """\
 apiVersion: fleetpki.io/v1alpha1
 kind: CertificateProfile
 metadata: {name: sensor}
