@@ -723,9 +723,13 @@ def operator(
         keys_namespace: Annotated[str | None, typer.Option(
             envvar="FLEETPKI_OPERATOR_NAMESPACE",
             help="Namespace of the CA key Secrets (default: the operator pod's namespace).")
-        ] = None, policies: PoliciesOpt = None) -> None:
+        ] = None, policies: PoliciesOpt = None, database_url: DatabaseOpt = None,
+        fleet_selector: Annotated[str | None, typer.Option(
+            help="Shard: only DeviceFleets with these labels (LABEL=VALUE[,LABEL=VALUE]); "
+            "needs --database-url.", show_default=False)] = None) -> None:
     """Kubernetes mode: reconcile the fleetpki objects of the cluster (kopf), status in
-    `.status`. Each namespace has its own state: <state-dir>/namespaces/<namespace>."""
+    `.status`. Each namespace has its own state: <state-dir>/namespaces/<namespace>, and its
+    own inventory there or in its own schema of the --database-url database."""
     from controller.operator.main import OperatorOptions, run
 
     if bool(namespace) == all_namespaces:
@@ -739,9 +743,32 @@ def operator(
     if keys_namespace is None:
         raise typer.BadParameter("outside a pod, give the namespace of the CA key Secrets",
                                  param_hint="--keys-namespace")
-    run(OperatorOptions(jobs.StateDir.resolve(state_dir).path, keys_namespace,
-                        tuple(namespace or ()), standalone, peering, period, health_port,
-                        metrics_port, priority, policies=policies))
+    state = jobs.StateDir.resolve(state_dir, database_url)
+    selector = None if fleet_selector is None else _label_selector(fleet_selector)
+    if selector is not None and state.database_url is None:
+        raise typer.BadParameter("shards share their CAs, so they need one inventory: give "
+                                 "--database-url (each shard's own SQLite file would make "
+                                 "its own CAs)", param_hint="--fleet-selector")
+    if selector is not None and not standalone and peering == "fleetpki":
+        raise typer.BadParameter("each shard elects its own leader: give it its own --peering "
+                                 "NAME (and its ClusterKopfPeering or KopfPeering object)",
+                                 param_hint="--fleet-selector")
+    run(OperatorOptions(state.path, keys_namespace, tuple(namespace or ()), standalone,
+                        peering, period, health_port, metrics_port, priority,
+                        policies=policies, database_url=state.database_url,
+                        fleet_selector=selector))
+
+
+def _label_selector(text: str) -> dict[str, str]:
+    """`LABEL=VALUE[,LABEL=VALUE]` (equality only) as a dict."""
+    selector: dict[str, str] = {}
+    for part in text.split(","):
+        key, equals, value = part.strip().partition("=")
+        if not equals or not key.strip() or key.strip() in selector:
+            raise typer.BadParameter(f"{part.strip()!r}: expected LABEL=VALUE, each label "
+                                     "once (equality only)", param_hint="--fleet-selector")
+        selector[key.strip()] = value.strip()
+    return selector
 
 
 def _pod_namespace() -> str | None:
@@ -966,9 +993,10 @@ def migrate(state_dir: StateOpt = None, database_url: DatabaseOpt = None,
                                                    copied.items()) + ".", highlight=False)
         return
     state = jobs.StateDir.resolve(state_dir, database_url)
-    before, after = jobs.migrate_inventory(state)
-    out.print(f"Inventory schema at version {after}" +
-              (f" (was {before})." if before != after else " (up to date)."), highlight=False)
+    for which, before, after in jobs.migrate_inventory(state):
+        out.print(f"{which} schema at version {after}" +
+                  (f" (was {before})." if before != after else " (up to date)."),
+                  highlight=False)
 
 
 def main() -> None:

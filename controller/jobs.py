@@ -69,8 +69,15 @@ from controller.status.gitbranch import GitStatus
 from controller.status.report import Outcome, build_status
 from controller.status.store import StatusStore, StatusUpdate
 from controller.stores.database import ERRORS as DATABASE_ERRORS  # noqa: F401 # part of the job API
-from controller.stores.database import is_url, redact
-from controller.stores.inventory import Inventory, copy, database_lock, migrate
+from controller.stores.database import in_schema, is_url, namespace_schema, redact
+from controller.stores.inventory import (
+    Inventory,
+    copy,
+    create_if_absent,
+    database_lock,
+    migrate,
+    namespace_schemas,
+)
 from controller.stores.inventory import InventoryError as InventoryError  # part of the job API
 from controller.stores.keystore import PASSPHRASE_ENV as PASSPHRASE_ENV  # part of the job API
 from controller.stores.keystore import FileBlobs, KeyBlobs, KeyStore, initialised
@@ -159,11 +166,17 @@ class StateDir:
         return secret_blobs(self.path) or FileBlobs(self.path / "keys")
 
     @classmethod
-    def with_secret_keys(cls, path: Path, api: ApiClient, namespace: str,
-                         scope: str) -> StateDir:
-        """A state directory whose keys are Secrets in `namespace` (Kubernetes mode), recorded
-        in it so that every command on it (serve, export) uses them too."""
-        return cls(path, secret_blobs(path, api, namespace, scope))
+    def for_namespace(cls, path: Path, api: ApiClient, keys_namespace: str, namespace: str,
+                      database_url: str | None = None) -> StateDir:
+        """A Kubernetes namespace's state directory: its keys are Secrets in `keys_namespace`,
+        recorded in it so that every command on it (serve, export) uses them too; its inventory
+        is `path`'s SQLite file, or the namespace's own schema of `database_url` (made if
+        absent)."""
+        url = None
+        if database_url is not None:
+            url = in_schema(database_url, namespace_schema(namespace))
+            create_if_absent(url)
+        return cls(path, secret_blobs(path, api, keys_namespace, namespace), url)
 
     def keystore(self) -> KeyStore:
         """The keystore over `keys`, unlocked with $FLEETPKI_PASSPHRASE (when first used)."""
@@ -630,12 +643,16 @@ def device_tls_bundles(state: StateDir, fleet: str,
             yield DeviceTLS(device, record.serial, device_pem(inventory, keystore, record))
 
 
-def migrate_inventory(state: StateDir) -> tuple[int, int]:
-    """Create or upgrade the schema of the state directory's inventory (or its database);
-    (version before, after)."""
+def migrate_inventory(state: StateDir) -> list[tuple[str, int, int]]:
+    """Create or upgrade the schema of the state directory's inventory, or of its database and
+    of every Kubernetes namespace's inventory in it; (which, version before, after) each."""
     if state.database_url is None:
         state.path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return migrate(state.inventory_location)
+        return [("Inventory", *migrate(state.inventory_location))]
+    url = state.database_url
+    return [("Inventory", *migrate(url)),
+            *((f"Namespace inventory {schema}:", *migrate(in_schema(url, schema)))
+              for schema in namespace_schemas(url))]
 
 
 def copy_inventory(source: Path, target_url: str) -> dict[str, int]:

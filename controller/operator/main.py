@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -15,7 +17,7 @@ import kopf
 from controller import jobs
 from controller.operator import metrics
 from controller.operator.handlers import build_registry
-from controller.operator.namespaces import Namespaces, namespace_inventories
+from controller.operator.namespaces import Namespaces
 from controller.operator.readers import cluster_readers
 from controller.status.kube import BACKOFF_BASE
 
@@ -33,12 +35,27 @@ class OperatorOptions:
     priority: int | None = None  # kopf peering: the highest acts; default random per process
     backoff_base: timedelta = BACKOFF_BASE
     policies: Path | None = None  # trusted policies and Tenants (namespaces' tenants)
+    database_url: str | None = None  # PostgreSQL: one schema per namespace
+    fleet_selector: dict[str, str] | None = None  # a shard: only the fleets with these labels
+
+
+def shard_name(selector: Mapping[str, str]) -> str:
+    """A shard's own name, from its fleet selector: its finalizer and annotations."""
+    canonical = ",".join(f"{key}={value}" for key, value in sorted(selector.items()))
+    return "shard-" + hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
 def settings(options: OperatorOptions) -> kopf.OperatorSettings:
     result = kopf.OperatorSettings()
     result.scanning.disabled = True  # the resources are known; no cluster-wide CRD watch
     result.posting.enabled = False  # our own events, one per fleet and action
+    if options.fleet_selector is not None:
+        # shards see the same CAs, profiles and policies: each keeps its own finalizer (else a
+        # shard removes the one another put on its fleets) and its own record of what it handled
+        prefix = f"{shard_name(options.fleet_selector)}.fleetpki.io"
+        result.persistence.finalizer = f"{prefix}/finalizer"
+        result.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
+        result.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=prefix)
     return result
 
 
@@ -53,11 +70,12 @@ def run(options: OperatorOptions, stop: threading.Event | None = None,
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s "
                         "%(message)s")
     api = jobs.api_client()
-    if options.metrics_port is not None:
-        metrics.serve(options.metrics_port, lambda: namespace_inventories(options.state_root))
     namespaces = Namespaces(api, options.state_root, options.keys_namespace,
                             cluster_readers(api), backoff_base=options.backoff_base,
-                            policies=options.policies)
+                            policies=options.policies, database_url=options.database_url,
+                            fleet_selector=options.fleet_selector)
+    if options.metrics_port is not None:
+        metrics.serve(options.metrics_port, namespaces.inventories)
     registry = build_registry(namespaces, options.resync)
     kopf.on.login(registry=registry)(_login)
     health = (f"http://0.0.0.0:{options.health_port}/healthz"

@@ -34,6 +34,12 @@ def namespace_inventories(root: Path) -> dict[str, Path]:
     return {path.parent.name: path for path in sorted(root.glob(pattern))}
 
 
+def selects(selector: Mapping[str, str], body: Mapping[str, Any]) -> bool:
+    """Whether the object's labels have every `selector` label with its value."""
+    labels = (body.get("metadata") or {}).get("labels") or {}
+    return all(labels.get(key) == value for key, value in selector.items())
+
+
 @dataclass
 class Namespaces:
     """Reconciles namespaces, one run at a time per namespace. A request made before a run
@@ -47,11 +53,14 @@ class Namespaces:
     clock: Callable[[], datetime] = jobs.now_utc
     backoff_base: timedelta = BACKOFF_BASE
     policies: Path | None = None  # trusted policy directory: its Tenants map namespaces
+    database_url: str | None = None  # PostgreSQL: each namespace's inventory in its own schema
+    fleet_selector: Mapping[str, str] | None = None  # a shard: only fleets with these labels
     _locks: dict[str, threading.Lock] = field(default_factory=dict)
     _started: dict[str, float] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
     _announced: dict[str, dict[str, str | None]] = field(default_factory=dict)
     _tls_announced: dict[str, dict[str, str]] = field(default_factory=dict)
+    _inventories: dict[str, Path | str] = field(default_factory=dict)
 
     def _lock(self, namespace: str) -> threading.Lock:
         with self._guard:
@@ -68,18 +77,47 @@ class Namespaces:
             with DURATION.labels(namespace).time():
                 return self._run(namespace, list(bodies()))
 
+    def inventories(self) -> dict[str, Path | str]:
+        """namespace -> inventory (file or URL) of the namespaces reconciled, for metrics; with
+        SQLite, also those of earlier processes (their files under the state root)."""
+        found: dict[str, Path | str] = {}
+        if self.database_url is None:
+            found.update(namespace_inventories(self.state_root))
+        with self._guard:
+            found.update(self._inventories)
+        return dict(sorted(found.items()))
+
+    def _owned(self, objects: list[Mapping[str, Any]]) -> tuple[list[Mapping[str, Any]],
+                                                                 frozenset[str]]:
+        """The objects whose status this operator writes, and its fleets (empty: all): with a
+        fleet selector, the fleets it selects and every object that is not a fleet."""
+        if self.fleet_selector is None:
+            return objects, frozenset()
+        selector = self.fleet_selector
+        owned = [b for b in objects if b["kind"] != "DeviceFleet" or selects(selector, b)]
+        return owned, frozenset(b["metadata"]["name"] for b in owned
+                                if b["kind"] == "DeviceFleet")
+
     def _run(self, namespace: str, objects: list[Mapping[str, Any]]) -> jobs.ApplyReport | None:
+        owned, fleets = self._owned(objects)
+        if self.fleet_selector is not None and not fleets:
+            log.debug("namespace %s: no fleet matches the fleet selector", namespace)
+            return None
         result = "error"
         try:
-            state = jobs.StateDir.with_secret_keys(state_path(self.state_root, namespace),
-                                                   self.api, self.keys_namespace, namespace)
+            state = jobs.StateDir.for_namespace(state_path(self.state_root, namespace),
+                                                self.api, self.keys_namespace, namespace,
+                                                self.database_url)
+            if self.database_url is not None:
+                with self._guard:
+                    self._inventories[namespace] = state.inventory_location
             declaration = state.path / "declaration"
             problems = write_declaration(namespace, objects, declaration, self.readers)
-            status = KubeStatus(self.api, namespace, objects, self.backoff_base,
+            status = KubeStatus(self.api, namespace, owned, self.backoff_base,
                                 self._announced.setdefault(namespace, {}))
             try:
                 report = jobs.apply(declaration, state, self.clock(), status_store=status,
-                                    source_problems=problems,
+                                    source_problems=problems, fleets=fleets,
                                     policies=jobs.PolicySource(directory=self.policies,
                                                                namespace=namespace))
             except jobs.REFUSALS as exc:
@@ -91,7 +129,7 @@ class Namespaces:
                 ACTIONS.labels(namespace, action).inc(number)
             done = ", ".join(f"{k} {v}" for k, v in sorted(report.result.done.items()))
             log.info("namespace %s reconciled: %s", namespace, done or "no changes")
-            self._sync_tls_secrets(namespace, state, objects, status)
+            self._sync_tls_secrets(namespace, state, owned, status)
             result = "applied"
             return report
         finally:

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import os
 import re
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
+from psycopg.sql import SQL, Identifier
 from psycopg.types.numeric import Int8BinaryDumper, Int8Dumper
 
 Params = Sequence[Any] | Mapping[str, Any]
@@ -25,6 +27,8 @@ URL_SCHEMES = ("postgresql://", "postgres://")
 ERRORS = (sqlite3.Error, psycopg.Error)  # what either database raises
 CHANNEL = "fleetpki_inventory"  # PostgreSQL triggers notify it of every change (see `version`)
 CACHE_KIB = 64 * 1024  # SQLite page cache of a writing connection
+NAMESPACE_PREFIX = "k8s_"  # the PostgreSQL schemas of Kubernetes namespaces' inventories
+IDENTIFIER_BYTES = 63  # PostgreSQL's longest identifier
 
 
 class Cursor(Protocol):
@@ -63,6 +67,28 @@ def passwords(url: str) -> list[str]:
     found = re.findall(r"://[^/@]*?:([^/@]+)@", url)
     found += re.findall(r"[?&]password=([^&]+)", url)
     return [secret for secret in found if secret]
+
+
+def namespace_schema(namespace: str) -> str:
+    """The PostgreSQL schema holding a Kubernetes namespace's inventory: `k8s_` and the name
+    with `-` as `_` (namespaces have no `_`, so distinct names stay distinct); a name too long
+    for an identifier ends in a digest of the whole name instead."""
+    schema = NAMESPACE_PREFIX + namespace.replace("-", "_")
+    if len(schema) <= IDENTIFIER_BYTES:
+        return schema
+    digest = hashlib.sha256(namespace.encode()).hexdigest()[:16]
+    return f"{schema[:IDENTIFIER_BYTES - len(digest) - 1]}_{digest}"
+
+
+def in_schema(url: str, schema: str) -> str:
+    """`url` whose connections keep their tables in `schema` (libpq `options`: search_path);
+    `fleetpki migrate` creates the schema."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "options"]
+    options = " ".join(v for k, v in parse_qsl(parts.query) if k == "options")
+    query.append(("options", f"{options} -c search_path={schema}".strip()))
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query, quote_via=quote),
+                       parts.fragment))  # libpq decodes %20, not +
 
 
 class Database:
@@ -288,6 +314,23 @@ class Postgres(Database):
         rows = self.db.execute("SELECT tablename FROM pg_tables "
                                "WHERE schemaname = current_schema()")
         return {row[0] for row in rows}
+
+    def create_schema(self) -> None:
+        """Create the schema the connection's search_path names first, if it is absent."""
+        row = self.db.execute("SELECT current_schema(), current_setting('search_path')"
+                              ).fetchone()
+        if row is None or row[0] is not None:
+            return
+        first = str(row[1]).split(",")[0].strip().strip('"')
+        if first and first != "$user":
+            self.db.execute(SQL("CREATE SCHEMA IF NOT EXISTS {}").format(Identifier(first)))
+
+    def schemas(self, prefix: str) -> list[str]:
+        """The schemas named `prefix`… that hold a fleetpki inventory."""
+        rows = self.db.execute("SELECT DISTINCT schemaname FROM pg_tables WHERE tablename = "
+                               "'certificates' AND starts_with(schemaname, %s) ORDER BY 1",
+                               (prefix,))
+        return [row[0] for row in rows]
 
     def version(self) -> int:
         """Counts the notifications the schema's triggers send on each committed change."""

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.stores.database import (
+    NAMESPACE_PREFIX,
     Database,
     DatabaseError,
     Postgres,
@@ -282,6 +283,8 @@ def migrate(location: Path | str) -> tuple[int, int]:
         if db.dialect == "postgresql":
             db.begin()
             db.execute("SELECT pg_advisory_xact_lock(hashtext('fleetpki migrate'))")
+        if isinstance(db, Postgres):
+            db.create_schema()
         before = stored_version(db)
         if before > VERSION:
             raise InventoryError(newer(db.name, before))
@@ -289,6 +292,31 @@ def migrate(location: Path | str) -> tuple[int, int]:
         if db.dialect == "postgresql":
             db.commit()
         return before, VERSION
+    except db.errors as exc:
+        raise InventoryError(db.describe(exc)) from None
+    finally:
+        db.close()
+
+
+def create_if_absent(location: Path | str) -> None:
+    """Make the inventory at `location` if there is none (a new Kubernetes namespace's schema);
+    an existing one of an older version is left to `fleetpki migrate`."""
+    db = connect(location, read_only=True)
+    try:
+        absent = stored_version(db) == 0
+    except db.errors as exc:
+        raise InventoryError(db.describe(exc)) from None
+    finally:
+        db.close()
+    if absent:
+        migrate(location)
+
+
+def namespace_schemas(url: str) -> list[str]:
+    """The schemas of the PostgreSQL database `url` holding Kubernetes namespaces' inventories."""
+    db = connect(url, read_only=True)
+    try:
+        return db.schemas(NAMESPACE_PREFIX) if isinstance(db, Postgres) else []
     except db.errors as exc:
         raise InventoryError(db.describe(exc)) from None
     finally:
@@ -337,14 +365,15 @@ def database_lock(url: str, exclusive: Iterable[str], shared: Iterable[str] = ()
                   ) -> Iterator[None]:
     """Hold PostgreSQL advisory locks for the block (shared ones first, then exclusive ones,
     each in name order so that appliers never deadlock), waiting while another process on any
-    machine holds them. They are the connection's: released when the block ends or the
-    process dies."""
+    machine holds them. The names are the schema's (each Kubernetes namespace has its own).
+    They are the connection's: released when the block ends or the process dies."""
     db = connect(url, read_only=False)
     try:
         for function, names in (("pg_advisory_lock_shared", shared),
                                 ("pg_advisory_lock", exclusive)):
             for name in sorted(set(names)):
-                db.execute(f"SELECT {function}(hashtextextended(?, 0))", (f"fleetpki {name}",))
+                db.execute(f"SELECT {function}(hashtextextended(current_schema() || ?, 0))",
+                           (f" fleetpki {name}",))
         yield
     except db.errors as exc:
         raise InventoryError(db.describe(exc)) from None
