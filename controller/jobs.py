@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import functools
 import hashlib
+import json
 import os
 import tarfile
 import tempfile
@@ -88,11 +89,28 @@ from controller.stores.secrets import secret_blobs
 
 STATE_ENV = "FLEETPKI_STATE_DIR"
 DATABASE_ENV = "FLEETPKI_DATABASE_URL"
+SCHEMA_FILE = "database.json"  # a namespace's state directory: its schema of the database
 # what a run refuses with, before or while applying: reported (on status too), not retried
 REFUSALS = (InvalidDeclaration, ApplyRefused, ExistingCA, KeyStoreError, PKIError,
             UnsignedChange)
 STATUS_BRANCH = "fleetpki/status"
 DANGER_FRACTION = 0.1  # flag a change that revokes more than this share of a fleet
+
+
+def recorded_schema(path: Path) -> str | None:
+    """The PostgreSQL schema a state directory's inventory is in (a Kubernetes namespace's),
+    if it records one."""
+    try:
+        recorded = json.loads((path / SCHEMA_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise InventoryError(f"cannot read {path / SCHEMA_FILE}: {exc}") from None
+    schema = recorded.get("schema") if isinstance(recorded, dict) else None
+    if not isinstance(schema, str) or not schema:
+        raise InventoryError(f"{path / SCHEMA_FILE}: no \"schema\" (the namespace's PostgreSQL "
+                             "schema)")
+    return schema
 
 
 class StateLocked(Exception):
@@ -119,11 +137,14 @@ class StateDir:
             raise InventoryError(f"--database-url / ${DATABASE_ENV} must be a postgresql:// "
                                  f"URL, not {redact(url)!r} (leave it unset for SQLite)")
         if option is not None:
-            return cls(option.expanduser().resolve(), database_url=url)
-        if os.environ.get(STATE_ENV):
-            return cls(Path(os.environ[STATE_ENV]).expanduser().resolve(), database_url=url)
-        base = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state"))
-        return cls(base / "fleetpki", database_url=url)
+            path = option.expanduser().resolve()
+        elif os.environ.get(STATE_ENV):
+            path = Path(os.environ[STATE_ENV]).expanduser().resolve()
+        else:
+            base = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state"))
+            path = base / "fleetpki"
+        schema = recorded_schema(path) if url is not None else None
+        return cls(path, database_url=in_schema(url, schema) if url and schema else url)
 
     @property
     def inventory_path(self) -> Path:
@@ -168,14 +189,18 @@ class StateDir:
     @classmethod
     def for_namespace(cls, path: Path, api: ApiClient, keys_namespace: str, namespace: str,
                       database_url: str | None = None) -> StateDir:
-        """A Kubernetes namespace's state directory: its keys are Secrets in `keys_namespace`,
-        recorded in it so that every command on it (serve, export) uses them too; its inventory
-        is `path`'s SQLite file, or the namespace's own schema of `database_url` (made if
-        absent)."""
+        """A Kubernetes namespace's state directory: its keys are Secrets in `keys_namespace`;
+        its inventory is `path`'s SQLite file, or the namespace's own schema of `database_url`
+        (made if absent). Both are recorded in it, so that every command on it (serve, export,
+        with the database URL) uses them too."""
         url = None
         if database_url is not None:
-            url = in_schema(database_url, namespace_schema(namespace))
+            schema = namespace_schema(namespace)
+            url = in_schema(database_url, schema)
             create_if_absent(url)
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+            (path / SCHEMA_FILE).write_text(json.dumps({"schema": schema}) + "\n",
+                                            encoding="utf-8")
         return cls(path, secret_blobs(path, api, keys_namespace, namespace), url)
 
     def keystore(self) -> KeyStore:

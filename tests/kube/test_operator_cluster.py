@@ -18,8 +18,11 @@ from typing import Any
 import pytest
 
 from controller import jobs
+from controller.operator.main import shard_name
+from controller.stores.database import in_schema, namespace_schema
 from tests.kube_emulator import wait_for
 from tests.kube_objects import REQUESTED_AT, authority, fleet, profile, running_operator
+from tests.postgres import Cluster as PostgresCluster
 
 from .cluster import ROOT, Cluster, free_port
 
@@ -232,3 +235,42 @@ def test_of_two_operators_one_acts_and_the_other_takes_over(
     wait_for(lambda: get(deployed, "devicefleet", "sensors", namespace)["status"]["devices"][
         "active"] == 4, timeout=60)
     assert high.process.poll() is not None and low.said("reconciled:")  # the other one did it
+
+
+def test_two_shards_on_one_database_split_a_namespace(
+        deployed: Cluster, tmp_path: Path, operators: list[OperatorProcess],
+        postgres: PostgresCluster) -> None:
+    """Two operator shards at once (own --fleet-selector, own peering, own state directory),
+    one PostgreSQL: each converges its fleet, both use the namespace's one CA."""
+    namespace, url = "shards-test", postgres.database(schema=False)
+    namespace_with_fleet(deployed, namespace, 300)
+    deployed.kubectl("label", "-n", namespace, "devicefleet/sensors", "shard=a")
+    meters = fleet(namespace, [f"m-{i:04d}" for i in range(300)], name="meters")
+    meters["metadata"]["labels"]["shard"] = "b"
+    peerings = [{"apiVersion": "kopf.dev/v1", "kind": "KopfPeering",
+                 "metadata": {"name": f"fleetpki-{shard}", "namespace": namespace}}
+                for shard in "ab"]
+    deployed.kubectl("apply", "-f", "-", input=json.dumps(
+        {"apiVersion": "v1", "kind": "List", "items": [meters, *peerings]}))
+    for shard in "ab":
+        operators.append(OperatorProcess(
+            deployed, tmp_path / f"state-{shard}", namespace, tmp_path / f"{shard}.log",
+            "--database-url", url, "--fleet-selector", f"shard={shard}",
+            "--peering", f"fleetpki-{shard}"))
+    deployed.kubectl("wait", "--for=condition=Ready", "--timeout=300s", "-n", namespace,
+                     "devicefleet/sensors", "devicefleet/meters",
+                     "certificateauthority/devices-ca", timeout=320)
+    a, b = operators
+    assert a.said("reconciled:") and b.said("reconciled:")
+    with jobs.StateDir(tmp_path / "state-a", database_url=in_schema(
+            url, namespace_schema(namespace))).reader() as inventory:
+        assert len(inventory.device_records("sensors")) == 300
+        assert len(inventory.device_records("meters")) == 300
+        assert len(inventory.ca_names()) == 1
+    ca = get(deployed, "certificateauthority", "devices-ca", namespace)
+    assert len(ca["metadata"]["finalizers"]) == 2  # each shard's own
+    sensors = get(deployed, "devicefleet", "sensors", namespace)
+    assert sensors["metadata"]["finalizers"] == [f"{shard_name({'shard': 'a'})}.fleetpki.io/"
+                                                 "finalizer"]
+    assert get(deployed, "devicefleet", "meters", namespace)["status"]["devices"][
+        "active"] == 300

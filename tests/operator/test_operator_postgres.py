@@ -78,6 +78,13 @@ def test_namespaces_share_one_database_and_a_new_replica_needs_no_local_state(
     assert device_counts(url, "k8s_fleet_demo") == {"ca": 1, "device": 2}
     assert device_counts(url, "k8s_fleet_other") == {"ca": 1, "device": 1}
     assert not (tmp_path / "one" / "namespaces" / NS / "inventory.db").exists()
+    # the state directory records the schema: commands on it with the database URL find it
+    served = CliRunner().invoke(app, ["status", str(tmp_path / "one" / "namespaces" / OTHER /
+                                                    "declaration"),
+                                      "--state-dir", str(tmp_path / "one" / "namespaces" / OTHER),
+                                      "--database-url", url])
+    assert served.exit_code == 0, served.output
+    assert "│ sensors │ 1 │" in " ".join(served.stdout.split())  # 1 active, in k8s_fleet_other
 
     # another replica, its own empty state directory: the database is the inventory
     shutil.rmtree(tmp_path / "one")
