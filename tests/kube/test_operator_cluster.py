@@ -261,7 +261,7 @@ def test_two_shards_on_one_database_split_a_namespace(
                      "devicefleet/sensors", "devicefleet/meters",
                      "certificateauthority/devices-ca", timeout=320)
     a, b = operators
-    assert a.said("reconciled:") and b.said("reconciled:")
+    wait_for(lambda: a.said("reconciled:") and b.said("reconciled:"), timeout=30)  # logged last
     with jobs.StateDir(tmp_path / "state-a", database_url=in_schema(
             url, namespace_schema(namespace))).reader() as inventory:
         assert len(inventory.device_records("sensors")) == 300
