@@ -53,7 +53,8 @@ def build_registry(namespaces: Namespaces, resync: timedelta) -> kopf.OperatorRe
     for kind, plural in PLURALS.items():
         kopf.index(GROUP, VERSION, plural, id=plural, registry=registry)(_indexed)
         # a shard hears only of its own fleets (it still indexes all: the declaration's)
-        labels = dict(namespaces.fleet_selector or {}) if kind == "DeviceFleet" else None
+        selector = namespaces.fleet_selector if kind == "DeviceFleet" else None
+        labels = dict(selector) if selector else None
         for event in (kopf.on.create, kopf.on.update, kopf.on.resume):
             event(GROUP, VERSION, plural, labels=labels, registry=registry)(changed)
         kopf.on.delete(GROUP, VERSION, plural, labels=labels, optional=True,
