@@ -155,17 +155,24 @@ class ReleaseSigner:
 
 
 def execute_releases(runner: Executor, actions: list[Action]) -> None:
-    """The release actions of a plan, in plan order."""
+    """The release actions of a plan, in plan order (under the CA lock), each skipped when
+    another applier did it meanwhile: a release is signed once, whichever applier signs it."""
     if not actions:
         return
     signer = ReleaseSigner(runner)
     for action in actions:
         if action.action == "revoke-signer":
             signer.revoke_profile(action)
-        elif action.action == "withdraw-release":
-            signer.withdraw(action)
-        elif action.action == "sign-release":
-            signer.sign(action)
+        elif action.action in ("withdraw-release", "sign-release") and \
+                _signature_unchanged(signer.store, action):
+            (signer.withdraw if action.action == "withdraw-release" else signer.sign)(action)
+
+
+def _signature_unchanged(store: Releases, action: Action) -> bool:
+    """Whether the release's active signature is still the one the plan saw (`action.serial`;
+    none for a first signature)."""
+    current = store.current(action.name)
+    return (current.serial if current else None) == action.serial
 
 
 def fingerprint(der: bytes) -> str:

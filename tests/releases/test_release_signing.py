@@ -5,17 +5,20 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from controller import exports
+from controller import exports, jobs
+from controller.apply.executor import execute, prepare
 from controller.pki.keys import key_algorithm_of
 from controller.signing import cms
 from controller.signing.timestamp import tokens_of
 from controller.signing.verify import VerifyError
+from controller.stores.releases import Releases
 from tests.releases.support import (
     ARTIFACT,
     OPENSSL,
@@ -176,3 +179,24 @@ def test_raising_key_version_rotates_the_key_and_keeps_old_signatures_valid(
     later = setup.now + timedelta(minutes=2)
     setup.verify(first, crls=[der_crl], now=later)
     setup.verify(second, crls=[der_crl], now=later)
+
+
+def test_a_release_another_applier_signed_meanwhile_is_not_signed_again(setup: Setup) -> None:
+    """Two appliers (shards, `apply --fleet`) plan the same release; the one that runs its
+    release work second finds it signed, under the CA lock, and signs nothing."""
+    setup.declare(signing_profile(), release())
+    setup.apply()
+    setup.declare(signing_profile(), release(version="1.0.1"))
+    stale = jobs.plan(setup.repo, setup.state, setup.now)
+    assert [a.action for a in stale.actions if a.kind == "Release"] == ["sign-release"]
+    setup.apply()  # the other applier: re-signs, supersedes the first signature
+    with setup.state.inventory() as inventory:
+        declaration, _ = jobs.read_declaration(setup.repo, inventory=inventory)
+        only_releases = replace(stale, actions=tuple(a for a in stale.actions
+                                                     if a.kind == "Release"))
+        runner = prepare(only_releases, declaration.desired, inventory, setup.state.keystore(),
+                         setup.now)
+        result = execute(runner, only_releases)
+        history = Releases(inventory).history("fw-1")
+    assert "sign-release" not in result.done
+    assert sorted(r.state for r in history) == ["active", "revoked"], "signed once per change"
