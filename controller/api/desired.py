@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii as _string
 from typing import Any
 
-from controller.api.devices import DeviceLines, DeviceSet, DeviceSummary
+from controller.api.devices import DeviceLines, DeviceSet, DeviceSummary, RowDigests
 from controller.api.loading import Located
 from controller.api.problems import Problem
 from controller.api.resources import (
@@ -45,6 +45,11 @@ class FleetDecl:
     def device_lines(self) -> DeviceLines:
         """Device id -> (file, line)."""
         return self.device_set.parsed[1]
+
+    @property
+    def row_digests(self) -> RowDigests:
+        """Device id -> the digest of its row as declared."""
+        return self.device_set.parsed[2]
 
     def device(self, device_id: str) -> Device | None:
         return self.device_set.find(device_id)

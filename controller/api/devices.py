@@ -25,6 +25,8 @@ from controller.api.problems import InvalidDeclaration, Problem
 from controller.api.resources import ConfigMapKeyRef, Device, DeviceFleet, DeviceSource
 
 DeviceLines = dict[str, tuple[str, int | None]]  # device id -> (file, line)
+RowDigests = dict[str, bytes]  # device id -> SHA-256 of its row as declared
+Parsed = tuple[tuple[Device, ...], DeviceLines, RowDigests]
 NEVER_ZERO = " (a missing source is an error, never zero devices)"
 KUBERNETES_ONLY = "only in Kubernetes mode (fleetpki operator)"
 
@@ -137,7 +139,7 @@ class DeviceSet:
         self._parts = parts
         self.digest = digest
         self.files = tuple(dict.fromkeys(part.label for part in parts))
-        self._parsed: tuple[tuple[Device, ...], DeviceLines] | None = None
+        self._parsed: Parsed | None = None
         self._summary: DeviceSummary | None = None
         self._index: dict[str, Device] | None = None
 
@@ -148,7 +150,7 @@ class DeviceSet:
             [d.model_dump(mode="json", exclude_defaults=True) for d in devices],
             sort_keys=True).encode()).hexdigest()
         made = cls(None, [], digest)
-        made._parsed = (devices, lines)
+        made._parsed = (devices, lines, {d.id: _inline_digest(d) for d in devices})
         return made
 
     def parse(self, problems: list[Problem]) -> None:
@@ -163,7 +165,8 @@ class DeviceSet:
         self._summary = summary
 
     @property
-    def parsed(self) -> tuple[tuple[Device, ...], DeviceLines]:
+    def parsed(self) -> Parsed:
+        """Devices, where each is declared, and the digest of each device's row."""
         if self._parsed is None:
             problems: list[Problem] = []
             self.parse(problems)
@@ -223,27 +226,35 @@ def _source_problem(item: Located, problems: list[Problem], message: str, field:
                             item.ref, f"spec.deviceSource.{field}"))
 
 
-def _parse(item: Located, parts: list[DeviceText],
-           problems: list[Problem]) -> tuple[tuple[Device, ...], DeviceLines]:
+def _inline_digest(device: Device) -> bytes:
+    return hashlib.sha256(repr(device.model_dump(mode="json", exclude_defaults=True)).encode()
+                          ).digest()
+
+
+def _parse(item: Located, parts: list[DeviceText], problems: list[Problem]) -> Parsed:
     """Inline devices plus every part's rows. A part that cannot be parsed is a problem and
     leaves the fleet with no devices; a bad row is a problem at its part's label and line; a
-    device id may appear once across inline devices and all parts."""
+    device id may appear once across inline devices and all parts. A row's digest is over the
+    row as read (a row written differently is a changed row, never the reverse)."""
     fleet = item.resource
     assert isinstance(fleet, DeviceFleet)
     devices: list[Device] = []
     lines: DeviceLines = {}
+    digests: RowDigests = {}
 
-    def add(device: Device, file: str, line: int | None) -> None:
+    def add(device: Device, file: str, line: int | None, digest: bytes) -> None:
         if device.id in lines:
             first_file, first_line = lines[device.id]
             problems.append(Problem(file, f"duplicate device id {device.id!r} (first at "
                                     f"{first_file}:{first_line})", line, item.ref, "id"))
             return
         lines[device.id] = (file, line)
+        digests[device.id] = digest
         devices.append(device)
 
     for index, device in enumerate(fleet.spec.devices):
-        add(device, item.file, item.line_of("spec", "devices", index, "id"))
+        add(device, item.file, item.line_of("spec", "devices", index, "id"),
+            _inline_digest(device))
     parsed: list[tuple[DeviceText, list[tuple[int, dict[str, Any]]]]] = []
     for part in parts:
         try:
@@ -254,16 +265,17 @@ def _parse(item: Located, parts: list[DeviceText],
             _source_problem(item, problems, f"cannot read device source {part.label!r}: "
                             f"{exc}{NEVER_ZERO}", part.field or main_field(source))
     if len(parsed) < len(parts):
-        return (), {}
+        return (), {}, {}
     for part, rows in parsed:
         for line, raw in rows:
             try:
-                add(Device.model_validate(raw), part.label, line)
+                add(Device.model_validate(raw), part.label, line,
+                    hashlib.sha256(repr(raw).encode()).digest())
             except ValidationError as exc:
                 for error in exc.errors():
                     problems.append(Problem(part.label, friendly_message(error), line,
                                             item.ref, field_path(error["loc"]) or None))
-    return tuple(devices), lines
+    return tuple(devices), lines, digests
 
 
 def configmap_device_text(

@@ -177,7 +177,8 @@ class Executor:
 
     def _record(self, certificate: x509.Certificate, kind: str, owner: str, device: str,
                 issuer_serial: str | None, intent: str, window: timedelta,
-                key_id: str | None = None, key_blob: bytes | None = None) -> CertRecord:
+                key_id: str | None = None, key_blob: bytes | None = None,
+                source: str | None = None) -> CertRecord:
         not_after = epoch(certificate.not_valid_after_utc)
         der = certificate.public_bytes(Encoding.DER)
         return CertRecord(
@@ -186,7 +187,7 @@ class Executor:
             not_before=epoch(certificate.not_valid_before_utc), not_after=not_after,
             renew_at=renewal_time(not_after, window, f"{owner}/{device}"), intent=intent,
             fingerprint=hashlib.sha256(der).hexdigest(), key_id=key_id, key_blob=key_blob, der=der,
-            issued_at=epoch(self.now),
+            issued_at=epoch(self.now), source=source,
         )
 
     # --- devices -----------------------------------------------------------------------------
@@ -259,7 +260,8 @@ class Executor:
                 serial=serial)
         window = renew_before(profile.spec.duration, profile.spec.renewBefore)
         return self._record(certificate, "device", fleet.name, intent.device_id,
-                            ca_record.serial, digest, window, key_blob=key_blob)
+                            ca_record.serial, digest, window, key_blob=key_blob,
+                            source=intent.source)
 
     def _enrolled_key(self, action: Action) -> keys.PublicKey:
         previous = self.inventory.get(action.serial or "")
@@ -364,6 +366,7 @@ def execute(runner: Executor, plan: Plan, progress: Progress = lambda n: None) -
             if action.action == "publish-crl":
                 runner.publish_crl(action)
     with runner.inventory.transaction():
+        runner.inventory.note_sources(plan.source_notes)
         for name, digest in plan.completed_fleets.items():
             decl = runner.desired.fleets[name]
             runner.inventory.set_fleet(name, digest, decl.fleet.spec.decommissioned,

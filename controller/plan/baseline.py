@@ -12,7 +12,7 @@ from datetime import datetime
 from controller.api.desired import Desired
 from controller.clock import epoch
 from controller.plan.intents import IntentError, device_intent
-from controller.plan.model import CAObserved, CRLObserved, FleetObserved, Observed
+from controller.plan.model import ActiveDevice, CAObserved, CRLObserved, FleetObserved, Observed
 from controller.plan.planner import ca_intent
 from controller.signing.manifest import manifest_digest
 
@@ -29,7 +29,7 @@ def as_if_applied(base: Desired, now: datetime) -> Observed:
     fleets: dict[str, FleetObserved] = {}
     for name, decl in base.fleets.items():
         profile = base.profile(decl.fleet.spec.profileRef.name)
-        active: dict[str, tuple[str, str, int]] = {}
+        active: dict[str, ActiveDevice] = {}
         if not decl.fleet.spec.decommissioned:
             for device in decl.devices:
                 if device.revoked is not None:
@@ -38,7 +38,8 @@ def as_if_applied(base: Desired, now: datetime) -> Observed:
                     intent = device_intent(decl.fleet, profile, device)
                 except IntentError:
                     continue  # never issued at base: the head plan shows it as new
-                active[device.id] = (f"base:{name}:{device.id}", intent.digest, FAR_FUTURE)
+                active[device.id] = (f"base:{name}:{device.id}", intent.digest, FAR_FUTURE,
+                                     None)
         fleets[name] = FleetObserved(None, active, active_count=len(active))
     releases = {name: (f"base:{name}", manifest_digest(decl))
                 for name, decl in base.releases.items() if decl.release.spec.revoked is None

@@ -52,6 +52,7 @@ class DeviceIntent:
     device_public_key: keys.PublicKey | None
     content_digest: str
     key_fingerprint: str  # device key; "server-<algorithm>"; or ENROLLED (key from EST)
+    source: str | None = None  # the row's source digest (the planner's), kept with the certificate
 
     @property
     def digest(self) -> str:

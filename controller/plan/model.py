@@ -65,18 +65,21 @@ class CRLObserved:
     unpublished_revocations: int = 0  # revocations made since the CRL was built
 
 
+ActiveDevice = tuple[str, str, int, str | None]  # serial, intent digest, renew_at, source
+
+
 @dataclass(frozen=True)
 class FleetObserved:
     """A fleet's certificates as the inventory knows them.
 
-    `active` maps device id -> (serial, intent digest, renew_at); it is None when the fleet's
-    content hash is unchanged since its last complete apply, in which case only `due` (devices
-    whose renewal time has come, from an indexed query) needs looking at.
+    `active` maps device id -> (serial, intent digest, renew_at, source digest or None); it is
+    None when the fleet's content hash is unchanged since its last complete apply, in which case
+    only `due` (devices whose renewal time has come, from an indexed query) needs looking at.
     """
 
     content_hash: str | None
-    active: dict[str, tuple[str, str, int]] | None
-    due: dict[str, tuple[str, str, int]] = field(default_factory=dict)
+    active: dict[str, ActiveDevice] | None
+    due: dict[str, ActiveDevice] = field(default_factory=dict)
     active_count: int = 0
 
 
@@ -111,6 +114,8 @@ class Plan:
     findings: tuple[Finding, ...] = ()  # policy results (deny and warn)
     denied: tuple[Action, ...] = ()  # actions a deny finding removed
     blocked_fleets: dict[str, str] = field(default_factory=dict)  # fleet -> its denied CA
+    # serial -> source digest of active certificates found unchanged from their row, to record
+    source_notes: dict[str, str] = field(default_factory=dict, repr=False)
     dangers: tuple[str, ...] = ()  # what a reviewer must not miss (see plan/dangers.py)
 
     @property

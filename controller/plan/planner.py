@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import replace
 from datetime import datetime
 
-from controller.api.desired import Desired, FleetDecl, content_hash
+from controller.api.desired import Desired, FleetDecl, content_hash, hash_parts
 from controller.api.problems import Problem
-from controller.api.resources import CertificateAuthority, Device
+from controller.api.resources import CertificateAuthority, CertificateProfile, Device, DeviceFleet
 from controller.clock import epoch, from_epoch
 from controller.plan.intents import ENROLLED, DeviceIntent, IntentError, device_intent
 from controller.plan.model import (
     Action,
     ActionName,
+    ActiveDevice,
     CAObserved,
     FleetObserved,
     MassRevocation,
@@ -24,6 +27,7 @@ from controller.plan.schedule import crl_due
 CA_KIND = "CertificateAuthority"
 FLEET_KIND = "DeviceFleet"
 MIN_MASS_REVOCATION_LIMIT = 100
+SOURCE_FORMAT = "source-1"  # change when a certificate comes to depend on more than before
 
 
 def ca_intent(ca: CertificateAuthority) -> str:
@@ -58,8 +62,21 @@ def _plan_authority(ca: CertificateAuthority, seen: CAObserved | None, known: bo
     return None
 
 
+def source_context(fleet: DeviceFleet, profile: CertificateProfile) -> bytes:
+    """What a device's certificate depends on besides its row: the fleet (but its devices) and
+    the profile, whole. With the row's digest it makes the device's source digest."""
+    return hash_parts(hashlib.sha256(), SOURCE_FORMAT, fleet.name,
+                      fleet.spec.model_dump(mode="json", exclude={"devices"}),
+                      profile.spec.model_dump(mode="json")).digest()
+
+
 class _FleetPlanner:
-    """Actions for one fleet; collects intents and problems."""
+    """Actions for one fleet; collects intents, problems, and the source digests to note.
+
+    A device whose active certificate was issued from the very row, fleet and profile declared
+    now (the same source digest) and is not due for renewal needs nothing: it is not rendered
+    again. Any other device is rendered and compared by intent digest, as ever; one found
+    unchanged gets its source digest noted, so the next plan takes the short way."""
 
     def __init__(self, decl: FleetDecl, desired: Desired, seen: FleetObserved, now: int) -> None:
         self.decl = decl
@@ -70,6 +87,11 @@ class _FleetPlanner:
         self.actions: list[Action] = []
         self.problems: list[Problem] = []
         self.intents: dict[tuple[str, str], DeviceIntent] = {}
+        self.source_notes: dict[str, str] = {}
+        self._context = source_context(self.fleet, self.profile)
+
+    def _source(self, device_id: str) -> str:
+        return hashlib.sha256(self._context + self.decl.row_digests[device_id]).hexdigest()
 
     def _add(self, name: ActionName, device: str, reason: str, serial: str | None = None,
              revocation_reason: str | None = None) -> None:
@@ -83,10 +105,10 @@ class _FleetPlanner:
             for device_id, due in sorted(self.seen.due.items()):
                 device = self.decl.device(device_id)
                 if device is not None:
-                    self._device(device, due)
+                    self._device(device, due, self._source(device_id))
             return
         if spec.decommissioned:
-            for device_id, (serial, _, _) in sorted(active.items()):
+            for device_id, (serial, *_) in sorted(active.items()):
                 self._add("revoke", device_id, "fleet decommissioned", serial,
                           "cessationOfOperation")
             return
@@ -95,7 +117,9 @@ class _FleetPlanner:
             declared.add(device.id)
             current = active.get(device.id)
             if device.revoked is None:
-                self._device(device, current)
+                source = self._source(device.id)
+                if current is None or current[3] != source or self.now >= current[2]:
+                    self._device(device, current, source)
             elif current is not None:
                 self._add("revoke", device.id, "device marked revoked", current[0],
                           device.revoked.reason)
@@ -104,7 +128,8 @@ class _FleetPlanner:
                 self._add("revoke", device_id, "device removed from fleet", active[device_id][0],
                           "cessationOfOperation")
 
-    def _device(self, device: Device, current: tuple[str, str, int] | None) -> None:
+    def _device(self, device: Device, current: ActiveDevice | None,
+                source: str | None = None) -> None:
         try:
             intent = device_intent(self.fleet, self.profile, device)
         except IntentError as exc:
@@ -132,8 +157,10 @@ class _FleetPlanner:
         elif self.now >= current[2]:
             self._add("renew" if enrolled else renewal, device.id, "due for renewal", current[0])
         else:
+            if source is not None and current[3] != source:
+                self.source_notes[current[0]] = source
             return
-        self.intents[(self.fleet.name, device.id)] = intent
+        self.intents[(self.fleet.name, device.id)] = replace(intent, source=source)
 
 
 def plan(desired: Desired, observed: Observed, now: datetime,
@@ -156,6 +183,7 @@ def plan(desired: Desired, observed: Observed, now: datetime,
     problems: list[Problem] = []
     warnings: list[str] = []
     intents: dict[tuple[str, str], DeviceIntent] = {}
+    source_notes: dict[str, str] = {}
     mass: list[MassRevocation] = []
     completed: dict[str, str] = {}
     sizes: dict[str, int] = {}
@@ -186,6 +214,7 @@ def plan(desired: Desired, observed: Observed, now: datetime,
                                                                      a.device or "")))
         problems.extend(planner.problems)
         intents.update(planner.intents)
+        source_notes.update(planner.source_notes)
         if not planner.problems:
             completed[name] = decl.content_hash
     for name in sorted(set(observed.fleets) - set(desired.fleets)):
@@ -217,4 +246,5 @@ def plan(desired: Desired, observed: Observed, now: datetime,
 
     return Plan(tuple(ca_actions + device_actions + release_actions + crl_actions),
                 tuple(problems),
-                tuple(warnings), tuple(mass), intents, completed, sizes)
+                tuple(warnings), tuple(mass), intents, completed, sizes,
+                source_notes=source_notes)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,10 +161,14 @@ CREATE TABLE IF NOT EXISTS signing_certificates (
 CREATE INDEX IF NOT EXISTS signing_by_release ON signing_certificates (release, state);
 CREATE INDEX IF NOT EXISTS signing_by_issuer ON signing_certificates (issuer_serial, state);
 """
-MIGRATIONS = (SCHEMA, VERSION_2)  # MIGRATIONS[i] brings a database from version i to i + 1
+# the digest of the device row (and fleet and profile) a certificate was issued from: a row
+# unchanged since is planned without rendering it again (controller.plan.planner)
+VERSION_3 = """ALTER TABLE certificates ADD COLUMN source TEXT;
+"""
+MIGRATIONS = (SCHEMA, VERSION_2, VERSION_3)  # MIGRATIONS[i]: from version i to i + 1
 VERSION = len(MIGRATIONS)
 COLUMNS = ("serial, kind, owner, device, issuer_serial, state, not_before, not_after, renew_at, "
-           "intent, fingerprint, key_id, key_blob, der, issued_at, revoked_at, reason")
+           "intent, fingerprint, key_id, key_blob, der, issued_at, revoked_at, reason, source")
 # what `copy` moves, table by table (certificates in insertion order; journal ids are renumbered)
 COPIED = {
     "certificates": COLUMNS,
@@ -188,6 +192,9 @@ def upgrade(dialect: str, version: int) -> str:
 
 
 
+ActiveDevice = tuple[str, str, int, str | None]  # serial, intent digest, renew_at, source
+
+
 @dataclass(frozen=True, slots=True)
 class CertRecord:
     """One row of the inventory."""
@@ -209,6 +216,7 @@ class CertRecord:
     issued_at: int
     revoked_at: int | None = None
     reason: str | None = None
+    source: str | None = None  # see VERSION_3
 
 
 @dataclass(frozen=True, slots=True)
@@ -485,19 +493,26 @@ class Inventory:
         return self._records("kind = 'device' AND owner = ? AND device = ? ORDER BY issued_at",
                              (fleet, device))
 
-    def active_devices(self, fleet: str) -> dict[str, tuple[str, str, int]]:
-        """device id -> (serial, intent digest, renew_at) for a fleet's active certificates."""
+    def active_devices(self, fleet: str) -> dict[str, ActiveDevice]:
+        """device id -> (serial, intent digest, renew_at, source) for a fleet's active
+        certificates."""
         rows = self.db.execute(
-            "SELECT device, serial, intent, renew_at FROM certificates "
+            "SELECT device, serial, intent, renew_at, source FROM certificates "
             "WHERE kind = 'device' AND owner = ? AND state = 'active'", (fleet,))
-        return {row[0]: (row[1], row[2], row[3]) for row in rows}
+        return {row[0]: (row[1], row[2], row[3], row[4]) for row in rows}
 
-    def due_devices(self, fleet: str, now: int) -> dict[str, tuple[str, str, int]]:
+    def due_devices(self, fleet: str, now: int) -> dict[str, ActiveDevice]:
         """Like `active_devices`, only those whose renewal time has come (indexed)."""
         rows = self.db.execute(
-            "SELECT device, serial, intent, renew_at FROM certificates WHERE owner = ? "
+            "SELECT device, serial, intent, renew_at, source FROM certificates WHERE owner = ? "
             "AND state = 'active' AND kind = 'device' AND renew_at <= ?", (fleet, now))
-        return {row[0]: (row[1], row[2], row[3]) for row in rows}
+        return {row[0]: (row[1], row[2], row[3], row[4]) for row in rows}
+
+    def note_sources(self, sources: Mapping[str, str]) -> None:
+        """Record the source digest of active certificates (serial -> digest) that were found
+        unchanged from a row whose digest was not recorded yet."""
+        self.db.many("UPDATE certificates SET source = ? WHERE serial = ?",
+                     [(source, serial) for serial, source in sources.items()])
 
     def active_count(self, fleet: str) -> int:
         return int(self.db.execute(

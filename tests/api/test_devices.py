@@ -51,7 +51,7 @@ def load(parts: list[DeviceText] | DeviceSourceError, text: str = CONFIGMAPS
     problems: list[Problem] = []
     device_set = read_fleet_devices(fleet(text), problems, read)
     device_set.parse(problems)
-    devices, lines = device_set.parsed
+    devices, lines, _ = device_set.parsed
     assert len(seen) == 1
     return [d.id for d in devices], lines, problems
 

@@ -104,7 +104,7 @@ def converged(desired: Desired, renew_at: int = NOW_S + 30 * DAY) -> Observed:
            for name in desired.authorities}
     fleets = {}
     for name, decl in desired.fleets.items():
-        active = {device_id: (f"serial-{device_id}", intent.digest, renew_at)
+        active = {device_id: (f"serial-{device_id}", intent.digest, renew_at, intent.source)
                   for (fleet, device_id), intent in intents.items() if fleet == name}
         fleets[name] = FleetObserved(decl.content_hash, active, active_count=len(active))
     return Observed(cas, {name: fresh_crl() for name in cas}, fleets, frozenset(cas))

@@ -7,7 +7,15 @@ from dataclasses import replace
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from controller.plan.model import Action, CAObserved, CRLObserved, FleetObserved, Observed, Plan
+from controller.plan.model import (
+    Action,
+    ActiveDevice,
+    CAObserved,
+    CRLObserved,
+    FleetObserved,
+    Observed,
+    Plan,
+)
 from controller.plan.planner import ca_intent, plan, revocation_limit
 
 from .support import (
@@ -44,9 +52,9 @@ def crl_reasons(result: Plan) -> dict[str, str]:
     return {a.name: a.reason for a in result.actions if a.action == "publish-crl"}
 
 
-def gone(count: int, prefix: str = "gone") -> dict[str, tuple[str, str, int]]:
+def gone(count: int, prefix: str = "gone") -> dict[str, ActiveDevice]:
     """Active certificates of devices no longer declared."""
-    return {f"{prefix}-{i:04d}": (f"s-{prefix}-{i}", "c:server-ECDSA-P256", FAR)
+    return {f"{prefix}-{i:04d}": (f"s-{prefix}-{i}", "c:server-ECDSA-P256", FAR, None)
             for i in range(count)}
 
 
@@ -111,8 +119,8 @@ def test_due_certificate_is_renewed_per_rotation_policy(profile: dict[str, str],
     observed = converged(desired)
     seen = observed.fleets["sensors"]
     assert seen.active is not None
-    serial, digest, _ = seen.active["dev-1"]
-    active = {**seen.active, "dev-1": (serial, digest, NOW_S)}  # renew_at == now
+    serial, digest, _, source = seen.active["dev-1"]
+    active = {**seen.active, "dev-1": (serial, digest, NOW_S, source)}  # renew_at == now
     result = plan(desired, with_fleet(observed, "sensors", replace(seen, active=active)), NOW)
     action = only_device_action(result)
     assert (action.action, action.device, action.reason) == (expected, "dev-1", "due for renewal")
@@ -326,8 +334,8 @@ def test_unchanged_fleet_only_renews_due_devices() -> None:
     full = converged(desired)
     assert full.fleets["sensors"].active is not None
     active = full.fleets["sensors"].active
-    due = {"dev-2": (active["dev-2"][0], active["dev-2"][1], NOW_S - DAY),
-           "undeclared": ("s-x", "c:k", NOW_S - DAY)}
+    due = {"dev-2": (active["dev-2"][0], active["dev-2"][1], NOW_S - DAY, active["dev-2"][3]),
+           "undeclared": ("s-x", "c:k", NOW_S - DAY, None)}
     seen = FleetObserved(desired.fleets["sensors"].content_hash, None, due, active_count=3)
     result = plan(desired, with_fleet(full, "sensors", seen), NOW)
     assert [(a.action, a.device, a.reason) for a in result.actions] == [

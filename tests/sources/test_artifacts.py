@@ -355,7 +355,7 @@ def test_devices_from_a_flux_artifact_through_the_shared_loader(server: Server) 
     problems: list[Problem] = []
     device_set = read_fleet_devices(item, problems, read)
     device_set.parse(problems)
-    devices, lines = device_set.parsed
+    devices, lines, _ = device_set.parsed
     assert [d.id for d in devices] == ["sensor-1", "sensor-2"]
     label = "GitRepository/fleet-repo@main@sha1:abc fleets/devices.csv"
     assert lines["sensor-2"] == (label, 3)

@@ -12,6 +12,7 @@ from controller.stores.inventory import (
     DIALECTS,
     SCHEMA,
     VERSION,
+    VERSION_3,
     CertRecord,
     CRLRecord,
     EnrollmentSecret,
@@ -19,6 +20,7 @@ from controller.stores.inventory import (
     InventoryError,
     copy,
     migrate,
+    upgrade,
 )
 from tests.postgres import Cluster
 
@@ -144,13 +146,14 @@ def test_an_inventory_from_before_versions_is_version_1(tmp_path: Path) -> None:
     db = sqlite3.connect(path)
     db.executescript(SCHEMA.format(**DIALECTS["sqlite"]))
     db.close()
-    with pytest.raises(InventoryError, match="schema version 1, this fleetpki needs 2: run "
-                       "`fleetpki migrate --state-dir"):
+    with pytest.raises(InventoryError, match=f"schema version 1, this fleetpki needs {VERSION}: "
+                       "run `fleetpki migrate --state-dir"):
         Inventory(path, read_only=True)
     Inventory(path).close()  # stamped when opened for writing
     with Inventory(path, read_only=True) as inventory:
         assert "schema_version" in inventory.db.tables()
         assert inventory.applied_fleets() == {}  # the columns of version 2 are there
+        assert inventory.active_devices("any") == {}  # and version 3's
 
 
 def test_placeholders_and_passwords() -> None:
@@ -223,3 +226,27 @@ def test_what_every_run_asks_never_reads_every_certificate(tmp_path: Path) -> No
         steps = plan("SELECT kind FROM certificates WHERE issued_at = 1 OR revoked_at = 1")
         assert any("by_issue_time" in s for s in steps) and \
             any("by_revocation_time" in s for s in steps), steps
+
+
+def test_a_version_2_inventory_needs_migrate_and_keeps_its_certificates(tmp_path: Path) -> None:
+    """Version 3 records each certificate's source row digest; an inventory of version 2 is
+    refused until `migrate`, which keeps every row (with no source: planned the long way once)."""
+    path = tmp_path / "inventory.db"
+    db = sqlite3.connect(path)
+    db.executescript(upgrade("sqlite", 0).split(VERSION_3)[0] +
+                     "CREATE TABLE schema_version (version INTEGER NOT NULL);"
+                     "INSERT INTO schema_version VALUES (2);")
+    db.execute("INSERT INTO certificates (serial, kind, owner, device, state, not_before, "
+               "not_after, renew_at, intent, fingerprint, der, issued_at) VALUES "
+               "('01', 'device', 'meters', 'd1', 'active', 0, 9, 9, 'x:k', 'f', x'00', 0)")
+    db.commit()
+    db.close()
+    with pytest.raises(InventoryError, match="schema version 2, this fleetpki needs 3: run "
+                       "`fleetpki migrate --state-dir"):
+        Inventory(path)
+    assert migrate(path) == (2, VERSION)
+    with Inventory(path) as inventory:
+        assert inventory.active_devices("meters") == {"d1": ("01", "x:k", 9, None)}
+        with inventory.transaction():
+            inventory.note_sources({"01": "s" * 64})
+        assert inventory.active_devices("meters")["d1"][3] == "s" * 64
