@@ -3,7 +3,9 @@ Kubernetes tests (emulator and real API server alike)."""
 
 from __future__ import annotations
 
+import socket
 import threading
+import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
@@ -79,3 +81,17 @@ def running_operator(state_root: Path, namespaces: tuple[str, ...], **options: A
         stop.set()
         thread.join(30)
         assert not thread.is_alive(), "the operator did not stop"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def scrape(port: int) -> str:
+    """The operator's /metrics page."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
+        text: str = page.read().decode()
+        return text

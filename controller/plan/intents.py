@@ -119,8 +119,10 @@ def _profile_digest(issuer: str, algorithm: str, generation: str, usages: tuple[
     return hash_parts(hashlib.sha256(), issuer, algorithm, generation, sorted(usages))
 
 
-def device_intent(fleet: DeviceFleet, profile: CertificateProfile, device: Device) -> DeviceIntent:
-    """Render the profile for the device; raise IntentError naming the field on any problem."""
+def device_intent(fleet: DeviceFleet, profile: CertificateProfile, device: Device,
+                  source: str | None = None) -> DeviceIntent:
+    """Render the profile for the device (from the row of digest `source`, when known); raise
+    IntentError naming the field on any problem."""
     spec = profile.spec
 
     def fill(template: str) -> str:
@@ -156,4 +158,4 @@ def device_intent(fleet: DeviceFleet, profile: CertificateProfile, device: Devic
     else:
         fingerprint = ENROLLED if enrolls else f"server-{spec.keyAlgorithm}"
     return DeviceIntent(device.id, subject, tuple(sans), extensions, public_key, digest,
-                        fingerprint)
+                        fingerprint, source)

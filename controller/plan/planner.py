@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import replace
 from datetime import datetime
 
 from controller.api.desired import Desired, FleetDecl, content_hash, hash_parts
@@ -131,7 +130,7 @@ class _FleetPlanner:
     def _device(self, device: Device, current: ActiveDevice | None,
                 source: str | None = None) -> None:
         try:
-            intent = device_intent(self.fleet, self.profile, device)
+            intent = device_intent(self.fleet, self.profile, device, source)
         except IntentError as exc:
             file, line = self.decl.device_lines.get(device.id, (self.decl.located.file, None))
             self.problems.append(Problem(file, f"device {device.id!r}: {exc}", line,
@@ -160,7 +159,7 @@ class _FleetPlanner:
             if source is not None and current[3] != source:
                 self.source_notes[current[0]] = source
             return
-        self.intents[(self.fleet.name, device.id)] = replace(intent, source=source)
+        self.intents[(self.fleet.name, device.id)] = intent
 
 
 def plan(desired: Desired, observed: Observed, now: datetime,

@@ -6,7 +6,6 @@ import base64
 import hashlib
 import io
 import shutil
-import socket
 import tarfile
 import threading
 import urllib.request
@@ -33,26 +32,15 @@ from tests.kube_objects import (
     authority,
     condition,
     fleet,
+    free_port,
     is_ready,
     profile,
     running_operator,
+    scrape,
 )
 from tests.kube_objects import (
     NAMESPACE as NS,
 )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
-        text: str = page.read().decode()
-        return text
 
 
 def declare(kube: RunningEmulator, devices: list[str] | None, **spec: Any) -> None:

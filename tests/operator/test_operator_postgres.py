@@ -5,8 +5,6 @@ replica with an empty state directory carries on where another left off, and sha
 from __future__ import annotations
 
 import shutil
-import socket
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +22,11 @@ from tests.kube_objects import (
     authority,
     condition,
     fleet,
+    free_port,
     is_ready,
     profile,
     running_operator,
+    scrape,
 )
 from tests.kube_objects import NAMESPACE as NS
 from tests.postgres import Cluster
@@ -48,12 +48,6 @@ def device_counts(url: str, schema: str) -> dict[str, int]:
     return {kind: count for kind, count in rows}
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
 
 def test_namespaces_share_one_database_and_a_new_replica_needs_no_local_state(
         kube_emulator: RunningEmulator, postgres: Cluster, tmp_path: Path) -> None:
@@ -69,7 +63,7 @@ def test_namespaces_share_one_database_and_a_new_replica_needs_no_local_state(
             "serial"] for ns in (NS, OTHER)}
         gauge = 'fleetpki_certificates{{ca="devices-ca",fleet="sensors",namespace="{}",' \
             'state="active"}} {}'
-        exposition = wait_for(lambda: gauge.format(OTHER, "1.0") in (text := _scrape(metrics))
+        exposition = wait_for(lambda: gauge.format(OTHER, "1.0") in (text := scrape(metrics))
                               and text)
         assert gauge.format(NS, "2.0") in exposition
     assert first[NS]["status"]["devices"]["active"] == 2
@@ -102,11 +96,6 @@ def test_namespaces_share_one_database_and_a_new_replica_needs_no_local_state(
     assert sensors["status"]["devices"]["active"] == 3
     assert device_counts(url, "k8s_fleet_demo") == {"ca": 1, "device": 3}
 
-
-def _scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
-        text: str = page.read().decode()
-        return text
 
 
 def test_shards_split_the_fleets_of_a_namespace_and_share_its_ca(

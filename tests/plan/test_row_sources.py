@@ -23,9 +23,9 @@ def rendered(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     calls: list[str] = []
     real = planner.device_intent
 
-    def counting(fleet: Any, profile: Any, dev: Any) -> Any:
+    def counting(fleet: Any, profile: Any, dev: Any, source: str | None = None) -> Any:
         calls.append(dev.id)
-        return real(fleet, profile, dev)
+        return real(fleet, profile, dev, source)
 
     monkeypatch.setattr(planner, "device_intent", counting)
     return calls

@@ -364,7 +364,7 @@ def test_devices_from_a_flux_artifact_through_the_shared_loader(server: Server) 
 
     status["artifact"]["digest"] = "sha256:" + "0" * 64
     problems = []
-    assert read_fleet_devices(item, problems, read).parsed == ((), {})
+    assert read_fleet_devices(item, problems, read).parsed == ((), {}, {})
     (problem,) = problems
     assert problem.field == "spec.deviceSource.sourceRef"
     assert problem.message.startswith(
