@@ -100,9 +100,9 @@ class ReleaseSigner:
             digest, issuer_serial, key_id, "active", epoch(certificate.not_valid_after_utc),
             certificate.public_bytes(Encoding.DER), epoch(self.runner.now), manifest, signature)
 
-    def timestamper(self, name: str) -> Callable[[bytes], asn1_cms.CMSAttribute]:
-        """`countersign` for cms.sign: a token from the TSA profile `name`, whose certificate
-        is reused while it is valid for its current key, else issued (and recorded) now."""
+    def authority(self, name: str) -> tuple[timestamp.Authority, bool]:
+        """The TSA profile `name` as an authority, and whether its certificate was issued (and
+        recorded) now: the current one is reused while it is valid for the current key."""
         profile = self.runner.desired.signing_profile(name)
         key_id, key = self.signing_key(profile)
         current = [r for r in self.store.active(name) if r.key_id == key_id
@@ -113,11 +113,15 @@ class ReleaseSigner:
             certificate, issuer_serial = self._certificate(profile, key.public_key())
             with self.runner.inventory.transaction():
                 self.store.insert(self._record(profile, certificate, issuer_serial, key_id))
-        chain = self.chain(profile.spec.issuerRef.name)
+        return (timestamp.Authority(key, certificate, self.chain(profile.spec.issuerRef.name)),
+                not current)
+
+    def timestamper(self, name: str) -> Callable[[bytes], asn1_cms.CMSAttribute]:
+        """`countersign` for cms.sign: a token from the TSA profile `name`."""
+        tsa, _ = self.authority(name)
 
         def stamp(signature: bytes) -> asn1_cms.CMSAttribute:
-            token = timestamp.make_token(signature, key, certificate, chain, self.now,
-                                         certs.random_serial())
+            token = timestamp.make_token(signature, tsa, self.now, certs.random_serial())
             return timestamp.token_attribute(token)
 
         return stamp

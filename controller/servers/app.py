@@ -73,6 +73,16 @@ async def crl(request: web.Request) -> web.Response:
     return web.Response(body=der, content_type="application/pkix-crl")
 
 
+async def tsa(request: web.Request) -> web.Response:
+    """RFC 3161 over HTTP (section 3.4): a TimeStampReq in, a TimeStampResp out (a rejection
+    says why in its statusString)."""
+    reply = request.app[STATE_KEY].timestamp_reply(request.match_info["name"],
+                                                   await request.read())
+    if reply is None:
+        raise web.HTTPNotFound(text="no such time-stamping SigningProfile\n")
+    return web.Response(body=reply, content_type="application/timestamp-reply")
+
+
 async def ca(request: web.Request) -> web.Response:
     pem = request.app[STATE_KEY].ca_pem(request.match_info["name"])
     if pem is None:
@@ -261,6 +271,7 @@ def http_app(state: ServerState, guard: ConnectionGuard, metrics: ServerMetrics
     app.router.add_get("/ocsp/{request:.+}", ocsp_get)
     app.router.add_get("/crl/{name}.crl", crl)
     app.router.add_get("/ca/{name}.pem", ca)
+    app.router.add_post("/tsa/{name}", tsa)
     return app
 
 

@@ -20,6 +20,7 @@ from cryptography import x509
 from controller import jobs
 from controller.api.desired import Desired
 from controller.apply.executor import Executor, serial_hex
+from controller.apply.releases import ReleaseSigner
 from controller.audit.events import local_actor
 from controller.audit.records import Event
 from controller.clock import epoch, from_epoch, now_utc
@@ -29,6 +30,7 @@ from controller.policy.engine import CompiledRule, PolicyMemo
 from controller.policy.tenancy import Tenancy
 from controller.servers import ocsp
 from controller.servers.audit import GroupCommit
+from controller.signing import timestamp
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +147,25 @@ class ServerState:
         now = epoch(now_utc())
         return [x509.load_der_x509_certificate(g.der) for name in self.inventory.ca_names()
                 for g in self.inventory.ca_generations(name) if g.not_after > now]
+
+    def timestamp_reply(self, name: str, request: bytes) -> bytes | None:
+        """The RFC 3161 TimeStampResp of the TSA profile `name` to `request`; None when no
+        such time-stamping profile is declared (or it is revoked). Its certificate is the one
+        apply uses, issued here (and recorded, audited) if there is none yet."""
+        self.refresh()
+        if name not in self.desired.signing_profiles:
+            return None
+        profile = self.desired.signing_profile(name)
+        if profile.spec.usage != "timeStamping" or profile.spec.revoked is not None:
+            return None
+        now = now_utc().replace(microsecond=0)
+        tsa, issued = ReleaseSigner(self.executor(now)).authority(name)
+        if issued:
+            self.audit.record([Event("certificate.issued", "success", f"SigningProfile/{name}",
+                                     local_actor(), {"serial": serial_hex(
+                                         tsa.certificate.serial_number), "profile": name,
+                                                     "usage": "timeStamping"})], now)
+        return timestamp.reply(request, tsa, now, certs.random_serial())
 
     def executor(self, now: datetime) -> Executor:
         """The apply executor over the current declaration (its CA signers stay unlocked until

@@ -117,10 +117,12 @@ def signing_certificate_v2(certificate: x509.Certificate) -> tsp.SigningCertific
 def sign(content: bytes, key: PrivateKey, certificate: x509.Certificate,
          chain: Sequence[x509.Certificate], signing_time: datetime | None, *,
          content_type: str = "data", detached: bool = True,
-         countersign: Callable[[bytes], cms.CMSAttribute] | None = None) -> bytes:
+         countersign: Callable[[bytes], cms.CMSAttribute] | None = None,
+         with_certificates: bool = True) -> bytes:
     """DER ContentInfo(SignedData) over `content` by `key` (whose certificate is
-    `certificate`), with `certificate` and `chain` in its certificates, the signed attributes
-    contentType, messageDigest, signingCertificateV2 and (if given) signingTime.
+    `certificate`), with `certificate` and `chain` in its certificates (unless not
+    `with_certificates`), the signed attributes contentType, messageDigest,
+    signingCertificateV2 and (if given) signingTime.
     `countersign(signature)` returns an unsigned attribute over the signature value (the
     timestamp token)."""
     digest_name, signature_name = algorithms(key)
@@ -151,13 +153,15 @@ def sign(content: bytes, key: PrivateKey, certificate: x509.Certificate,
     encapsulated: dict[str, object] = {"content_type": content_type}
     if not detached:
         encapsulated["content"] = core.ParsableOctetString(content)
-    signed_data = cms.SignedData({
+    fields: dict[str, object] = {
         "version": "v3" if content_type != "data" else "v1",
         "digest_algorithms": [algos.DigestAlgorithm({"algorithm": digest_name})],
         "encap_content_info": encapsulated,
-        "certificates": [_asn1_certificate(c) for c in (certificate, *chain)],
         "signer_infos": [signer],
-    })
+    }
+    if with_certificates:
+        fields["certificates"] = [_asn1_certificate(c) for c in (certificate, *chain)]
+    signed_data = cms.SignedData(fields)
     return cms.ContentInfo({"content_type": "signed_data", "content": signed_data}).dump()
 
 

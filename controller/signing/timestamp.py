@@ -14,6 +14,7 @@ from datetime import datetime
 from asn1crypto import cms, tsp
 from cryptography import x509
 
+from controller.pki import der
 from controller.pki.keys import PrivateKey
 from controller.signing.cms import SignatureError, Signed, sign, verify
 
@@ -22,20 +23,73 @@ TSA_POLICY = "2.25.195086093744839493305347935617186862517"
 ACCURACY_SECONDS = 1
 
 
-def make_token(signature: bytes, key: PrivateKey, certificate: x509.Certificate,
-               chain: Sequence[x509.Certificate], gen_time: datetime, serial: int) -> bytes:
+IMPRINT_ALGORITHMS = {"sha256": 32, "sha384": 48, "sha512": 64}  # name -> digest size
+
+
+@dataclass(frozen=True)
+class Authority:
+    """A time-stamping authority: its key, certificate and the chain above it."""
+
+    key: PrivateKey
+    certificate: x509.Certificate
+    chain: Sequence[x509.Certificate]
+
+
+def make_token(signature: bytes, tsa: Authority, gen_time: datetime, serial: int) -> bytes:
     """A DER TimeStampToken (ContentInfo) over SHA-256(`signature`) at `gen_time`."""
-    info = tsp.TSTInfo({
+    return _token(tsa, "sha256", hashlib.sha256(signature).digest(), gen_time, serial)
+
+
+def _token(tsa: Authority, algorithm: str, hashed: bytes, gen_time: datetime, serial: int,
+           nonce: int | None = None, with_certificates: bool = True) -> bytes:
+    fields: dict[str, object] = {
         "version": "v1",
         "policy": TSA_POLICY,
-        "message_imprint": {"hash_algorithm": {"algorithm": "sha256"},
-                            "hashed_message": hashlib.sha256(signature).digest()},
+        "message_imprint": {"hash_algorithm": {"algorithm": algorithm},
+                            "hashed_message": hashed},
         "serial_number": serial,
         "gen_time": gen_time,
         "accuracy": {"seconds": ACCURACY_SECONDS},
-    })
-    return sign(info.dump(), key, certificate, chain, None, content_type="tst_info",
-                detached=False)
+    }
+    if nonce is not None:
+        fields["nonce"] = nonce
+    return sign(tsp.TSTInfo(fields).dump(), tsa.key, tsa.certificate, tsa.chain, None,
+                content_type="tst_info", detached=False, with_certificates=with_certificates)
+
+
+def reply(request: bytes, tsa: Authority, gen_time: datetime, serial: int) -> bytes:
+    """The DER TimeStampResp (RFC 3161 2.4.2) to the DER TimeStampReq `request`: granted, with
+    a token over the request's imprint (and its nonce; the certificates only if it asks), or
+    a rejection saying why (badDataFormat, badAlg, unacceptedPolicy, unacceptedExtension)."""
+    try:
+        parsed = tsp.TimeStampReq.load(request, strict=True)
+        version = parsed["version"].native
+        imprint = parsed["message_imprint"]
+        algorithm = imprint["hash_algorithm"]["algorithm"].native
+        hashed = imprint["hashed_message"].native
+        nonce, wants_certificates = parsed["nonce"].native, bool(parsed["cert_req"].native)
+        policy, extensions = parsed["req_policy"].native, parsed["extensions"].native
+    except (ValueError, TypeError, KeyError) as exc:
+        return _rejection("bad_data_format", f"not a DER TimeStampReq: {exc}")
+    if version != "v1":
+        return _rejection("bad_data_format", f"TimeStampReq version {version}: only v1")
+    if IMPRINT_ALGORITHMS.get(algorithm) != len(hashed or b""):
+        return _rejection("bad_alg", f"message imprint {algorithm}: SHA-256, SHA-384 or "
+                          "SHA-512 of the right length only")
+    if policy not in (None, TSA_POLICY):
+        return _rejection("unaccepted_policy", f"policy {policy}: only {TSA_POLICY}")
+    if extensions:
+        return _rejection("unaccepted_extensions", "no request extensions are supported")
+    token = _token(tsa, algorithm, hashed, gen_time, serial, nonce, wants_certificates)
+    return tsp.TimeStampResp({"status": {"status": "granted"},
+                              "time_stamp_token": cms.ContentInfo.load(token)}).dump()
+
+
+def _rejection(failure: str, why: str) -> bytes:
+    """A TimeStampResp without a token (asn1crypto's model insists on one, RFC 3161 not)."""
+    status = tsp.PKIStatusInfo({"status": "rejection", "status_string": [why],
+                                "fail_info": {failure}}).dump()
+    return der.der_tlv(0x30, status)
 
 
 def token_attribute(token: bytes) -> cms.CMSAttribute:
