@@ -60,6 +60,10 @@ class Releases:
     def history(self, release: str) -> list[SigningRecord]:
         return self._select("release = ? ORDER BY issued_at", (release,))
 
+    def of_profile(self, profile: str) -> list[SigningRecord]:
+        """Every certificate of the profile, oldest first."""
+        return self._select("profile = ? ORDER BY issued_at, serial", (profile,))
+
     def released(self) -> list[SigningRecord]:
         """Every release signature, newest first."""
         return self._select("release != '' ORDER BY issued_at DESC, release")

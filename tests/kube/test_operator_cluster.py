@@ -124,7 +124,7 @@ def test_the_readme_flow(as_operator: Cluster, tmp_path: Path, serve: Any) -> No
                                          f"fleetpki.io/scope={DEMO}", "-o",
                                          "json").stdout)["items"]
     assert sorted(s["metadata"]["labels"]["fleetpki.io/blob"] for s in secrets) == \
-        ["audit-key", "ca-key", "ca-key", "kek"]
+        ["audit-key", "ca-key", "ca-key", "ca-key", "ca-key", "kek"]  # 2 CAs, 2 signing keys
 
 
 class OperatorProcess:
