@@ -54,8 +54,8 @@ COLUMNS: dict[str, list[dict[str, Any]]] = {
     ],
     "SigningProfile": [
         {"name": "Issuer", "type": "string", "jsonPath": ".spec.issuerRef.name"},
-        {"name": "Usage", "type": "string", "jsonPath": ".spec.usage", "priority": 1},
-        {"name": "Algorithm", "type": "string", "jsonPath": ".spec.keyAlgorithm"},
+        {"name": "Usage", "type": "string", "jsonPath": ".status.usage", "priority": 1},
+        {"name": "Algorithm", "type": "string", "jsonPath": ".status.keyAlgorithm"},
         {"name": "Key", "type": "integer", "jsonPath": ".status.keyVersion"},
         _READY,
         {"name": "Serial", "type": "string", "jsonPath": ".status.certificate.serial",

@@ -170,6 +170,9 @@ class SigningProfileStatus(CommonStatus):
     """Status of a SigningProfile: the key version it signs with and its current certificate.
     The key itself is in the keystore (a Secret in the operator's namespace), never here."""
 
+    usage: Literal["codeSigning", "timeStamping"] | None = None
+    keyAlgorithm: Annotated[str | None, Field(
+        max_length=32, description="The key's algorithm (the spec's, or its default).")] = None
     keyVersion: KeyVersion | None = None
     certificate: SigningCertificateStatus | None = None
     activeCertificates: Count | None = None

@@ -240,7 +240,8 @@ def _signing(desired: Desired, inventory: Inventory, by_object: Mapping[str, lis
         before = _load(previous, path)
         records = store.of_profile(name)
         active = [r for r in records if r.state == "active"]
-        status: dict[str, Any] = {"keyVersion": spec.keyVersion,
+        status: dict[str, Any] = {"usage": spec.usage, "keyAlgorithm": spec.keyAlgorithm,
+                                  "keyVersion": spec.keyVersion,
                                   "activeCertificates": len(active)}
         if active:
             newest = active[-1]

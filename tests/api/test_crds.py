@@ -115,8 +115,8 @@ COLUMNS = {  # name, type, jsonPath, priority (0: shown by default, 1: with -o w
     ],
     "SigningProfile": [
         ("Issuer", "string", ".spec.issuerRef.name", 0),
-        ("Usage", "string", ".spec.usage", 1),
-        ("Algorithm", "string", ".spec.keyAlgorithm", 0),
+        ("Usage", "string", ".status.usage", 1),  # the effective values: defaults included
+        ("Algorithm", "string", ".status.keyAlgorithm", 0),
         ("Key", "integer", ".status.keyVersion", 0),
         ("Ready", "string", f"{READY}.status", 0),
         ("Serial", "string", ".status.certificate.serial", 1),
@@ -201,8 +201,8 @@ def test_status_schema_is_structural_with_conditions_as_a_map(kind: str) -> None
     assert extra == {"CertificateAuthority": {"certificate", "crl"},
                      "DeviceFleet": {"devices", "attention", "policyWarnings", "nextRenewalAt",
                                      "source"},
-                     "SigningProfile": {"keyVersion", "certificate", "activeCertificates",
-                                        "revoked"},
+                     "SigningProfile": {"usage", "keyAlgorithm", "keyVersion", "certificate",
+                                        "activeCertificates", "revoked"},
                      "Release": {"state", "artifacts", "fleets", "signature"}}.get(kind, set())
     if kind == "Release":
         signature = status["properties"]["signature"]

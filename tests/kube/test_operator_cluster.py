@@ -21,9 +21,8 @@ from controller import jobs
 from tests.kube_emulator import wait_for
 from tests.kube_objects import REQUESTED_AT, authority, fleet, profile, running_operator
 
-from .cluster import ROOT, Cluster, free_port
+from .cluster import PASSPHRASE, ROOT, Cluster, free_port
 
-PASSPHRASE = "cluster-tests-passphrase"
 DEMO = "fleet-demo"
 
 
@@ -31,24 +30,6 @@ def get(cluster: Cluster, kind: str, name: str, namespace: str = DEMO) -> dict[s
     found: dict[str, Any] = json.loads(
         cluster.kubectl("get", kind, name, "-n", namespace, "-o", "json").stdout)
     return found
-
-
-@pytest.fixture(scope="module")
-def deployed(fleetpki_crds: Cluster) -> Cluster:
-    """deploy/ applied as the README says (Deployment and PVC are stored; no pod runs here)."""
-    fleetpki_crds.kubectl("apply", "-f", str(ROOT / "crds"), "-f", str(ROOT / "deploy" / "crds"))
-    fleetpki_crds.kubectl("wait", "--for", "condition=established", "--timeout=60s",
-                          "crd/clusterkopfpeerings.kopf.dev", "crd/kopfpeerings.kopf.dev")
-    fleetpki_crds.kubectl("apply", "-k", str(ROOT / "deploy"))
-    return fleetpki_crds
-
-
-@pytest.fixture
-def as_operator(deployed: Cluster, monkeypatch: pytest.MonkeyPatch) -> Cluster:
-    """The operator's credentials: the ServiceAccount of deploy/, bound by deploy/'s RBAC."""
-    monkeypatch.setenv("KUBECONFIG", str(deployed.kubeconfig("operator")))
-    monkeypatch.setenv("FLEETPKI_PASSPHRASE", PASSPHRASE)
-    return deployed
 
 
 @pytest.fixture

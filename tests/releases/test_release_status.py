@@ -58,6 +58,7 @@ def test_signed_then_withdrawn_release_and_its_profile_on_the_status_branch(
     assert ready["status"] == "True" and record.serial in ready["message"]
     profile = found["SigningProfile/firmware"]
     assert profile["keyVersion"] == 1 and profile["activeCertificates"] == 1
+    assert profile["keyAlgorithm"] == "ECDSA-P256" and profile["usage"] == "codeSigning"
     assert profile["certificate"]["serial"] == record.serial
     assert profile["certificate"]["release"] == "fw-1"
     assert condition(profile, "Ready")["status"] == "True"
