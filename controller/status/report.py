@@ -207,16 +207,10 @@ def _validity(desired: Desired, by_object: Mapping[str, list[Problem]],
     return files
 
 
-def _key_version(record: SigningRecord) -> int:
-    """The `keyVersion` of a signing key id (`signing.<profile>.<algorithm>.v<N>`)."""
-    tail = record.key_id.rsplit(".v", 1)[-1]
-    return int(tail) if tail.isdigit() and int(tail) > 0 else 1
-
-
 def _signature(record: SigningRecord) -> dict[str, Any]:
     """`status.signature` of a Release: public data of its signing record, never a key."""
     signature: dict[str, Any] = {
-        "serial": record.serial, "profile": record.profile, "keyVersion": _key_version(record),
+        "serial": record.serial, "profile": record.profile, "keyVersion": record.key_version,
         "signedAt": rfc3339(record.issued_at), "notAfter": rfc3339(record.not_after),
         "manifestSha256": record.digest, "state": record.state}
     if record.revoked_at is not None:
@@ -247,7 +241,7 @@ def _signing(desired: Desired, inventory: Inventory, by_object: Mapping[str, lis
             newest = active[-1]
             status["certificate"] = {
                 "serial": newest.serial, "notAfter": rfc3339(newest.not_after),
-                "issuedAt": rfc3339(newest.issued_at), "keyVersion": _key_version(newest),
+                "issuedAt": rfc3339(newest.issued_at), "keyVersion": newest.key_version,
                 **({"release": newest.release} if newest.release else {})}
         pending = None
         if spec.revoked is not None:
