@@ -335,8 +335,8 @@ def show_status(directory: DirArg, state_dir: StateOpt = None, database_url: Dat
                     "--devices", help="Per-device rows (with --fleet).")] = False,
                 output: Annotated[OutputFormat, typer.Option("-o", "--output")] =
                 OutputFormat.text) -> None:
-    """Tables of CAs, fleets and release signatures from the inventory; --fleet F --devices
-    for per-device rows."""
+    """Tables of CAs, fleets, signing profiles and release signatures from the inventory;
+    --fleet F --devices for per-device rows."""
     state = jobs.StateDir.resolve(state_dir, database_url)
     now = epoch(jobs.now_utc())
     with state.reader() as inventory:
@@ -362,12 +362,16 @@ def show_status(directory: DirArg, state_dir: StateOpt = None, database_url: Dat
         fleets = [{"fleet": name, **inventory.fleet_counts(name, now)}
                   for name in inventory.fleet_names() if fleet in (None, name)]
         releases = exports.release_rows(inventory) if fleet is None else []
+        signing = exports.signing_rows(inventory) if fleet is None else []
         if output != OutputFormat.text:
             _emit({"authorities": cas, "fleets": fleets,
+                   **({"signingProfiles": signing} if signing else {}),
                    **({"releases": releases} if releases else {})}, output)
             return
         _table_or_emit("Certificate authorities", cas, output)
         _table_or_emit("Fleets", fleets, output)
+        if signing:
+            _table_or_emit("Signing profiles", signing, output)
         if releases:
             _table_or_emit("Release signatures", releases, output)
 

@@ -227,6 +227,23 @@ def export_release(inventory: Inventory, release: str, out: Path) -> list[Path]:
     return written
 
 
+def signing_rows(inventory: Inventory) -> list[dict[str, object]]:
+    """Each signing profile's certificates: the newest active one, how many are active or
+    revoked (`fleetpki status`)."""
+    from controller.stores.releases import Releases
+
+    rows: list[dict[str, object]] = []
+    for profile, records in sorted(Releases(inventory).profiles().items()):
+        active = [r for r in records if r.state == "active"]
+        newest = active[-1] if active else None
+        rows.append({"profile": profile, "usage": records[-1].usage,
+                     "keyVersion": newest.key_version if newest else None,
+                     "serial": newest.serial if newest else None,
+                     "notAfter": rfc3339(newest.not_after) if newest else None,
+                     "active": len(active), "revoked": len(records) - len(active)})
+    return rows
+
+
 def release_rows(inventory: Inventory) -> list[dict[str, object]]:
     """Every release signature, newest first (`fleetpki status`)."""
     from controller.stores.releases import Releases

@@ -13,9 +13,11 @@ GROUP = "fleetpki.io"
 VERSION = "v1alpha1"
 PLURALS = {"CertificateAuthority": "certificateauthorities",
            "CertificateProfile": "certificateprofiles", "DeviceFleet": "devicefleets",
-           "CertificatePolicy": "certificatepolicies"}
+           "CertificatePolicy": "certificatepolicies", "SigningProfile": "signingprofiles",
+           "Release": "releases"}
 SHORT_NAMES = {"CertificateAuthority": ["fca"], "CertificateProfile": ["fcp"],
-               "DeviceFleet": ["fleet"], "CertificatePolicy": ["fcpol"]}
+               "DeviceFleet": ["fleet"], "CertificatePolicy": ["fcpol"],
+               "SigningProfile": ["fsp"], "Release": ["frel"]}
 _READY = {"name": "Ready", "type": "string",
           "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}
 _AGE = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
@@ -49,6 +51,30 @@ COLUMNS: dict[str, list[dict[str, Any]]] = {
         _AGE,
         {"name": "Status", "type": "string", "priority": 1,
          "jsonPath": ".status.conditions[?(@.type==\"Ready\")].message"},
+    ],
+    "SigningProfile": [
+        {"name": "Issuer", "type": "string", "jsonPath": ".spec.issuerRef.name"},
+        {"name": "Usage", "type": "string", "jsonPath": ".status.usage", "priority": 1},
+        {"name": "Algorithm", "type": "string", "jsonPath": ".status.keyAlgorithm"},
+        {"name": "Key", "type": "integer", "jsonPath": ".status.keyVersion"},
+        _READY,
+        {"name": "Serial", "type": "string", "jsonPath": ".status.certificate.serial",
+         "priority": 1},
+        {"name": "NotAfter", "type": "string", "jsonPath": ".status.certificate.notAfter"},
+        _AGE,
+    ],
+    "Release": [
+        {"name": "Profile", "type": "string", "jsonPath": ".spec.signingProfileRef.name"},
+        {"name": "Version", "type": "string", "jsonPath": ".spec.version"},
+        {"name": "Artifacts", "type": "integer", "jsonPath": ".status.artifacts"},
+        _READY,
+        {"name": "State", "type": "string", "jsonPath": ".status.state"},
+        {"name": "Signed", "type": "date", "jsonPath": ".status.signature.signedAt"},
+        {"name": "Serial", "type": "string", "jsonPath": ".status.signature.serial",
+         "priority": 1},
+        {"name": "Manifest", "type": "string", "priority": 1,
+         "jsonPath": ".status.signature.manifestSha256"},
+        _AGE,
     ],
 }
 _DROP = {"title", "default", "discriminator", "propertyNames"}

@@ -60,6 +60,9 @@ class FleetDecl:
 
 
 ReadArtifact = Callable[[str], tuple[str, int]]  # repository path -> (sha256 hex, size)
+# Kubernetes mode has no repository: no `read_artifact`, and the operator refuses `path` first
+PATH_NEEDS_REPOSITORY = ("artifacts by path are read from a git repository only; give name, "
+                         "sha256 and size")
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,8 +398,7 @@ def _check_releases(release_objs: dict[str, Located], signing: dict[str, Located
                 continue
             try:
                 if read_artifact is None:
-                    raise ValueError("artifacts by path are read from a git repository only; "
-                                     "give name, sha256 and size")
+                    raise ValueError(PATH_NEEDS_REPOSITORY)
                 digest, size = read_artifact(spec.path)
             except ValueError as exc:
                 ok = False

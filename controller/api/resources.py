@@ -416,8 +416,8 @@ class SigningProfileSpec(Model):
 
 
 class ReleaseArtifact(Model):
-    """A file of the repository (`path`), or a binary kept elsewhere, by `name`, `sha256` and
-    `size`."""
+    """A file of the repository (`path`, git-only mode: the operator refuses it, a cluster has
+    no repository), or a binary kept elsewhere, by `name`, `sha256` and `size`."""
 
     path: Annotated[str | None, Field(min_length=1, max_length=4096)] = None
     name: Annotated[str | None, Field(pattern=r"^[A-Za-z0-9._+-][A-Za-z0-9._+/-]{0,254}$")] = None

@@ -142,9 +142,76 @@ class CertificatePolicyStatus(CommonStatus):
     """Status of a CertificatePolicy."""
 
 
+SHA256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Serial = Annotated[str, Field(max_length=64, description="Hex serial number.")]
+KeyVersion = Annotated[int, Field(ge=1, description="The profile's `keyVersion` the key is of.")]
+RevocationReason = Annotated[str, Field(max_length=64)]
+
+
+class SigningCertificateStatus(StatusModel):
+    """A SigningProfile's newest active certificate (code signing: the one of its newest
+    release; time stamping: the TSA's)."""
+
+    serial: Serial
+    notAfter: Timestamp
+    issuedAt: Timestamp
+    keyVersion: KeyVersion
+    release: Annotated[str | None, Field(max_length=253)] = None
+
+
+class RevokedStatus(StatusModel):
+    """Declared `revoked` and applied: the certificates are on the CA's CRL."""
+
+    reason: RevocationReason
+    revokedAt: Timestamp | None = None
+
+
+class SigningProfileStatus(CommonStatus):
+    """Status of a SigningProfile: the key version it signs with and its current certificate.
+    The key itself is in the keystore (a Secret in the operator's namespace), never here."""
+
+    usage: Literal["codeSigning", "timeStamping"] | None = None
+    keyAlgorithm: Annotated[str | None, Field(
+        max_length=32, description="The key's algorithm (the spec's, or its default).")] = None
+    keyVersion: KeyVersion | None = None
+    certificate: SigningCertificateStatus | None = None
+    activeCertificates: Count | None = None
+    revoked: RevokedStatus | None = None
+
+
+class SignatureStatus(StatusModel):
+    """A release's signature: its own code-signing certificate and the signed manifest."""
+
+    serial: Serial
+    profile: Annotated[str, Field(max_length=253)]
+    keyVersion: KeyVersion
+    signedAt: Timestamp
+    notAfter: Timestamp
+    manifestSha256: SHA256
+    state: Literal["active", "revoked"]
+    revokedAt: Timestamp | None = None
+    reason: Annotated[RevocationReason | None, Field(
+        description="Why the signature was revoked (the release was withdrawn, changed: "
+        "superseded, or its profile revoked).")] = None
+
+
+class ReleaseStatus(CommonStatus):
+    """Status of a Release: `Signed`, `Pending` (not yet signed, or changed and not yet
+    signed again), `Withdrawn` (declared `revoked`, its signature revoked) or `SignerRevoked`
+    (its SigningProfile is revoked)."""
+
+    state: Literal["Pending", "Signed", "Withdrawn", "SignerRevoked"] | None = None
+    artifacts: Count | None = None
+    fleets: Annotated[list[Annotated[str, Field(max_length=63)]] | None, Field(
+        max_length=LIST_LIMIT, description="The target fleets (at most 50 listed).")] = None
+    signature: SignatureStatus | None = None
+
+
 STATUS_KINDS: dict[str, type[CommonStatus]] = {
     "CertificateAuthority": CertificateAuthorityStatus,
     "CertificateProfile": CertificateProfileStatus,
     "DeviceFleet": DeviceFleetStatus,
     "CertificatePolicy": CertificatePolicyStatus,
+    "SigningProfile": SigningProfileStatus,
+    "Release": ReleaseStatus,
 }

@@ -19,6 +19,7 @@ import yaml
 from pydantic import ValidationError
 
 from controller.api.crds import PLURALS
+from controller.api.desired import PATH_NEEDS_REPOSITORY
 from controller.api.devices import (
     NEVER_ZERO,
     DeviceSourceError,
@@ -115,6 +116,10 @@ def write_declaration(namespace: str, bodies: Iterable[Mapping[str, Any]], targe
         declared = _declared(body)
         raw_spec = body.get("spec")
         spec: dict[str, Any] = raw_spec if isinstance(raw_spec, dict) else {}
+        by_path = _path_artifacts(namespace, body, spec)
+        if by_path:  # left out: the loader never reads a file of the declaration directory
+            problems.extend(by_path)
+            continue
         source = _cluster_source(spec.get("deviceSource")) if body["kind"] == "DeviceFleet" \
             else None
         if source is not None:
@@ -138,6 +143,20 @@ def write_declaration(namespace: str, bodies: Iterable[Mapping[str, Any]], targe
             declared, sort_keys=False)
     _replace_directory(target, files)
     return problems
+
+
+def _path_artifacts(namespace: str, body: Mapping[str, Any],
+                    spec: Mapping[str, Any]) -> list[Problem]:
+    """A Release's artifacts given by `path`: there is no repository in a cluster, so each is
+    a problem naming its field (the whole run is refused: nothing is half-applied)."""
+    artifacts = spec.get("artifacts") if body["kind"] == "Release" else None
+    if not isinstance(artifacts, list):
+        return []
+    return [Problem(f"{namespace}/{object_ref(body)}",
+                    f"{PATH_NEEDS_REPOSITORY} (Kubernetes mode has no repository)", None,
+                    object_ref(body), f"spec.artifacts[{index}].path")
+            for index, artifact in enumerate(artifacts)
+            if isinstance(artifact, dict) and artifact.get("path") is not None]
 
 
 def _cluster_source(raw: object) -> DeviceSource | None:

@@ -32,7 +32,12 @@ MERGE_PATCH = "application/merge-patch+json"
 _RETRY_NOTE = " (attempt "
 _EVENT_REASONS = {"issue": ("Issued", "issued"), "renew": ("Renewed", "renewed"),
                   "rekey": ("Rekeyed", "re-keyed"), "revoke": ("Revoked", "revoked"),
-                  "create-ca": ("Created", "created"), "renew-ca": ("Renewed", "renewed")}
+                  "create-ca": ("Created", "created"), "renew-ca": ("Renewed", "renewed"),
+                  "sign-release": ("Signed", "signed"),
+                  "withdraw-release": ("Withdrawn", "withdrawn"),
+                  "revoke-signer": ("Revoked", "revoked")}
+_EVENT_OBJECTS = {"CertificateAuthority": "CA certificate", "Release": "release signature",
+                  "SigningProfile": "signing certificates"}  # else: N device certificate(s)
 log = logging.getLogger("fleetpki.operator")
 
 
@@ -106,8 +111,7 @@ def events_of(update: StatusUpdate, bodies: Iterable[Mapping[str, Any]],
         for (kind, name, action), number in sorted(counts.items()):
             if action in _EVENT_REASONS:
                 reason, verb = _EVENT_REASONS[action]
-                what = "CA certificate" if kind == "CertificateAuthority" else \
-                    f"{number} device certificate(s)"
+                what = _EVENT_OBJECTS.get(kind, f"{number} device certificate(s)")
                 events.append((f"{kind}/{name}", "Normal", reason, f"{what} {verb}"))
     for body in bodies:
         ref = f"{body['kind']}/{body['metadata']['name']}"

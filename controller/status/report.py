@@ -15,11 +15,14 @@ from controller.api.problems import Finding, Problem
 from controller.api.resources import API_VERSION, KINDS
 from controller.clock import epoch, rfc3339
 from controller.pki.certificates import certificate_fingerprint
+from controller.signing.manifest import manifest_digest
 from controller.status import fleetlint
 from controller.status.conditions import summarize
 from controller.stores.inventory import Inventory
+from controller.stores.releases import Releases, SigningRecord
 
 ATTENTION_LIMIT = 50
+LIST_LIMIT = 50
 
 
 @dataclass
@@ -178,6 +181,7 @@ def build_status(desired: Desired, inventory: Inventory, outcome: Outcome,
         files[path] = _document("DeviceFleet", name, {**status, "conditions": conditions},
                                 before, commit)
     files.update(_validity(desired, by_object, previous, stamp, commit))
+    files.update(_signing(desired, inventory, by_object, outcome, previous, stamp, commit))
     if outcome.applied_nothing:
         files.update(_kept(desired, previous, files, outcome, stamp, commit))
     return files
@@ -203,6 +207,117 @@ def _validity(desired: Desired, by_object: Mapping[str, list[Problem]],
     return files
 
 
+def _signature(record: SigningRecord) -> dict[str, Any]:
+    """`status.signature` of a Release: public data of its signing record, never a key."""
+    signature: dict[str, Any] = {
+        "serial": record.serial, "profile": record.profile, "keyVersion": record.key_version,
+        "signedAt": rfc3339(record.issued_at), "notAfter": rfc3339(record.not_after),
+        "manifestSha256": record.digest, "state": record.state}
+    if record.revoked_at is not None:
+        signature["revokedAt"] = rfc3339(record.revoked_at)
+    if record.reason:
+        signature["reason"] = record.reason
+    return signature
+
+
+def _signing(desired: Desired, inventory: Inventory, by_object: Mapping[str, list[Problem]],
+             outcome: Outcome, previous: Mapping[str, bytes], stamp: str,
+             commit: str | None) -> dict[str, bytes]:
+    """SigningProfiles (key version, current certificate, revocation) and Releases (state,
+    signature), from the inventory's signing records."""
+    store = Releases(inventory)
+    files: dict[str, bytes] = {}
+    for name in sorted(desired.signing_profiles):
+        profile = desired.signing_profile(name)
+        spec = profile.spec
+        path = status_path("SigningProfile", name)
+        before = _load(previous, path)
+        records = store.of_profile(name)
+        active = [r for r in records if r.state == "active"]
+        status: dict[str, Any] = {"usage": spec.usage, "keyAlgorithm": spec.keyAlgorithm,
+                                  "keyVersion": spec.keyVersion,
+                                  "activeCertificates": len(active)}
+        if active:
+            newest = active[-1]
+            status["certificate"] = {
+                "serial": newest.serial, "notAfter": rfc3339(newest.not_after),
+                "issuedAt": rfc3339(newest.issued_at), "keyVersion": newest.key_version,
+                **({"release": newest.release} if newest.release else {})}
+        pending = None
+        if spec.revoked is not None:
+            revoked = [r.revoked_at for r in records if r.revoked_at is not None
+                       and r.reason == spec.revoked.reason]
+            status["revoked"] = {"reason": spec.revoked.reason,
+                                 **({"revokedAt": rfc3339(max(revoked))} if revoked else {})}
+            if active:
+                pending = f"{len(active)} certificate(s) to revoke"
+            ready = f"revoked ({spec.revoked.reason}): its certificates are on the CRL of " \
+                f"CertificateAuthority/{spec.issuerRef.name}"
+        elif spec.usage == "timeStamping":
+            ready = f"time-stamping authority, key version {spec.keyVersion}"
+        else:
+            ready = f"signs releases with key version {spec.keyVersion}"
+        problems = by_object.get(f"SigningProfile/{name}", [])
+        stalled = f"{len(problems)} problem(s): {problems[0]}" if problems else outcome.refusal
+        conditions = summarize((before.get("status") or {}).get("conditions", []),
+                               stalled=stalled, reconciling=pending, ready_message=ready,
+                               reason=_reason(stalled, pending, bool(problems)) if
+                               stalled or pending or spec.revoked is None else "Revoked",
+                               now=stamp)
+        files[path] = _document("SigningProfile", name, {**status, "conditions": conditions},
+                                before, commit)
+    for name, decl in sorted(desired.releases.items()):
+        wanted = decl.release.spec
+        profile = desired.signing_profile(wanted.signingProfileRef.name)
+        tsa = profile.spec.timestampAuthorityRef
+        path = status_path("Release", name)
+        before = _load(previous, path)
+        current = store.current(name)
+        history = store.history(name)
+        shown = current or (history[-1] if history else None)
+        status = {"artifacts": len(decl.artifacts), "fleets": list(decl.fleets[:LIST_LIMIT])}
+        if shown is not None:
+            status["signature"] = _signature(shown)
+        problems = by_object.get(f"Release/{name}", [])
+        denies = [f for f in outcome.findings
+                  if f.object == f"Release/{name}" and f.action == "deny"]
+        stalled = (f"{len(problems)} problem(s): {problems[0]}" if problems else
+                   _denied(denies) if denies else outcome.refusal)
+        pending = None
+        reason: str | None = None
+        if wanted.revoked is not None:
+            status["state"] = "Withdrawn"
+            if current is not None:
+                pending = "signature to revoke (release withdrawn)"
+            ready = f"withdrawn ({wanted.revoked.reason}): " + (
+                "its signature is revoked" if shown is not None else "never signed")
+            reason = "Withdrawn"
+        elif profile.spec.revoked is not None or (
+                tsa is not None and desired.signing_profile(tsa.name).spec.revoked is not None):
+            status["state"] = "SignerRevoked"
+            revoked_profile = wanted.signingProfileRef.name if profile.spec.revoked is not None \
+                else tsa.name if tsa is not None else ""
+            stalled = stalled or f"SigningProfile/{revoked_profile} is revoked: the release " \
+                "is not signed (name another profile, or declare the release revoked)"
+            ready, reason = "", "SignerRevoked"
+        elif current is not None and current.digest == manifest_digest(decl):
+            status["state"] = "Signed"
+            ready = f"signed by SigningProfile/{current.profile} (certificate {current.serial})"
+        else:
+            status["state"] = "Pending"
+            pending = "not yet signed" if current is None else \
+                "release changed: to be signed again"
+            ready = ""
+        conditions = summarize((before.get("status") or {}).get("conditions", []),
+                               stalled=stalled, reconciling=pending, ready_message=ready,
+                               reason=_reason(stalled, pending, bool(problems))
+                               if problems or denies or outcome.refusal or pending or
+                               reason is None else reason, now=stamp)
+        files[path] = _document("Release", name, {**status, "conditions": conditions},
+                                before, commit)
+    return files
+
+
 def _references(desired: Desired, name: str) -> list[str]:
     """"Kind/name" of the objects an object depends on (a fleet's CA and profile, a CA's
     parent): a mistake in one of them concerns it too."""
@@ -214,6 +329,14 @@ def _references(desired: Desired, name: str) -> list[str]:
     if kind == "CertificateAuthority" and object_name in desired.authorities:
         parent = desired.authority(object_name).spec.parentRef
         return [f"CertificateAuthority/{parent.name}"] if parent else []
+    if kind == "SigningProfile" and object_name in desired.signing_profiles:
+        signer = desired.signing_profile(object_name).spec
+        tsa = signer.timestampAuthorityRef
+        return [f"CertificateAuthority/{signer.issuerRef.name}",
+                *([f"SigningProfile/{tsa.name}"] if tsa else [])]
+    if kind == "Release" and object_name in desired.releases:
+        release = desired.releases[object_name].release
+        return [f"SigningProfile/{release.spec.signingProfileRef.name}"]
     return []
 
 

@@ -39,6 +39,12 @@ class SigningRecord:
     revoked_at: int | None = None
     reason: str | None = None
 
+    @property
+    def key_version(self) -> int:
+        """The profile's `keyVersion` of the key (`signing.<profile>.<algorithm>.v<N>`)."""
+        tail = self.key_id.rsplit(".v", 1)[-1]
+        return int(tail) if tail.isdigit() and int(tail) > 0 else 1
+
 
 class Releases:
     """The signing records of an inventory."""
@@ -59,6 +65,17 @@ class Releases:
 
     def history(self, release: str) -> list[SigningRecord]:
         return self._select("release = ? ORDER BY issued_at", (release,))
+
+    def of_profile(self, profile: str) -> list[SigningRecord]:
+        """Every certificate of the profile, oldest first."""
+        return self._select("profile = ? ORDER BY issued_at, serial", (profile,))
+
+    def profiles(self) -> dict[str, list[SigningRecord]]:
+        """Profile -> its certificates, oldest first."""
+        found: dict[str, list[SigningRecord]] = {}
+        for record in self._select("1 = 1 ORDER BY profile, issued_at, serial"):
+            found.setdefault(record.profile, []).append(record)
+        return found
 
     def released(self) -> list[SigningRecord]:
         """Every release signature, newest first."""

@@ -1,4 +1,4 @@
--- Argo CD health check for fleetpki.io objects (the same for all four kinds).
+-- Argo CD health check for fleetpki.io objects (the same for every kind).
 -- Healthy: Ready=True for the current generation. Degraded: Stalled=True (the operator gave up
 -- until the spec changes: invalid spec, policy denial, refused). Progressing: anything else,
 -- including no status yet and a status written for an older generation.

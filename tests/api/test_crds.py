@@ -13,7 +13,8 @@ import yaml
 from controller.api.crds import render_crds
 
 CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
-KINDS = {"CertificateAuthority", "CertificateProfile", "DeviceFleet", "CertificatePolicy"}
+KINDS = {"CertificateAuthority", "CertificateProfile", "DeviceFleet", "CertificatePolicy",
+         "SigningProfile", "Release"}
 # Keywords of apiextensions.k8s.io/v1 JSONSchemaProps; anything else is an unknown field that
 # the API server rejects (strict field validation) or drops.
 K8S_SCHEMA_KEYWORDS = {
@@ -112,6 +113,27 @@ COLUMNS = {  # name, type, jsonPath, priority (0: shown by default, 1: with -o w
         ("Age", "date", ".metadata.creationTimestamp", 0),
         ("Status", "string", f"{READY}.message", 1),
     ],
+    "SigningProfile": [
+        ("Issuer", "string", ".spec.issuerRef.name", 0),
+        ("Usage", "string", ".status.usage", 1),  # the effective values: defaults included
+        ("Algorithm", "string", ".status.keyAlgorithm", 0),
+        ("Key", "integer", ".status.keyVersion", 0),
+        ("Ready", "string", f"{READY}.status", 0),
+        ("Serial", "string", ".status.certificate.serial", 1),
+        ("NotAfter", "string", ".status.certificate.notAfter", 0),
+        ("Age", "date", ".metadata.creationTimestamp", 0),
+    ],
+    "Release": [
+        ("Profile", "string", ".spec.signingProfileRef.name", 0),
+        ("Version", "string", ".spec.version", 0),
+        ("Artifacts", "integer", ".status.artifacts", 0),
+        ("Ready", "string", f"{READY}.status", 0),
+        ("State", "string", ".status.state", 0),
+        ("Signed", "date", ".status.signature.signedAt", 0),
+        ("Serial", "string", ".status.signature.serial", 1),
+        ("Manifest", "string", ".status.signature.manifestSha256", 1),
+        ("Age", "date", ".metadata.creationTimestamp", 0),
+    ],
 }
 
 
@@ -178,7 +200,19 @@ def test_status_schema_is_structural_with_conditions_as_a_map(kind: str) -> None
     extra = set(status["properties"]) - common
     assert extra == {"CertificateAuthority": {"certificate", "crl"},
                      "DeviceFleet": {"devices", "attention", "policyWarnings", "nextRenewalAt",
-                                     "source"}}.get(kind, set())
+                                     "source"},
+                     "SigningProfile": {"usage", "keyAlgorithm", "keyVersion", "certificate",
+                                        "activeCertificates", "revoked"},
+                     "Release": {"state", "artifacts", "fleets", "signature"}}.get(kind, set())
+    if kind == "Release":
+        signature = status["properties"]["signature"]
+        assert signature["properties"]["state"]["enum"] == ["active", "revoked"]
+        assert signature["properties"]["signedAt"]["format"] == "date-time"
+        assert status["properties"]["state"]["enum"] == ["Pending", "Signed", "Withdrawn",
+                                                         "SignerRevoked"]
+    if kind == "SigningProfile":
+        assert set(status["properties"]["certificate"]["properties"]) == {
+            "serial", "notAfter", "issuedAt", "keyVersion", "release"}  # public data only
     if kind == "DeviceFleet":
         assert status["properties"]["attention"]["maxItems"] == 50
         assert status["properties"]["policyWarnings"]["maxItems"] == 50
@@ -218,6 +252,16 @@ def test_spec_schema_follows_the_models(kind: str) -> None:
         rule = spec["properties"]["rules"]["items"]
         assert rule["properties"]["action"]["enum"] == ["deny", "warn"]
         assert set(rule["required"]) == {"name", "expression", "message"}
+    elif kind == "SigningProfile":
+        assert spec["properties"]["usage"]["enum"] == ["codeSigning", "timeStamping"]
+        assert spec["properties"]["keyVersion"]["minimum"] == 1
+        assert set(spec["required"]) == {"issuerRef"}
+    elif kind == "Release":
+        artifact = spec["properties"]["artifacts"]["items"]
+        # `path` stays in the schema (pruning it would silently drop it): the operator refuses it
+        assert set(artifact["properties"]) == {"path", "name", "sha256", "size"}
+        assert artifact["properties"]["sha256"]["pattern"] == "^[0-9a-f]{64}$"
+        assert set(spec["required"]) == {"signingProfileRef", "artifacts", "targets"}
     else:
         device = spec["properties"]["devices"]["items"]
         assert device["required"] == ["id"]

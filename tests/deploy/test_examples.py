@@ -4,6 +4,7 @@ and equal to examples/fleet-repo (the sensors CSV as inline devices)."""
 from __future__ import annotations
 
 import csv
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,14 @@ def fleetpki_objects(directory: Path) -> dict[tuple[str, str], dict[str, Any]]:
     return found
 
 
+def artifact_by_digest(artifact: dict[str, Any]) -> dict[str, Any]:
+    if "path" not in artifact:
+        return artifact
+    data = (FLEET_REPO / artifact["path"]).read_bytes()
+    return {"name": artifact["path"].rsplit("/", 1)[-1], "sha256": hashlib.sha256(data).hexdigest(),
+            "size": len(data)}
+
+
 @pytest.mark.parametrize("key", sorted(fleetpki_objects(KUBERNETES)), ids="/".join)
 def test_every_resource_is_namespaced_and_valid_for_the_models(key: tuple[str, str]) -> None:
     document = fleetpki_objects(KUBERNETES)[key]
@@ -46,8 +55,8 @@ def test_the_directory_is_a_valid_declaration() -> None:
 
 
 def test_same_objects_as_the_fleet_repository() -> None:
-    """Every kind that is a custom resource (SigningProfile and Release are git mode only,
-    docs/signing.md)."""
+    """Every kind that is a custom resource; a Release's artifacts of the repository are given
+    by name, SHA-256 and size (a cluster has no repository)."""
     ours = fleetpki_objects(KUBERNETES)
     theirs = {key: doc for key, doc in fleetpki_objects(FLEET_REPO).items()
               if key[0] in STATUS_KINDS}
@@ -62,6 +71,8 @@ def test_same_objects_as_the_fleet_repository() -> None:
             assert {k: v for k, v in mine["spec"].items() if k not in ("crl", "ocsp")} == spec
             assert "fleetpki.fleetpki-system.svc" in mine["spec"]["crl"]["distributionPoint"]
             continue
+        if key[0] == "Release":
+            spec["artifacts"] = [artifact_by_digest(a) for a in spec["artifacts"]]
         if "deviceSource" in spec:
             source = spec.pop("deviceSource")
             spec["devices"] = csv_devices(FLEET_REPO / source["path"])
@@ -85,4 +96,5 @@ def test_kustomization_lists_every_manifest() -> None:
     assert sorted(kustomization["resources"]) == sorted(
         p.name for p in KUBERNETES.glob("*.yaml") if p.name != "kustomization.yaml")
     kinds = {d["kind"] for d in objects(KUBERNETES)}
-    assert kinds == {"Namespace", "CertificateAuthority", "CertificateProfile", "DeviceFleet"}
+    assert kinds == {"Namespace", "CertificateAuthority", "CertificateProfile", "DeviceFleet",
+                     "SigningProfile", "Release"}

@@ -79,7 +79,9 @@ def test_example_validate_plan_apply_status(cli_process: Cli, tmp_path: Path) ->
     assert set(files) == {
         "status/CertificateAuthority/acme-root.yaml", "status/CertificateAuthority/devices-ca.yaml",
         "status/DeviceFleet/gateways.yaml", "status/DeviceFleet/sensors.yaml",
-        "status/CertificateProfile/mqtt-client.yaml", "status/CertificateProfile/gateway-csr.yaml"}
+        "status/CertificateProfile/mqtt-client.yaml", "status/CertificateProfile/gateway-csr.yaml",
+        "status/SigningProfile/firmware.yaml", "status/SigningProfile/acme-tsa.yaml",
+        "status/Release/sensor-fw-1.4.2.yaml"}
     for path, document in files.items():
         conditions = {c["type"]: c["status"] for c in document["status"]["conditions"]}
         assert conditions == {"Ready": "True", "Reconciling": "False", "Stalled": "False"}, path

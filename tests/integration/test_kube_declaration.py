@@ -4,6 +4,7 @@ declaration directory, and the same job converges it, writing status through a S
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -59,11 +60,22 @@ def as_served(document: Mapping[str, Any]) -> dict[str, Any]:
     return served
 
 
+def by_digest(artifact: dict[str, Any]) -> dict[str, Any]:
+    if "path" not in artifact:
+        return artifact
+    data = (EXAMPLE / artifact["path"]).read_bytes()
+    return {"name": Path(artifact["path"]).name, "sha256": hashlib.sha256(data).hexdigest(),
+            "size": len(data)}
+
+
 def example_bodies() -> list[dict[str, Any]]:
     bodies = []
     for path in sorted(EXAMPLE.rglob("*.yaml")):  # the kinds that are custom resources
         bodies += [as_served(d) for d in yaml.safe_load_all(path.read_text())
                    if d and d["kind"] in STATUS_KINDS]
+    for body in bodies:  # a cluster has no repository: artifacts by name, SHA-256 and size
+        if body["kind"] == "Release":
+            body["spec"]["artifacts"] = [by_digest(a) for a in body["spec"]["artifacts"]]
     sensors = next(b for b in bodies if b["metadata"]["name"] == "sensors")
     sensors["spec"]["deviceSource"] = {"configMapRef": [{"name": "sensors-a", "key": "a.csv"},
                                                         {"name": "sensors-b", "key": "b.csv"}]}
@@ -114,6 +126,36 @@ def test_a_namespace_converges_through_the_same_job(tmp_path: Path) -> None:
     assert store.updates[-1].done["issue"] == report.result.done["issue"]
     assert "CertificateProfile/mqtt-client" in {
         f"{p.split('/')[1]}/{p.split('/')[2][:-5]}" for p in store.read()}
+    assert report.result.done["sign-release"] == 1
+    signed = store.status("Release", "sensor-fw-1.4.2")
+    assert signed["state"] == "Signed" and signed["artifacts"] == 2
+    assert store.status("SigningProfile", "firmware")["certificate"]["serial"] == \
+        signed["signature"]["serial"]
+
+
+def test_a_path_artifact_is_refused_naming_the_field_and_nothing_is_applied(
+        tmp_path: Path) -> None:
+    bodies = example_bodies()
+    release = next(b for b in bodies if b["kind"] == "Release")
+    # even a file the declaration directory holds is never read as an artifact
+    release["spec"]["artifacts"].append({"path": "devicefleets/gateways.yaml"})
+    target = tmp_path / "state" / "declaration"
+    problems = write_declaration(NAMESPACE, bodies, target, readers(split_sensors()))
+    assert [(p.object, p.field) for p in problems] == [
+        ("Release/sensor-fw-1.4.2", "spec.artifacts[2].path")]
+    assert "give name, sha256 and size" in problems[0].message
+    assert not (target / "releases").exists()  # left out of the declaration
+    store = MemoryStatus()
+    state = jobs.StateDir(tmp_path / "state")
+    with pytest.raises(InvalidDeclaration):
+        jobs.apply(target, state, jobs.now_utc(), status_store=store, source_problems=problems)
+    with state.reader() as inventory:
+        assert inventory.ca_names() == []  # not half-applied: nothing at all
+    stalled = next(c for c in store.status("Release", "sensor-fw-1.4.2")["conditions"]
+                   if c["type"] == "Stalled")
+    assert stalled["status"] == "True" and stalled["reason"] == "InvalidSpec"
+    assert "spec.artifacts[2].path" in stalled["message"]
+    assert not list((tmp_path / "state" / "keys").glob("ca/signing.*"))
 
 
 def test_a_missing_config_map_is_a_problem_of_the_fleet_and_nothing_is_applied(
@@ -153,4 +195,5 @@ def test_the_directory_holds_exactly_the_namespace(tmp_path: Path) -> None:
         == sorted(f"{d}/{b['metadata']['name']}.yaml" for b in kept for d in
                   [{"CertificateAuthority": "certificateauthorities",
                     "CertificateProfile": "certificateprofiles",
-                    "CertificatePolicy": "certificatepolicies"}[b["kind"]]])
+                    "CertificatePolicy": "certificatepolicies",
+                    "SigningProfile": "signingprofiles", "Release": "releases"}[b["kind"]]])

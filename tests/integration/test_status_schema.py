@@ -52,11 +52,16 @@ def external_ca_pem() -> str:
 def test_status_of_the_applied_example_matches_the_models(applied_example: Applied) -> None:
     files = check_all(applied_example.repo)
     assert {d["kind"] for d in files.values()} == {"CertificateAuthority", "DeviceFleet",
-                                                       "CertificateProfile"}
+                                                   "CertificateProfile", "SigningProfile",
+                                                   "Release"}
     sensors = files["status/DeviceFleet/sensors.yaml"]["status"]
     assert sensors["devices"]["active"] == 1000
     ca = files["status/CertificateAuthority/devices-ca.yaml"]["status"]
     assert {"certificate", "crl", "conditions", "observedCommit"} <= set(ca)
+    release = files["status/Release/sensor-fw-1.4.2.yaml"]["status"]
+    assert release["state"] == "Signed" and release["signature"]["state"] == "active"
+    firmware = files["status/SigningProfile/firmware.yaml"]["status"]
+    assert firmware["certificate"]["serial"] == release["signature"]["serial"]
 
 
 def test_every_part_of_a_status_matches_the_models(applied_example: Applied, cli: Cli) -> None:

@@ -63,6 +63,7 @@ USERS: dict[str, tuple[str, tuple[str, ...]]] = {
                                  "system:authenticated")),
 }
 READY_TIMEOUT = 60.0
+PASSPHRASE = "cluster-tests-passphrase"  # the operator's keystore passphrase in these tests
 BUILD_HINT = "run .ci/build-kube-apiserver"
 
 

@@ -16,6 +16,8 @@ import pytest
 from .cluster import (
     BUILD_HINT,
     CRDS,
+    PASSPHRASE,
+    ROOT,
     Cluster,
     ClusterStartError,
     missing_tools,
@@ -59,3 +61,21 @@ def fleetpki_crds(kube_cluster: Cluster) -> Cluster:
              for path in sorted(CRDS.glob("fleetpki.io_*.yaml"))]
     kube_cluster.kubectl("wait", "--for", "condition=established", "--timeout=60s", *names)
     return kube_cluster
+
+
+@pytest.fixture(scope="session")
+def deployed(fleetpki_crds: Cluster) -> Cluster:
+    """deploy/ applied as the README says (Deployment and PVC are stored; no pod runs here)."""
+    fleetpki_crds.kubectl("apply", "-f", str(ROOT / "crds"), "-f", str(ROOT / "deploy" / "crds"))
+    fleetpki_crds.kubectl("wait", "--for", "condition=established", "--timeout=60s",
+                          "crd/clusterkopfpeerings.kopf.dev", "crd/kopfpeerings.kopf.dev")
+    fleetpki_crds.kubectl("apply", "-k", str(ROOT / "deploy"))
+    return fleetpki_crds
+
+
+@pytest.fixture
+def as_operator(deployed: Cluster, monkeypatch: pytest.MonkeyPatch) -> Cluster:
+    """The operator's credentials: the ServiceAccount of deploy/, bound by deploy/'s RBAC."""
+    monkeypatch.setenv("KUBECONFIG", str(deployed.kubeconfig("operator")))
+    monkeypatch.setenv("FLEETPKI_PASSPHRASE", PASSPHRASE)
+    return deployed

@@ -24,9 +24,8 @@ from tests.kube_emulator import wait_for
 from tests.kube_objects import REQUESTED_AT, authority, fleet, profile, running_operator
 from tests.postgres import Cluster as PostgresCluster
 
-from .cluster import ROOT, Cluster, free_port
+from .cluster import PASSPHRASE, ROOT, Cluster, free_port
 
-PASSPHRASE = "cluster-tests-passphrase"
 DEMO = "fleet-demo"
 
 
@@ -34,24 +33,6 @@ def get(cluster: Cluster, kind: str, name: str, namespace: str = DEMO) -> dict[s
     found: dict[str, Any] = json.loads(
         cluster.kubectl("get", kind, name, "-n", namespace, "-o", "json").stdout)
     return found
-
-
-@pytest.fixture(scope="module")
-def deployed(fleetpki_crds: Cluster) -> Cluster:
-    """deploy/ applied as the README says (Deployment and PVC are stored; no pod runs here)."""
-    fleetpki_crds.kubectl("apply", "-f", str(ROOT / "crds"), "-f", str(ROOT / "deploy" / "crds"))
-    fleetpki_crds.kubectl("wait", "--for", "condition=established", "--timeout=60s",
-                          "crd/clusterkopfpeerings.kopf.dev", "crd/kopfpeerings.kopf.dev")
-    fleetpki_crds.kubectl("apply", "-k", str(ROOT / "deploy"))
-    return fleetpki_crds
-
-
-@pytest.fixture
-def as_operator(deployed: Cluster, monkeypatch: pytest.MonkeyPatch) -> Cluster:
-    """The operator's credentials: the ServiceAccount of deploy/, bound by deploy/'s RBAC."""
-    monkeypatch.setenv("KUBECONFIG", str(deployed.kubeconfig("operator")))
-    monkeypatch.setenv("FLEETPKI_PASSPHRASE", PASSPHRASE)
-    return deployed
 
 
 @pytest.fixture
@@ -127,7 +108,7 @@ def test_the_readme_flow(as_operator: Cluster, tmp_path: Path, serve: Any) -> No
                                          f"fleetpki.io/scope={DEMO}", "-o",
                                          "json").stdout)["items"]
     assert sorted(s["metadata"]["labels"]["fleetpki.io/blob"] for s in secrets) == \
-        ["audit-key", "ca-key", "ca-key", "kek"]
+        ["audit-key", "ca-key", "ca-key", "ca-key", "ca-key", "kek"]  # 2 CAs, 2 signing keys
 
 
 class OperatorProcess:

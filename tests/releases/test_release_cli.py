@@ -29,6 +29,14 @@ def test_plan_apply_export_verify(setup: Setup) -> None:
     code, shown, _ = run("status", setup.repo, *state, "-o", "json")
     [row] = json.loads(shown)["releases"]
     assert (row["release"], row["state"], row["profile"]) == ("fw-1", "active", "firmware")
+    profiles = {p["profile"]: p for p in json.loads(shown)["signingProfiles"]}
+    assert sorted(profiles) == ["firmware", "tsa"]
+    assert profiles["firmware"] == {"profile": "firmware", "usage": "codeSigning",
+                                    "keyVersion": 1, "serial": row["serial"],
+                                    "notAfter": row["notAfter"], "active": 1, "revoked": 0}
+    assert profiles["tsa"]["usage"] == "timeStamping" and profiles["tsa"]["active"] == 1
+    code, table, _ = run("status", setup.repo, *state)
+    assert code == 0 and "Signing profiles" in table and "Release signatures" in table
     out = setup.tmp / "OUT"
     code, listed, _ = run("export", "release", setup.repo, "--release", "fw-1", "--out", out,
                           *state)
