@@ -27,6 +27,7 @@ from controller.api.resources import ConfigMapKeyRef, Device, DeviceFleet, Devic
 DeviceLines = dict[str, tuple[str, int | None]]  # device id -> (file, line)
 RowDigests = dict[str, bytes]  # device id -> SHA-256 of its row as declared
 Parsed = tuple[tuple[Device, ...], DeviceLines, RowDigests]
+RowIndex = dict[str, tuple[Device | dict[str, Any], bytes]]
 NEVER_ZERO = " (a missing source is an error, never zero devices)"
 KUBERNETES_ONLY = "only in Kubernetes mode (fleetpki operator)"
 
@@ -141,7 +142,7 @@ class DeviceSet:
         self.files = tuple(dict.fromkeys(part.label for part in parts))
         self._parsed: Parsed | None = None
         self._summary: DeviceSummary | None = None
-        self._index: dict[str, Device] | None = None
+        self._index: RowIndex | None = None  # id -> (device, or its row not validated yet; digest)
 
     @classmethod
     def of(cls, devices: tuple[Device, ...], lines: DeviceLines) -> DeviceSet:
@@ -176,9 +177,48 @@ class DeviceSet:
         return self._parsed
 
     def find(self, device_id: str) -> Device | None:
+        found = self.row(device_id)
+        return found[0] if found else None
+
+    def row(self, device_id: str) -> tuple[Device, bytes] | None:
+        """The device and its row digest, if declared. A deferred set (unchanged since an
+        apply that found no problem in it) validates only the rows asked for; should one of
+        them fail now, the whole set is parsed, raising InvalidDeclaration."""
         if self._index is None:
-            self._index = {device.id: device for device in self.parsed[0]}
-        return self._index.get(device_id)
+            self._index = self._deferred_rows() if self._parsed is None and \
+                self._summary is not None else None
+        if self._index is None:
+            devices, _, digests = self.parsed
+            self._index = {d.id: (d, digests[d.id]) for d in devices}
+        entry = self._index.get(device_id)
+        if entry is None:
+            return None
+        value, digest = entry
+        if isinstance(value, Device):
+            return value, digest
+        try:
+            device = Device.model_validate(value)
+        except ValidationError:
+            self._index = None
+            self._summary = None
+            return self.row(device_id)  # parses everything: InvalidDeclaration
+        self._index[device_id] = (device, digest)
+        return device, digest
+
+    def _deferred_rows(self) -> RowIndex | None:
+        """Id -> (row as read, digest) of a deferred set's rows, unvalidated; None if a part
+        cannot be read as rows any more."""
+        assert self._item is not None
+        fleet = self._item.resource
+        assert isinstance(fleet, DeviceFleet)
+        rows: RowIndex = {d.id: (d, _inline_digest(d)) for d in fleet.spec.devices}
+        try:
+            for part in self._parts:
+                for _, raw in parse_device_rows(part.text, part.format):
+                    rows[str(raw.get("id"))] = (raw, hashlib.sha256(repr(raw).encode()).digest())
+        except (ValueError, csv.Error):
+            return None
+        return rows
 
     @property
     def summary(self) -> DeviceSummary:

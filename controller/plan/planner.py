@@ -89,8 +89,9 @@ class _FleetPlanner:
         self.source_notes: dict[str, str] = {}
         self._context = source_context(self.fleet, self.profile)
 
-    def _source(self, device_id: str) -> str:
-        return hashlib.sha256(self._context + self.decl.row_digests[device_id]).hexdigest()
+    def _source(self, row: bytes) -> str:
+        """The source digest of a device whose row has the digest `row`."""
+        return hashlib.sha256(self._context + row).hexdigest()
 
     def _add(self, name: ActionName, device: str, reason: str, serial: str | None = None,
              revocation_reason: str | None = None) -> None:
@@ -102,9 +103,9 @@ class _FleetPlanner:
         active = self.seen.active
         if active is None:  # unchanged since the last complete apply: only renewals are due
             for device_id, due in sorted(self.seen.due.items()):
-                device = self.decl.device(device_id)
-                if device is not None:
-                    self._device(device, due, self._source(device_id))
+                found = self.decl.device_set.row(device_id)
+                if found is not None:
+                    self._device(found[0], due, self._source(found[1]))
             return
         if spec.decommissioned:
             for device_id, (serial, *_) in sorted(active.items()):
@@ -112,11 +113,12 @@ class _FleetPlanner:
                           "cessationOfOperation")
             return
         declared = set()
+        rows = self.decl.row_digests
         for device in self.decl.devices:
             declared.add(device.id)
             current = active.get(device.id)
             if device.revoked is None:
-                source = self._source(device.id)
+                source = self._source(rows[device.id])
                 if current is None or current[3] != source or self.now >= current[2]:
                     self._device(device, current, source)
             elif current is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from pydantic import ValidationError
 
 from controller.api.devices import (
     DeviceSourceError,
+    DeviceSummary,
     DeviceText,
     UnsupportedDeviceSource,
     configmap_device_text,
@@ -18,7 +20,7 @@ from controller.api.devices import (
     read_fleet_devices,
 )
 from controller.api.loading import Located, parse_documents
-from controller.api.problems import Problem
+from controller.api.problems import InvalidDeclaration, Problem
 from controller.api.resources import DeviceSource
 
 from .support import FLEET, line_of
@@ -218,3 +220,41 @@ def test_invalid_device_sources_name_the_field(spec: dict[str, Any], field: str,
     assert message in problem.message
     with pytest.raises(ValidationError):
         DeviceSource.model_validate(spec)
+
+
+def deferred(parts: list[DeviceText]) -> Any:
+    """The set of `parts` as apply sees an unchanged fleet: not parsed, its summary known."""
+    device_set = read_fleet_devices(fleet(), [], lambda source: parts)
+    device_set.defer(DeviceSummary(0, 0))
+    return device_set
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_selecting_rows_of_a_deferred_set_is_what_parsing_all_gives(seed: int) -> None:
+    """Renewals of an unchanged fleet validate only the rows due; the devices and row digests
+    are those of a full parse."""
+    chance = random.Random(seed)
+    rows = [f"d-{i},site-{chance.randrange(3)},{chance.choice(['', 'keyCompromise'])}"
+            for i in range(200)]
+    jsonl = "\n".join(json.dumps({"id": f"j-{i}", "labels": {"k": str(i)}}) for i in range(50))
+    parts = [DeviceText(ONE, "id,labels.site,revoked\n" + "\n".join(rows) + "\n", "csv"),
+             DeviceText(TWO, jsonl + "\n", "jsonl")]
+    wanted = chance.sample([f"d-{i}" for i in range(200)] + [f"j-{i}" for i in range(50)] +
+                           ["absent"], 40)
+    full = read_fleet_devices(fleet(), [], lambda source: parts)
+    devices, _, digests = full.parsed
+    expected = {d.id: (d, digests[d.id]) for d in devices if d.id in wanted}
+    lazy = deferred(parts)
+    assert {i: found for i in wanted if (found := lazy.row(i))} == expected
+    assert {i: found for i in wanted if (found := full.row(i))} == expected
+    assert lazy.find("d-1") == full.find("d-1") and lazy.find("absent") is None
+
+
+def test_a_deferred_row_that_fails_now_is_reported_like_a_full_parse() -> None:
+    parts = [DeviceText(ONE, "id,labels.site\nd-1,a\nd-2,a\n", "csv"),
+             DeviceText(TWO, '{"id": "d-3", "labels": "not a mapping"}\n', "jsonl")]
+    lazy = deferred(parts)
+    assert lazy.find("d-1") is not None
+    with pytest.raises(InvalidDeclaration) as refused:
+        lazy.find("d-3")
+    assert refused.value.problems[0].file == TWO
