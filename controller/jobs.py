@@ -191,16 +191,18 @@ class StateDir:
                       database_url: str | None = None) -> StateDir:
         """A Kubernetes namespace's state directory: its keys are Secrets in `keys_namespace`;
         its inventory is `path`'s SQLite file, or the namespace's own schema of `database_url`
-        (made if absent). Both are recorded in it, so that every command on it (serve, export,
-        with the database URL) uses them too."""
+        (made if absent when the directory does not record it yet: a schema dropped later is
+        an error, never a new empty inventory). Both are recorded in it, so that every command
+        on it (serve, export, with the database URL) uses them too."""
         url = None
         if database_url is not None:
             schema = namespace_schema(namespace)
             url = in_schema(database_url, schema)
-            create_if_absent(url)
-            path.mkdir(parents=True, exist_ok=True, mode=0o700)
-            (path / SCHEMA_FILE).write_text(json.dumps({"schema": schema}) + "\n",
-                                            encoding="utf-8")
+            if recorded_schema(path) != schema:  # once per state directory, not every run
+                create_if_absent(url)
+                path.mkdir(parents=True, exist_ok=True, mode=0o700)
+                (path / SCHEMA_FILE).write_text(json.dumps({"schema": schema}) + "\n",
+                                                encoding="utf-8")
         return cls(path, secret_blobs(path, api, keys_namespace, namespace), url)
 
     def keystore(self) -> KeyStore:
