@@ -69,13 +69,8 @@ class ReleaseSigner:
 
     def chain(self, ca_name: str) -> list[x509.Certificate]:
         """The CA's active certificate and its issuers' certificates up to the root."""
-        found: list[x509.Certificate] = []
-        record = self.runner.inventory.active_ca(ca_name)
-        while record is not None and len(found) < 10:
-            found.append(x509.load_der_x509_certificate(record.der))
-            record = self.runner.inventory.get(record.issuer_serial) \
-                if record.issuer_serial else None
-        return found
+        return [x509.load_der_x509_certificate(r.der)
+                for r in self.runner.inventory.ca_chain(ca_name)]
 
     def _certificate(self, profile: SigningProfile, public_key: keys.PublicKey
                      ) -> tuple[x509.Certificate, str]:

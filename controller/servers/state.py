@@ -137,13 +137,8 @@ class ServerState:
         """The chain of one CA (issuing first), or every unexpired CA certificate."""
         self.refresh()
         if ca_name is not None:
-            chain = []
-            record = self.inventory.active_ca(ca_name)
-            while record is not None:
-                chain.append(x509.load_der_x509_certificate(record.der))
-                record = self.inventory.get(record.issuer_serial) if record.issuer_serial \
-                    else None
-            return chain
+            return [x509.load_der_x509_certificate(r.der)
+                    for r in self.inventory.ca_chain(ca_name)]
         now = epoch(now_utc())
         return [x509.load_der_x509_certificate(g.der) for name in self.inventory.ca_names()
                 for g in self.inventory.ca_generations(name) if g.not_after > now]

@@ -471,6 +471,16 @@ class Inventory:
         found = self._records("kind = 'ca' AND owner = ? AND state = 'active'", (name,))
         return found[0] if found else None
 
+    def ca_chain(self, name: str, limit: int = 10) -> list[CertRecord]:
+        """The CA's active certificate and its issuers' up to the root (at most `limit`: a
+        loop in damaged data ends)."""
+        chain: list[CertRecord] = []
+        record = self.active_ca(name)
+        while record is not None and len(chain) < limit:
+            chain.append(record)
+            record = self.get(record.issuer_serial) if record.issuer_serial else None
+        return chain
+
     def ca_generations(self, name: str) -> list[CertRecord]:
         """All certificates of a CA (active and retired), newest first."""
         return self._records("kind = 'ca' AND owner = ? ORDER BY issued_at DESC, rowid DESC",
