@@ -51,7 +51,7 @@ from controller.policy.engine import CompiledRule, compile_policies, evaluate
 from controller.policy.gate import gate
 from controller.policy.signers import AllowedSigners as AllowedSigners  # part of the job API
 from controller.policy.signers import SignersFileError as SignersFileError  # part of the job API
-from controller.policy.tenancy import Tenancy, assign
+from controller.policy.tenancy import Tenancy, assign, cluster_access
 from controller.report.job import STEPS as BUILD_STEPS
 from controller.report.job import build_report, write_report
 from controller.signing.verify import Verified
@@ -70,7 +70,13 @@ from controller.status.gitbranch import GitStatus
 from controller.status.report import Outcome, build_status
 from controller.status.store import StatusStore, StatusUpdate
 from controller.stores.database import ERRORS as DATABASE_ERRORS  # noqa: F401 # part of the job API
-from controller.stores.database import in_schema, is_url, namespace_schema, redact
+from controller.stores.database import (
+    NAMESPACE_PREFIX,
+    in_schema,
+    is_url,
+    namespace_schema,
+    redact,
+)
 from controller.stores.inventory import (
     Inventory,
     copy,
@@ -84,12 +90,14 @@ from controller.stores.keystore import PASSPHRASE_ENV as PASSPHRASE_ENV  # part 
 from controller.stores.keystore import FileBlobs, KeyBlobs, KeyStore, initialised
 from controller.stores.keystore import KeyStoreError as KeyStoreError  # part of the job API
 from controller.stores.publish import sync_public
+from controller.stores.secrets import CLUSTER_SCOPE, secret_blobs
 from controller.stores.secrets import api_client as api_client  # part of the job API
-from controller.stores.secrets import secret_blobs
 
 STATE_ENV = "FLEETPKI_STATE_DIR"
 DATABASE_ENV = "FLEETPKI_DATABASE_URL"
 SCHEMA_FILE = "database.json"  # a namespace's state directory: its schema of the database
+CLUSTER_FILE = "cluster.json"  # a namespace's state directory: where the cluster scope is
+CLUSTER_SCHEMA = NAMESPACE_PREFIX + "_cluster"  # no namespace's schema: none starts with "_"
 # what a run refuses with, before or while applying: reported (on status too), not retried
 REFUSALS = (InvalidDeclaration, ApplyRefused, ExistingCA, KeyStoreError, PKIError,
             UnsignedChange)
@@ -113,6 +121,21 @@ def recorded_schema(path: Path) -> str | None:
     return schema
 
 
+def recorded_cluster(path: Path) -> Path | None:
+    """The cluster scope a Kubernetes namespace's state directory records, if any."""
+    try:
+        recorded = json.loads((path / CLUSTER_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise InventoryError(f"cannot read {path / CLUSTER_FILE}: {exc}") from None
+    where = recorded.get("path") if isinstance(recorded, dict) else None
+    if not isinstance(where, str) or not where:
+        raise InventoryError(f"{path / CLUSTER_FILE}: no \"path\" (the cluster scope's state "
+                             "directory)")
+    return (path / where).resolve()
+
+
 class StateLocked(Exception):
     """Another fleetpki process holds the state directory."""
 
@@ -128,6 +151,8 @@ class StateDir:
     path: Path
     key_blobs: KeyBlobs | None = field(default=None, compare=False, repr=False)
     database_url: str | None = field(default=None, compare=False, repr=False)
+    # a Kubernetes namespace's: the operator's cluster scope, whose CA keys it signs with too
+    cluster: StateDir | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def resolve(cls, option: Path | None, database_url: str | None = None) -> StateDir:
@@ -144,7 +169,9 @@ class StateDir:
             base = Path(os.environ.get("XDG_STATE_HOME", Path.home() / ".local" / "state"))
             path = base / "fleetpki"
         schema = recorded_schema(path) if url is not None else None
-        return cls(path, database_url=in_schema(url, schema) if url and schema else url)
+        cluster = recorded_cluster(path)
+        return cls(path, database_url=in_schema(url, schema) if url and schema else url,
+                   cluster=cls(cluster) if cluster is not None else None)
 
     @property
     def inventory_path(self) -> Path:
@@ -188,26 +215,45 @@ class StateDir:
 
     @classmethod
     def for_namespace(cls, path: Path, api: ApiClient, keys_namespace: str, namespace: str,
-                      database_url: str | None = None) -> StateDir:
+                      database_url: str | None = None, cluster: StateDir | None = None
+                      ) -> StateDir:
         """A Kubernetes namespace's state directory: its keys are Secrets in `keys_namespace`;
         its inventory is `path`'s SQLite file, or the namespace's own schema of `database_url`
         (made if absent when the directory does not record it yet: a schema dropped later is
-        an error, never a new empty inventory). Both are recorded in it, so that every command
-        on it (serve, export, with the database URL) uses them too."""
+        an error, never a new empty inventory). Both, and the `cluster` scope whose CA keys it
+        may sign with, are recorded in it, so that every command on it (serve, export, with
+        the database URL) uses them too."""
+        state = cls._scope(path, api, keys_namespace, namespace, namespace_schema(namespace),
+                           database_url)
+        if cluster is not None and recorded_cluster(path) != cluster.path:
+            (path / CLUSTER_FILE).write_text(json.dumps(
+                {"path": os.path.relpath(cluster.path, path)}) + "\n", encoding="utf-8")
+        return replace(state, cluster=cluster)
+
+    @classmethod
+    def for_cluster(cls, path: Path, api: ApiClient, keys_namespace: str,
+                    database_url: str | None = None) -> StateDir:
+        """The operator's cluster scope: the ClusterCertificateAuthorities' inventory and keys
+        (Secrets of scope `cluster.fleetpki.io`, a name no namespace can have)."""
+        return cls._scope(path, api, keys_namespace, CLUSTER_SCOPE, CLUSTER_SCHEMA, database_url)
+
+    @classmethod
+    def _scope(cls, path: Path, api: ApiClient, keys_namespace: str, scope: str, schema: str,
+               database_url: str | None) -> StateDir:
         url = None
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
         if database_url is not None:
-            schema = namespace_schema(namespace)
             url = in_schema(database_url, schema)
             if recorded_schema(path) != schema:  # once per state directory, not every run
                 create_if_absent(url)
-                path.mkdir(parents=True, exist_ok=True, mode=0o700)
                 (path / SCHEMA_FILE).write_text(json.dumps({"schema": schema}) + "\n",
                                                 encoding="utf-8")
-        return cls(path, secret_blobs(path, api, keys_namespace, namespace), url)
+        return cls(path, secret_blobs(path, api, keys_namespace, scope), url)
 
     def keystore(self) -> KeyStore:
-        """The keystore over `keys`, unlocked with $FLEETPKI_PASSPHRASE (when first used)."""
-        return KeyStore.from_env(self.keys)
+        """The keystore over `keys`, unlocked with $FLEETPKI_PASSPHRASE (when first used); CA
+        keys it lacks are read from the cluster scope's, if it has one."""
+        return KeyStore.from_env(self.keys, self.cluster.keys if self.cluster else None)
 
     @contextmanager
     def lock(self, fleets: Collection[str] = ()) -> Iterator[None]:
@@ -321,7 +367,9 @@ def read_declaration(directory: Path, policies: PolicySource = DEFAULT_SOURCE,
     desired, problems = load_repository(directory, applied)
     effective = read_policies(policies, desired)
     rules, rule_problems = compile_policies(effective.policies)
-    tenancy, tenancy_problems = assign(effective.tenants, desired, policies.namespace)
+    tenancy, tenancy_problems = assign([] if policies.cluster else effective.tenants, desired,
+                                       policies.namespace)
+    tenancy_problems += cluster_access(desired, tenancy, policies.namespace)
     return (Declaration(desired, rules, effective.policies, tenancy),
             problems + effective.problems + rule_problems + tenancy_problems)
 
@@ -470,7 +518,8 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
           progress: Progress = lambda n: None, policies: PolicySource = DEFAULT_SOURCE,
           new_cas: frozenset[str] = frozenset(),
           signers: AllowedSigners | None = None,
-          fleets: frozenset[str] = frozenset()) -> ApplyReport:
+          fleets: frozenset[str] = frozenset(),
+          elsewhere: Sequence[Path | str] = ()) -> ApplyReport:
     """Converge, then write status: to `status_store`, else to the status branch (when in a
     git repository and `write_status`). `source_problems` are what the source found before
     writing `directory` (an unreadable device source in Kubernetes mode). The keys are where
@@ -487,6 +536,9 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
 
     With `fleets`, only those fleets' certificates are changed (and the CAs' work: creation,
     renewal, CRLs); with PostgreSQL, appliers of other fleets may run at the same time.
+
+    The CRLs list the revocations under our CAs recorded `elsewhere` too (the inventories, read
+    only, of the namespaces that issue from the operator's cluster-wide CAs).
     """
     root = enclosing_work_tree(directory)
     records = write_status and status_store is None  # only a written branch records HEAD
@@ -498,7 +550,9 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
     commit = store.observed() if store is not None else None
     keystore = functools.cache(state.keystore)
     trail = state.audit(keystore)
-    with repository_lock(root), state.lock(fleets), state.inventory() as inventory:
+    with repository_lock(root), state.lock(fleets), state.inventory() as inventory, \
+            contextlib.ExitStack() as opened:
+        others = [opened.enter_context(Inventory(where, read_only=True)) for where in elsewhere]
         previous = store.read() if store is not None else {}
 
         def write(summary: str, done: dict[str, int] | None = None,
@@ -524,15 +578,16 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
                                         declaration.tenancy)
             if problems:
                 raise InvalidDeclaration(problems)
-            the_plan = only_fleets(declaration.plan(observe(inventory, desired, now), now,
-                                                    max_revocations), desired, fleets)
+            the_plan = only_fleets(declaration.plan(observe(inventory, desired, now, others),
+                                                    now, max_revocations), desired, fleets)
             outcome.problems.extend(the_plan.problems)
             outcome.findings.extend(the_plan.findings)
             outcome.blocked_fleets.update(the_plan.blocked_fleets)
             refuse_existing_cas(_created_cas(the_plan), state.places(evidence), inventory,
                                 new_cas)
             runner = prepare(the_plan, desired, inventory, keystore(), now,
-                             allow_mass_revocation=allow_mass_revocation, ca_lock=state.ca_lock)
+                             allow_mass_revocation=allow_mass_revocation, ca_lock=state.ca_lock,
+                             elsewhere=others)
         except REFUSALS as exc:
             actor = audit_events.commit_actor(root, commit, str(signer) if signer else None)
             trail.record([Event("apply.started", "success", str(directory.resolve()), actor),
@@ -566,6 +621,32 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
         done = ", ".join(f"{k} {v}" for k, v in sorted(result.done.items())) or "no changes"
         status_commit = write(done, dict(result.done), applied=True)
     return ApplyReport(the_plan, result, status_commit)
+
+
+def cluster_ready(cluster: StateDir, names: Collection[str]) -> bool:
+    """Whether the cluster scope has an active certificate for each of the cluster-wide CAs."""
+    if not cluster.exists():
+        return False
+    with cluster.reader() as inventory:
+        return all(inventory.active_ca(name) is not None for name in names)
+
+
+def mirror_cluster_cas(state: StateDir, names: Collection[str]) -> None:
+    """Copy the certificates of the cluster-wide CAs `names` (give their parents too) from the
+    namespace's cluster scope into its inventory, where its fleets issue under them."""
+    if state.cluster is None or not state.cluster.exists():
+        return
+    with state.cluster.reader() as cluster:
+        records = [record for name in sorted(names) for record in cluster.ca_generations(name)]
+    with state.inventory() as inventory:
+        inventory.mirror_cas(records)
+
+
+def namespace_databases(database_url: str) -> list[str]:
+    """The URLs of the namespaces' inventories in a PostgreSQL database (not the cluster
+    scope's)."""
+    return [in_schema(database_url, schema) for schema in namespace_schemas(database_url)
+            if schema != CLUSTER_SCHEMA]
 
 
 def only_fleets(the_plan: Plan, desired: Desired, fleets: frozenset[str]) -> Plan:

@@ -12,10 +12,15 @@ from controller.api.status import STATUS_KINDS
 GROUP = "fleetpki.io"
 VERSION = "v1alpha1"
 PLURALS = {"CertificateAuthority": "certificateauthorities",
+           "ClusterCertificateAuthority": "clustercertificateauthorities",
            "CertificateProfile": "certificateprofiles", "DeviceFleet": "devicefleets",
            "CertificatePolicy": "certificatepolicies", "SigningProfile": "signingprofiles",
            "Release": "releases"}
-SHORT_NAMES = {"CertificateAuthority": ["fca"], "CertificateProfile": ["fcp"],
+CLUSTER_KINDS = ("ClusterCertificateAuthority",)  # cluster-scoped; every other kind is namespaced
+NAMESPACED_PLURALS = {kind: plural for kind, plural in PLURALS.items()
+                      if kind not in CLUSTER_KINDS}
+SHORT_NAMES = {"CertificateAuthority": ["fca"], "ClusterCertificateAuthority": ["fcca"],
+               "CertificateProfile": ["fcp"],
                "DeviceFleet": ["fleet"], "CertificatePolicy": ["fcpol"],
                "SigningProfile": ["fsp"], "Release": ["frel"]}
 _READY = {"name": "Ready", "type": "string",
@@ -23,6 +28,15 @@ _READY = {"name": "Ready", "type": "string",
 _AGE = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
 COLUMNS: dict[str, list[dict[str, Any]]] = {
     "CertificateAuthority": [
+        {"name": "Type", "type": "string", "jsonPath": ".spec.type"},
+        {"name": "Algorithm", "type": "string", "jsonPath": ".spec.keyAlgorithm"},
+        _READY,
+        {"name": "Serial", "type": "string", "jsonPath": ".status.certificate.serial",
+         "priority": 1},
+        {"name": "NotAfter", "type": "string", "jsonPath": ".status.certificate.notAfter"},
+        _AGE,
+    ],
+    "ClusterCertificateAuthority": [
         {"name": "Type", "type": "string", "jsonPath": ".spec.type"},
         {"name": "Algorithm", "type": "string", "jsonPath": ".spec.keyAlgorithm"},
         _READY,
@@ -126,7 +140,7 @@ def crd(kind: str) -> dict[str, Any]:
         "metadata": {"name": f"{plural}.{GROUP}"},
         "spec": {
             "group": GROUP,
-            "scope": "Namespaced",
+            "scope": "Cluster" if kind in CLUSTER_KINDS else "Namespaced",
             "names": {"kind": kind, "listKind": f"{kind}List", "plural": plural,
                       "singular": kind.lower(), "shortNames": SHORT_NAMES[kind],
                       "categories": ["fleetpki"]},

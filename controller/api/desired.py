@@ -14,8 +14,10 @@ from controller.api.loading import Located
 from controller.api.problems import Problem
 from controller.api.resources import (
     MAX_TLS_SECRETS,
+    Authority,
     CertificateAuthority,
     CertificateProfile,
+    ClusterCertificateAuthority,
     Device,
     DeviceFleet,
     Release,
@@ -104,10 +106,16 @@ class Desired:
         assert isinstance(resource, SigningProfile)
         return resource
 
-    def authority(self, name: str) -> CertificateAuthority:
+    def authority(self, name: str) -> Authority:
         resource = self.authorities[name].resource
-        assert isinstance(resource, CertificateAuthority)
+        assert isinstance(resource, (CertificateAuthority, ClusterCertificateAuthority))
         return resource
+
+    def held_here(self, name: str) -> bool:
+        """Whether this declaration creates, renews and publishes the CRL of the CA: not an
+        external CA, nor a cluster-wide one (kept by the operator's cluster scope)."""
+        resource = self.authorities[name].resource
+        return isinstance(resource, CertificateAuthority) and resource.spec.type != "external"
 
     def profile(self, name: str) -> CertificateProfile:
         resource = self.profiles[name].resource
@@ -211,6 +219,38 @@ def _external(item: Located) -> bool:
         item.resource.spec.type == "external"
 
 
+def _cluster(item: Located) -> bool:
+    return isinstance(item.resource, ClusterCertificateAuthority)
+
+
+def _add_authority(authorities: dict[str, Located], item: Located,
+                   problems: list[Problem]) -> None:
+    """CAs of a namespace and the cluster-wide CAs its fleets use share one name space (the
+    inventory knows a CA by name): the same name for both is refused, naming the clash."""
+    first = authorities.get(item.resource.name)
+    if first is not None and first.resource.kind != item.resource.kind:
+        problems.append(Problem(item.file, f"{first.ref} has the same name: a namespace's CAs "
+                                "and the ClusterCertificateAuthorities its fleets use need "
+                                "distinct names; rename one", item.line_of("metadata", "name"),
+                                item.ref, "metadata.name"))
+        return
+    add_unique(authorities, item, problems)
+
+
+def _check_parent(item: Located, parent: Located) -> Problem | None:
+    """A cluster-wide CA's parent is cluster-wide; a namespace's CA has a parent of its own
+    namespace that holds a key."""
+    where = item.line_of("spec", "parentRef", "name"), item.ref, "spec.parentRef.name"
+    if _cluster(item) != _cluster(parent):
+        need = "a ClusterCertificateAuthority" if _cluster(item) else \
+            "a CertificateAuthority of the same namespace"
+        return Problem(item.file, f"{parent.ref} cannot be the parent: need {need}", *where)
+    if _external(parent):
+        return Problem(item.file, f"CertificateAuthority {parent.resource.name!r} is external "
+                       "(no key held here): it cannot be a parent", *where)
+    return None
+
+
 def cross_check(
     located: list[Located],
     fleet_devices: dict[str, DeviceSet],
@@ -232,27 +272,30 @@ def cross_check(
     signing: dict[str, Located] = {}
     release_objs: dict[str, Located] = {}
     for item in located:
-        target = {"CertificateAuthority": authorities, "CertificateProfile": profiles,
-                  "DeviceFleet": fleet_objs, "CertificatePolicy": policies,
-                  "SigningProfile": signing, "Release": release_objs}[item.resource.kind]
+        kind = item.resource.kind
+        if kind in ("CertificateAuthority", "ClusterCertificateAuthority"):
+            _add_authority(authorities, item, problems)
+            continue
+        target = {"CertificateProfile": profiles, "DeviceFleet": fleet_objs,
+                  "CertificatePolicy": policies, "SigningProfile": signing,
+                  "Release": release_objs}[kind]
         add_unique(target, item, problems)
 
     for name, item in authorities.items():
         ca = item.resource
-        assert isinstance(ca, CertificateAuthority)
+        assert isinstance(ca, (CertificateAuthority, ClusterCertificateAuthority))
         parent = ca.spec.parentRef
         if parent is None:
             continue
-        if parent.name in authorities and _external(authorities[parent.name]):
-            problems.append(Problem(item.file, f"CertificateAuthority {parent.name!r} is "
-                                    "external (no key held here): it cannot be a parent",
-                                    item.line_of("spec", "parentRef", "name"), item.ref,
-                                    "spec.parentRef.name"))
-            continue
-        if parent.name not in authorities:
-            if f"CertificateAuthority/{parent.name}" in invalid:
+        if parent.name in authorities:
+            mismatch = _check_parent(item, authorities[parent.name])
+            if mismatch is not None:
+                problems.append(mismatch)
                 continue
-            problems.append(Problem(item.file, f"no CertificateAuthority named {parent.name!r}",
+        else:
+            if f"{ca.kind}/{parent.name}" in invalid:
+                continue
+            problems.append(Problem(item.file, f"no {ca.kind} named {parent.name!r}",
                                     item.line_of("spec", "parentRef", "name"), item.ref,
                                     "spec.parentRef.name"))
             continue
@@ -275,10 +318,11 @@ def cross_check(
         fleet = item.resource
         assert isinstance(fleet, DeviceFleet)
         ok = True
-        for field_name, kind, index in (("issuerRef", "CertificateAuthority", authorities),
+        issuer_kind = fleet.spec.issuerRef.kind
+        for field_name, kind, index in (("issuerRef", issuer_kind, authorities),
                                         ("profileRef", "CertificateProfile", profiles)):
             target = getattr(fleet.spec, field_name).name
-            if target in index:
+            if target in index and index[target].resource.kind == kind:
                 continue
             ok = False
             if f"{kind}/{target}" not in invalid:  # already reported as invalid itself
@@ -335,8 +379,9 @@ def _check_signing(signing: dict[str, Located], authorities: dict[str, Located],
                 problems.append(Problem(item.file, f"no CertificateAuthority named {issuer!r}",
                                         item.line_of("spec", "issuerRef", "name"), item.ref,
                                         "spec.issuerRef.name"))
-        elif _external(authorities[issuer]):
-            problems.append(Problem(item.file, f"CertificateAuthority {issuer!r} is external "
+        elif _external(authorities[issuer]) or _cluster(authorities[issuer]):
+            what = "cluster-wide" if _cluster(authorities[issuer]) else "external"
+            problems.append(Problem(item.file, f"CertificateAuthority {issuer!r} is {what} "
                                     "(no key held here): it cannot issue signing certificates",
                                     item.line_of("spec", "issuerRef", "name"), item.ref,
                                     "spec.issuerRef.name"))

@@ -7,6 +7,7 @@ Field names follow cert-manager where the meaning is the same (`duration`, `rene
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from datetime import timedelta
 from typing import Annotated, Literal
@@ -67,6 +68,14 @@ class LocalRef(Model):
     """Reference to another object of this repository by name."""
 
     name: Annotated[str, Field(pattern=DNS_LABEL)]
+
+
+class IssuerRef(LocalRef):
+    """A fleet's CA: one of its own namespace (or repository), or, in Kubernetes mode, a
+    cluster-wide CA that allows the fleet's namespace (like cert-manager's ClusterIssuer)."""
+
+    kind: Literal["CertificateAuthority", "ClusterCertificateAuthority"] = \
+        "CertificateAuthority"
 
 
 class Subject(Model):
@@ -156,6 +165,35 @@ class CertificateAuthoritySpec(Model):
         if self.type != "external" or not self.certificate:
             raise ValueError("not an external CA")
         return x509.load_pem_x509_certificate(self.certificate.encode())
+
+
+NAMESPACE_PATTERN = r"^[a-z0-9*?]([-a-z0-9*?]{0,61}[a-z0-9*?])?$"
+
+
+class ClusterCertificateAuthoritySpec(CertificateAuthoritySpec):
+    """A CA the operator keeps once for the whole cluster; the fleets of the namespaces (or
+    tenants) it allows issue from it, and its CRL lists their revocations together.
+    `parentRef` names another ClusterCertificateAuthority."""
+
+    allowedNamespaces: list[Annotated[str, Field(pattern=NAMESPACE_PATTERN)]] = []
+    allowedTenants: list[Annotated[str, Field(pattern=DNS_LABEL)]] = []
+
+    @model_validator(mode="after")
+    def _check_cluster(self) -> ClusterCertificateAuthoritySpec:
+        if self.type == "external":
+            raise ValueError("type: a cluster-wide CA is root or intermediate (declare an "
+                             "external CA in the namespace that trusts it)")
+        if self.ocsp is not None:
+            raise ValueError("ocsp: not available for a cluster-wide CA yet (its certificates "
+                             "are kept per namespace); its CRL lists every namespace's "
+                             "revocations")
+        return self
+
+    def allows(self, namespace: str, tenant: str) -> bool:
+        """Whether fleets of `namespace` (owned by `tenant`, "" for none) may issue from it:
+        a namespace pattern (`*`, `?`) or the tenant is listed."""
+        return any(fnmatch.fnmatchcase(namespace, pattern) for pattern in self.allowedNamespaces) \
+            or (tenant != "" and tenant in self.allowedTenants)
 
 
 class SubjectAltNames(Model):
@@ -374,7 +412,7 @@ class TLSSecrets(Model):
 
 
 class DeviceFleetSpec(Model):
-    issuerRef: LocalRef
+    issuerRef: IssuerRef
     profileRef: LocalRef
     devices: list[Device] = []
     deviceSource: DeviceSource | None = None
@@ -580,6 +618,17 @@ class CertificateAuthority(Resource):
     spec: CertificateAuthoritySpec
 
 
+class ClusterCertificateAuthority(Resource):
+    """A cluster-scoped CA (Kubernetes mode only): kept by the operator in its cluster scope,
+    used by the fleets of the namespaces it allows."""
+
+    kind: Literal["ClusterCertificateAuthority"] = "ClusterCertificateAuthority"
+    spec: ClusterCertificateAuthoritySpec
+
+
+Authority = CertificateAuthority | ClusterCertificateAuthority
+
+
 class CertificateProfile(Resource):
     """What a device certificate looks like."""
 
@@ -625,6 +674,7 @@ class Release(Resource):
 
 KINDS: dict[str, type[Resource]] = {
     "CertificateAuthority": CertificateAuthority,
+    "ClusterCertificateAuthority": ClusterCertificateAuthority,
     "CertificateProfile": CertificateProfile,
     "DeviceFleet": DeviceFleet,
     "CertificatePolicy": CertificatePolicy,

@@ -209,6 +209,7 @@ class ReleaseStatus(CommonStatus):
 
 STATUS_KINDS: dict[str, type[CommonStatus]] = {
     "CertificateAuthority": CertificateAuthorityStatus,
+    "ClusterCertificateAuthority": CertificateAuthorityStatus,
     "CertificateProfile": CertificateProfileStatus,
     "DeviceFleet": DeviceFleetStatus,
     "CertificatePolicy": CertificatePolicyStatus,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import ipaddress
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from controller.api.desired import Desired
 from controller.api.problems import InvalidDeclaration
-from controller.api.resources import CertificateAuthority
+from controller.api.resources import Authority
 from controller.apply import signing
 from controller.apply.releases import execute_releases
 from controller.clock import epoch, from_epoch
@@ -80,11 +80,14 @@ class Executor:
     """Carries the stores and the clock through one apply."""
 
     def __init__(self, desired: Desired, inventory: Inventory, keystore: KeyStore,
-                 now: datetime, ca_lock: CALock = contextlib.nullcontext) -> None:
+                 now: datetime, ca_lock: CALock = contextlib.nullcontext,
+                 elsewhere: Sequence[Inventory] = ()) -> None:
         """`ca_lock()` is held around the work on CAs and the crash journal (recovery, CA
-        creation, CRLs) when other appliers, of other fleets, share the inventory."""
+        creation, CRLs) when other appliers, of other fleets, share the inventory. The CRLs
+        list the revocations under our CAs recorded `elsewhere` too."""
         self.desired = desired
         self.inventory = inventory
+        self.elsewhere = elsewhere
         self.keystore = keystore
         self.now = now
         self.ca_lock = ca_lock
@@ -172,7 +175,7 @@ class Executor:
         self.result.count(action.action)
 
     @staticmethod
-    def _ca_window(ca: CertificateAuthority) -> timedelta:
+    def _ca_window(ca: Authority) -> timedelta:
         return renew_before(ca.spec.duration, ca.spec.renewBefore)
 
     def _record(self, certificate: x509.Certificate, kind: str, owner: str, device: str,
@@ -284,7 +287,8 @@ class Executor:
         """A fresh CRL for every unexpired certificate of the CA (old generations included)."""
         ca = self.desired.authority(action.name)
         now_s = epoch(self.now)
-        for generation in self.inventory.crl_generations(ca.name, now_s):
+        generations = self.inventory.crl_generations(ca.name, now_s)
+        for generation in generations:
             key = self._ca_key(generation.key_id or "")
             ca_cert = x509.load_der_x509_certificate(generation.der)
             entries = [RevokedEntry(int(serial, 16), from_epoch(at), reason)
@@ -294,8 +298,13 @@ class Executor:
             signing = Releases(self.inventory)
             entries += [RevokedEntry(int(serial, 16), from_epoch(at), reason)
                         for serial, at, reason in signing.revoked_by_issuer(generation.serial)]
+            for other in self.elsewhere:
+                entries += [RevokedEntry(int(serial, 16), from_epoch(at), reason)
+                            for serial, at, reason in other.revoked_by_issuer(generation.serial,
+                                                                              now_s)]
             revoked_total = self.inventory.revoked_total(generation.serial) + \
-                signing.revoked_total(generation.serial)
+                signing.revoked_total(generation.serial) + \
+                sum(other.revoked_total(generation.serial) for other in self.elsewhere)
             crl = build_crl(issuer_certificate=ca_cert, issuer_key=key, entries=entries,
                             crl_number=number, this_update=self.now,
                             next_update=self.now + ca.spec.crl.duration)
@@ -303,7 +312,8 @@ class Executor:
                 self.inventory.put_crl(CRLRecord(generation.serial, ca.name, number, now_s,
                                                  epoch(self.now + ca.spec.crl.duration),
                                                  len(entries), revoked_total, crl_to_der(crl)))
-        self.result.count("publish-crl")
+        if generations:  # none: the CA was not made (e.g. a policy denied it)
+            self.result.count("publish-crl")
 
 
 def _chunks(actions: list[Action]) -> Iterator[list[Action]]:
@@ -329,7 +339,8 @@ def recover(inventory: Inventory, keystore: KeyStore) -> list[str]:
 
 def prepare(plan: Plan, desired: Desired, inventory: Inventory, keystore: KeyStore,
             now: datetime, *, allow_mass_revocation: bool = False,
-            ca_lock: CALock = contextlib.nullcontext) -> Executor:
+            ca_lock: CALock = contextlib.nullcontext,
+            elsewhere: Sequence[Inventory] = ()) -> Executor:
     """Refuse an unsafe plan and unlock what it needs; nothing is changed."""
     if plan.problems:
         raise InvalidDeclaration(list(plan.problems))
@@ -339,7 +350,7 @@ def prepare(plan: Plan, desired: Desired, inventory: Inventory, keystore: KeySto
             f"refusing to revoke {worst.count} certificates of DeviceFleet/{worst.fleet} "
             f"(limit {worst.limit}); check the change, then pass --allow-mass-revocation or "
             "--max-revocations N; nothing applied")
-    runner = Executor(desired, inventory, keystore, now, ca_lock)
+    runner = Executor(desired, inventory, keystore, now, ca_lock, elsewhere)
     runner.preload(plan)
     return runner
 

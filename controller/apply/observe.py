@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from controller.api.desired import Desired
@@ -11,8 +12,11 @@ from controller.stores.inventory import Inventory
 from controller.stores.releases import Releases
 
 
-def observe(inventory: Inventory, desired: Desired, now: datetime) -> Observed:
-    """One place that reads state; fleets unchanged since their last apply load only due rows."""
+def observe(inventory: Inventory, desired: Desired, now: datetime,
+            elsewhere: Sequence[Inventory] = ()) -> Observed:
+    """One place that reads state; fleets unchanged since their last apply load only due rows.
+    `elsewhere`: inventories whose revocations under our CAs our CRLs list too (the namespaces
+    that issue from the cluster-wide CAs)."""
     now_s = epoch(now)
     authorities: dict[str, CAObserved] = {}
     crls: dict[str, CRLObserved] = {}
@@ -26,7 +30,8 @@ def observe(inventory: Inventory, desired: Desired, now: datetime) -> Observed:
         crl = inventory.crl(record.serial)
         if crl is not None:
             missing = inventory.revoked_total(record.serial) + \
-                releases.revoked_total(record.serial) - crl.revoked_total
+                releases.revoked_total(record.serial) - crl.revoked_total + \
+                sum(other.revoked_total(record.serial) for other in elsewhere)
             crls[name] = CRLObserved(crl.this_update, crl.next_update, missing)
     fleets: dict[str, FleetObserved] = {}
     # Owners starting with "_" (e.g. `fleetpki serve`'s own TLS certificate) are not fleets.

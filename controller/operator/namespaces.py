@@ -14,13 +14,15 @@ from typing import Any
 from kubernetes import client
 
 from controller import jobs
+from controller.operator.cluster import ClusterScope
 from controller.operator.metrics import ACTIONS, DURATION, reconciled
 from controller.operator.tls_secrets import FAILED_REASON, TLSSecretSync, opted_in
-from controller.sources.kube import Readers, write_declaration
+from controller.sources.kube import Readers, cluster_authorities_used, write_declaration
 from controller.status.kube import BACKOFF_BASE, KubeStatus
 
 log = logging.getLogger("fleetpki.operator")
 Bodies = Callable[[], Iterable[Mapping[str, Any]]]
+REVOKING = ("revoke", "renew", "rekey")  # done actions that revoke: the CRLs list them
 
 
 def state_path(root: Path, namespace: str) -> Path:
@@ -61,21 +63,34 @@ class Namespaces:
     _announced: dict[str, dict[str, str | None]] = field(default_factory=dict)
     _tls_announced: dict[str, dict[str, str]] = field(default_factory=dict)
     _inventories: dict[str, Path | str] = field(default_factory=dict)
+    cluster: ClusterScope = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.cluster = ClusterScope(self.api, self.state_root, self.keys_namespace,
+                                    self._namespace_inventories, self.clock, self.backoff_base,
+                                    self.policies, self.database_url)
+
+    def _namespace_inventories(self) -> list[Path | str]:
+        if self.database_url is not None:
+            return list(jobs.namespace_databases(self.database_url))
+        return list(namespace_inventories(self.state_root).values())
 
     def _lock(self, namespace: str) -> threading.Lock:
         with self._guard:
             return self._locks.setdefault(namespace, threading.Lock())
 
-    def reconcile(self, namespace: str, bodies: Bodies) -> jobs.ApplyReport | None:
-        """Converge the namespace; None when another run covered the request or the run was
-        refused (its reasons are on the objects' Stalled conditions)."""
+    def reconcile(self, namespace: str, bodies: Bodies,
+                  cluster_bodies: Bodies = lambda: ()) -> jobs.ApplyReport | None:
+        """Converge the namespace (its objects are `bodies`; the cluster-wide CAs are
+        `cluster_bodies`); None when another run covered the request or the run was refused
+        (its reasons are on the objects' Stalled conditions)."""
         requested = time.monotonic()
         with self._lock(namespace):
             if self._started.get(namespace, float("-inf")) > requested:
                 return None
             self._started[namespace] = time.monotonic()
             with DURATION.labels(namespace).time():
-                return self._run(namespace, list(bodies()))
+                return self._run(namespace, list(bodies()), list(cluster_bodies()))
 
     def inventories(self) -> dict[str, Path | str]:
         """namespace -> inventory (file or URL) of the namespaces reconciled, for metrics; with
@@ -98,21 +113,27 @@ class Namespaces:
         return owned, frozenset(b["metadata"]["name"] for b in owned
                                 if b["kind"] == "DeviceFleet")
 
-    def _run(self, namespace: str, objects: list[Mapping[str, Any]]) -> jobs.ApplyReport | None:
+    def _run(self, namespace: str, objects: list[Mapping[str, Any]],
+             cluster_objects: list[Mapping[str, Any]]) -> jobs.ApplyReport | None:
         owned, fleets = self._owned(objects)
         if self.fleet_selector is not None and not fleets:
             log.debug("namespace %s: no fleet matches the fleet selector", namespace)
             return None
         result = "error"
         try:
+            used = cluster_authorities_used(
+                objects, {b["metadata"]["name"]: b for b in cluster_objects})
             state = jobs.StateDir.for_namespace(state_path(self.state_root, namespace),
                                                 self.api, self.keys_namespace, namespace,
-                                                self.database_url)
+                                                self.database_url,
+                                                self.cluster.state() if used else None)
             if self.database_url is not None:
                 with self._guard:
                     self._inventories[namespace] = state.inventory_location
+            self._use_cluster_cas(state, [b["metadata"]["name"] for b in used], cluster_objects)
             declaration = state.path / "declaration"
-            problems = write_declaration(namespace, objects, declaration, self.readers)
+            problems = write_declaration(namespace, [*objects, *used], declaration,
+                                         self.readers)
             status = KubeStatus(self.api, namespace, owned, self.backoff_base,
                                 self._announced.setdefault(namespace, {}))
             try:
@@ -127,6 +148,8 @@ class Namespaces:
                 return None
             for action, number in report.result.done.items():
                 ACTIONS.labels(namespace, action).inc(number)
+            if used and any(report.result.done.get(action) for action in REVOKING):
+                self.cluster.reconcile(cluster_objects)  # their CRLs list our revocations
             done = ", ".join(f"{k} {v}" for k, v in sorted(report.result.done.items()))
             log.info("namespace %s reconciled: %s", namespace, done or "no changes")
             self._sync_tls_secrets(namespace, state, owned, status)
@@ -134,6 +157,16 @@ class Namespaces:
             return report
         finally:
             reconciled(namespace, result)
+
+    def _use_cluster_cas(self, state: jobs.StateDir, names: list[str],
+                         cluster_objects: list[Mapping[str, Any]]) -> None:
+        """Make the cluster-wide CAs the namespace uses exist (the first use reconciles the
+        cluster scope now, not at its next event) and copy their certificates in."""
+        if not names:
+            return
+        if not self.cluster.ready(names):
+            self.cluster.reconcile(cluster_objects)
+        jobs.mirror_cluster_cas(state, names)
 
     def _sync_tls_secrets(self, namespace: str, state: jobs.StateDir,
                           objects: list[Mapping[str, Any]], status: KubeStatus) -> None:

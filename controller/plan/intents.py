@@ -150,7 +150,9 @@ def device_intent(fleet: DeviceFleet, profile: CertificateProfile, device: Devic
         raise IntentError("labels", f"profile {profile.name} extension: {exc}") from None
     enrolls = fleet.spec.enrollment is not None and profile.spec.keyGeneration == "device"
     public_key = device_public_key(device, profile, enrolls)
-    digest = hash_parts(_profile_digest(fleet.spec.issuerRef.name, spec.keyAlgorithm,
+    issuer = fleet.spec.issuerRef  # the kind only when cluster-wide: digests made before stay
+    digest = hash_parts(_profile_digest(issuer.name if issuer.kind == "CertificateAuthority"
+                                        else f"{issuer.kind}/{issuer.name}", spec.keyAlgorithm,
                                         spec.keyGeneration, tuple(spec.usages)).copy(),
                         subject, sans, extensions).hexdigest()
     if public_key is not None:

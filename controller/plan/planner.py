@@ -7,7 +7,7 @@ from datetime import datetime
 
 from controller.api.desired import Desired, FleetDecl, content_hash, hash_parts
 from controller.api.problems import Problem
-from controller.api.resources import CertificateAuthority, CertificateProfile, Device, DeviceFleet
+from controller.api.resources import Authority, CertificateProfile, Device, DeviceFleet
 from controller.clock import epoch, from_epoch
 from controller.plan.intents import ENROLLED, DeviceIntent, IntentError, device_intent
 from controller.plan.model import (
@@ -29,7 +29,7 @@ MIN_MASS_REVOCATION_LIMIT = 100
 SOURCE_FORMAT = "source-1"  # change when a certificate comes to depend on more than before
 
 
-def ca_intent(ca: CertificateAuthority) -> str:
+def ca_intent(ca: Authority) -> str:
     """Digest of everything that is baked into a CA certificate."""
     spec = ca.spec
     return content_hash(
@@ -46,7 +46,7 @@ def revocation_limit(active_count: int, override: int | None) -> int:
     return max(MIN_MASS_REVOCATION_LIMIT, active_count // 10)
 
 
-def _plan_authority(ca: CertificateAuthority, seen: CAObserved | None, known: bool,
+def _plan_authority(ca: Authority, seen: CAObserved | None, known: bool,
                     now: int) -> Action | None:
     if seen is None:
         reason = "CA not yet created" if not known else "CA has no active certificate"
@@ -172,8 +172,8 @@ def plan(desired: Desired, observed: Observed, now: datetime,
     changed_cas: set[str] = set()
     for name in desired.authorities_in_order():
         ca = desired.authority(name)
-        if ca.spec.type == "external":
-            continue  # trusted only: no key, no certificate, no CRL of ours
+        if not desired.held_here(name):
+            continue  # external (trusted only) or cluster-wide (the cluster scope's work)
         action = _plan_authority(ca, observed.authorities.get(name),
                                  name in observed.known_authorities, now_s)
         if action is not None:
@@ -197,6 +197,11 @@ def plan(desired: Desired, observed: Observed, now: datetime,
                             "`fleetpki export fleet` for files)")
         if decl.fleet.spec.suspend:
             warnings.append(f"DeviceFleet/{name} is suspended: no changes planned")
+            continue
+        issuer = decl.fleet.spec.issuerRef.name
+        if not desired.held_here(issuer) and issuer not in observed.authorities:
+            warnings.append(f"DeviceFleet/{name}: waiting for {desired.authorities[issuer].ref} "
+                            "to have a certificate (the operator's cluster scope makes it)")
             continue
         seen = observed.fleets.get(name) or FleetObserved(None, {})
         sizes[name] = seen.active_count
@@ -229,7 +234,7 @@ def plan(desired: Desired, observed: Observed, now: datetime,
     warnings.extend(release_warnings)
     crl_actions: list[Action] = []
     for name in desired.authorities_in_order():
-        if desired.authority(name).spec.type == "external":
+        if not desired.held_here(name):
             continue
         crl = observed.crls.get(name)
         ca_seen = observed.authorities.get(name)

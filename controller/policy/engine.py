@@ -23,7 +23,7 @@ from controller.api.desired import Desired, FleetDecl, ReleaseDecl
 from controller.api.loading import Located
 from controller.api.problems import Finding, Problem
 from controller.api.resources import (
-    CertificateAuthority,
+    Authority,
     CertificatePolicy,
     CertificateProfile,
     DeviceFleet,
@@ -198,10 +198,10 @@ def _cel(value: Any) -> Any:
     return celtypes.StringType(str(value))
 
 
-def authority_data(ca: CertificateAuthority, tenant: str = "") -> dict[str, Any]:
+def authority_data(ca: Authority, tenant: str = "") -> dict[str, Any]:
     spec = ca.spec
     return {
-        "name": ca.name, "tenant": tenant, "labels": ca.metadata.labels,
+        "name": ca.name, "kind": ca.kind, "tenant": tenant, "labels": ca.metadata.labels,
         "annotations": ca.metadata.annotations,
         "type": spec.type, "parent": spec.parentRef.name if spec.parentRef else "",
         "keyAlgorithm": spec.keyAlgorithm, "duration": spec.duration,
@@ -285,7 +285,7 @@ def release_data(decl: ReleaseDecl, tenant: str = "") -> dict[str, Any]:
 
 
 def _release_selected(policy: CertificatePolicy, release: ReleaseDecl, fleet: DeviceFleet,
-                      ca: CertificateAuthority) -> bool:
+                      ca: Authority) -> bool:
     """A release rule's selector: `fleets` and `matchLabels` pick target fleets,
     `authorities` the signing CA, `profiles` the SigningProfile."""
     selector = policy.spec.selector
@@ -299,7 +299,7 @@ def _release_selected(policy: CertificatePolicy, release: ReleaseDecl, fleet: De
     return all(fleet.metadata.labels.get(k) == v for k, v in selector.matchLabels.items())
 
 
-def _selected(policy: CertificatePolicy, fleet: DeviceFleet | None, ca: CertificateAuthority,
+def _selected(policy: CertificatePolicy, fleet: DeviceFleet | None, ca: Authority,
               desired: Desired) -> bool:
     """Whether the policy's selector picks this fleet (with its issuer `ca`), or, for CA-only
     rules (`fleet` None), this CA; a fleet/profile selector picks the CAs issuing to them."""

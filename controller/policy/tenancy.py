@@ -12,7 +12,7 @@ from typing import Any
 from controller.api.desired import Desired
 from controller.api.loading import Located
 from controller.api.problems import Problem
-from controller.api.resources import Tenant
+from controller.api.resources import ClusterCertificateAuthority, Tenant
 
 TENANT_OWNED = ("CertificateAuthority", "CertificateProfile", "DeviceFleet")
 
@@ -80,7 +80,9 @@ NO_TENANTS = Tenancy()
 
 
 def _objects(desired: Desired) -> Iterable[Located]:
-    yield from desired.authorities.values()
+    """The objects that belong to a tenant (cluster-wide CAs belong to none)."""
+    yield from (item for item in desired.authorities.values()
+                if not isinstance(item.resource, ClusterCertificateAuthority))
     yield from desired.profiles.values()
     yield from (decl.located for decl in desired.fleets.values())
 
@@ -128,3 +130,31 @@ def assign(tenants: Iterable[Located], desired: Desired,
                         f"tenant {fleet_tenant!r}", decl.located.line_of("spec", "deviceSource"),
                         decl.located.ref, "spec.deviceSource.path"))
     return Tenancy(by_name, owners), problems
+
+
+def cluster_access(desired: Desired, tenancy: Tenancy, namespace: str | None) -> list[Problem]:
+    """Cluster-wide CAs exist in Kubernetes mode only, and a fleet issues from one only if it
+    allows the fleet's namespace or tenant (its spec.allowedNamespaces/allowedTenants)."""
+    problems: list[Problem] = []
+    if namespace is None:
+        for item in desired.authorities.values():
+            if isinstance(item.resource, ClusterCertificateAuthority):
+                problems.append(Problem(item.file, "ClusterCertificateAuthority: cluster-scoped, "
+                                        "Kubernetes mode only (in git, declare a "
+                                        "CertificateAuthority and share it with "
+                                        "Tenant spec.allowed.authorities)", item.line, item.ref,
+                                        "kind"))
+        return problems
+    for decl in desired.fleets.values():
+        issuer = desired.authorities.get(decl.fleet.spec.issuerRef.name)
+        if issuer is None or not isinstance(issuer.resource, ClusterCertificateAuthority):
+            continue
+        tenant = tenancy.name_of(decl.located.ref)
+        if not issuer.resource.spec.allows(namespace, tenant):
+            who = f"namespace {namespace!r}" + (f" (tenant {tenant!r})" if tenant else "")
+            problems.append(Problem(
+                decl.located.file, f"{issuer.ref} does not allow {who}: it issues only to the "
+                "namespaces and tenants in its spec.allowedNamespaces and spec.allowedTenants",
+                decl.located.line_of("spec", "issuerRef", "name"), decl.located.ref,
+                "spec.issuerRef.name"))
+    return problems

@@ -28,6 +28,7 @@ from controller.api.devices import (
 )
 from controller.api.problems import Problem
 from controller.api.resources import DeviceSource
+from controller.status.kube import DECLARED_AS
 
 DEVICE_DIR = "devices"
 # metadata worth keeping in the declaration; kopf's and kubectl's bookkeeping is not
@@ -143,6 +144,42 @@ def write_declaration(namespace: str, bodies: Iterable[Mapping[str, Any]], targe
             declared, sort_keys=False)
     _replace_directory(target, files)
     return problems
+
+
+CLUSTER_ONLY_FIELDS = ("allowedNamespaces", "allowedTenants")  # checked by each namespace's job
+
+
+def write_cluster_declaration(bodies: Iterable[Mapping[str, Any]], target: Path) -> None:
+    """Write the ClusterCertificateAuthorities to `target` as the CertificateAuthorities the
+    operator's cluster scope keeps (which namespaces may use them is each namespace's check)."""
+    files: dict[str, str] = {}
+    for body in bodies:
+        declared = _declared(body)
+        spec = body.get("spec")
+        declared["kind"] = DECLARED_AS[str(body["kind"])]
+        declared["spec"] = {key: value for key, value in spec.items()
+                            if key not in CLUSTER_ONLY_FIELDS} if isinstance(spec, dict) else spec
+        files[f"{PLURALS[str(body['kind'])]}/{body['metadata']['name']}.yaml"] = \
+            yaml.safe_dump(declared, sort_keys=False)
+    _replace_directory(target, files)
+
+
+def cluster_authorities_used(objects: Iterable[Mapping[str, Any]],
+                             cluster: Mapping[str, Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The ClusterCertificateAuthorities (by name in `cluster`) the fleets among `objects` issue
+    from, with their parents: what a namespace's declaration needs of them."""
+    names = [ref.get("name") for body in objects if body.get("kind") == "DeviceFleet"
+             and isinstance(ref := (body.get("spec") or {}).get("issuerRef"), dict)
+             and ref.get("kind") == "ClusterCertificateAuthority"]
+    used: dict[str, Mapping[str, Any]] = {}
+    while names:
+        name = names.pop()
+        if not isinstance(name, str) or name in used or name not in cluster:
+            continue
+        used[name] = cluster[name]
+        parent = (cluster[name].get("spec") or {}).get("parentRef")
+        names.append(parent.get("name") if isinstance(parent, dict) else None)
+    return [used[name] for name in sorted(used)]
 
 
 def _path_artifacts(namespace: str, body: Mapping[str, Any],

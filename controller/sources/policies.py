@@ -24,11 +24,13 @@ TRUSTED_KINDS = ("CertificatePolicy", "Tenant")
 @dataclass(frozen=True)
 class PolicySource:
     """`defaults`: include the default policies. `directory`: the trusted policy directory.
-    `namespace` (Kubernetes mode): every object belongs to this namespace's tenant."""
+    `namespace` (Kubernetes mode): every object belongs to this namespace's tenant. `cluster`:
+    the operator's cluster-wide CAs, which belong to no tenant."""
 
     defaults: bool = True
     directory: Path | None = None
     namespace: str | None = None
+    cluster: bool = False  # the operator's cluster scope: its CAs belong to no tenant
 
 
 DEFAULT_SOURCE = PolicySource()

@@ -39,6 +39,14 @@ _EVENT_REASONS = {"issue": ("Issued", "issued"), "renew": ("Renewed", "renewed")
 _EVENT_OBJECTS = {"CertificateAuthority": "CA certificate", "Release": "release signature",
                   "SigningProfile": "signing certificates"}  # else: N device certificate(s)
 log = logging.getLogger("fleetpki.operator")
+# how the operator's cluster scope declares a cluster-scoped object to the job
+DECLARED_AS = {"ClusterCertificateAuthority": "CertificateAuthority"}
+CLUSTER_EVENTS = "default"  # where Kubernetes records the events of cluster-scoped objects
+
+
+def declared_ref(body: Mapping[str, Any]) -> str:
+    """"Kind/name" as the job knows the object (the status it writes, the actions it plans)."""
+    return f"{DECLARED_AS.get(body['kind'], body['kind'])}/{body['metadata']['name']}"
 
 
 def backoff(attempts: int, base: timedelta = BACKOFF_BASE,
@@ -114,7 +122,7 @@ def events_of(update: StatusUpdate, bodies: Iterable[Mapping[str, Any]],
                 what = _EVENT_OBJECTS.get(kind, f"{number} device certificate(s)")
                 events.append((f"{kind}/{name}", "Normal", reason, f"{what} {verb}"))
     for body in bodies:
-        ref = f"{body['kind']}/{body['metadata']['name']}"
+        ref = declared_ref(body)
         message = stalled_now.get(ref)
         if message is not None and message != stalled_before.get(ref):
             reason = "Denied" if "policy denial" in message else \
@@ -124,9 +132,10 @@ def events_of(update: StatusUpdate, bodies: Iterable[Mapping[str, Any]],
 
 
 class KubeStatus:
-    """The `.status` of the objects of one namespace (a StatusStore)."""
+    """The `.status` of the objects of one namespace, or with `namespace` None of cluster-scoped
+    objects (a StatusStore)."""
 
-    def __init__(self, api: client.ApiClient, namespace: str,
+    def __init__(self, api: client.ApiClient, namespace: str | None,
                  bodies: Iterable[Mapping[str, Any]], base: timedelta = BACKOFF_BASE,
                  announced: dict[str, str | None] | None = None) -> None:
         """`announced`: each object's stall last told in an event, kept by the caller across
@@ -134,13 +143,14 @@ class KubeStatus:
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
         self.namespace = namespace
-        self.bodies = {f"{b['kind']}/{b['metadata']['name']}": b for b in bodies}
+        self.bodies = {declared_ref(b): b for b in bodies}
         self.base = base
         self.announced = announced if announced is not None else {}
 
     @property
     def where(self) -> str:
-        return f"in the .status of its object in namespace {self.namespace}"
+        return f"in the .status of its object in namespace {self.namespace}" \
+            if self.namespace is not None else "in the .status of its cluster-scoped object"
 
     def observed(self) -> str | None:
         return None  # each object's observedGeneration is set when writing
@@ -172,11 +182,15 @@ class KubeStatus:
         return None
 
     def _patch_status(self, body: Mapping[str, Any], patch: dict[str, Any]) -> None:
-        name = body["metadata"]["name"]
+        name, plural = body["metadata"]["name"], PLURALS[body["kind"]]
         try:
-            self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, self.namespace, PLURALS[body["kind"]], name, patch,
-                _content_type=MERGE_PATCH)
+            if self.namespace is None:
+                self.custom.patch_cluster_custom_object_status(
+                    GROUP, VERSION, plural, name, patch, _content_type=MERGE_PATCH)
+            else:
+                self.custom.patch_namespaced_custom_object_status(
+                    GROUP, VERSION, self.namespace, plural, name, patch,
+                    _content_type=MERGE_PATCH)
         except ApiException as exc:
             if exc.status != 404:  # deleted meanwhile: nothing to report on
                 raise
@@ -184,9 +198,10 @@ class KubeStatus:
     def event(self, body: Mapping[str, Any], kind: str, reason: str, message: str,
               now: datetime) -> None:
         metadata = body["metadata"]
+        where = self.namespace or CLUSTER_EVENTS
         event = client.CoreV1Event(
             metadata=client.V1ObjectMeta(
-                name=f"{metadata['name']}.{secrets.token_hex(8)}", namespace=self.namespace),
+                name=f"{metadata['name']}.{secrets.token_hex(8)}", namespace=where),
             involved_object=client.V1ObjectReference(
                 api_version=body.get("apiVersion"), kind=body["kind"], name=metadata["name"],
                 namespace=self.namespace, uid=metadata.get("uid"),
@@ -196,7 +211,7 @@ class KubeStatus:
             source=client.V1EventSource(component="fleetpki"),
             reporting_component="fleetpki.io/operator")
         try:
-            self.core.create_namespaced_event(self.namespace, event)
+            self.core.create_namespaced_event(where, event)
         except ApiException as exc:  # an event is worth a log line, never a failed reconcile
             log.warning("cannot record event %s on %s/%s: HTTP %s", reason, body["kind"],
                         metadata["name"], exc.status)

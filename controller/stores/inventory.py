@@ -692,6 +692,29 @@ class Inventory:
             f"certificates WHERE {ACTIVE_KEY} = ? AND kind = 'device' AND state = 'active') > 1 "
             "ON CONFLICT DO NOTHING", [(key, key) for key in held])
 
+    def mirror_cas(self, records: Sequence[CertRecord]) -> None:
+        """Hold copies of CA certificates kept in another inventory (the cluster-wide CAs' in
+        the operator's cluster scope), so that fleets here issue under them: new ones are added,
+        changed states copied. A CA of the same name that is this inventory's own is refused."""
+        serials = {record.serial for record in records}
+        for name in sorted({record.owner for record in records}):
+            if any(g.serial not in serials for g in self.ca_generations(name)):
+                raise InventoryError(f"the inventory {self.db.name} has a CertificateAuthority "
+                                     f"{name!r} of its own: a ClusterCertificateAuthority of "
+                                     "the same name cannot be used here; rename one")
+        with self.transaction():
+            held = {serial: (state, revoked_at, reason) for serial, state, revoked_at, reason
+                    in self.db.execute("SELECT serial, state, revoked_at, reason FROM "
+                                       "certificates WHERE kind = 'ca'")}
+            for record in sorted(records, key=lambda r: r.state == "active"):  # retire first
+                if held.get(record.serial, (record.state, record.revoked_at, record.reason)) \
+                        != (record.state, record.revoked_at, record.reason):
+                    self.db.execute("UPDATE certificates SET state = ?, revoked_at = ?, "
+                                    "reason = ? WHERE serial = ?", (record.state,
+                                                                    record.revoked_at,
+                                                                    record.reason, record.serial))
+            self.insert_all([record for record in records if record.serial not in held])
+
     def revoke(self, serial: str, reason: str, at: int) -> None:
         self.revoke_all([(serial, reason)], at)
 

@@ -243,25 +243,29 @@ def initialised(blobs: KeyBlobs) -> bool:
 class KeyStore:
     """Passphrase-protected key store over a blob backend (files or Kubernetes Secrets)."""
 
-    def __init__(self, blobs: KeyBlobs, passphrase: bytes) -> None:
+    def __init__(self, blobs: KeyBlobs, passphrase: bytes, shared: KeyStore | None = None) -> None:
+        """`shared`: where CA keys not found here are read (a Kubernetes namespace's keystore
+        reads the cluster-wide CAs' keys from the cluster scope's); nothing is written there."""
         if not passphrase:
             raise KeyStoreError("keystore passphrase must not be empty")
         self.blobs = blobs
+        self.shared = shared
         self._passphrase = passphrase
         self._aead: AESGCM | None = None
         self._kek: bytes = b""
         self._kek_lock = threading.Lock()
 
     @classmethod
-    def from_env(cls, blobs: KeyBlobs) -> KeyStore:
-        """Build a store using the passphrase from $FLEETPKI_PASSPHRASE."""
+    def from_env(cls, blobs: KeyBlobs, shared: KeyBlobs | None = None) -> KeyStore:
+        """Build a store using the passphrase from $FLEETPKI_PASSPHRASE (for `shared` too)."""
         passphrase = os.environ.get(PASSPHRASE_ENV, "")
         if not passphrase:
             raise KeyStoreError(
                 f"{PASSPHRASE_ENV} is not set: set it to the keystore passphrase "
                 f"to unlock the keys in {blobs.describe('')}"
             )
-        return cls(blobs, passphrase.encode("utf-8"))
+        secret = passphrase.encode("utf-8")
+        return cls(blobs, secret, cls(shared, secret) if shared is not None else None)
 
     # -- CA keys -------------------------------------------------------------------------
 
@@ -345,6 +349,8 @@ class KeyStore:
         """Load and decrypt a CA key."""
         name = self._ca_name(key_id)
         data = self._read_ca(key_id, name)
+        if data is None and self.shared is not None and self.shared.has_ca_key(key_id):
+            return self.shared.get_ca_key(key_id)
         if data is None:
             raise KeyStoreError(
                 f"CA key '{key_id}' not found in keystore {self.blobs.describe('')}: refusing to "

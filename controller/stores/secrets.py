@@ -54,6 +54,8 @@ BLOB_LABEL = "fleetpki.io/blob"
 QUARANTINE_LABEL = "fleetpki.io/quarantined"
 NAME_ANNOTATION = "fleetpki.io/blob-name"
 DATA_KEY = "blob"
+# the operator's cluster-wide CAs: not a DNS label, so no namespace's scope is ever the same
+CLUSTER_SCOPE = "cluster.fleetpki.io"
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _MAX_NAME = 253
@@ -85,7 +87,7 @@ class SecretBlobs:
 
     def __init__(self, api: client.CoreV1Api, namespace: str, scope: str) -> None:
         for what, value in (("namespace", namespace), ("scope", scope)):
-            if not _DNS_LABEL.fullmatch(value):
+            if not _DNS_LABEL.fullmatch(value) and (what, value) != ("scope", CLUSTER_SCOPE):
                 raise KeyStoreError(f"invalid keystore {what} {value!r}: expected a DNS-1123 "
                                     "label (lowercase letters, digits and '-', 1-63 characters)")
         self.api = api

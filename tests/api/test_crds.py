@@ -13,8 +13,8 @@ import yaml
 from controller.api.crds import render_crds
 
 CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
-KINDS = {"CertificateAuthority", "CertificateProfile", "DeviceFleet", "CertificatePolicy",
-         "SigningProfile", "Release"}
+KINDS = {"CertificateAuthority", "ClusterCertificateAuthority", "CertificateProfile",
+         "DeviceFleet", "CertificatePolicy", "SigningProfile", "Release"}
 # Keywords of apiextensions.k8s.io/v1 JSONSchemaProps; anything else is an unknown field that
 # the API server rejects (strict field validation) or drops.
 K8S_SCHEMA_KEYWORDS = {
@@ -83,9 +83,23 @@ def test_one_crd_per_kind_with_status_subresource_and_printer_columns() -> None:
     assert {"Issuer", "Ready"} <= {c["name"] for c in fleet_columns}
 
 
+def test_only_the_cluster_wide_ca_is_cluster_scoped() -> None:
+    scopes = {kind: crd["spec"]["scope"] for kind, crd in crds().items()}
+    assert scopes.pop("ClusterCertificateAuthority") == "Cluster"
+    assert set(scopes.values()) == {"Namespaced"}
+
+
 READY = '.status.conditions[?(@.type=="Ready")]'
 COLUMNS = {  # name, type, jsonPath, priority (0: shown by default, 1: with -o wide)
     "CertificateAuthority": [
+        ("Type", "string", ".spec.type", 0),
+        ("Algorithm", "string", ".spec.keyAlgorithm", 0),
+        ("Ready", "string", f"{READY}.status", 0),
+        ("Serial", "string", ".status.certificate.serial", 1),
+        ("NotAfter", "string", ".status.certificate.notAfter", 0),
+        ("Age", "date", ".metadata.creationTimestamp", 0),
+    ],
+    "ClusterCertificateAuthority": [
         ("Type", "string", ".spec.type", 0),
         ("Algorithm", "string", ".spec.keyAlgorithm", 0),
         ("Ready", "string", f"{READY}.status", 0),
@@ -199,6 +213,7 @@ def test_status_schema_is_structural_with_conditions_as_a_map(kind: str) -> None
     assert status["properties"]["observedGeneration"]["type"] == "integer"
     extra = set(status["properties"]) - common
     assert extra == {"CertificateAuthority": {"certificate", "crl"},
+                     "ClusterCertificateAuthority": {"certificate", "crl"},
                      "DeviceFleet": {"devices", "attention", "policyWarnings", "nextRenewalAt",
                                      "source"},
                      "SigningProfile": {"usage", "keyAlgorithm", "keyVersion", "certificate",
@@ -245,6 +260,10 @@ def test_spec_schema_follows_the_models(kind: str) -> None:
         assert spec["properties"]["duration"]["type"] == "string"
         assert spec["properties"]["parentRef"]["properties"]["name"]["type"] == "string"
         assert set(spec["required"]) == {"type"}
+    elif kind == "ClusterCertificateAuthority":
+        assert spec["properties"]["allowedNamespaces"]["items"]["type"] == "string"
+        assert spec["properties"]["allowedTenants"]["type"] == "array"
+        assert set(spec["required"]) == {"type"}
     elif kind == "CertificateProfile":
         assert spec["properties"]["keyGeneration"]["enum"] == ["server", "device"]
         assert "pattern" in spec["properties"]["renewBefore"]
@@ -267,6 +286,8 @@ def test_spec_schema_follows_the_models(kind: str) -> None:
         assert device["required"] == ["id"]
         assert device["properties"]["labels"]["additionalProperties"]["type"] == "string"
         assert set(spec["required"]) == {"issuerRef", "profileRef"}
+        issuer = spec["properties"]["issuerRef"]["properties"]["kind"]
+        assert issuer["enum"] == ["CertificateAuthority", "ClusterCertificateAuthority"]
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))

@@ -1,0 +1,125 @@
+"""Cluster-wide CAs (ClusterCertificateAuthority) against the Kubernetes API emulator: one CA
+for several namespaces, refused to the others, one CRL listing every namespace's revocations."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from controller import jobs
+from tests.kube_emulator import RunningEmulator, wait_for
+from tests.kube_objects import (
+    API,
+    FLEETS,
+    KEYS_NAMESPACE,
+    MERGE,
+    condition,
+    fleet,
+    is_ready,
+    profile,
+    running_operator,
+)
+
+CLUSTER_CAS = "fleetpki.io/v1alpha1/clustercertificateauthorities"
+OPENSSL = shutil.which("openssl")
+
+
+def cluster_authority(name: str = "fleet-root", **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": API, "kind": "ClusterCertificateAuthority", "metadata": {"name": name},
+            "spec": {"type": "root", "subject": {"commonName": f"{name} (test)"},
+                     "duration": "8760h", "pathLength": 0, "allowedNamespaces": ["team-*"],
+                     **spec}}
+
+
+def shared_fleet(namespace: str, devices: list[str]) -> dict[str, Any]:
+    body = fleet(namespace, devices)
+    body["spec"]["issuerRef"] = {"kind": "ClusterCertificateAuthority", "name": "fleet-root"}
+    return body
+
+
+def declare(kube: RunningEmulator, namespace: str, devices: list[str]) -> None:
+    kube.create(profile(namespace))
+    kube.create(shared_fleet(namespace, devices))
+
+
+def fleet_when(kube: RunningEmulator, namespace: str, check: Any) -> dict[str, Any]:
+    found: dict[str, Any] = wait_for(
+        lambda: (f := kube.get(FLEETS, namespace, "sensors")) and check(f) and f, timeout=90)
+    return found
+
+
+def stalled(body: dict[str, Any] | None) -> bool:
+    return condition(body, "Stalled").get("status") == "True"
+
+
+def openssl_verify(root: Path, certificate: bytes, tmp_path: Path, crl: Path | None = None
+                   ) -> subprocess.CompletedProcess[str]:
+    leaf = tmp_path / "leaf.pem"
+    leaf.write_bytes(certificate)
+    assert OPENSSL is not None
+    command = [OPENSSL, "verify", "-x509_strict", "-CAfile", str(root)]
+    if crl is not None:
+        command += ["-crl_check", "-CRLfile", str(crl)]
+    return subprocess.run([*command, str(leaf)], capture_output=True, text=True, check=False)
+
+
+def certificates(state_root: Path, namespace: str) -> dict[str, bytes]:
+    """device -> certificate PEM, read from the namespace's state as `fleetpki export` would."""
+    state = jobs.StateDir.resolve(state_root / "namespaces" / namespace)
+    return {found.device: found.pem.certificate
+            for found in jobs.device_tls_bundles(state, "sensors")}
+
+
+@pytest.mark.skipif(OPENSSL is None, reason="needs openssl")
+def test_namespaces_issue_from_one_cluster_wide_ca_and_share_its_crl(
+        kube_emulator: RunningEmulator, api: client.ApiClient, tmp_path: Path) -> None:
+    kube = kube_emulator
+    kube.create(cluster_authority())
+    declare(kube, "team-a", ["a-1", "a-2"])
+    declare(kube, "team-b", ["b-1"])
+    declare(kube, "outsiders", ["o-1"])
+    state_root = tmp_path / "state"
+    with running_operator(state_root, ("team-a", "team-b", "outsiders")):
+        for namespace in ("team-a", "team-b"):
+            ready = fleet_when(kube, namespace, is_ready)
+            assert ready["status"]["devices"]["active"] == len(ready["spec"]["devices"])
+        refused = fleet_when(kube, "outsiders", stalled)
+        assert "ClusterCertificateAuthority/fleet-root does not allow namespace 'outsiders'" \
+            in condition(refused, "Stalled")["message"]
+        assert "spec.issuerRef.name" in condition(refused, "Stalled")["message"]
+        root_ca = wait_for(lambda: (c := kube.get(CLUSTER_CAS, None, "fleet-root"))
+                           and is_ready(c) and c)
+        serial = root_ca["status"]["certificate"]["serial"]
+
+        root = state_root / "cluster" / "public" / "ca" / "fleet-root.pem"
+        issued = {**certificates(state_root, "team-a"), **certificates(state_root, "team-b")}
+        assert sorted(issued) == ["a-1", "a-2", "b-1"]
+        for pem in issued.values():  # one CA for both namespaces, checked by OpenSSL
+            assert openssl_verify(root, pem, tmp_path).returncode == 0
+
+        client.CustomObjectsApi(api).patch_namespaced_custom_object(
+            "fleetpki.io", "v1alpha1", "team-a", "devicefleets", "sensors",
+            {"spec": {"devices": [{"id": "a-1", "revoked": {"reason": "keyCompromise"}},
+                                  {"id": "a-2"}]}}, _content_type=MERGE)
+        fleet_when(kube, "team-a", lambda f: is_ready(f) and f["status"]["devices"]["revoked"])
+        root_ca = wait_for(lambda: (c := kube.get(CLUSTER_CAS, None, "fleet-root"))
+                           and (c["status"].get("crl") or {}).get("entries") == 1 and c)
+        assert root_ca["status"]["certificate"]["serial"] == serial  # the same CA throughout
+
+    crl = state_root / "cluster" / "public" / "crl" / "fleet-root.pem"
+    revoked = openssl_verify(root, issued["a-1"], tmp_path, crl)
+    assert revoked.returncode != 0 and "certificate revoked" in revoked.stdout + revoked.stderr
+    for device in ("a-2", "b-1"):
+        assert openssl_verify(root, issued[device], tmp_path, crl).returncode == 0
+
+    secrets = client.CoreV1Api(api).list_namespaced_secret(KEYS_NAMESPACE).items
+    ca_keys = {s.metadata.labels["fleetpki.io/scope"] for s in secrets
+               if s.metadata.labels["fleetpki.io/blob"] == "ca-key"}
+    assert ca_keys == {"cluster.fleetpki.io"}  # one key, kept once: no copy per namespace
+    assert not (state_root / "namespaces" / "outsiders" / "inventory.db").exists() or \
+        not certificates(state_root, "outsiders")
