@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from controller import jobs
-from controller.api.resources import KINDS
+from controller.api.resources import KINDS, ClusterCertificateAuthority, DeviceFleet
 from controller.api.status import STATUS_KINDS
 from controller.clock import now_utc
 
@@ -36,6 +36,23 @@ def artifact_by_digest(artifact: dict[str, Any]) -> dict[str, Any]:
     data = (FLEET_REPO / artifact["path"]).read_bytes()
     return {"name": artifact["path"].rsplit("/", 1)[-1], "sha256": hashlib.sha256(data).hexdigest(),
             "size": len(data)}
+
+
+def test_the_cluster_wide_ca_example_is_valid_for_the_models() -> None:
+    """examples/cluster-wide-ca: one cluster-scoped CA (no namespace), and in each namespace it
+    allows a profile and a fleet that name it."""
+    found = fleetpki_objects(ROOT / "examples" / "cluster-wide-ca")
+    models = {key: KINDS[key[0]].model_validate(doc) for key, doc in found.items()}
+    (ca,) = [m for m in models.values() if isinstance(m, ClusterCertificateAuthority)]
+    assert "namespace" not in found[("ClusterCertificateAuthority", ca.name)]["metadata"]
+    fleets = [(doc["metadata"]["namespace"], models[key]) for key, doc in found.items()
+              if key[0] == "DeviceFleet"]
+    assert len(fleets) == 2
+    for namespace, fleet in fleets:
+        assert isinstance(fleet, DeviceFleet)
+        assert fleet.spec.issuerRef.kind == "ClusterCertificateAuthority"
+        assert fleet.spec.issuerRef.name == ca.name and ca.spec.allows(namespace, "")
+    assert not ca.spec.allows("fleet-demo", "")
 
 
 @pytest.mark.parametrize("key", sorted(fleetpki_objects(KUBERNETES)), ids="/".join)

@@ -190,7 +190,8 @@ def test_dockerfile_runs_fleetpki_as_non_root() -> None:
     assert "pip install" not in final and "build-essential" not in final and "gcc" not in final
 
 
-@pytest.mark.parametrize("directory", ["deploy", "examples/kubernetes"])
+@pytest.mark.parametrize("directory", ["deploy", "examples/kubernetes",
+                                       "examples/cluster-wide-ca"])
 def test_kubectl_kustomize_builds(directory: str) -> None:
     kubectl = tool("kubectl", override="FLEETPKI_KUBECTL")
     run = subprocess.run([kubectl, "kustomize", directory], cwd=ROOT, capture_output=True,
