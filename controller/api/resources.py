@@ -175,14 +175,12 @@ class ClusterCertificateAuthoritySpec(CertificateAuthoritySpec):
     tenants) it allows issue from it, and its CRL lists their revocations together.
     `parentRef` names another ClusterCertificateAuthority."""
 
+    type: Literal["root", "intermediate"]  # an external CA is declared where it is trusted
     allowedNamespaces: list[Annotated[str, Field(pattern=NAMESPACE_PATTERN)]] = []
     allowedTenants: list[Annotated[str, Field(pattern=DNS_LABEL)]] = []
 
     @model_validator(mode="after")
     def _check_cluster(self) -> ClusterCertificateAuthoritySpec:
-        if self.type == "external":
-            raise ValueError("type: a cluster-wide CA is root or intermediate (declare an "
-                             "external CA in the namespace that trusts it)")
         if self.ocsp is not None:
             raise ValueError("ocsp: not available for a cluster-wide CA yet (its certificates "
                              "are kept per namespace); its CRL lists every namespace's "

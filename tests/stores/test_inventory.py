@@ -250,3 +250,28 @@ def test_a_version_2_inventory_needs_migrate_and_keeps_its_certificates(tmp_path
         with inventory.transaction():
             inventory.note_sources({"01": "s" * 64})
         assert inventory.active_devices("meters")["d1"][3] == "s" * 64
+
+
+def ca_record(serial: str, state: str = "active", owner: str = "fleet-root",
+              **fields: object) -> CertRecord:
+    return record(serial, device="", state=state, kind="ca", owner=owner, issuer_serial=None,
+                  key_id=f"key-{serial}", **fields)
+
+
+def test_cluster_wide_ca_certificates_are_mirrored_and_follow_their_source(
+        location: Path | str) -> None:
+    """A namespace holds copies of the cluster-wide CAs' certificates: new ones added, a
+    renewal copied (the old one retired before the new one is active), never its own CA of the
+    same name taken over."""
+    with Inventory(location) as inventory:
+        inventory.mirror_cas([ca_record("0a")])
+        assert inventory.active_ca("fleet-root") == ca_record("0a")
+        inventory.mirror_cas([ca_record("0a")])  # unchanged: nothing to do
+        inventory.mirror_cas([ca_record("0b", issued_at=2_000), ca_record("0a", "retired")])
+        assert inventory.active_ca("fleet-root") == ca_record("0b", issued_at=2_000)
+        assert [r.state for r in inventory.ca_generations("fleet-root")] == ["active", "retired"]
+        with inventory.transaction():
+            inventory.insert(ca_record("0c", owner="own-ca"))
+        with pytest.raises(InventoryError, match="has a CertificateAuthority 'own-ca' of its own"):
+            inventory.mirror_cas([ca_record("0d", owner="own-ca")])
+        assert [r.serial for r in inventory.ca_generations("own-ca")] == ["0c"]

@@ -392,3 +392,18 @@ def test_ca_key_file_readable_by_openssl(store: KeyStore, backend: Backend,
     )
     loaded = serialization.load_pem_private_key(result.stdout, password=None)
     assert _private_der(loaded) == _private_der(key)
+
+
+def test_a_namespace_reads_the_cluster_wide_cas_keys_but_never_writes_there(
+        tmp_path: Path) -> None:
+    cluster = KeyStore(FileBlobs(tmp_path / "cluster"), PASS)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cluster.put_ca_key("cluster-key", key)
+    namespace = KeyStore(FileBlobs(tmp_path / "namespace"), PASS, shared=cluster)
+    assert _private_der(namespace.get_ca_key("cluster-key")) == _private_der(key)
+    own = ec.generate_private_key(ec.SECP256R1())
+    namespace.put_ca_key("own-key", own)
+    assert not cluster.has_ca_key("own-key") and namespace.has_ca_key("own-key")
+    assert not namespace.has_ca_key("cluster-key")  # read through, not copied
+    with pytest.raises(KeyStoreError, match="not found in keystore"):
+        namespace.get_ca_key("nowhere")
