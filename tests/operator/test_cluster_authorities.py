@@ -191,3 +191,26 @@ def test_namespaces_issue_from_one_cluster_wide_ca_and_share_its_crl(
         assert schema_counts(url, "k8s__cluster") == {"ca": 1}
         assert schema_counts(url, "k8s_team_a") == {"ca": 1, "device": 2}
         assert schema_counts(url, "k8s_team_b") == {"ca": 1, "device": 1}
+
+
+def test_a_lost_cluster_state_never_makes_a_second_cluster_wide_ca(
+        kube_emulator: RunningEmulator, api: client.ApiClient, tmp_path: Path) -> None:
+    """The volume is gone, the key Secrets and `.status` are not: the CA is Stalled, its fleets
+    issue nothing, and no second key is made."""
+    kube_emulator.create(cluster_authority())
+    declare(kube_emulator, "team-a", ["a-1"])
+    with running_operator(tmp_path / "state", ("team-a",)):
+        fleet_when(kube_emulator, "team-a", is_ready)
+    first = kube_emulator.get(CLUSTER_CAS, None, "fleet-root")
+    assert first is not None
+    serial = first["status"]["certificate"]["serial"]
+    shutil.rmtree(tmp_path / "state")
+    with running_operator(tmp_path / "state", ("team-a",)):
+        ca = wait_for(lambda: (c := kube_emulator.get(CLUSTER_CAS, None, "fleet-root"))
+                      and stalled(c) and c, timeout=60)
+    message = condition(ca, "Stalled")["message"]
+    assert "exists already" in message and serial in message
+    keys = [s for s in client.CoreV1Api(api).list_namespaced_secret(KEYS_NAMESPACE).items
+            if s.metadata.labels["fleetpki.io/blob"] == "ca-key"]
+    assert len(keys) == 1
+    assert not certificates(tmp_path / "state", "team-a", None)
