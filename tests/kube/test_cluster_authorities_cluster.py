@@ -168,3 +168,6 @@ def test_two_teams_issue_from_one_cluster_wide_ca_and_share_its_crl(
     for namespace in TEAMS:
         assert not [e for e in get(cluster, "events", namespace)["items"]
                     if e["involvedObject"]["kind"] == "ClusterCertificateAuthority"]
+    # the session's cluster is shared: a later cluster-wide operator must not meet this CA
+    # (its state directory is gone with tmp_path, so it would be Stalled as a lost volume)
+    cluster.kubectl("delete", f"clustercertificateauthority/{CA}", "--wait=false")
