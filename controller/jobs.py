@@ -122,7 +122,10 @@ def recorded_schema(path: Path) -> str | None:
 
 
 def recorded_cluster(path: Path) -> Path | None:
-    """The cluster scope a Kubernetes namespace's state directory records, if any."""
+    """The cluster scope a Kubernetes namespace's state directory records, if any (an
+    inaccessible directory is left for the inventory to report)."""
+    if path.is_dir() and not os.access(path, os.X_OK):
+        return None
     try:
         recorded = json.loads((path / CLUSTER_FILE).read_text(encoding="utf-8"))
     except FileNotFoundError:

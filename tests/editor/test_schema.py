@@ -123,7 +123,8 @@ def test_every_ref_resolves_and_every_default_is_valid(kind: str) -> None:
 # --- what the schemas accept and refuse ------------------------------------------------------
 
 
-DECLARED = list(documents(EXAMPLE_REPO, POLICIES, ROOT / "examples" / "tenants"))
+DECLARED = list(documents(EXAMPLE_REPO, POLICIES, ROOT / "examples" / "tenants",
+                          ROOT / "examples" / "cluster-wide-ca"))
 
 
 def test_the_examples_and_policies_declare_every_kind() -> None:
