@@ -105,20 +105,24 @@ STATUS_BRANCH = "fleetpki/status"
 DANGER_FRACTION = 0.1  # flag a change that revokes more than this share of a fleet
 
 
-def recorded_schema(path: Path) -> str | None:
-    """The PostgreSQL schema a state directory's inventory is in (a Kubernetes namespace's),
-    if it records one."""
+def _recorded(path: Path, file: str, key: str, what: str) -> str | None:
+    """`key` of the JSON record `file` a state directory keeps, if it has one."""
     try:
-        recorded = json.loads((path / SCHEMA_FILE).read_text(encoding="utf-8"))
+        recorded = json.loads((path / file).read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        raise InventoryError(f"cannot read {path / SCHEMA_FILE}: {exc}") from None
-    schema = recorded.get("schema") if isinstance(recorded, dict) else None
-    if not isinstance(schema, str) or not schema:
-        raise InventoryError(f"{path / SCHEMA_FILE}: no \"schema\" (the namespace's PostgreSQL "
-                             "schema)")
-    return schema
+        raise InventoryError(f"cannot read {path / file}: {exc}") from None
+    value = recorded.get(key) if isinstance(recorded, dict) else None
+    if not isinstance(value, str) or not value:
+        raise InventoryError(f"{path / file}: no \"{key}\" ({what})")
+    return value
+
+
+def recorded_schema(path: Path) -> str | None:
+    """The PostgreSQL schema a state directory's inventory is in (a Kubernetes namespace's),
+    if it records one."""
+    return _recorded(path, SCHEMA_FILE, "schema", "the namespace's PostgreSQL schema")
 
 
 def recorded_cluster(path: Path) -> Path | None:
@@ -126,17 +130,8 @@ def recorded_cluster(path: Path) -> Path | None:
     inaccessible directory is left for the inventory to report)."""
     if path.is_dir() and not os.access(path, os.X_OK):
         return None
-    try:
-        recorded = json.loads((path / CLUSTER_FILE).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise InventoryError(f"cannot read {path / CLUSTER_FILE}: {exc}") from None
-    where = recorded.get("path") if isinstance(recorded, dict) else None
-    if not isinstance(where, str) or not where:
-        raise InventoryError(f"{path / CLUSTER_FILE}: no \"path\" (the cluster scope's state "
-                             "directory)")
-    return (path / where).resolve()
+    where = _recorded(path, CLUSTER_FILE, "path", "the cluster scope's state directory")
+    return (path / where).resolve() if where is not None else None
 
 
 class StateLocked(Exception):

@@ -95,3 +95,12 @@ def scrape(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
         text: str = page.read().decode()
         return text
+
+
+def reachable(url: str) -> bool:
+    """Whether `url` answers at all (a server started by a test is up)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except OSError:
+        return False

@@ -26,25 +26,18 @@ SHORT_NAMES = {"CertificateAuthority": ["fca"], "ClusterCertificateAuthority": [
 _READY = {"name": "Ready", "type": "string",
           "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}
 _AGE = {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
+_CA_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Type", "type": "string", "jsonPath": ".spec.type"},
+    {"name": "Algorithm", "type": "string", "jsonPath": ".spec.keyAlgorithm"},
+    _READY,
+    {"name": "Serial", "type": "string", "jsonPath": ".status.certificate.serial",
+     "priority": 1},
+    {"name": "NotAfter", "type": "string", "jsonPath": ".status.certificate.notAfter"},
+    _AGE,
+]
 COLUMNS: dict[str, list[dict[str, Any]]] = {
-    "CertificateAuthority": [
-        {"name": "Type", "type": "string", "jsonPath": ".spec.type"},
-        {"name": "Algorithm", "type": "string", "jsonPath": ".spec.keyAlgorithm"},
-        _READY,
-        {"name": "Serial", "type": "string", "jsonPath": ".status.certificate.serial",
-         "priority": 1},
-        {"name": "NotAfter", "type": "string", "jsonPath": ".status.certificate.notAfter"},
-        _AGE,
-    ],
-    "ClusterCertificateAuthority": [
-        {"name": "Type", "type": "string", "jsonPath": ".spec.type"},
-        {"name": "Algorithm", "type": "string", "jsonPath": ".spec.keyAlgorithm"},
-        _READY,
-        {"name": "Serial", "type": "string", "jsonPath": ".status.certificate.serial",
-         "priority": 1},
-        {"name": "NotAfter", "type": "string", "jsonPath": ".status.certificate.notAfter"},
-        _AGE,
-    ],
+    "CertificateAuthority": _CA_COLUMNS,
+    "ClusterCertificateAuthority": _CA_COLUMNS,
     "CertificateProfile": [
         {"name": "Algorithm", "type": "string", "jsonPath": ".spec.keyAlgorithm"},
         {"name": "Duration", "type": "string", "jsonPath": ".spec.duration"},

@@ -90,23 +90,17 @@ def test_only_the_cluster_wide_ca_is_cluster_scoped() -> None:
 
 
 READY = '.status.conditions[?(@.type=="Ready")]'
-COLUMNS = {  # name, type, jsonPath, priority (0: shown by default, 1: with -o wide)
-    "CertificateAuthority": [
-        ("Type", "string", ".spec.type", 0),
-        ("Algorithm", "string", ".spec.keyAlgorithm", 0),
-        ("Ready", "string", f"{READY}.status", 0),
-        ("Serial", "string", ".status.certificate.serial", 1),
-        ("NotAfter", "string", ".status.certificate.notAfter", 0),
-        ("Age", "date", ".metadata.creationTimestamp", 0),
-    ],
-    "ClusterCertificateAuthority": [
-        ("Type", "string", ".spec.type", 0),
-        ("Algorithm", "string", ".spec.keyAlgorithm", 0),
-        ("Ready", "string", f"{READY}.status", 0),
-        ("Serial", "string", ".status.certificate.serial", 1),
-        ("NotAfter", "string", ".status.certificate.notAfter", 0),
-        ("Age", "date", ".metadata.creationTimestamp", 0),
-    ],
+CA_COLUMNS = [  # name, type, jsonPath, priority (0: shown by default, 1: with -o wide)
+    ("Type", "string", ".spec.type", 0),
+    ("Algorithm", "string", ".spec.keyAlgorithm", 0),
+    ("Ready", "string", f"{READY}.status", 0),
+    ("Serial", "string", ".status.certificate.serial", 1),
+    ("NotAfter", "string", ".status.certificate.notAfter", 0),
+    ("Age", "date", ".metadata.creationTimestamp", 0),
+]
+COLUMNS = {
+    "CertificateAuthority": CA_COLUMNS,
+    "ClusterCertificateAuthority": CA_COLUMNS,
     "CertificateProfile": [
         ("Algorithm", "string", ".spec.keyAlgorithm", 0),
         ("Duration", "string", ".spec.duration", 0),

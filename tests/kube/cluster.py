@@ -408,3 +408,12 @@ def running_cluster(directory: Path, ready_timeout: float = READY_TIMEOUT) -> It
     finally:
         _stop(apiserver_process)
         _stop(etcd_process)
+
+
+def rows(listing: str) -> dict[str, list[str]]:
+    """kubectl's table by name, cut at the header's column starts (a cell may be empty)."""
+    header, *lines = listing.splitlines()
+    starts = [i for i, c in enumerate(header) if c != " " and (i == 0 or header[i - 1] == " ")]
+    ends = [*starts[1:], None]
+    return {line.split()[0]: [line[a:b].strip() for a, b in zip(starts, ends, strict=True)]
+            for line in lines}

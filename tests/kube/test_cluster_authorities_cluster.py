@@ -17,7 +17,7 @@ from tests.kube_emulator import wait_for
 from tests.kube_objects import API, KEYS_NAMESPACE, condition, profile, running_operator
 from tests.releases.support import needs_openssl
 
-from .cluster import ROOT, Cluster
+from .cluster import ROOT, Cluster, rows
 
 CA = "acme-fleet-root"
 TEAMS = {"team-meters": "meters", "team-valves": "valves"}  # namespace -> its fleet
@@ -54,15 +54,6 @@ def openssl_verify(root: Path, certificate: bytes, tmp_path: Path, crl: Path | N
     if crl is not None:
         command += ["-crl_check", "-CRLfile", str(crl)]
     return subprocess.run([*command, str(leaf)], capture_output=True, text=True, check=False)
-
-
-def rows(listing: str) -> dict[str, list[str]]:
-    """kubectl's table by name, cut at the header's column starts (a cell may be empty)."""
-    header, *lines = listing.splitlines()
-    starts = [i for i, c in enumerate(header) if c != " " and (i == 0 or header[i - 1] == " ")]
-    ends = [*starts[1:], None]
-    return {line.split()[0]: [line[a:b].strip() for a, b in zip(starts, ends, strict=True)]
-            for line in lines}
 
 
 def crl_entries(cluster: Cluster) -> int | None:

@@ -21,7 +21,14 @@ from controller import jobs
 from controller.operator.main import shard_name
 from controller.stores.database import in_schema, namespace_schema
 from tests.kube_emulator import wait_for
-from tests.kube_objects import REQUESTED_AT, authority, fleet, profile, running_operator
+from tests.kube_objects import (
+    REQUESTED_AT,
+    authority,
+    fleet,
+    profile,
+    reachable,
+    running_operator,
+)
 from tests.postgres import Cluster as PostgresCluster
 
 from .cluster import PASSPHRASE, ROOT, Cluster, free_port
@@ -47,21 +54,13 @@ def serve(tmp_path: Path) -> Iterator[Any]:
         with open(tmp_path / "serve.log", "wb") as log:
             processes.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log))
         url = f"http://127.0.0.1:{port}"
-        wait_for(lambda: _reachable(url + "/ca/devices-ca.pem"), timeout=30)
+        wait_for(lambda: reachable(url + "/ca/devices-ca.pem"), timeout=30)
         return url
 
     yield start
     for process in processes:
         process.terminate()
         process.wait(10)
-
-
-def _reachable(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2):
-            return True
-    except OSError:
-        return False
 
 
 def test_the_readme_flow(as_operator: Cluster, tmp_path: Path, serve: Any) -> None:

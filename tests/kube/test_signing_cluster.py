@@ -20,7 +20,7 @@ from tests.kube_emulator import wait_for
 from tests.kube_objects import API, authority, condition, fleet, profile, running_operator
 from tests.releases.support import needs_openssl, openssl_cms_verify
 
-from .cluster import Cluster
+from .cluster import Cluster, rows
 
 KEYS = "fleetpki-system"
 FIRMWARE = b"\x7fELF firmware for the cluster tests\n" * 100
@@ -70,15 +70,6 @@ def key_secrets(cluster: Cluster, namespace: str) -> dict[str, dict[str, Any]]:
     items = get(cluster, "secrets", KEYS)["items"]
     return {s["metadata"]["annotations"]["fleetpki.io/blob-name"]: s for s in items
             if s["metadata"].get("labels", {}).get("fleetpki.io/scope") == namespace}
-
-
-def rows(listing: str) -> dict[str, list[str]]:
-    """kubectl's table by name, cut at the header's column starts (a cell may be empty)."""
-    header, *lines = listing.splitlines()
-    starts = [i for i, c in enumerate(header) if c != " " and (i == 0 or header[i - 1] == " ")]
-    ends = [*starts[1:], None]
-    return {line.split()[0]: [line[a:b].strip() for a, b in zip(starts, ends, strict=True)]
-            for line in lines}
 
 
 @needs_openssl

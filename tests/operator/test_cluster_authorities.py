@@ -28,6 +28,7 @@ from tests.kube_objects import (
     free_port,
     is_ready,
     profile,
+    reachable,
     running_operator,
 )
 
@@ -91,14 +92,6 @@ def served(state: Path, url: str | None) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(10)
-
-
-def reachable(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2):
-            return True
-    except OSError:
-        return False
 
 
 def ocsp_status(root: Path, certificate: bytes, url: str, tmp_path: Path) -> str:
