@@ -314,11 +314,13 @@ def read_declaration(directory: Path, policies: PolicySource = DEFAULT_SOURCE,
                      inventory: Inventory | None = None) -> tuple[Declaration, list[Problem]]:
     """Resources, policies and tenants (from where `policies` says), with every problem. With
     the `inventory`, the device rows of fleets unchanged since their last complete apply are
-    parsed only when used (a no-op run hashes them and parses none)."""
+    parsed only when used (a no-op run hashes them and parses none), and in a changed fleet the
+    rows its active certificates were issued from are not validated again."""
     applied = {name: (digest, DeviceSummary(devices, declared))
                for name, (digest, devices, declared) in inventory.applied_fleets().items()
                } if inventory is not None else None
-    desired, problems = load_repository(directory, applied)
+    desired, problems = load_repository(directory, applied, inventory.active_sources
+                                        if inventory is not None else None)
     effective = read_policies(policies, desired)
     rules, rule_problems = compile_policies(effective.policies)
     tenancy, tenancy_problems = assign(effective.tenants, desired, policies.namespace)
