@@ -82,16 +82,22 @@ def parse_device_rows(text: str, fmt: str) -> list[tuple[int, dict[str, Any]]]:
                 except json.JSONDecodeError as exc:
                     raise ValueError(f"line {number}: invalid JSON: {exc.msg}") from None
         return rows
-    reader = csv.DictReader(io.StringIO(text))
-    if not reader.fieldnames or "id" not in reader.fieldnames:
+    reader = csv.reader(io.StringIO(text))  # read as csv.DictReader would, at less cost
+    header = next(reader, None)
+    if not header or "id" not in header:
         raise ValueError("CSV needs a header row with an 'id' column")
-    for row in reader:
+    for values in reader:
+        if not values:
+            continue  # a blank line
         line = reader.line_num
+        if len(values) > len(header):
+            raise ValueError(f"line {line}: more values than header columns")
+        row: dict[str, str | None] = dict(zip(header, values, strict=False))
+        if len(values) < len(header):  # as DictReader: the missing columns are None
+            row.update(dict.fromkeys(header[len(values):]))
         device: dict[str, Any] = {"labels": {}}
         for column, value in row.items():
-            if column is None:
-                raise ValueError(f"line {line}: more values than header columns")
-            if value in (None, ""):
+            if not value:
                 continue
             if column.startswith("labels."):
                 device["labels"][column.removeprefix("labels.")] = value
@@ -147,6 +153,7 @@ class DeviceSet:
         self.files = tuple(dict.fromkeys(part.label for part in parts))
         self._parsed: Parsed | None = None  # every device validated
         self._summary: DeviceSummary | None = None
+        self._deferred = False
         self._rows: RowIndex | None = None  # id -> (device, or its row not validated yet; digest)
         self._lines: DeviceLines = {}
 
@@ -173,6 +180,7 @@ class DeviceSet:
     def defer(self, summary: DeviceSummary) -> None:
         """Known unchanged since it was applied: parse only when the devices are asked for."""
         self._summary = summary
+        self._deferred = True
 
     @property
     def parsed(self) -> Parsed:
@@ -193,7 +201,7 @@ class DeviceSet:
         since an apply that found no problem in it) is read without validating any row."""
         if self._rows is None:
             problems: list[Problem] = []
-            self.parse(problems, (lambda _: True) if self._summary is not None else None)
+            self.parse(problems, (lambda _: True) if self._deferred else None)
             if problems:
                 raise InvalidDeclaration(problems)
         assert self._rows is not None
@@ -234,10 +242,12 @@ class DeviceSet:
 
     @property
     def summary(self) -> DeviceSummary:
-        if self._parsed is None and self._summary is not None:
-            return self._summary
-        values = [value for value, _ in self.rows.values()]
-        return DeviceSummary(len(values), sum(1 for v in values if _revocation(v) is None))
+        """Counted once: validating a row later does not change whether it is revoked."""
+        if self._summary is None:
+            values = [value for value, _ in self.rows.values()]
+            self._summary = DeviceSummary(len(values),
+                                          sum(1 for v in values if _revocation(v) is None))
+        return self._summary
 
 
 def _revocation(value: Row) -> Any:

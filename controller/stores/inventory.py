@@ -193,6 +193,7 @@ def upgrade(dialect: str, version: int) -> str:
 
 
 ActiveDevice = tuple[str, str, int, str | None]  # serial, intent digest, renew_at, source
+ActiveOf = Callable[[str], dict[str, ActiveDevice]]  # fleet -> device id -> its certificate
 
 
 @dataclass(frozen=True, slots=True)
@@ -510,12 +511,6 @@ class Inventory:
             "SELECT device, serial, intent, renew_at, source FROM certificates "
             "WHERE kind = 'device' AND owner = ? AND state = 'active'", (fleet,))
         return {row[0]: (row[1], row[2], row[3], row[4]) for row in rows}
-
-    def active_sources(self, fleet: str) -> set[str]:
-        """The source digests of a fleet's active certificates (those recorded)."""
-        return {row[0] for row in self.db.execute(
-            "SELECT source FROM certificates WHERE kind = 'device' AND owner = ? "
-            "AND state = 'active' AND source IS NOT NULL", (fleet,))}
 
     def due_devices(self, fleet: str, now: int) -> dict[str, ActiveDevice]:
         """Like `active_devices`, only those whose renewal time has come (indexed)."""
