@@ -343,8 +343,8 @@ class Server:
     """Start/stop the listeners on the current event loop; `ports` are the bound ports. Each
     listener is an asyncio server whose protocol factory is a `ConnectionGuard`. Given
     `sockets` (kind -> a listening socket) and the HTTPS `context`, a worker of
-    `serve --workers` (`workers.py`) serves on those instead of binding and issuing its own;
-    its metrics are then `multiprocess` ones."""
+    `serve --workers` (`workers.py`) serves on those instead of binding and issuing its own
+    (HTTPS only if given its socket); its metrics are then `multiprocess` ones."""
 
     def __init__(self, state: ServerState, options: ServeOptions,
                  multiprocess: bool = False) -> None:
@@ -363,7 +363,7 @@ class Server:
             guard = ConnectionGuard(opts.limits, "http")
             await self._listen(guard, http_app(self.state, guard, self.metrics), opts.http, None,
                                given.get("http"))
-        if opts.https is not None:
+        if opts.https is not None and (sockets is None or "https" in sockets):
             guard = ConnectionGuard(opts.limits, "https")
             app = https_app(self.state, guard, Throttle(opts.backoff), self.metrics)
             await self._listen(guard, app, opts.https, context or server_tls(self.state, opts),

@@ -1,10 +1,16 @@
-"""`fleetpki serve --workers N`: N processes answering on the same ports.
+"""`fleetpki serve --workers N`: N processes answering on the same HTTP port.
 
 The parent prepares once: it unlocks the keystore, issues the HTTPS certificate and builds the
 TLS context (the key stays in memory), then forks the workers and serves nothing itself. Each
 worker opens its own `ServerState` (inventory connection, CA keys, declaration, OCSP answers)
-and listens on its own socket bound to the shared port with SO_REUSEPORT: the kernel spreads
-new connections over the workers' sockets (Linux hashes each connection to one of them).
+and listens on its own socket bound to the shared HTTP port with SO_REUSEPORT: the kernel
+spreads new connections over the workers' sockets (Linux hashes each connection to one of
+them). OCSP, CRLs, CA certificates and /metrics are read-only and scale so.
+
+EST (HTTPS) is served by worker 0 alone: enrollments write, and a commit by one process makes
+every other process reload its state on its next request (`ServerState.refresh`: another
+connection changed the database); EST in several workers measured 3 enrollments/s instead of
+70. Its failure throttling and policy memo stay in one process too.
 
 Metrics: prometheus_client's multi-process mode. The parent makes a private directory
 (mode 0700) and names it in PROMETHEUS_MULTIPROC_DIR for the workers; each worker writes its
@@ -14,7 +20,8 @@ directory when it stops.
 
 A worker that dies is replaced after a second (its counts stay in its files; connections
 waiting in its socket's queue are reset, new ones go to the others); SIGTERM or SIGINT to the
-parent stops every worker and then the parent.
+parent stops every worker and then the parent; a worker whose parent is gone (SIGKILL) stops
+within a second.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ log = logging.getLogger(__name__)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 BACKLOG = 1024
 RESTART_DELAY = 1.0  # seconds before a dead worker is replaced
+PARENT_CHECK = 1.0  # seconds between a worker's checks that its parent is alive
 
 
 def shared_socket(listener: Listener) -> socket.socket:
@@ -65,6 +73,9 @@ class Workers:
     def __init__(self, make_state: Callable[[], ServerState], options: ServeOptions,
                  count: int, ready: Callable[[dict[str, int]], None] = lambda ports: None
                  ) -> None:
+        if options.http is None:
+            raise ValueError("--workers shares --http among the workers (EST is served by the "
+                             "first one alone): give --http HOST:PORT")
         self.make_state = make_state
         self.options = options
         self.count = count
@@ -131,6 +142,8 @@ class Workers:
         sockets = {}
         try:
             for kind, listener in self.listeners.items():
+                if kind == "https" and number != 0:
+                    continue  # EST: worker 0 alone
                 sockets[kind] = shared_socket(Listener(listener.host,
                                                        self.ports.get(kind, listener.port)))
                 self.ports[kind] = sockets[kind].getsockname()[1]
@@ -178,7 +191,17 @@ async def _serve(state: ServerState, options: ServeOptions, sockets: dict[str, s
         loop.add_signal_handler(number, stop.set)
     server = Server(state, options, multiprocess=True)
     await server.start(sockets, context)
+    orphaned = asyncio.create_task(_parent_gone(os.getppid()))
+    orphaned.add_done_callback(lambda _: stop.set())
     try:
         await stop.wait()
     finally:
+        orphaned.cancel()
         await server.stop()
+
+
+async def _parent_gone(parent: int) -> None:
+    """Returns when the parent is gone (killed without stopping its workers)."""
+    while os.getppid() == parent:
+        await asyncio.sleep(PARENT_CHECK)
+    log.warning("worker %d: the parent %d is gone, stopping", os.getpid(), parent)

@@ -1,6 +1,7 @@
-"""`fleetpki serve --workers 2`: two processes answer on the same ports, `openssl ocsp` gets
-verified answers from both, /metrics counts both (and a dead one's requests), a killed worker
-is replaced, and stopping the parent stops them all and removes the metrics directory."""
+"""`fleetpki serve --workers 2`: two processes answer on the same HTTP port, `openssl ocsp` gets
+verified answers from both, /metrics counts both (and a dead one's requests), the first one
+answers EST, a killed worker is replaced, and stopping the parent stops them all and removes
+the metrics directory."""
 
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def two_workers(env: Env, tmp_path: Path) -> Iterator[Served]:
             stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, "TMPDIR": str(temporary)})
     served = Served(process, http, https, log, temporary)
     try:
-        wait_until(lambda: log.read_text().count("serving https") == 2
+        wait_until(lambda: log.read_text().count("serving http on") == 2
                    or process.poll() is not None, "two workers")
         assert process.poll() is None, log.read_text()
         yield served
@@ -88,6 +89,12 @@ def ocsp_counts(directory: Path) -> dict[int, float]:
     return counts
 
 
+def est_answers(served: Served, env: Env) -> bool:
+    _, bundle = ca_files(env)
+    return run("curl", "-sSf", "-o", "/dev/null", "--cacert", bundle,
+               f"https://127.0.0.1:{served.https}/.well-known/est/cacerts").returncode == 0
+
+
 def scraped_ocsp(served: Served) -> float:
     text = run("curl", "-sSf", f"http://127.0.0.1:{served.http}/metrics").stdout
     line = next(line for line in text.splitlines()
@@ -107,9 +114,8 @@ def test_two_workers_answer_count_and_replace_each_other(two_workers: Served, en
     assert sorted(counts) == sorted(first) and all(counts[pid] > 0 for pid in first), counts
     assert sum(counts.values()) == REQUESTS
     assert [scraped_ocsp(served) for _ in range(6)] == [REQUESTS] * 6  # whoever answers
-    _, bundle = ca_files(env)
-    assert run("curl", "-sSf", "-o", "/dev/null", "--cacert", bundle,
-               f"https://127.0.0.1:{served.https}/.well-known/est/cacerts").returncode == 0
+    assert est_answers(served, env)  # from the first worker
+    assert served.log.read_text().count("serving https on") == 1
 
     killed = first[0]
     os.kill(killed, signal.SIGKILL)
@@ -119,6 +125,7 @@ def test_two_workers_answer_count_and_replace_each_other(two_workers: Served, en
         ocsp_good(served, env)
     wait_until(lambda: len(served.workers()) == 2, "a replacement")
     assert killed not in served.workers() and first[1] in served.workers()
+    wait_until(lambda: est_answers(served, env), "EST (the first worker was killed)")
     assert scraped_ocsp(served) == REQUESTS + 8  # the dead worker's requests still count
 
     last = served.workers()
@@ -126,3 +133,20 @@ def test_two_workers_answer_count_and_replace_each_other(two_workers: Served, en
     assert served.process.wait(30) == 0, served.log.read_text()
     assert served.metrics_directory() is None
     assert not [pid for pid in last if Path(f"/proc/{pid}").exists()]  # reaped by the parent
+
+
+def test_workers_stop_when_their_parent_is_killed(two_workers: Served) -> None:
+    workers = two_workers.workers()
+    two_workers.process.kill()
+    two_workers.process.wait(10)
+    wait_until(lambda: not [pid for pid in workers if alive(pid)], "orphaned workers to stop")
+    assert run("curl", "-s", "-o", "/dev/null",
+               f"http://127.0.0.1:{two_workers.http}/ca/root.pem").returncode != 0
+
+
+def alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting for init to reap it)."""
+    try:
+        return " Z " not in Path(f"/proc/{pid}/stat").read_text().split(")", 1)[1][:4]
+    except FileNotFoundError:
+        return False
