@@ -9,8 +9,8 @@ them). OCSP, CRLs, CA certificates and /metrics are read-only and scale so.
 
 EST (HTTPS) is served by worker 0 alone: enrollments write, and a commit by one process makes
 every other process reload its state on its next request (`ServerState.refresh`: another
-connection changed the database); EST in several workers measured 3 enrollments/s instead of
-70. Its failure throttling and policy memo stay in one process too.
+connection changed the database); EST in two workers measured 3 enrollments/s, against
+41–99/s in one. Its failure throttling and policy memo stay in one process too.
 
 Metrics: prometheus_client's multi-process mode. The parent makes a private directory
 (mode 0700) and names it in PROMETHEUS_MULTIPROC_DIR for the workers; each worker writes its
