@@ -57,11 +57,11 @@ class FleetDecl:
         return self.device_set.summary
 
 
+# change when a certificate or the validation of a row comes to depend on more than before
+SOURCE_FORMAT = "source-2"
 Issued = Callable[[str], Collection[str]]  # fleet -> source digests of its active certificates
 ReadArtifact = Callable[[str], tuple[str, int]]  # repository path -> (sha256 hex, size)
 # Kubernetes mode has no repository: no `read_artifact`, and the operator refuses `path` first
-# change when a certificate or the validation of a row comes to depend on more than before
-SOURCE_FORMAT = "source-2"
 PATH_NEEDS_REPOSITORY = ("artifacts by path are read from a git repository only; give name, "
                          "sha256 and size")
 
@@ -182,6 +182,8 @@ def judged_rows(sources: Collection[str], context: bytes) -> Judged:
 
 @functools.cache
 def _row_rules() -> str:
+    """`Device`'s fields and constraints, and the version. Its custom validators are not in the
+    schema: a change to one of them must change SOURCE_FORMAT."""
     return content_hash(__version__, Device.model_json_schema())
 
 
