@@ -880,6 +880,9 @@ def serve(directory: DirArg, state_dir: StateOpt = None, database_url: DatabaseO
           tls_name: Annotated[str | None, typer.Option(
               "--tls-name", help="DNS name or IP of the server certificate (default: the host "
               "of --https).")] = None,
+          workers: Annotated[int, typer.Option(
+              "--workers", min=1, help="Processes answering on the same ports (SO_REUSEPORT); "
+              "/metrics counts them all.")] = 1,
           default_policies: DefaultPoliciesOpt = True, policies: PoliciesOpt = None) -> None:
     """Serve devices: OCSP, CRLs and CA certificates over HTTP, EST over HTTPS. EST checks
     each enrollment against the same policies (and tenants) as apply."""
@@ -888,6 +891,7 @@ def serve(directory: DirArg, state_dir: StateOpt = None, database_url: DatabaseO
 
     from controller.servers.app import ServeOptions, parse_listener, serve_forever
     from controller.servers.state import ServerState
+    from controller.servers.workers import Workers
 
     if http is None and https is None:
         err.print("error: give --http HOST:PORT and/or --https HOST:PORT", markup=False)
@@ -899,17 +903,22 @@ def serve(directory: DirArg, state_dir: StateOpt = None, database_url: DatabaseO
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(1) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    state = ServerState(directory, jobs.StateDir.resolve(state_dir, database_url),
-                        jobs.PolicySource(default_policies, policies))
+    where = jobs.StateDir.resolve(state_dir, database_url)
+    sources = jobs.PolicySource(default_policies, policies)
+    state = ServerState(directory, where, sources) if workers == 1 else None
     try:
-        asyncio.run(serve_forever(state, options))
+        if state is None:
+            Workers(lambda: ServerState(directory, where, sources), options, workers).run()
+        else:
+            asyncio.run(serve_forever(state, options))
     except KeyboardInterrupt:
         pass
     except ValueError as exc:  # e.g. --https without --tls-ca and no CA to default to
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(1) from None
     finally:
-        state.close()
+        if state is not None:
+            state.close()
 
 
 @app.command("enroll-secret")

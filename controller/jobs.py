@@ -78,6 +78,7 @@ from controller.stores.database import (
     redact,
 )
 from controller.stores.inventory import (
+    ActiveOf,
     Inventory,
     copy,
     create_if_absent,
@@ -355,14 +356,22 @@ class Declaration:
 
 
 def read_declaration(directory: Path, policies: PolicySource = DEFAULT_SOURCE,
-                     inventory: Inventory | None = None) -> tuple[Declaration, list[Problem]]:
+                     inventory: Inventory | None = None, active: ActiveOf | None = None
+                     ) -> tuple[Declaration, list[Problem]]:
     """Resources, policies and tenants (from where `policies` says), with every problem. With
     the `inventory`, the device rows of fleets unchanged since their last complete apply are
-    parsed only when used (a no-op run hashes them and parses none)."""
+    parsed only when used (a no-op run hashes them and parses none), and in a changed fleet the
+    rows its active certificates were issued from are not validated again (`active`: how a
+    fleet's active certificates are read, shared with `observe`)."""
     applied = {name: (digest, DeviceSummary(devices, declared))
                for name, (digest, devices, declared) in inventory.applied_fleets().items()
                } if inventory is not None else None
-    desired, problems = load_repository(directory, applied)
+    if inventory is not None:
+        of = active or inventory.active_devices
+        desired, problems = load_repository(directory, applied, lambda name: {
+            device[3] for device in of(name).values() if device[3] is not None})
+    else:
+        desired, problems = load_repository(directory)
     effective = read_policies(policies, desired)
     rules, rule_problems = compile_policies(effective.policies)
     tenancy, tenancy_problems = assign([] if policies.cluster else effective.tenants, desired,
@@ -373,9 +382,9 @@ def read_declaration(directory: Path, policies: PolicySource = DEFAULT_SOURCE,
 
 
 def load(directory: Path, policies: PolicySource = DEFAULT_SOURCE,
-         inventory: Inventory | None = None) -> Declaration:
+         inventory: Inventory | None = None, active: ActiveOf | None = None) -> Declaration:
     """The declaration, or InvalidDeclaration listing every problem."""
-    declaration, problems = read_declaration(directory, policies, inventory)
+    declaration, problems = read_declaration(directory, policies, inventory, active)
     if problems:
         raise InvalidDeclaration(problems)
     return declaration
@@ -404,9 +413,10 @@ def plan(directory: Path, state: StateDir, now: datetime, max_revocations: int |
         refuse_existing_cas(_created_cas(the_plan), places, None, new_cas)
         return the_plan
     with state.reader() as inventory:
-        declaration = load(directory, policies, inventory)
-        the_plan = declaration.plan(observe(inventory, declaration.desired, now), now,
-                                    max_revocations, danger_fraction)
+        active = functools.cache(inventory.active_devices)  # read once for load and observe
+        declaration = load(directory, policies, inventory, active)
+        the_plan = declaration.plan(observe(inventory, declaration.desired, now, active=active),
+                                    now, max_revocations, danger_fraction)
         refuse_existing_cas(_created_cas(the_plan), places, inventory, new_cas)
         return the_plan
 
@@ -561,7 +571,8 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
             return store.write(StatusUpdate(files, summary, the_plan, outcome, now, done or {},
                                             applied, str(signer) if signer else None))
 
-        declaration, problems = read_declaration(directory, policies, inventory)
+        active = functools.cache(inventory.active_devices)  # read once for load and observe
+        declaration, problems = read_declaration(directory, policies, inventory, active)
         problems = [*source_problems, *problems]
         desired = declaration.desired
         outcome = Outcome(problems=list(problems))
@@ -576,8 +587,9 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
                                         declaration.tenancy)
             if problems:
                 raise InvalidDeclaration(problems)
-            the_plan = only_fleets(declaration.plan(observe(inventory, desired, now, others),
-                                                    now, max_revocations), desired, fleets)
+            observed = observe(inventory, desired, now, others, active)
+            the_plan = only_fleets(declaration.plan(observed, now, max_revocations), desired,
+                                   fleets)
             outcome.problems.extend(the_plan.problems)
             outcome.findings.extend(the_plan.findings)
             outcome.blocked_fleets.update(the_plan.blocked_fleets)

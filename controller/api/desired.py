@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii as _string
 from typing import Any
 
-from controller.api.devices import DeviceLines, DeviceSet, DeviceSummary, RowDigests
+from controller import __version__
+from controller.api.devices import DeviceLines, DeviceSet, DeviceSummary, Judged
 from controller.api.loading import Located
 from controller.api.problems import Problem
 from controller.api.resources import (
@@ -41,17 +43,13 @@ class FleetDecl:
 
     @property
     def devices(self) -> tuple[Device, ...]:
+        """Every device, each row validated."""
         return self.device_set.parsed[0]
 
     @property
     def device_lines(self) -> DeviceLines:
         """Device id -> (file, line)."""
-        return self.device_set.parsed[1]
-
-    @property
-    def row_digests(self) -> RowDigests:
-        """Device id -> the digest of its row as declared."""
-        return self.device_set.parsed[2]
+        return self.device_set.lines
 
     def device(self, device_id: str) -> Device | None:
         return self.device_set.find(device_id)
@@ -61,6 +59,9 @@ class FleetDecl:
         return self.device_set.summary
 
 
+# change when a certificate or the validation of a row comes to depend on more than before
+SOURCE_FORMAT = "source-2"
+Issued = Callable[[str], Collection[str]]  # fleet -> source digests of its active certificates
 ReadArtifact = Callable[[str], tuple[str, int]]  # repository path -> (sha256 hex, size)
 # Kubernetes mode has no repository: no `read_artifact`, and the operator refuses `path` first
 PATH_NEEDS_REPOSITORY = ("artifacts by path are read from a git repository only; give name, "
@@ -167,6 +168,33 @@ def _json(part: object) -> str:
     return json.dumps(part, sort_keys=True, separators=(",", ":"), default=str)
 
 
+def source_context(fleet: DeviceFleet, profile: CertificateProfile) -> bytes:
+    """What a device's certificate depends on besides its row: the fleet (but its devices), the
+    profile, whole, and the rules a row is validated by (`Device` and this version). With the
+    row's digest it makes the device's source digest (`source_digest`)."""
+    return hash_parts(hashlib.sha256(), SOURCE_FORMAT, _row_rules(), fleet.name,
+                      fleet.spec.model_dump(mode="json", exclude={"devices"}),
+                      profile.spec.model_dump(mode="json")).digest()
+
+
+def source_digest(context: bytes, row: bytes) -> str:
+    """The source digest of a device whose row has the digest `row` (see `source_context`)."""
+    return hashlib.sha256(context + row).hexdigest()
+
+
+def judged_rows(sources: Collection[str], context: bytes) -> Judged:
+    """Rows (by digest) that active certificates were issued from, under `context`: judged
+    then by the same rules, they need not be validated again."""
+    return lambda row: source_digest(context, row) in sources
+
+
+@functools.cache
+def _row_rules() -> str:
+    """`Device`'s fields and constraints, and the version. Its custom validators are not in the
+    schema: a change to one of them must change SOURCE_FORMAT."""
+    return content_hash(__version__, Device.model_json_schema())
+
+
 def fleet_hash(fleet: DeviceFleet, devices: DeviceSet, profile: CertificateProfile) -> str:
     """Changes whenever anything that could change a device certificate changes (`tlsSecrets`
     cannot: it is where the operator copies them); the devices count as the text declaring
@@ -214,6 +242,12 @@ def tls_secret_problems(item: Located, profile: CertificateProfile,
     return []
 
 
+def _judged(issued: Issued | None, fleet: DeviceFleet, profile: CertificateProfile
+            ) -> Judged | None:
+    sources = issued(fleet.name) if issued is not None else ()
+    return judged_rows(sources, source_context(fleet, profile)) if sources else None
+
+
 def _external(item: Located) -> bool:
     return isinstance(item.resource, CertificateAuthority) and \
         item.resource.spec.type == "external"
@@ -257,9 +291,11 @@ def cross_check(
     invalid: frozenset[str] = frozenset(),
     applied: Mapping[str, tuple[str, DeviceSummary]] | None = None,
     read_artifact: ReadArtifact | None = None,
+    issued: Issued | None = None,
 ) -> tuple[Desired, list[Problem]]:
     """Index resources and check references and cycles; parse the devices of every fleet but
-    those `applied` as they are (name -> content hash and summary when last applied).
+    those `applied` as they are (name -> content hash and summary when last applied). The rows
+    of a fleet's active certificates, as `issued` gives them, are not validated again.
 
     References to objects in `invalid` ("Kind/name" that failed schema validation, already
     reported) are not reported again as missing.
@@ -357,7 +393,7 @@ def cross_check(
             if last is not None and last[0] == digest:
                 devices.defer(last[1])
             else:
-                devices.parse(problems)
+                devices.parse(problems, _judged(issued, fleet, profile))
             problems.extend(tls_secret_problems(item, profile, devices))
             fleets[name] = FleetDecl(item, devices, digest)
         else:

@@ -27,7 +27,9 @@ from controller.api.resources import ConfigMapKeyRef, Device, DeviceFleet, Devic
 DeviceLines = dict[str, tuple[str, int | None]]  # device id -> (file, line)
 RowDigests = dict[str, bytes]  # device id -> SHA-256 of its row as declared
 Parsed = tuple[tuple[Device, ...], DeviceLines, RowDigests]
-RowIndex = dict[str, tuple[Device | dict[str, Any], bytes]]
+Row = Device | dict[str, Any]  # a device, or its row as read (judged before: not validated yet)
+RowIndex = dict[str, tuple[Row, bytes]]  # device id -> (device or row, row digest)
+Judged = Callable[[bytes], bool]  # a row digest -> judged already (its certificate's source)
 NEVER_ZERO = " (a missing source is an error, never zero devices)"
 KUBERNETES_ONLY = "only in Kubernetes mode (fleetpki operator)"
 
@@ -80,16 +82,22 @@ def parse_device_rows(text: str, fmt: str) -> list[tuple[int, dict[str, Any]]]:
                 except json.JSONDecodeError as exc:
                     raise ValueError(f"line {number}: invalid JSON: {exc.msg}") from None
         return rows
-    reader = csv.DictReader(io.StringIO(text))
-    if not reader.fieldnames or "id" not in reader.fieldnames:
+    reader = csv.reader(io.StringIO(text))  # read as csv.DictReader would, at less cost
+    header = next(reader, None)
+    if not header or "id" not in header:
         raise ValueError("CSV needs a header row with an 'id' column")
-    for row in reader:
+    for values in reader:
+        if not values:
+            continue  # a blank line
         line = reader.line_num
+        if len(values) > len(header):
+            raise ValueError(f"line {line}: more values than header columns")
+        row: dict[str, str | None] = dict(zip(header, values, strict=False))
+        if len(values) < len(header):  # as DictReader: the missing columns are None
+            row.update(dict.fromkeys(header[len(values):]))
         device: dict[str, Any] = {"labels": {}}
         for column, value in row.items():
-            if column is None:
-                raise ValueError(f"line {line}: more values than header columns")
-            if value in (None, ""):
+            if not value:
                 continue
             if column.startswith("labels."):
                 device["labels"][column.removeprefix("labels.")] = value
@@ -133,16 +141,21 @@ class DeviceSet:
     can be planned with a `DeviceSummary` and no parsing (`defer`); the rows are then parsed
     on first use, e.g. when a renewal falls due or a device enrolls. Parsing a deferred set
     that has problems (rows valid when applied that this version refuses) raises
-    InvalidDeclaration."""
+    InvalidDeclaration.
+
+    A row already judged (`parse(problems, judged)`: its digest, under the fleet and profile,
+    is its active certificate's source) is kept as read and validated only when asked for."""
 
     def __init__(self, item: Located | None, parts: list[DeviceText], digest: str) -> None:
         self._item = item
         self._parts = parts
         self.digest = digest
         self.files = tuple(dict.fromkeys(part.label for part in parts))
-        self._parsed: Parsed | None = None
+        self._parsed: Parsed | None = None  # every device validated
         self._summary: DeviceSummary | None = None
-        self._index: RowIndex | None = None  # id -> (device, or its row not validated yet; digest)
+        self._deferred = False
+        self._rows: RowIndex | None = None  # id -> (device, or its row not validated yet; digest)
+        self._lines: DeviceLines = {}
 
     @classmethod
     def of(cls, devices: tuple[Device, ...], lines: DeviceLines) -> DeviceSet:
@@ -152,18 +165,22 @@ class DeviceSet:
             sort_keys=True).encode()).hexdigest()
         made = cls(None, [], digest)
         made._parsed = (devices, lines, {d.id: _inline_digest(d) for d in devices})
+        made._rows = {d.id: (d, made._parsed[2][d.id]) for d in devices}
+        made._lines = lines
         return made
 
-    def parse(self, problems: list[Problem]) -> None:
-        """Parse now, reporting bad rows and duplicate ids to `problems`."""
-        if self._parsed is None:
+    def parse(self, problems: list[Problem], judged: Judged | None = None) -> None:
+        """Parse now, reporting bad rows and duplicate ids to `problems`. A row whose digest is
+        `judged` is not validated now (see `row`)."""
+        if self._rows is None:
             assert self._item is not None
-            self._parsed = _parse(self._item, self._parts, problems)
+            self._rows, self._lines = _parse(self._item, self._parts, problems, judged)
             self._parts = []  # the text is not needed any more
 
     def defer(self, summary: DeviceSummary) -> None:
         """Known unchanged since it was applied: parse only when the devices are asked for."""
         self._summary = summary
+        self._deferred = True
 
     @property
     def parsed(self) -> Parsed:
@@ -171,61 +188,70 @@ class DeviceSet:
         if self._parsed is None:
             problems: list[Problem] = []
             self.parse(problems)
+            devices = [self._validated(device_id, problems) for device_id in self.rows]
             if problems:
                 raise InvalidDeclaration(problems)
-        assert self._parsed is not None
+            self._parsed = (tuple(d for d in devices if d is not None), self._lines,
+                            {device_id: digest for device_id, (_, digest) in self.rows.items()})
         return self._parsed
+
+    @property
+    def rows(self) -> RowIndex:
+        """Id -> (device or its row as read, digest), in declared order. A deferred set (unchanged
+        since an apply that found no problem in it) is read without validating any row."""
+        if self._rows is None:
+            problems: list[Problem] = []
+            self.parse(problems, (lambda _: True) if self._deferred else None)
+            if problems:
+                raise InvalidDeclaration(problems)
+        assert self._rows is not None
+        return self._rows
+
+    @property
+    def lines(self) -> DeviceLines:
+        """Where each device is declared (file, line)."""
+        self.rows  # noqa: B018 (parses)
+        return self._lines
 
     def find(self, device_id: str) -> Device | None:
         found = self.row(device_id)
         return found[0] if found else None
 
     def row(self, device_id: str) -> tuple[Device, bytes] | None:
-        """The device and its row digest, if declared. A deferred set (unchanged since an
-        apply that found no problem in it) validates only the rows asked for; should one of
-        them fail now, the whole set is parsed, raising InvalidDeclaration."""
-        if self._index is None:
-            self._index = self._deferred_rows() if self._parsed is None and \
-                self._summary is not None else None
-        if self._index is None:
-            devices, _, digests = self.parsed
-            self._index = {d.id: (d, digests[d.id]) for d in devices}
-        entry = self._index.get(device_id)
-        if entry is None:
+        """The device and its row digest, if declared; a row not validated yet is validated
+        now. Should it fail, every row is validated, raising InvalidDeclaration."""
+        if device_id not in self.rows:
             return None
-        value, digest = entry
-        if isinstance(value, Device):
-            return value, digest
-        try:
-            device = Device.model_validate(value)
-        except ValidationError:
-            self._index = None
-            self._summary = None
-            return self.row(device_id)  # parses everything: InvalidDeclaration
-        self._index[device_id] = (device, digest)
-        return device, digest
+        device = self._validated(device_id, [])
+        if device is None:
+            self.parsed  # noqa: B018 (raises InvalidDeclaration naming every bad row)
+            raise AssertionError(f"row of {device_id!r} valid now")  # pragma: no cover
+        return device, self.rows[device_id][1]
 
-    def _deferred_rows(self) -> RowIndex | None:
-        """Id -> (row as read, digest) of a deferred set's rows, unvalidated; None if a part
-        cannot be read as rows any more."""
+    def _validated(self, device_id: str, problems: list[Problem]) -> Device | None:
+        """The device of a row, validating it (once) if needed; None and problems if bad."""
+        value, digest = self.rows[device_id]
+        if isinstance(value, Device):
+            return value
         assert self._item is not None
-        fleet = self._item.resource
-        assert isinstance(fleet, DeviceFleet)
-        rows: RowIndex = {d.id: (d, _inline_digest(d)) for d in fleet.spec.devices}
-        try:
-            for part in self._parts:
-                for _, raw in parse_device_rows(part.text, part.format):
-                    rows[str(raw.get("id"))] = (raw, hashlib.sha256(repr(raw).encode()).digest())
-        except (ValueError, csv.Error):
-            return None
-        return rows
+        file, line = self._lines[device_id]
+        device = _validate(self._item, value, file, line or 0, problems)
+        if device is not None:
+            self.rows[device_id] = (device, digest)
+        return device
 
     @property
     def summary(self) -> DeviceSummary:
-        if self._parsed is None and self._summary is not None:
-            return self._summary
-        devices = self.parsed[0]
-        return DeviceSummary(len(devices), sum(1 for d in devices if d.revoked is None))
+        """Counted once: validating a row later does not change whether it is revoked."""
+        if self._summary is None:
+            values = [value for value, _ in self.rows.values()]
+            self._summary = DeviceSummary(len(values),
+                                          sum(1 for v in values if _revocation(v) is None))
+        return self._summary
+
+
+def _revocation(value: Row) -> Any:
+    return value.revoked if isinstance(value, Device) else value.get("revoked")
 
 
 def read_fleet_devices(item: Located, problems: list[Problem],
@@ -271,29 +297,29 @@ def _inline_digest(device: Device) -> bytes:
                           ).digest()
 
 
-def _parse(item: Located, parts: list[DeviceText], problems: list[Problem]) -> Parsed:
+def _parse(item: Located, parts: list[DeviceText], problems: list[Problem],
+           judged: Judged | None = None) -> tuple[RowIndex, DeviceLines]:
     """Inline devices plus every part's rows. A part that cannot be parsed is a problem and
     leaves the fleet with no devices; a bad row is a problem at its part's label and line; a
     device id may appear once across inline devices and all parts. A row's digest is over the
-    row as read (a row written differently is a changed row, never the reverse)."""
+    row as read (a row written differently is a changed row, never the reverse); a row whose
+    digest is `judged` is kept as read, not validated."""
     fleet = item.resource
     assert isinstance(fleet, DeviceFleet)
-    devices: list[Device] = []
+    rows: RowIndex = {}
     lines: DeviceLines = {}
-    digests: RowDigests = {}
 
-    def add(device: Device, file: str, line: int | None, digest: bytes) -> None:
-        if device.id in lines:
-            first_file, first_line = lines[device.id]
-            problems.append(Problem(file, f"duplicate device id {device.id!r} (first at "
+    def add(device_id: str, value: Row, file: str, line: int | None, digest: bytes) -> None:
+        if device_id in lines:
+            first_file, first_line = lines[device_id]
+            problems.append(Problem(file, f"duplicate device id {device_id!r} (first at "
                                     f"{first_file}:{first_line})", line, item.ref, "id"))
             return
-        lines[device.id] = (file, line)
-        digests[device.id] = digest
-        devices.append(device)
+        lines[device_id] = (file, line)
+        rows[device_id] = (value, digest)
 
     for index, device in enumerate(fleet.spec.devices):
-        add(device, item.file, item.line_of("spec", "devices", index, "id"),
+        add(device.id, device, item.file, item.line_of("spec", "devices", index, "id"),
             _inline_digest(device))
     parsed: list[tuple[DeviceText, list[tuple[int, dict[str, Any]]]]] = []
     for part in parts:
@@ -305,17 +331,27 @@ def _parse(item: Located, parts: list[DeviceText], problems: list[Problem]) -> P
             _source_problem(item, problems, f"cannot read device source {part.label!r}: "
                             f"{exc}{NEVER_ZERO}", part.field or main_field(source))
     if len(parsed) < len(parts):
-        return (), {}, {}
-    for part, rows in parsed:
-        for line, raw in rows:
-            try:
-                add(Device.model_validate(raw), part.label, line,
-                    hashlib.sha256(repr(raw).encode()).digest())
-            except ValidationError as exc:
-                for error in exc.errors():
-                    problems.append(Problem(part.label, friendly_message(error), line,
-                                            item.ref, field_path(error["loc"]) or None))
-    return tuple(devices), lines, digests
+        return {}, {}
+    for part, part_rows in parsed:
+        for line, raw in part_rows:
+            digest = hashlib.sha256(repr(raw).encode()).digest()
+            device_id = raw.get("id")
+            if judged is not None and isinstance(device_id, str) and judged(digest):
+                add(device_id, raw, part.label, line, digest)
+            elif (valid := _validate(item, raw, part.label, line, problems)) is not None:
+                add(valid.id, valid, part.label, line, digest)
+    return rows, lines
+
+
+def _validate(item: Located, raw: dict[str, Any], file: str, line: int,
+              problems: list[Problem]) -> Device | None:
+    """The row as a Device, or None and its problems (at `file`:`line`)."""
+    try:
+        return Device.model_validate(raw)
+    except ValidationError as exc:
+        problems.extend(Problem(file, friendly_message(error), line, item.ref,
+                                field_path(error["loc"]) or None) for error in exc.errors())
+        return None
 
 
 def configmap_device_text(

@@ -287,6 +287,8 @@ class Device(Model):
     csr: Annotated[str | None, Field(max_length=32768)] = None
     revoked: Revocation | None = None
 
+    # a change to this validator, or a new one, must change desired.SOURCE_FORMAT: rows already
+    # judged are not validated again (desired._row_rules)
     @model_validator(mode="after")
     def _one_key(self) -> Device:
         if self.publicKey and self.csr:

@@ -8,15 +8,17 @@ from datetime import datetime
 from controller.api.desired import Desired
 from controller.clock import epoch
 from controller.plan.model import CAObserved, CRLObserved, FleetObserved, Observed
-from controller.stores.inventory import Inventory
+from controller.stores.inventory import ActiveOf, Inventory
 from controller.stores.releases import Releases
 
 
 def observe(inventory: Inventory, desired: Desired, now: datetime,
-            elsewhere: Sequence[Inventory] = ()) -> Observed:
+            elsewhere: Sequence[Inventory] = (), active: ActiveOf | None = None) -> Observed:
     """One place that reads state; fleets unchanged since their last apply load only due rows.
     `elsewhere`: inventories whose revocations under our CAs our CRLs list too (the namespaces
-    that issue from the cluster-wide CAs)."""
+    that issue from the cluster-wide CAs). `active` reads a fleet's active certificates
+    (default: `inventory.active_devices`)."""
+    active = active or inventory.active_devices
     now_s = epoch(now)
     authorities: dict[str, CAObserved] = {}
     crls: dict[str, CRLObserved] = {}
@@ -44,7 +46,7 @@ def observe(inventory: Inventory, desired: Desired, now: datetime,
             fleets[name] = FleetObserved(stored_hash, None, inventory.due_devices(name, now_s),
                                          count)
         else:
-            fleets[name] = FleetObserved(stored_hash, inventory.active_devices(name),
+            fleets[name] = FleetObserved(stored_hash, active(name),
                                          active_count=count)
     signed = {name: (r.serial, r.digest) for name in desired.releases
               if (r := releases.current(name)) is not None}

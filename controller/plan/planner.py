@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-import hashlib
 from datetime import datetime
 
-from controller.api.desired import Desired, FleetDecl, content_hash, hash_parts
+from controller.api.desired import (
+    Desired,
+    FleetDecl,
+    content_hash,
+    source_context,
+    source_digest,
+)
 from controller.api.problems import Problem
-from controller.api.resources import Authority, CertificateProfile, Device, DeviceFleet
+from controller.api.resources import Authority, Device
 from controller.clock import epoch, from_epoch
 from controller.plan.intents import ENROLLED, DeviceIntent, IntentError, device_intent
 from controller.plan.model import (
@@ -26,7 +31,6 @@ from controller.plan.schedule import crl_due
 CA_KIND = "CertificateAuthority"
 FLEET_KIND = "DeviceFleet"
 MIN_MASS_REVOCATION_LIMIT = 100
-SOURCE_FORMAT = "source-1"  # change when a certificate comes to depend on more than before
 
 
 def ca_intent(ca: Authority) -> str:
@@ -61,14 +65,6 @@ def _plan_authority(ca: Authority, seen: CAObserved | None, known: bool,
     return None
 
 
-def source_context(fleet: DeviceFleet, profile: CertificateProfile) -> bytes:
-    """What a device's certificate depends on besides its row: the fleet (but its devices) and
-    the profile, whole. With the row's digest it makes the device's source digest."""
-    return hash_parts(hashlib.sha256(), SOURCE_FORMAT, fleet.name,
-                      fleet.spec.model_dump(mode="json", exclude={"devices"}),
-                      profile.spec.model_dump(mode="json")).digest()
-
-
 class _FleetPlanner:
     """Actions for one fleet; collects intents, problems, and the source digests to note.
 
@@ -91,7 +87,7 @@ class _FleetPlanner:
 
     def _source(self, row: bytes) -> str:
         """The source digest of a device whose row has the digest `row`."""
-        return hashlib.sha256(self._context + row).hexdigest()
+        return source_digest(self._context, row)
 
     def _add(self, name: ActionName, device: str, reason: str, serial: str | None = None,
              revocation_reason: str | None = None) -> None:
@@ -112,20 +108,24 @@ class _FleetPlanner:
                 self._add("revoke", device_id, "fleet decommissioned", serial,
                           "cessationOfOperation")
             return
-        declared = set()
-        rows = self.decl.row_digests
-        for device in self.decl.devices:
-            declared.add(device.id)
-            current = active.get(device.id)
-            if device.revoked is None:
-                source = self._source(rows[device.id])
+        rows = self.decl.device_set.rows
+        for device_id, (value, row) in list(rows.items()):
+            current = active.get(device_id)
+            source = self._source(row)
+            if not isinstance(value, Device):  # a row judged when `current` was issued from it
+                if current is not None and current[3] == source and self.now < current[2]:
+                    continue
+                found = self.decl.device_set.row(device_id)
+                assert found is not None
+                value = found[0]
+            if value.revoked is None:
                 if current is None or current[3] != source or self.now >= current[2]:
-                    self._device(device, current, source)
+                    self._device(value, current, source)
             elif current is not None:
-                self._add("revoke", device.id, "device marked revoked", current[0],
-                          device.revoked.reason)
+                self._add("revoke", device_id, "device marked revoked", current[0],
+                          value.revoked.reason)
         if spec.deletionPolicy == "Revoke":
-            for device_id in sorted(set(active) - declared):
+            for device_id in sorted(set(active) - set(rows)):
                 self._add("revoke", device_id, "device removed from fleet", active[device_id][0],
                           "cessationOfOperation")
 

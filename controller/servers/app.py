@@ -12,6 +12,7 @@ import binascii
 import logging
 import math
 import os
+import socket
 import ssl
 import urllib.parse
 from collections.abc import Awaitable, Callable
@@ -328,44 +329,59 @@ class ServeOptions:
     backoff: Backoff = field(default_factory=Backoff)
 
 
+def server_tls(state: ServerState, options: ServeOptions) -> ssl.SSLContext:
+    """The HTTPS context, with a server certificate issued now (options.https must be set)."""
+    assert options.https is not None
+    ca_name = options.tls_ca or state.default_tls_ca()
+    name = options.tls_name or options.https.host
+    certificate, key, chain = state.server_certificate(ca_name, name, now_utc())
+    return tls_context(certificate, key, chain, state.ca_certificates()
+                       + state.external_certificates())
+
+
 class Server:
     """Start/stop the listeners on the current event loop; `ports` are the bound ports. Each
-    listener is an asyncio server whose protocol factory is a `ConnectionGuard`."""
+    listener is an asyncio server whose protocol factory is a `ConnectionGuard`. Given
+    `sockets` (kind -> a listening socket) and the HTTPS `context`, a worker of
+    `serve --workers` (`workers.py`) serves on those instead of binding and issuing its own
+    (HTTPS only if given its socket); its metrics are then `multiprocess` ones."""
 
-    def __init__(self, state: ServerState, options: ServeOptions) -> None:
+    def __init__(self, state: ServerState, options: ServeOptions,
+                 multiprocess: bool = False) -> None:
         self.state = state
         self.options = options
         self.runners: list[web.AppRunner] = []
         self.listeners: list[asyncio.Server] = []
         self.ports: dict[str, int] = {}
-        self.metrics = ServerMetrics(state.state.inventory_location)
+        self.metrics = ServerMetrics(state.state.inventory_location, multiprocess)
 
-    async def start(self) -> None:
+    async def start(self, sockets: dict[str, socket.socket] | None = None,
+                    context: ssl.SSLContext | None = None) -> None:
         opts = self.options
+        given = sockets or {}
         if opts.http is not None:
             guard = ConnectionGuard(opts.limits, "http")
-            await self._listen(guard, http_app(self.state, guard, self.metrics), opts.http, None)
-        if opts.https is not None:
-            ca_name = opts.tls_ca or self.state.default_tls_ca()
-            name = opts.tls_name or opts.https.host
-            certificate, key, chain = self.state.server_certificate(ca_name, name, now_utc())
-            context = tls_context(certificate, key, chain, self.state.ca_certificates()
-                                  + self.state.external_certificates())
+            await self._listen(guard, http_app(self.state, guard, self.metrics), opts.http, None,
+                               given.get("http"))
+        if opts.https is not None and (sockets is None or "https" in sockets):
             guard = ConnectionGuard(opts.limits, "https")
             app = https_app(self.state, guard, Throttle(opts.backoff), self.metrics)
-            await self._listen(guard, app, opts.https, context)
+            await self._listen(guard, app, opts.https, context or server_tls(self.state, opts),
+                               given.get("https"))
 
     async def _listen(self, guard: ConnectionGuard, app: web.Application, listener: Listener,
-                      context: ssl.SSLContext | None) -> None:
+                      context: ssl.SSLContext | None, sock: socket.socket | None) -> None:
         # no lingering read of an unread body (after a 408 or 413): the connection just closes
         runner = web.AppRunner(app, access_log=None, lingering_time=0)
         await runner.setup()
         self.runners.append(runner)
         server = runner.server
         assert server is not None
+        where = {"sock": sock} if sock is not None else {"host": listener.host,
+                                                         "port": listener.port}
         listening = await asyncio.get_running_loop().create_server(
-            lambda: guard.factory(server), listener.host, listener.port, ssl=context,
-            ssl_handshake_timeout=guard.limits.header_timeout if context else None)
+            lambda: guard.factory(server), ssl=context,
+            ssl_handshake_timeout=guard.limits.header_timeout if context else None, **where)
         self.listeners.append(listening)
         self.ports[guard.kind] = listening.sockets[0].getsockname()[1]
         log.info("serving %s on %s:%d", guard.kind, listener.host, self.ports[guard.kind])

@@ -16,7 +16,9 @@ from prometheus_client import (
     Counter,
     Histogram,
     generate_latest,
+    values,
 )
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from controller.clock import epoch, now_utc
 from controller.servers.limits import Handler
@@ -58,15 +60,26 @@ def ocsp_refusal(response: web.StreamResponse) -> str | None:
 
 
 class ServerMetrics:
-    def __init__(self, inventory: Path | str) -> None:
+    """The request metrics and the exposition. `multiprocess` (a worker of `serve --workers`,
+    PROMETHEUS_MULTIPROC_DIR set by its parent): the counters live in that directory's files,
+    one per process, and every worker's exposition sums them all (prometheus_client's
+    multi-process mode), so a scrape answered by any worker counts every worker's requests,
+    including those of a worker that died since."""
+
+    def __init__(self, inventory: Path | str, multiprocess: bool = False) -> None:
         self.registry = CollectorRegistry()
+        own: CollectorRegistry | None = self.registry
+        if multiprocess:
+            values.ValueClass = values.MultiProcessValue()  # chosen per metric, at creation
+            MultiProcessCollector(self.registry)
+            own = None  # collected from the files, by MultiProcessCollector
         self.requests = Counter("fleetpki_server_requests_total", "Requests by endpoint.",
-                                ["endpoint"], registry=self.registry)
+                                ["endpoint"], registry=own)
         self.refusals = Counter("fleetpki_server_refusals_total", "Requests answered with an "
                                 "HTTP error, by endpoint and reason class.",
-                                ["endpoint", "reason"], registry=self.registry)
+                                ["endpoint", "reason"], registry=own)
         self.latency = Histogram("fleetpki_server_request_duration_seconds", "Time to answer a "
-                                 "request, by endpoint.", ["endpoint"], registry=self.registry,
+                                 "request, by endpoint.", ["endpoint"], registry=own,
                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
         self.registry.register(InventoryCollector(lambda: {"": inventory},
                                                   lambda: epoch(now_utc())))

@@ -193,6 +193,7 @@ def upgrade(dialect: str, version: int) -> str:
 
 
 ActiveDevice = tuple[str, str, int, str | None]  # serial, intent digest, renew_at, source
+ActiveOf = Callable[[str], dict[str, ActiveDevice]]  # fleet -> device id -> its certificate
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import csv
+import io
 import json
 import random
 from typing import Any
@@ -131,6 +133,60 @@ def test_parse_device_rows_is_public_and_pure() -> None:
     assert parse_device_rows('\n{"id": "j"}\n', "jsonl") == [(2, {"id": "j"})]
     with pytest.raises(ValueError, match="'id' column"):
         parse_device_rows("name\nx\n", "csv")
+
+
+def dict_reader_rows(text: str) -> list[tuple[int, dict[str, Any]]]:
+    """What `parse_device_rows` gave when it read CSV with csv.DictReader (the reference)."""
+    reader = csv.DictReader(io.StringIO(text))
+    if not reader.fieldnames or "id" not in reader.fieldnames:
+        raise ValueError("CSV needs a header row with an 'id' column")
+    rows = []
+    for row in reader:
+        device: dict[str, Any] = {"labels": {}}
+        for column, value in row.items():
+            if column is None:
+                raise ValueError(f"line {reader.line_num}: more values than header columns")
+            if value in (None, ""):
+                continue
+            if column.startswith("labels."):
+                device["labels"][column.removeprefix("labels.")] = value
+            elif column == "revoked":
+                device["revoked"] = {"reason": value}
+            else:
+                device[column] = value
+        rows.append((reader.line_num, device))
+    return rows
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_csv_rows_are_read_as_dict_reader_read_them(seed: int) -> None:
+    """Row for row, line for line and error for error (the row digests depend on it): blank
+    lines, short and long rows, quoted newlines and commas, repeated columns, empty values."""
+    chance = random.Random(seed)
+    columns = ["id", "labels.site", "publicKey", "revoked", "labels.site", "csr"]
+    header = chance.sample(columns, chance.randint(1, len(columns)))
+    values = ["", "a", "b c", "x,y", 'say "hi"', "-----BEGIN\nAB\n-----END", "keyCompromise"]
+    lines = [",".join(header)]
+    for _ in range(chance.randint(0, 8)):
+        if chance.random() < 0.15:
+            lines.append("")
+            continue
+        cells = [chance.choice(values).replace("\\n", "\n")
+                 for _ in range(max(0, len(header) + chance.choice([-1, 0, 0, 0, 1])))]
+        lines.append(",".join(f'"{c.replace(chr(34), chr(34) * 2)}"'
+                              if any(ch in c for ch in ',"\n') else c for c in cells))
+    text = "\n".join(lines) + chance.choice(["", "\n"])
+    try:
+        expected: Any = dict_reader_rows(text)
+    except ValueError as exc:
+        expected = str(exc)
+    try:
+        found: Any = parse_device_rows(text, "csv")
+    except ValueError as exc:
+        found = str(exc)
+    assert found == expected
+    if isinstance(found, list):
+        assert [repr(raw) for _, raw in found] == [repr(raw) for _, raw in expected]
 
 
 # --- ConfigMaps ----------------------------------------------------------------------------

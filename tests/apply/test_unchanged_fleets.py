@@ -10,11 +10,13 @@ from __future__ import annotations
 import shutil
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from controller import jobs
 from controller.api import devices as device_module
+from controller.api.problems import InvalidDeclaration
 from controller.clock import epoch
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fleet-repo"
@@ -89,3 +91,43 @@ def test_an_inventory_from_before_the_summary_columns_parses_once_then_skips(
     parsed.clear()
     jobs.apply(repo, state, now, write_status=False)
     assert parsed == []
+
+
+def test_a_changed_fleet_validates_only_its_changed_rows(
+        parsed: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows their active certificates were issued from are not validated again; a changed row
+    that is invalid is refused at its line, and nothing is applied."""
+    validated: list[str] = []
+    real = device_module._validate
+
+    def counting(item: Any, raw: dict[str, Any], *rest: Any) -> Any:
+        validated.append(str(raw.get("id")))
+        return real(item, raw, *rest)
+
+    monkeypatch.setattr(device_module, "_validate", counting)
+    repo, state = tmp_path / "repo", jobs.StateDir(tmp_path / "state")
+    shutil.copytree(EXAMPLE, repo)
+    csv = repo / "fleets" / "sensors.csv"
+    now = jobs.now_utc()
+    jobs.apply(repo, state, now, write_status=False)
+    assert len(validated) == 1000
+    lines = csv.read_text().splitlines(keepends=True)
+    lines[2] = lines[2].replace(",munich,", ",bremen,")
+    lines[3] = lines[3].rstrip("\n") + "keyCompromise\n"
+    csv.write_text("".join(lines))
+    validated.clear()
+    report = jobs.apply(repo, state, now, write_status=False)
+    assert sorted(validated) == ["sensor-0002", "sensor-0003"]
+    assert {(a.action, a.device) for a in report.plan.actions if a.device} == {
+        ("rekey", "sensor-0002"), ("revoke", "sensor-0003")}  # server keys: rekeyed
+
+    lines[5] = "Not A Valid Id!" + lines[5][len("sensor-0005"):]
+    lines[6] = lines[6].replace("sensor-0006", "sensor-0007")  # a duplicate of an unchanged row
+    csv.write_text("".join(lines))
+    validated.clear()
+    with pytest.raises(InvalidDeclaration) as refused:
+        jobs.apply(repo, state, now, write_status=False)
+    assert [(p.file, p.line) for p in refused.value.problems] == [
+        ("fleets/sensors.csv", 6), ("fleets/sensors.csv", 8)]
+    assert "duplicate device id 'sensor-0007'" in refused.value.problems[1].message
+    assert sorted(validated) == ["Not A Valid Id!", "sensor-0003", "sensor-0007"]  # 3: revoked

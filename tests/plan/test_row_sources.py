@@ -8,11 +8,29 @@ from typing import Any
 
 import pytest
 
+from controller.api import desired as desired_module
+from controller.api import devices as devices_module
+from controller.api.desired import Desired, cross_check
+from controller.api.devices import DeviceText, read_fleet_devices
+from controller.api.loading import Located
+from controller.api.problems import Problem
+from controller.api.resources import CertificateProfile, DeviceFleet
 from controller.plan import planner
 from controller.plan.model import FleetObserved, Observed, Plan
 from controller.plan.planner import plan
 
-from .support import NOW, NOW_S, converged, device, make_desired, with_fleet
+from .support import (
+    DAY,
+    ISSUING,
+    NOW,
+    NOW_S,
+    PROFILE_SPEC,
+    authorities,
+    converged,
+    device,
+    make_desired,
+    with_fleet,
+)
 
 SITES = ("berlin", "paris", "rome")
 
@@ -134,3 +152,162 @@ def test_the_short_way_plans_what_rendering_every_device_plans(seed: int) -> Non
     short, full = plan(desired, changed, NOW), plan(desired, without_sources(changed), NOW)
     assert summary(short) == summary(full)
     assert short.intents == full.intents
+
+
+# Rows already judged: a changed fleet read from its CSV validates only the rows that no active
+# certificate was issued from; the plan and the problems are those of validating every row.
+
+BAD_ROWS = ({"id": "Bad Id!"}, {"labels.site": "x" * 300}, {"publicKey": "k", "csr": "c"})
+
+
+def csv_text(rows: list[dict[str, str]]) -> str:
+    lines = ["id,labels.site,publicKey,csr,revoked"]
+    lines += [",".join(row.get(c, "") for c in ("id", "labels.site", "publicKey", "csr",
+                                                "revoked")) for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def row(number: int, site: str = "berlin") -> dict[str, str]:
+    return {"id": f"dev-{number:03d}", "labels.site": site}
+
+
+def load(rows: list[dict[str, str]], issued: Observed | None = None,
+         profile: dict[str, Any] | None = None, fleet: dict[str, Any] | None = None,
+         ) -> tuple[Desired, list[Problem]]:
+    """The fleet `sensors` with its devices in `fleets/sensors.csv`, checked as the loader does;
+    with `issued`, the sources of its active certificates are those `issued` observes."""
+    located = authorities()
+    located.append(Located(CertificateProfile.model_validate(
+        {"metadata": {"name": "client"}, "spec": {**PROFILE_SPEC, **(profile or {})}}),
+        "profiles.yaml", 1))
+    item = Located(DeviceFleet.model_validate({"metadata": {"name": "sensors"}, "spec": {
+        "issuerRef": {"name": ISSUING}, "profileRef": {"name": "client"},
+        "deviceSource": {"path": "sensors.csv"}, **(fleet or {})}}), "fleets/sensors.yaml", 1)
+    located.append(item)
+    problems: list[Problem] = []
+    text = csv_text(rows)
+    devices = read_fleet_devices(item, problems,
+                                 lambda _: [DeviceText("fleets/sensors.csv", text, "csv")])
+
+    def sources(name: str) -> set[str]:
+        seen = issued.fleets.get(name) if issued is not None else None
+        return {c[3] for c in (seen.active or {}).values() if c[3]} if seen else set()
+
+    desired, found = cross_check(located, {"sensors": devices},
+                                 issued=sources if issued is not None else None)
+    return desired, problems + found
+
+
+def changed(observed: Observed) -> Observed:
+    """The same certificates, the fleet's declaration no longer the one applied."""
+    seen = observed.fleets["sensors"]
+    return with_fleet(observed, "sensors", FleetObserved(None, seen.active,
+                                                         active_count=seen.active_count))
+
+
+@pytest.fixture
+def validated(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The ids of the CSV rows validated into `Device` models."""
+    calls: list[str] = []
+    real = devices_module._validate
+
+    def counting(item: Located, raw: dict[str, Any], *rest: Any) -> Any:
+        calls.append(str(raw.get("id")))
+        return real(item, raw, *rest)
+
+    monkeypatch.setattr(devices_module, "_validate", counting)
+    return calls
+
+
+def test_only_changed_rows_are_validated(validated: list[str]) -> None:
+    rows = [row(i) for i in range(30)]
+    observed = changed(converged(load(rows)[0]))
+    rows[4] = row(4, "madrid")
+    rows[6] = {**row(6), "revoked": "keyCompromise"}
+    rows.append(row(99))
+    validated.clear()
+    desired, problems = load(rows, observed)
+    result = plan(desired, observed, NOW)
+    assert problems == [] and sorted(validated) == ["dev-004", "dev-006", "dev-099"]
+    assert {(a.action, a.device) for a in result.actions if a.device} == {
+        ("rekey", "dev-004"), ("revoke", "dev-006"), ("issue", "dev-099")}
+    assert desired.fleets["sensors"].summary.count == 31
+    assert desired.fleets["sensors"].summary.declared == 30
+
+
+def test_an_invalid_changed_row_is_reported_at_its_line(validated: list[str]) -> None:
+    rows = [row(i) for i in range(10)]
+    observed = changed(converged(load(rows)[0]))
+    rows[3] = {**row(3), "labels.site": "x" * 300}
+    validated.clear()
+    _, problems = load(rows, observed)
+    assert validated == ["dev-003"]
+    assert [(p.file, p.line, p.field) for p in problems] == [
+        ("fleets/sensors.csv", 5, "labels.site")]
+
+
+def test_new_row_rules_validate_every_row(validated: list[str],
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows judged by other rules (another version of `Device`, fleet or profile) are judged
+    again."""
+    rows = [row(i) for i in range(6)]
+    observed = changed(converged(load(rows)[0]))
+    for variant in ({"profile": {"usages": ["client auth"]}},
+                    {"fleet": {"deletionPolicy": "Orphan"}}):
+        validated.clear()
+        load(rows, observed, **variant)
+        assert len(validated) == 6, variant
+    monkeypatch.setattr(desired_module, "_row_rules", lambda: "a stricter Device")
+    validated.clear()
+    load(rows, observed)
+    assert len(validated) == 6
+
+
+def test_a_due_judged_row_is_validated_and_renewed(validated: list[str]) -> None:
+    rows = [row(i) for i in range(4)]
+    observed = changed(converged(load(rows)[0], renew_at=NOW_S))
+    validated.clear()
+    desired, _ = load(rows, observed)
+    assert validated == []
+    result = plan(desired, observed, NOW)
+    assert sorted(validated) == [f"dev-{i:03d}" for i in range(4)]
+    assert [a.action for a in result.actions if a.device] == ["rekey"] * 4
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_judged_rows_plan_what_validating_every_row_plans(seed: int) -> None:
+    """Random edits of a converged CSV fleet (bad rows among them in odd seeds, every device
+    due in every fourth, the rules unchanged in those): loading with the sources of the active
+    certificates gives the problems, plan and intents of validating every row."""
+    chance = random.Random(seed)
+    rows = [row(i, chance.choice(SITES)) for i in range(40)]
+    observed = converged(load(rows)[0], renew_at=NOW_S if seed % 4 == 0 else NOW_S + DAY)
+    edits = ["site", "revoke", "delete", "add", "same"] + (["bad", "duplicate"] if seed % 2 else [])
+    for _ in range(chance.randint(1, 12)):
+        index = chance.randrange(len(rows))
+        edit = chance.choice(edits)
+        if edit == "site":
+            rows[index] = {**rows[index], "labels.site": chance.choice(SITES + ("oslo",))}
+        elif edit == "revoke":
+            rows[index] = {**rows[index], "revoked": "superseded"}
+        elif edit == "delete":
+            del rows[index]
+        elif edit == "add":
+            rows.append(row(chance.randrange(100, 10**6)))
+        elif edit == "bad":
+            rows[index] = {**rows[index], **chance.choice(BAD_ROWS)}
+        elif edit == "duplicate":
+            rows.append(dict(rows[index]))
+    variant = {} if seed % 4 == 0 else chance.choice([
+        {}, {"profile": {"usages": ["client auth"]}}, {"fleet": {"deletionPolicy": "Orphan"}}])
+    seen = changed(observed)
+    judged, judged_problems = load(rows, seen, **variant)
+    full, full_problems = load(rows, None, **variant)
+    assert judged_problems == full_problems
+    if judged_problems:
+        return  # the loader refuses the declaration: nothing is planned
+    short, every = plan(judged, seen, NOW), plan(full, seen, NOW)
+    assert summary(short) == summary(every) and short.problems == every.problems
+    assert short.intents == every.intents and short.source_notes == every.source_notes
+    assert judged.fleets["sensors"].summary == full.fleets["sensors"].summary
+    assert judged.fleets["sensors"].devices == full.fleets["sensors"].devices
