@@ -24,7 +24,6 @@ from controller.sources.kube import write_cluster_declaration
 from controller.status.kube import BACKOFF_BASE, KubeStatus
 
 log = logging.getLogger("fleetpki.operator")
-ClusterBodies = Callable[[], Iterable[Mapping[str, Any]]]
 CA_CHANGES = ("create-ca", "renew-ca")  # what the namespaces issuing from the CAs must see
 
 

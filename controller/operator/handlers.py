@@ -18,6 +18,7 @@ from controller.operator.cluster import CA_CHANGES
 from controller.operator.due import is_due
 from controller.operator.namespaces import Namespaces
 from controller.operator.tls_secrets import TLSSecretsError
+from controller.sources.kube import cluster_authorities_used
 
 TIMED = ("CertificateAuthority", "DeviceFleet")
 RETRY_DELAY = 30  # seconds before kopf retries a run that failed for a transient reason
@@ -37,11 +38,6 @@ def _cluster_indexed(body: kopf.Body, **_: Any) -> dict[str, Any] | None:
     if body.metadata.get("deletionTimestamp"):
         return None
     return {CLUSTER_KEY: copy.deepcopy(dict(body))}
-
-
-def _uses_cluster_cas(fleets: Iterable[Mapping[str, Any]]) -> bool:
-    return any(((f.get("spec") or {}).get("issuerRef") or {}).get("kind")
-               == "ClusterCertificateAuthority" for f in fleets)
 
 
 def build_registry(namespaces: Namespaces, resync: timedelta) -> kopf.OperatorRegistry:
@@ -72,8 +68,9 @@ def build_registry(namespaces: Namespaces, resync: timedelta) -> kopf.OperatorRe
         if report is None or not any(report.result.done.get(a) for a in CA_CHANGES):
             return
         fleets = found[NAMESPACED_PLURALS["DeviceFleet"]]
+        authorities = {b["metadata"]["name"]: b for b in cluster_bodies(found)}
         for namespace in sorted(fleets):
-            if _uses_cluster_cas(list(fleets.get(namespace, []))):
+            if cluster_authorities_used(list(fleets.get(namespace, [])), authorities):
                 run(namespace, found)
 
     def changed(**kwargs: Any) -> None:  # kopf passes the indexes by name among kwargs
