@@ -20,11 +20,13 @@ from typing import Any
 from kubernetes import client
 
 from controller import jobs
+from controller.operator.metrics import ACTIONS, DURATION, reconciled
 from controller.sources.kube import write_cluster_declaration
 from controller.status.kube import BACKOFF_BASE, KubeStatus
 
 log = logging.getLogger("fleetpki.operator")
 CA_CHANGES = ("create-ca", "renew-ca")  # what the namespaces issuing from the CAs must see
+METRICS_LABEL = ""  # the `namespace` label of the cluster scope's reconciles and actions
 
 
 @dataclass
@@ -54,20 +56,29 @@ class ClusterScope:
         """Converge the cluster-wide CAs and their CRLs; None when the run was refused (the
         reasons are on the objects' Stalled conditions)."""
         objects = list(bodies)
-        with self._lock:
-            state = self.state()
-            declaration = state.path / "declaration"
-            write_cluster_declaration(objects, declaration)
-            status = KubeStatus(self.api, None, objects, self.backoff_base, self._announced)
+        result = "error"
+        with self._lock, DURATION.labels(METRICS_LABEL).time():
             try:
-                report = jobs.apply(declaration, state, self.clock(), status_store=status,
-                                    policies=jobs.PolicySource(directory=self.policies,
-                                                               cluster=True),
-                                    elsewhere=self.namespace_inventories())
+                report = self._apply(objects)
+                result = "applied"
             except jobs.REFUSALS as exc:
+                result = "refused"
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 log.warning("cluster-wide CAs not converged: %s", first)
                 return None
+            finally:
+                reconciled(METRICS_LABEL, result)
+        for action, number in report.result.done.items():
+            ACTIONS.labels(METRICS_LABEL, action).inc(number)
         done = ", ".join(f"{k} {v}" for k, v in sorted(report.result.done.items()))
         log.info("cluster-wide CAs reconciled: %s", done or "no changes")
         return report
+
+    def _apply(self, objects: list[Mapping[str, Any]]) -> jobs.ApplyReport:
+        state = self.state()
+        declaration = state.path / "declaration"
+        write_cluster_declaration(objects, declaration)
+        status = KubeStatus(self.api, None, objects, self.backoff_base, self._announced)
+        return jobs.apply(declaration, state, self.clock(), status_store=status,
+                          policies=jobs.PolicySource(directory=self.policies, cluster=True),
+                          elsewhere=self.namespace_inventories())

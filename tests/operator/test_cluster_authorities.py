@@ -30,6 +30,7 @@ from tests.kube_objects import (
     profile,
     reachable,
     running_operator,
+    scrape,
 )
 
 CLUSTER_CAS = "fleetpki.io/v1alpha1/clustercertificateauthorities"
@@ -132,7 +133,9 @@ def test_namespaces_issue_from_one_cluster_wide_ca_and_share_its_crl(
     declare(kube, "team-b", ["b-1"])
     declare(kube, "outsiders", ["o-1"])
     state_root = tmp_path / "state"
-    with running_operator(state_root, ("team-a", "team-b", "outsiders"), database_url=url):
+    metrics = free_port()
+    with running_operator(state_root, ("team-a", "team-b", "outsiders"), database_url=url,
+                          metrics_port=metrics):
         for namespace in ("team-a", "team-b"):
             ready = fleet_when(kube, namespace, is_ready)
             assert ready["status"]["devices"]["active"] == len(ready["spec"]["devices"])
@@ -159,6 +162,10 @@ def test_namespaces_issue_from_one_cluster_wide_ca_and_share_its_crl(
         root_ca = wait_for(lambda: (c := kube.get(CLUSTER_CAS, None, "fleet-root"))
                            and (c["status"].get("crl") or {}).get("entries") == 1 and c)
         assert root_ca["status"]["certificate"]["serial"] == serial  # the same CA throughout
+        exposition = scrape(metrics)  # the cluster scope's runs: namespace ""
+        assert 'fleetpki_reconciles_total{namespace="",result="applied"}' in exposition
+        assert 'fleetpki_certificate_actions_total{action="create-ca",namespace=""}' \
+            in exposition
 
     crl = state_root / "cluster" / "public" / "crl" / "fleet-root.pem"
     revoked = openssl_verify(root, issued["a-1"], tmp_path, crl)
