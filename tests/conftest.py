@@ -6,9 +6,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from controller.api import devices as devices_module
+from controller.api.loading import Located
 from tests.kube_emulator import RunningEmulator
 from tests.postgres import REQUIRE_ENV, Cluster, server_bindir
 
@@ -57,3 +60,17 @@ def inventory_backend(request: pytest.FixtureRequest,
     url: str = request.getfixturevalue("postgres").database()
     monkeypatch.setenv(DATABASE_ENV, url)
     return url
+
+
+@pytest.fixture
+def validated(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The ids of the device rows validated into `Device` models, in order."""
+    calls: list[str] = []
+    real = devices_module._validate
+
+    def counting(item: Located, raw: dict[str, Any], *rest: Any) -> Any:
+        calls.append(str(raw.get("id")))
+        return real(item, raw, *rest)
+
+    monkeypatch.setattr(devices_module, "_validate", counting)
+    return calls

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 
 from controller.api import desired as desired_module
-from controller.api import devices as devices_module
 from controller.api.desired import Desired, cross_check
 from controller.api.devices import DeviceText, read_fleet_devices
 from controller.api.loading import Located
@@ -203,20 +202,6 @@ def changed(observed: Observed) -> Observed:
     seen = observed.fleets["sensors"]
     return with_fleet(observed, "sensors", FleetObserved(None, seen.active,
                                                          active_count=seen.active_count))
-
-
-@pytest.fixture
-def validated(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The ids of the CSV rows validated into `Device` models."""
-    calls: list[str] = []
-    real = devices_module._validate
-
-    def counting(item: Located, raw: dict[str, Any], *rest: Any) -> Any:
-        calls.append(str(raw.get("id")))
-        return real(item, raw, *rest)
-
-    monkeypatch.setattr(devices_module, "_validate", counting)
-    return calls
 
 
 def test_only_changed_rows_are_validated(validated: list[str]) -> None:
