@@ -230,14 +230,14 @@ class Executor:
         serial = certs.random_serial()
         key_blob = None
         digest = intent.digest
-        if intent.device_public_key is not None:
-            public_key = intent.device_public_key
+        if intent.device_key is not None:
+            device_key = intent.device_key
         elif intent.key_fingerprint == ENROLLED:  # renew with the key the device enrolled
-            public_key = self._enrolled_key(action)
-            digest = f"{intent.content_digest}:{keys.public_key_fingerprint(public_key)}"
+            device_key = keys.DeviceKey.of(self._enrolled_key(action))
+            digest = f"{intent.content_digest}:{device_key.fingerprint}"
         else:
             private_key = self._server_key(action, profile.spec.keyAlgorithm)
-            public_key = private_key.public_key()
+            device_key = keys.DeviceKey.of(private_key.public_key())
             key_blob = self.keystore.wrap_device_key(serial_hex(serial), private_key)
         ocsp_url = issuer.spec.ocsp.url if issuer.spec.ocsp else None
         if (ca_record.serial, profile.name) not in self._templates:
@@ -251,12 +251,12 @@ class Executor:
         extra = [(oid, certs.der_utf8_string(v)) for oid, v in intent.extensions]
         if template is not None and template.covers(extra):
             certificate = x509.load_der_x509_certificate(template.sign(template.tbs(
-                subject=subject, subject_alt_names=sans, public_key=public_key,
+                subject=subject, subject_alt_names=sans, spki=device_key.der,
                 not_before=not_before, not_after=not_after, serial=serial,
                 extra_extensions=extra)))
         else:  # what the template does not cover: the same certificate, built more slowly
             certificate = certs.build_leaf_certificate(
-                subject=subject, subject_alt_names=sans, public_key=public_key,
+                subject=subject, subject_alt_names=sans, public_key=device_key.load(),
                 issuer_key=ca_key, issuer_certificate=ca_cert, not_before=not_before,
                 not_after=not_after, usages=profile.spec.usages, extra_extensions=extra,
                 crl_distribution_point=issuer.spec.crl.distributionPoint, ocsp_url=ocsp_url,

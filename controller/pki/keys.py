@@ -1,7 +1,10 @@
 """Key generation, identification and (de)serialisation."""
 
+from __future__ import annotations
+
 import hashlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeAlias
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -161,6 +164,29 @@ def load_public_key_pem(data: bytes) -> PublicKey:
         raise PKIError("not a PEM public key (expected -----BEGIN PUBLIC KEY----- with valid "
                        "base64 DER inside)") from None
     return supported_public_key(key)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceKey:
+    """A device's public key as its certificate carries it: the algorithm and the DER
+    SubjectPublicKeyInfo. Plans hold these, not key objects: a loaded P-256 key costs about
+    2 KB of memory, 15 times its DER (2 GB at a million devices)."""
+
+    algorithm: str
+    der: bytes
+
+    @classmethod
+    def of(cls, public_key: PublicKey) -> DeviceKey:
+        return cls(key_algorithm_of(public_key), public_key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
+
+    @property
+    def fingerprint(self) -> str:
+        """As `public_key_fingerprint`."""
+        return hashlib.sha256(self.der).hexdigest()
+
+    def load(self) -> PublicKey:
+        return supported_public_key(serialization.load_der_public_key(self.der))
 
 
 def public_key_fingerprint(public_key: CertificatePublicKeyTypes) -> str:

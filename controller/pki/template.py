@@ -20,14 +20,14 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtensionOID
 
 from .certificates import _revocation_extensions, _validity, authority_key_identifier, check_issuer
 from .der import der_integer, der_oid, der_time, der_tlv, public_key_bits
 from .errors import PKIError
-from .keys import PrivateKey, PublicKey
+from .keys import PrivateKey
 from .usages import parse_usages
 
 _ECDSA_OIDS = {256: "1.2.840.10045.4.3.2", 384: "1.2.840.10045.4.3.3"}  # with SHA-256/SHA-384
@@ -107,9 +107,10 @@ class LeafTemplate:
         return len(set(oids)) == len(oids) and not set(oids) & _STANDARD
 
     def tbs(self, *, subject: x509.Name, subject_alt_names: Sequence[x509.GeneralName],
-            public_key: PublicKey, not_before: datetime, not_after: datetime, serial: int,
+            spki: bytes, not_before: datetime, not_after: datetime, serial: int,
             extra_extensions: Sequence[tuple[str, bytes]] = ()) -> bytes:
-        """The DER TBSCertificate `build_leaf_certificate` makes from the same inputs."""
+        """The DER TBSCertificate `build_leaf_certificate` makes from the same inputs, the key
+        given as its DER SubjectPublicKeyInfo (`spki`, as `DeviceKey.der`)."""
         if len(subject) == 0 and not subject_alt_names:
             raise PKIError("a certificate with an empty subject needs subject alternative names")
         if serial <= 0 or serial.bit_length() > 159:
@@ -117,8 +118,6 @@ class LeafTemplate:
         if self._validity is None or self._validity[:2] != (not_before, not_after):
             start, end = _validity(not_before, not_after, self._issuer)  # one apply: same times
             self._validity = (not_before, not_after, der_tlv(0x30, der_time(start) + der_time(end)))
-        spki = public_key.public_bytes(serialization.Encoding.DER,
-                                       serialization.PublicFormat.SubjectPublicKeyInfo)
         extensions = [_extension(_SKI, False, der_tlv(0x04, _key_identifier(spki))),
                       self._usages, self._extended]
         if subject_alt_names:

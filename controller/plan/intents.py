@@ -49,7 +49,7 @@ class DeviceIntent:
     subject: tuple[tuple[str, str], ...]
     sans: tuple[tuple[str, str], ...]  # ("dns" | "uri" | "ip" | "email", value)
     extensions: tuple[tuple[str, str], ...]  # (oid, UTF-8 value)
-    device_public_key: keys.PublicKey | None
+    device_key: keys.DeviceKey | None  # the device's own key; None for server keygen or EST
     content_digest: str
     key_fingerprint: str  # device key; "server-<algorithm>"; or ENROLLED (key from EST)
     source: str | None = None  # the row's source digest (the planner's), kept with the certificate
@@ -150,14 +150,15 @@ def device_intent(fleet: DeviceFleet, profile: CertificateProfile, device: Devic
         raise IntentError("labels", f"profile {profile.name} extension: {exc}") from None
     enrolls = fleet.spec.enrollment is not None and profile.spec.keyGeneration == "device"
     public_key = device_public_key(device, profile, enrolls)
+    device_key = keys.DeviceKey.of(public_key) if public_key is not None else None
     issuer = fleet.spec.issuerRef  # the kind only when cluster-wide: digests made before stay
     digest = hash_parts(_profile_digest(issuer.name if issuer.kind == "CertificateAuthority"
                                         else f"{issuer.kind}/{issuer.name}", spec.keyAlgorithm,
                                         spec.keyGeneration, tuple(spec.usages)).copy(),
                         subject, sans, extensions).hexdigest()
-    if public_key is not None:
-        fingerprint = keys.public_key_fingerprint(public_key)
+    if device_key is not None:
+        fingerprint = device_key.fingerprint
     else:
         fingerprint = ENROLLED if enrolls else f"server-{spec.keyAlgorithm}"
-    return DeviceIntent(device.id, subject, tuple(sans), extensions, public_key, digest,
+    return DeviceIntent(device.id, subject, tuple(sans), extensions, device_key, digest,
                         fingerprint, source)

@@ -30,7 +30,6 @@ from controller.api.resources import (
     PolicyRule,
     SigningProfile,
 )
-from controller.pki import keys
 from controller.plan.intents import DeviceIntent
 from controller.plan.schedule import renew_before
 from controller.policy.tenancy import NO_TENANTS, Tenancy
@@ -243,13 +242,12 @@ def device_data(intent: DeviceIntent, labels: Mapping[str, str],
     sans: dict[str, list[str]] = {"dns": [], "uri": [], "ip": [], "email": []}
     for kind, value in intent.sans:
         sans[kind].append(value)
-    key = intent.device_public_key
+    key = intent.device_key
     return {
         "id": intent.device_id, "labels": dict(labels), "subject": dict(intent.subject),
         "dnsNames": sans["dns"], "uris": sans["uri"], "ipAddresses": sans["ip"],
         "emailAddresses": sans["email"],
-        "keyAlgorithm": keys.key_algorithm_of(key) if key is not None
-        else profile.spec.keyAlgorithm,
+        "keyAlgorithm": key.algorithm if key is not None else profile.spec.keyAlgorithm,
         "keyGeneration": profile.spec.keyGeneration,
     }
 

@@ -138,14 +138,15 @@ def test_template_tbs_is_the_builders_for_thousands_of_random_devices(
                                     microseconds=rng.randint(0, 999_999))
         serial = certs.random_serial() if number % 10 else \
             rng.randint(1, 2 ** rng.randint(1, 159) - 1)
-        inputs = dict(subject=subject, subject_alt_names=sans, public_key=public_key,
-                      not_before=not_before, not_after=not_after, serial=serial)
+        inputs = dict(subject=subject, subject_alt_names=sans, not_before=not_before,
+                      not_after=not_after, serial=serial)
         assert template.covers(extra)
         built = certs.build_leaf_certificate(
-            **inputs, issuer_key=issuer_key, issuer_certificate=issuer, usages=usages,
-            extra_extensions=extra, crl_distribution_point=crl, ocsp_url=ocsp)
-        assert template.tbs(**inputs, extra_extensions=extra) == built.tbs_certificate_bytes, \
-            number
+            **inputs, public_key=public_key, issuer_key=issuer_key, issuer_certificate=issuer,
+            usages=usages, extra_extensions=extra, crl_distribution_point=crl, ocsp_url=ocsp)
+        spki = keys.DeviceKey.of(public_key).der
+        assert template.tbs(**inputs, spki=spki, extra_extensions=extra) \
+            == built.tbs_certificate_bytes, number
         if number % 50 == 0:
             made = x509.load_der_x509_certificate(template.sign(built.tbs_certificate_bytes))
             made.verify_directly_issued_by(issuer)
@@ -171,5 +172,6 @@ def test_what_the_template_does_not_cover_is_declined(
         LeafTemplate.for_issuer(issuer, issuers[1][1], ["digital signature"])
     with pytest.raises(PKIError, match="empty subject"):
         template.tbs(subject=x509.Name([]), subject_alt_names=[],
-                     public_key=issuer_key.public_key(), not_before=datetime.now(UTC),
+                     spki=keys.DeviceKey.of(issuer_key.public_key()).der,
+                     not_before=datetime.now(UTC),
                      not_after=datetime.now(UTC) + timedelta(days=1), serial=1)

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from controller.api.resources import CertificateProfile, Device, DeviceFleet
+from controller.pki import keys
 from controller.pki.keys import public_key_fingerprint
 from controller.plan.intents import DeviceIntent, IntentError, device_intent
 
@@ -73,7 +74,7 @@ def test_server_keygen_intent_renders_the_profile() -> None:
     assert result.sans == (("dns", "dev-1.example.net"), ("uri", "urn:x:sensors:dev-1"),
                            ("ip", "10.0.0.1"), ("email", "ops+dev-1@example.net"))
     assert result.extensions == ((SITE_OID, "berlin"),)
-    assert result.device_public_key is None
+    assert result.device_key is None
     assert result.key_fingerprint == "server-ECDSA-P256"
     assert result.digest == f"{result.content_digest}:server-ECDSA-P256"
 
@@ -119,7 +120,9 @@ def test_server_keygen_refuses_a_device_csr(p256_key: Key) -> None:
 
 def test_device_public_key_is_used_and_fingerprinted(p256_key: Key) -> None:
     result = intent(device_profile(), dev(publicKey=public_key_pem(p256_key)))
-    assert result.device_public_key == p256_key.public_key()
+    assert result.device_key == keys.DeviceKey("ECDSA-P256", p256_key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
+    assert result.device_key.load() == p256_key.public_key()
     assert result.key_fingerprint == public_key_fingerprint(p256_key.public_key())
     assert result.digest.endswith(":" + result.key_fingerprint)
 
@@ -165,7 +168,8 @@ def test_key_algorithm_mismatch_is_refused(p384_key: Key) -> None:
     assert caught.value.field == "csr"
     accepted = intent(device_profile(keyAlgorithm="ECDSA-P384"),
                       dev(publicKey=public_key_pem(p384_key)))
-    assert accepted.device_public_key == p384_key.public_key()
+    assert accepted.device_key is not None and accepted.device_key.algorithm == "ECDSA-P384"
+    assert accepted.device_key.load() == p384_key.public_key()
 
 
 # --- digest ------------------------------------------------------------------------------------

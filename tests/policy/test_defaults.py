@@ -14,6 +14,7 @@ from cryptography.x509.oid import NameOID
 from controller import jobs
 from controller.api.desired import Desired
 from controller.api.resources import CertificateAuthority
+from controller.pki import keys
 from controller.plan.intents import DeviceIntent
 from controller.plan.model import Observed
 from controller.policy.defaults import default_policies
@@ -166,7 +167,7 @@ def test_device_key_algorithm_denies_a_weak_device_key(
     profiles = {**desired.profiles,
                 "client": replace(desired.profiles["client"], resource=own_keys)}
     weakened = Desired(desired.authorities, profiles, desired.fleets, desired.policies)
-    intents = {key: replace(intent, device_public_key=rsa_2048.public_key())
+    intents = {key: replace(intent, device_key=keys.DeviceKey.of(rsa_2048.public_key()))
                if key == ("sensors", "dev-2") else intent
                for key, intent in planned.intents.items()}
     assert all(isinstance(i, DeviceIntent) for i in intents.values())
@@ -181,7 +182,7 @@ def test_device_key_algorithm_is_checked_once_per_fleet_for_server_keys(
     device rule's fleet-level guard holds, so no device is evaluated (or denied)."""
     declaration = jobs.load(repo.write(tmp_path / "repo"))
     planned = declaration.plan(Observed(), NOW)
-    intents = {key: replace(intent, device_public_key=rsa_2048.public_key())
+    intents = {key: replace(intent, device_key=keys.DeviceKey.of(rsa_2048.public_key()))
                for key, intent in planned.intents.items()}
     assert evaluate(declaration.rules, declaration.desired, intents, NOW) == []
 
