@@ -13,7 +13,6 @@ import ipaddress
 import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -28,6 +27,8 @@ from controller.pki.errors import PKIError
 _DNS = re.compile(r"^(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
                   r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")  # RFC 3986 scheme, as urlsplit finds it
+_SPACE = re.compile(r"\s")  # as str.isspace
 
 
 ENROLLED = "enrolled"  # key fingerprint of a device whose key comes from its EST enrollment
@@ -63,10 +64,8 @@ class DeviceIntent:
 def _check_san(kind: str, value: str) -> None:
     if kind == "dns" and (len(value) > 253 or not _DNS.match(value)):
         raise ValueError(f"{value!r} is not a valid DNS name")
-    if kind == "uri":
-        parsed = urlparse(value)
-        if not parsed.scheme or any(c.isspace() for c in value):
-            raise ValueError(f"{value!r} is not an absolute URI")
+    if kind == "uri" and (not _SCHEME.match(value) or _SPACE.search(value)):
+        raise ValueError(f"{value!r} is not an absolute URI")
     if kind == "ip":
         ipaddress.ip_address(value)
     if kind == "email" and not _EMAIL.match(value):
@@ -74,7 +73,7 @@ def _check_san(kind: str, value: str) -> None:
 
 
 def device_public_key(device: Device, profile: CertificateProfile,
-                      enrolls: bool = False) -> keys.PublicKey | None:
+                      enrolls: bool = False) -> keys.DeviceKey | None:
     """The device's own key (from `publicKey` or a verified `csr`), or None for server keygen
     and for a device of an `enrollment` fleet that declares no key (it enrolls over EST)."""
     if profile.spec.keyGeneration == "server":
@@ -98,11 +97,11 @@ def device_public_key(device: Device, profile: CertificateProfile,
             public_key = keys.load_public_key_pem((device.publicKey or "").encode())
     except PKIError as exc:
         raise IntentError(field, str(exc)) from None
-    algorithm = keys.key_algorithm_of(public_key)  # type: ignore[arg-type]
-    if algorithm != profile.spec.keyAlgorithm:
-        raise IntentError(field, f"device key is {algorithm}; profile requires "
+    device_key = keys.DeviceKey.of(public_key)  # type: ignore[arg-type]
+    if device_key.algorithm != profile.spec.keyAlgorithm:
+        raise IntentError(field, f"device key is {device_key.algorithm}; profile requires "
                           f"{profile.spec.keyAlgorithm}")
-    return public_key  # type: ignore[return-value]
+    return device_key
 
 
 def _check_csr_identity(csr: x509.CertificateSigningRequest, device: Device) -> None:
@@ -149,13 +148,12 @@ def device_intent(fleet: DeviceFleet, profile: CertificateProfile, device: Devic
     except TemplateError as exc:
         raise IntentError("labels", f"profile {profile.name} extension: {exc}") from None
     enrolls = fleet.spec.enrollment is not None and profile.spec.keyGeneration == "device"
-    public_key = device_public_key(device, profile, enrolls)
-    device_key = keys.DeviceKey.of(public_key) if public_key is not None else None
+    device_key = device_public_key(device, profile, enrolls)
     issuer = fleet.spec.issuerRef  # the kind only when cluster-wide: digests made before stay
     digest = hash_parts(_profile_digest(issuer.name if issuer.kind == "CertificateAuthority"
                                         else f"{issuer.kind}/{issuer.name}", spec.keyAlgorithm,
                                         spec.keyGeneration, tuple(spec.usages)).copy(),
-                        subject, sans, extensions).hexdigest()
+                        subject, tuple(sans), extensions).hexdigest()
     if device_key is not None:
         fingerprint = device_key.fingerprint
     else:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+import re
+
 import pytest
 
 from controller.api.templates import TemplateError, check_template, render
@@ -60,3 +63,30 @@ def test_unbalanced_braces_are_refused(template: str) -> None:
 def test_template_error_is_a_value_error() -> None:
     # pydantic validators turn ValueError into field problems; TemplateError must be one.
     assert issubclass(TemplateError, ValueError)
+
+
+def test_render_substitutes_as_a_regular_expression_would() -> None:
+    """Rendering splits each template once; over random templates it must equal substituting
+    every `{{ field }}` match in turn (the oracle below)."""
+    rng = random.Random(11)
+    labels = {"site": "berlin", "a.b": "x}y", "empty": ""}
+    fields = ["{{ device.id }}", "{{device.labels.site}}", "{{ fleet.name }}",
+              "{{  device.labels.a.b }}", "{{ device.labels.empty }}"]
+    literal = ["", "urn:", "{", "}", "-", "ü", " ", "{{", "x.example"]
+
+    def oracle(template: str) -> str:
+        values = {"device.id": "dev-7", "fleet.name": "sensors",
+                  **{f"device.labels.{k}": v for k, v in labels.items()}}
+        return re.sub(r"\{\{\s*([^{}]*?)\s*\}\}", lambda m: values.get(m.group(1), "?!"),
+                      template)
+
+    for _ in range(3000):
+        template = "".join(rng.choice(rng.choice([fields, literal]))
+                           for _ in range(rng.randint(0, 6)))
+        expected = oracle(template)
+        if "?!" in expected:  # an unknown field, e.g. `{{}}`
+            with pytest.raises(TemplateError, match="unknown template field"):
+                render(template, device_id="dev-7", labels=labels, fleet="sensors")
+        else:
+            assert render(template, device_id="dev-7", labels=labels, fleet="sensors") \
+                == expected, template
