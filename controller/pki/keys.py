@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeAlias
@@ -177,7 +178,7 @@ class DeviceKey:
 
     @classmethod
     def of(cls, public_key: PublicKey) -> DeviceKey:
-        return cls(key_algorithm_of(public_key), public_key.public_bytes(
+        return cls(sys.intern(key_algorithm_of(public_key)), public_key.public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
 
     @property

@@ -1,4 +1,4 @@
-"""Certificates made by forked signing workers (controller/apply/signing.py).
+"""Certificates made by forked signing workers (controller/apply/signing.py, parallel.py).
 
 They must chain and pass `openssl verify -x509_strict`, be committed in plan order, and be the
 very certificates the in-process path makes from the same inputs: same TBSCertificate bytes
@@ -15,7 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from controller import jobs
+from controller import jobs, parallel
 from controller.apply import executor as executor_module
 from controller.apply import signing
 from controller.apply.executor import Executor
@@ -83,19 +83,19 @@ def own_keys_fleet(count: int) -> str:
 
 
 @pytest.fixture
-def parallel(monkeypatch: pytest.MonkeyPatch) -> None:
+def two_workers(monkeypatch: pytest.MonkeyPatch) -> None:
     """Two workers for any number of certificates, small batches (several per worker)."""
     monkeypatch.setenv("FLEETPKI_PASSPHRASE", "test-passphrase")
-    monkeypatch.setenv(signing.WORKERS_ENV, "2")
-    monkeypatch.setattr(signing, "MIN_PARALLEL", 1)
+    monkeypatch.setenv(parallel.WORKERS_ENV, "2")
+    monkeypatch.setattr(parallel, "MIN_PARALLEL", 1)
     monkeypatch.setattr(executor_module, "BATCH", 4)
-    monkeypatch.setattr(signing.threading, "active_count", lambda: 1)  # threads other tests left
-    assert signing.worker_count(10) == 2
+    monkeypatch.setattr(parallel.threading, "active_count", lambda: 1)  # threads other tests left
+    assert parallel.worker_count(10) == 2
 
 
 @pytest.mark.usefixtures("inventory_backend")  # forked workers open their own connections
 def test_worker_certificates_verify_and_match_the_in_process_path(
-        parallel: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        two_workers: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     repo, state = tmp_path / "repo", jobs.StateDir.resolve(tmp_path / "state")
     repo.mkdir()
     servers = ", ".join(f"{{id: s{n}}}" for n in range(9))
@@ -137,7 +137,7 @@ def test_worker_certificates_verify_and_match_the_in_process_path(
                 for a in report.plan.actions if a.action == "issue" and a.name == "own-keys"]
         serials = iter(int(made[("own-keys", a.device or "")].serial, 16) for a, _ in work)
         monkeypatch.setattr(certs, "random_serial", lambda: next(serials))
-        monkeypatch.setenv(signing.WORKERS_ENV, "0")
+        monkeypatch.setenv(parallel.WORKERS_ENV, "0")
         runner = Executor(jobs.load(repo).desired, inventory, keystore, now)
         here = [r for batch in signing.records(runner, work, 5) for r in batch]
     assert [r.device for r in here] == [a.device for a, _ in work]
@@ -150,12 +150,12 @@ def test_worker_certificates_verify_and_match_the_in_process_path(
 
 
 def test_no_workers_when_threads_run_or_work_is_small(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(signing.WORKERS_ENV, "2")
-    monkeypatch.setattr(signing.threading, "active_count", lambda: 1)  # threads other tests left
-    assert signing.worker_count(signing.MIN_PARALLEL - 1) == 0
-    assert signing.worker_count(signing.MIN_PARALLEL) == 2
-    monkeypatch.setenv(signing.WORKERS_ENV, "1")
-    assert signing.worker_count(10 * signing.MIN_PARALLEL) == 0
-    monkeypatch.setattr(signing.threading, "active_count", lambda: 2)
-    monkeypatch.setenv(signing.WORKERS_ENV, "2")
-    assert signing.worker_count(10 * signing.MIN_PARALLEL) == 0
+    monkeypatch.setenv(parallel.WORKERS_ENV, "2")
+    monkeypatch.setattr(parallel.threading, "active_count", lambda: 1)  # threads other tests left
+    assert parallel.worker_count(parallel.MIN_PARALLEL - 1) == 0
+    assert parallel.worker_count(parallel.MIN_PARALLEL) == 2
+    monkeypatch.setenv(parallel.WORKERS_ENV, "1")
+    assert parallel.worker_count(10 * parallel.MIN_PARALLEL) == 0
+    monkeypatch.setattr(parallel.threading, "active_count", lambda: 2)
+    monkeypatch.setenv(parallel.WORKERS_ENV, "2")
+    assert parallel.worker_count(10 * parallel.MIN_PARALLEL) == 0
