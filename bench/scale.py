@@ -499,7 +499,7 @@ def server_stages(repo: Path, state: jobs.StateDir, work: Path, ocsp_count: int,
         [str(Path(sys.executable).parent / "fleetpki"), "serve", str(repo), "--state-dir",
          str(state.path), "--http", f"127.0.0.1:{http_port}", "--https",
          f"127.0.0.1:{https_port}", "--tls-ca", "issuing", "--workers", str(workers)],
-        stderr=subprocess.DEVNULL)
+        stderr=(log := work / "serve.log").open("wb"))
     stages = []
     try:
         wait_for(https_port, 900)
@@ -548,6 +548,10 @@ def server_stages(repo: Path, state: jobs.StateDir, work: Path, ocsp_count: int,
         stages.append(_server_stage("est_reenroll", server.pid, len(reenroll),
                                     lambda: parallel(clients, reenroll, _est_requests),
                                     f"mTLS per device, {clients} clients"))
+    except Exception as exc:
+        lines = log.read_text(errors="replace").splitlines()
+        raise RuntimeError("a server stage failed; the server's last log lines:\n"
+                           + "\n".join(lines[-40:])) from exc
     finally:
         server.terminate()
         server.wait(30)
@@ -746,8 +750,12 @@ def main() -> None:
         if args.only is None:
             stages.append(crl_stage())
         if args.only != "job":
-            stages += server_stages(repo, state, work, args.ocsp, args.est, args.clients,
-                                    args.serve_workers)
+            try:
+                stages += server_stages(repo, state, work, args.ocsp, args.est, args.clients,
+                                        args.serve_workers)
+            except Exception:
+                print_table(report(args, floor_rates, stages, {}))  # what was measured
+                raise
         if args.database_url:
             (work / "pg").mkdir()
             stages += postgres_stages(args.database_url, work / "pg", args)
