@@ -24,10 +24,10 @@ spec: {type: root, subject: {commonName: Render Root}}
 ---
 apiVersion: fleetpki.io/v1alpha1
 kind: CertificateProfile
-metadata: {name: own-keys}
+metadata: {name: sensor}
 spec:
+  subject: {commonName: "{{ device.id }}", organizationalUnit: "{{ fleet.name }}"}
   keyGeneration: device
-  subject: {commonName: "{{ device.id }}"}
   subjectAltNames: {dnsNames: ["{{ device.id }}.{{ device.labels.site }}.example"]}
 ---
 apiVersion: fleetpki.io/v1alpha1
@@ -35,7 +35,7 @@ kind: DeviceFleet
 metadata: {name: sensors}
 spec:
   issuerRef: {name: root}
-  profileRef: {name: own-keys}
+  profileRef: {name: sensor}
   deviceSource: {path: devices.csv}
 """
 
