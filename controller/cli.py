@@ -886,9 +886,10 @@ def serve(directory: DirArg, state_dir: StateOpt = None, database_url: DatabaseO
           default_policies: DefaultPoliciesOpt = True, policies: PoliciesOpt = None) -> None:
     """Serve devices: OCSP, CRLs and CA certificates over HTTP, EST over HTTPS. EST checks
     each enrollment against the same policies (and tenants) as apply."""
+    import asyncio
     import logging
 
-    from controller.servers.app import ServeOptions, parse_listener, run, serve_forever
+    from controller.servers.app import ServeOptions, parse_listener, serve_forever
     from controller.servers.state import ServerState
     from controller.servers.workers import Workers
 
@@ -909,7 +910,7 @@ def serve(directory: DirArg, state_dir: StateOpt = None, database_url: DatabaseO
         if state is None:
             Workers(lambda: ServerState(directory, where, sources), options, workers).run()
         else:
-            run(serve_forever(state, options))
+            asyncio.run(serve_forever(state, options))
     except KeyboardInterrupt:
         pass
     except ValueError as exc:  # e.g. --https without --tls-ca and no CA to default to

@@ -15,10 +15,9 @@ import os
 import socket
 import ssl
 import urllib.parse
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 from cryptography import x509
@@ -401,20 +400,6 @@ def parse_listener(value: str) -> Listener:
     if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ValueError(f"expected HOST:PORT with a port from 1 to 65535, got {value!r}")
     return Listener(host.strip("[]") or "0.0.0.0", int(port))
-
-
-def run(main: Coroutine[Any, Any, None]) -> None:
-    """Run a server's coroutine to its end on uvloop's event loop where uvloop is installed
-    (a dependency but on Windows: each cached OCSP answer costs less server CPU, see
-    docs/performance.md), else on asyncio's."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover (Windows)
-        factory = None
-    else:
-        factory = uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(main)
 
 
 async def serve_forever(state: ServerState, options: ServeOptions,

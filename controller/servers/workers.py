@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
-from controller.servers.app import Listener, ServeOptions, Server, run, server_tls
+from controller.servers.app import Listener, ServeOptions, Server, server_tls
 from controller.servers.state import ServerState
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ def _worker(make_state: Callable[[], ServerState], options: ServeOptions,
             signal.signal(number, signal.SIG_DFL)
         state = make_state()
         try:
-            run(_serve(state, options, sockets, context))
+            asyncio.run(_serve(state, options, sockets, context))
             code = 0
         finally:
             state.close()
