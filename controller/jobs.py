@@ -21,12 +21,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from kubernetes.client import ApiClient
 
-from controller import parallel
 from controller.api.desired import Desired
 from controller.api.devices import DeviceSummary
 from controller.api.loading import Located
 from controller.api.problems import Finding, InvalidDeclaration, Problem
-from controller.api.resources import CertificateProfile, Device, DeviceFleet
 from controller.apply.evidence import ExistingCA, Places, refuse_existing_cas
 from controller.apply.executor import ApplyRefused, ApplyResult, Progress, execute, prepare
 from controller.apply.observe import observe
@@ -45,7 +43,6 @@ from controller.pki.errors import PKIError
 from controller.plan.baseline import as_if_applied
 from controller.plan.dangers import dangers
 from controller.plan.model import Observed, Plan
-from controller.plan.planner import Rendered, render_device
 from controller.plan.planner import plan as make_plan
 from controller.policy.changes import policy_changes
 from controller.policy.codeowners import LOCATIONS as CODEOWNERS_LOCATIONS
@@ -107,7 +104,6 @@ REFUSALS = (InvalidDeclaration, ApplyRefused, ExistingCA, KeyStoreError, PKIErro
             UnsignedChange)
 STATUS_BRANCH = "fleetpki/status"
 DANGER_FRACTION = 0.1  # flag a change that revokes more than this share of a fleet
-RENDER_BATCH = 1_000  # devices a planning worker renders per batch
 
 
 def _recorded(path: Path, file: str, key: str, what: str) -> str | None:
@@ -330,14 +326,6 @@ def repository_lock(root: Path | None) -> Iterator[None]:
         yield
 
 
-def render_on_every_core(fleet: DeviceFleet, profile: CertificateProfile,
-                         devices: Sequence[tuple[Device, str | None]]) -> list[Rendered]:
-    """The planner's `render_devices`, on forked workers when `parallel.worker_count` allows."""
-    return [outcome for batch in parallel.mapped(
-        lambda item: render_device(fleet, profile, *item), devices, RENDER_BATCH)
-        for outcome in batch]
-
-
 @dataclass(frozen=True)
 class Declaration:
     """A repository's desired state with its effective policies, compiled."""
@@ -353,7 +341,7 @@ class Declaration:
         """Plan, evaluate policies over it, drop what a deny forbids, flag dangers. With a
         `trusted` declaration (a pull request's base), its policies judge the plan too (their
         findings say `(base)`), and every change to the policies is a danger."""
-        planned = make_plan(self.desired, observed, now, max_revocations, render_on_every_core)
+        planned = make_plan(self.desired, observed, now, max_revocations)
         findings = evaluate(self.rules, self.desired, planned.intents, now, self.tenancy)
         flags: list[str] = []
         if trusted is not None:

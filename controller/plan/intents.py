@@ -41,9 +41,6 @@ class IntentError(ValueError):
         self.field = field
         super().__init__(message)
 
-    def __reduce__(self) -> tuple[type[IntentError], tuple[str, str]]:
-        return IntentError, (self.field, str(self))  # from a planning worker, pickled
-
 
 @dataclass(frozen=True, slots=True)
 class DeviceIntent:

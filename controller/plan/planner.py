@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 
 from controller.api.desired import (
@@ -13,7 +12,7 @@ from controller.api.desired import (
     source_digest,
 )
 from controller.api.problems import Problem
-from controller.api.resources import Authority, CertificateProfile, Device, DeviceFleet
+from controller.api.resources import Authority, Device
 from controller.clock import epoch, from_epoch
 from controller.plan.intents import ENROLLED, DeviceIntent, IntentError, device_intent
 from controller.plan.model import (
@@ -66,25 +65,6 @@ def _plan_authority(ca: Authority, seen: CAObserved | None, known: bool,
     return None
 
 
-Rendered = DeviceIntent | IntentError
-RenderDevices = Callable[[DeviceFleet, CertificateProfile, Sequence[tuple[Device, str | None]]],
-                         Iterable[Rendered]]
-
-
-def render_devices(fleet: DeviceFleet, profile: CertificateProfile,
-                   devices: Sequence[tuple[Device, str | None]]) -> list[Rendered]:
-    """The intent of each (device, source digest), or the IntentError that refuses it."""
-    return [render_device(fleet, profile, device, source) for device, source in devices]
-
-
-def render_device(fleet: DeviceFleet, profile: CertificateProfile, device: Device,
-                   source: str | None) -> Rendered:
-    try:
-        return device_intent(fleet, profile, device, source)
-    except IntentError as exc:
-        return exc
-
-
 class _FleetPlanner:
     """Actions for one fleet; collects intents, problems, and the source digests to note.
 
@@ -93,10 +73,8 @@ class _FleetPlanner:
     again. Any other device is rendered and compared by intent digest, as ever; one found
     unchanged gets its source digest noted, so the next plan takes the short way."""
 
-    def __init__(self, decl: FleetDecl, desired: Desired, seen: FleetObserved, now: int,
-                 render: RenderDevices = render_devices) -> None:
+    def __init__(self, decl: FleetDecl, desired: Desired, seen: FleetObserved, now: int) -> None:
         self.decl = decl
-        self.render = render
         self.fleet = decl.fleet
         self.profile = desired.profile(self.fleet.spec.profileRef.name)
         self.seen = seen
@@ -106,7 +84,6 @@ class _FleetPlanner:
         self.intents: dict[tuple[str, str], DeviceIntent] = {}
         self.source_notes: dict[str, str] = {}
         self._context = source_context(self.fleet, self.profile)
-        self._pending: list[tuple[Device, ActiveDevice | None, str | None]] = []
 
     def _source(self, row: bytes) -> str:
         """The source digest of a device whose row has the digest `row`."""
@@ -118,23 +95,13 @@ class _FleetPlanner:
                                    revocation_reason))
 
     def run(self) -> None:
-        """Actions for the fleet: revocations as found, then the devices to render, rendered
-        together (by `render`, on every core where it forks)."""
-        self._actions()
-        pending, self._pending = self._pending, []
-        outcomes = self.render(self.fleet, self.profile,
-                               [(device, source) for device, _, source in pending])
-        for (device, current, _), outcome in zip(pending, outcomes, strict=True):
-            self._decide(device, current, outcome)
-
-    def _actions(self) -> None:
         spec = self.fleet.spec
         active = self.seen.active
         if active is None:  # unchanged since the last complete apply: only renewals are due
             for device_id, due in sorted(self.seen.due.items()):
                 found = self.decl.device_set.row(device_id)
                 if found is not None:
-                    self._to_render(found[0], due, self._source(found[1]))
+                    self._device(found[0], due, self._source(found[1]))
             return
         if spec.decommissioned:
             for device_id, (serial, *_) in sorted(active.items()):
@@ -153,7 +120,7 @@ class _FleetPlanner:
                 value = found[0]
             if value.revoked is None:
                 if current is None or current[3] != source or self.now >= current[2]:
-                    self._to_render(value, current, source)
+                    self._device(value, current, source)
             elif current is not None:
                 self._add("revoke", device_id, "device marked revoked", current[0],
                           value.revoked.reason)
@@ -162,16 +129,15 @@ class _FleetPlanner:
                 self._add("revoke", device_id, "device removed from fleet", active[device_id][0],
                           "cessationOfOperation")
 
-    def _to_render(self, device: Device, current: ActiveDevice | None, source: str) -> None:
-        self._pending.append((device, current, source))
-
-    def _decide(self, device: Device, current: ActiveDevice | None, outcome: Rendered) -> None:
-        if isinstance(outcome, IntentError):
+    def _device(self, device: Device, current: ActiveDevice | None,
+                source: str | None = None) -> None:
+        try:
+            intent = device_intent(self.fleet, self.profile, device, source)
+        except IntentError as exc:
             file, line = self.decl.device_lines.get(device.id, (self.decl.located.file, None))
-            self.problems.append(Problem(file, f"device {device.id!r}: {outcome}", line,
-                                         self.decl.located.ref, outcome.field, device.id))
+            self.problems.append(Problem(file, f"device {device.id!r}: {exc}", line,
+                                         self.decl.located.ref, exc.field, device.id))
             return
-        intent = outcome
         spec = self.profile.spec
         renewal: ActionName = (
             "rekey" if spec.keyGeneration == "server" and spec.rotationPolicy == "Always"
@@ -192,16 +158,15 @@ class _FleetPlanner:
         elif self.now >= current[2]:
             self._add("renew" if enrolled else renewal, device.id, "due for renewal", current[0])
         else:
-            if intent.source is not None and current[3] != intent.source:
-                self.source_notes[current[0]] = intent.source
+            if source is not None and current[3] != source:
+                self.source_notes[current[0]] = source
             return
         self.intents[(self.fleet.name, device.id)] = intent
 
 
 def plan(desired: Desired, observed: Observed, now: datetime,
-         max_revocations: int | None = None, render: RenderDevices = render_devices) -> Plan:
-    """Ordered actions converging `observed` to `desired` at time `now` (`render`: how the
-    devices to compare are rendered, `render_devices` or the same on every core)."""
+         max_revocations: int | None = None) -> Plan:
+    """Ordered actions converging `observed` to `desired` at time `now`."""
     now_s = epoch(now)
     ca_actions: list[Action] = []
     changed_cas: set[str] = set()
@@ -240,7 +205,7 @@ def plan(desired: Desired, observed: Observed, now: datetime,
             continue
         seen = observed.fleets.get(name) or FleetObserved(None, {})
         sizes[name] = seen.active_count
-        planner = _FleetPlanner(decl, desired, seen, now_s, render)
+        planner = _FleetPlanner(decl, desired, seen, now_s)
         planner.run()
         revocations = [a for a in planner.actions if a.action == "revoke"
                        and not decl.fleet.spec.decommissioned]  # explicit: no limit
