@@ -173,7 +173,7 @@ async def _secret_holder(request: web.Request, state: ServerState,
         seconds = math.ceil(wait)
         raise est.ESTError(429, f"too many failed attempts for {device_id!r}; retry in "
                            f"{seconds} s", {"Retry-After": str(seconds)})
-    target = est.declared_device(state.desired, device_id, fleet)
+    target = await state.look_up(est.declared_device, device_id, fleet)
     stored = (state.inventory.enrollment_secret(target.decl.fleet.name, device_id)
               if target is not None else None)
     if target is None or not await asyncio.to_thread(est.secret_matches, stored, secret):
@@ -203,7 +203,7 @@ async def simpleenroll(request: web.Request, state: ServerState) -> web.Response
             raise est.ESTError(401, "HTTP Basic authentication (device-id:secret) or an IDevID "
                                "TLS client certificate required")
         csr = await _csr(request)
-        target = est.idevid_identity(state.desired, peer, fleet, now)
+        target = await state.look_up(est.idevid_identity, peer, fleet, now)
     else:
         csr = await _csr(request)
         target, stored = await _secret_holder(request, state, fleet)
@@ -229,7 +229,7 @@ async def serverkeygen(request: web.Request, state: ServerState) -> web.Response
         current = est.reenroll_identity(state.inventory, peer, epoch(now))
         if fleet is not None and fleet != current.owner:
             raise est.ESTError(403, f"client certificate belongs to fleet {current.owner!r}")
-        target = est.find_device(state.desired, current.device, current.owner)
+        target = await state.look_up(est.find_device, current.device, current.owner)
     record = est.issue(state.executor(now), state.inventory, target, csr, now, consume=consume,
                        server_key=True, rules=state.rules,
                        tenancy=state.tenancy, memo=state.policy_memo)
@@ -253,7 +253,7 @@ async def simplereenroll(request: web.Request, state: ServerState) -> web.Respon
     if fleet is not None and fleet != current.owner:
         raise est.ESTError(403, f"client certificate belongs to fleet {current.owner!r}")
     csr = await _csr(request)
-    target = est.find_device(state.desired, current.device, current.owner)
+    target = await state.look_up(est.find_device, current.device, current.owner)
     record = est.issue(state.executor(now), state.inventory, target, csr, now, rules=state.rules,
                        tenancy=state.tenancy, memo=state.policy_memo)
     await _enrolled(request, state, record)

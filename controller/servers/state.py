@@ -10,10 +10,13 @@ served on the next request.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
 
 from cryptography import x509
 
@@ -34,6 +37,8 @@ from controller.signing import timestamp
 
 log = logging.getLogger(__name__)
 
+Params = ParamSpec("Params")
+Found = TypeVar("Found")
 SERVE_OWNER = "_serve"
 TLS_VALIDITY = timedelta(days=30)
 
@@ -51,6 +56,7 @@ class ServerState:
         self.audit = state.audit(lambda: self.keystore)
         self.enrollments = GroupCommit(self.audit)  # EST's records, appended from the loop
         self._keys: dict[str, keys.PrivateKey] = {}
+        self._look_ups = asyncio.Lock()
         self._version: int | None = None
         self.desired = Desired()
         self.rules: list[CompiledRule] = []
@@ -66,6 +72,15 @@ class ServerState:
 
     def close(self) -> None:
         self.inventory.close()
+
+    async def look_up(self, find: Callable[Concatenate[Desired, Params], Found],
+                      *args: Params.args, **kwargs: Params.kwargs) -> Found:
+        """`find(self.desired, ...)` (an EST device look-up) in a thread, one at a time: the
+        first look-up of a device in a large fleet reads that fleet's rows (about a minute at a
+        million devices), and meanwhile the event loop goes on answering OCSP and reading other
+        connections (whose header timers would expire unread on a blocked loop)."""
+        async with self._look_ups:
+            return await asyncio.to_thread(find, self.desired, *args, **kwargs)
 
     # --- refresh ------------------------------------------------------------------------------
     def refresh(self, force: bool = False) -> None:

@@ -6,14 +6,19 @@ from __future__ import annotations
 import base64
 import re
 import subprocess
+import threading
+import urllib.request
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from controller import jobs
 from controller.pki import keys
 from controller.plan.intents import device_intent
+from controller.servers import est
+from controller.servers.throttle import Backoff
 from tests.servers.conftest import Env, Running, ca_files, fleetpki_command, run
 
 EST = "/.well-known/est"
@@ -271,3 +276,38 @@ def test_new_secrets_use_hmac_and_old_scrypt_records_still_verify() -> None:
     salt, kdf = os.urandom(16), "scrypt:1024:8:1"
     old = EnrollmentSecret("fleet", "dev-2", kdf, salt, hash_secret("s3cret", salt, kdf), 0)
     assert secret_matches(old, "s3cret") and not secret_matches(old, "s3cret!")
+
+
+def test_a_slow_device_look_up_leaves_the_server_answering(
+        env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first EST look-up in a large fleet reads its rows (about a minute at a million
+    devices). It runs in a thread: until it returns, OCSP, CRLs and CA certificates are still
+    answered and other connections still read, where a blocked event loop would let their
+    header timers expire unread."""
+    entered, release = threading.Event(), threading.Event()
+    real = est.declared_device
+
+    def slow(*args: object) -> object:
+        entered.set()
+        assert release.wait(30)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(est, "declared_device", slow)
+    running = Running(env, backoff=Backoff(allowed=1000))
+    try:
+        request = csr(env, "dev-4", "/CN=dev-4")
+        outcome: list[str] = []
+        enrolling = threading.Thread(target=lambda: outcome.append(post(
+            running, env, "/simpleenroll", request, "--user", "nobody:secret",
+            name="slow")[0]))
+        enrolling.start()
+        assert entered.wait(30)
+        with urllib.request.urlopen(f"{running.http}/ca/issuing.pem", timeout=20) as reply:
+            assert reply.status == 200 and b"BEGIN CERTIFICATE" in reply.read()
+        assert enrolling.is_alive() and not outcome  # still waiting for its look-up
+        release.set()
+        enrolling.join(30)
+        assert outcome == ["401"]  # undeclared: refused once the look-up returned
+    finally:
+        release.set()
+        running.stop()
