@@ -76,7 +76,7 @@ class ServerState:
     async def look_up(self, find: Callable[Concatenate[Desired, Params], Found],
                       *args: Params.args, **kwargs: Params.kwargs) -> Found:
         """`find(self.desired, ...)` (an EST device look-up) in a thread, one at a time: the
-        first look-up of a device in a large fleet reads that fleet's rows (about a minute at a
+        first look-up of a device in a large fleet reads that fleet's rows (tens of seconds at a
         million devices), and meanwhile the event loop goes on answering OCSP and reading other
         connections (whose header timers would expire unread on a blocked loop)."""
         async with self._look_ups:

@@ -280,7 +280,7 @@ def test_new_secrets_use_hmac_and_old_scrypt_records_still_verify() -> None:
 
 def test_a_slow_device_look_up_leaves_the_server_answering(
         env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The first EST look-up in a large fleet reads its rows (about a minute at a million
+    """The first EST look-up in a large fleet reads its rows (tens of seconds at a million
     devices). It runs in a thread: until it returns, OCSP, CRLs and CA certificates are still
     answered and other connections still read, where a blocked event loop would let their
     header timers expire unread."""
