@@ -72,7 +72,11 @@ def executed(the_plan: Plan, inventory: Inventory, at: int,
              actor: Mapping[str, str]) -> Iterator[Event]:
     """What a run did, from the inventory (so a run that failed half-way reports what it
     committed): one event per certificate issued, renewed, re-keyed or revoked (replacements
-    name the serial they supersede), per CA created or renewed, per CRL published at `at`."""
+    name the serial they supersede), per CA created or renewed, per CRL published at `at`.
+    A run with nothing to do did nothing: it reads nothing (another run may have changed a
+    million certificates in the same second)."""
+    if not the_plan.actions:
+        return
     planned = {(a.name, a.device or ""): a for a in the_plan.actions if a.action in _DONE}
     for kind, owner, device, serial, fingerprint, issued, revoked, reason in \
             inventory.changed_at(at):

@@ -159,3 +159,20 @@ def test_renewals_and_rekeys_name_the_serial_they_replace(tmp_path: Path) -> Non
     for key, record in (renewed | rekeyed).items():
         assert record["replaces"] == before[key] != record["serial"]
     assert not of(found, "certificate.revoked")  # superseded ones are in `replaces`
+
+
+def test_a_run_with_nothing_to_do_records_no_certificate_event(tmp_path: Path) -> None:
+    """Not even in the same second as a run that revoked: what a run did is read from the
+    inventory by the run's clock, and a run with no action did nothing."""
+    declaration = FleetRepo()
+    repo, state = declaration.write(tmp_path / "repo"), jobs.StateDir(tmp_path / "state")
+    init_repo(repo)
+    jobs.apply(repo, state, NOW)
+    declaration.fleets["sensors"]["spec"]["devices"][2]["revoked"] = {"reason": "keyCompromise"}
+    declaration.write(repo)
+    commit_all(repo, "revoke dev-3")
+    later = NOW + timedelta(hours=1)
+    assert jobs.apply(repo, state, later).result.done["revoke"] == 1
+    assert not jobs.apply(repo, state, later).result.done  # nothing to do, the same clock
+    revoked = of(records(state.path), "certificate.revoked")
+    assert [(r["device"], r["reason"]) for r in revoked] == [("dev-3", "keyCompromise")]
