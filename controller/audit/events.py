@@ -73,18 +73,19 @@ def executed(the_plan: Plan, inventory: Inventory, at: int,
     """What a run did, from the inventory (so a run that failed half-way reports what it
     committed): one event per certificate issued, renewed, re-keyed or revoked (replacements
     name the serial they supersede), per CA created or renewed, per CRL published at `at`.
-    A run with nothing to do did nothing: it reads nothing (another run may have changed a
-    million certificates in the same second)."""
+    Another run may have changed certificates in the same second: only this run's actions
+    count, and a run with nothing to do reads nothing (that may be a million rows)."""
     if not the_plan.actions:
         return
     planned = {(a.name, a.device or ""): a for a in the_plan.actions if a.action in _DONE}
+    revoking = {(a.name, a.device or "") for a in the_plan.actions if a.action == "revoke"}
     for kind, owner, device, serial, fingerprint, issued, revoked, reason in \
             inventory.changed_at(at):
         fields: dict[str, str] = {"serial": serial, "fingerprint": fingerprint}
         if device:
             fields["device"] = device
         target = f"CertificateAuthority/{owner}" if kind == "ca" else f"DeviceFleet/{owner}"
-        if revoked == at and reason != "superseded":
+        if revoked == at and (owner, device) in revoking:  # not replacements: their own event
             yield Event("certificate.revoked", "success", target, actor,
                         fields | {"reason": reason or "unspecified"})
         if issued == at:

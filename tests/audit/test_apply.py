@@ -161,9 +161,9 @@ def test_renewals_and_rekeys_name_the_serial_they_replace(tmp_path: Path) -> Non
     assert not of(found, "certificate.revoked")  # superseded ones are in `replaces`
 
 
-def test_a_run_with_nothing_to_do_records_no_certificate_event(tmp_path: Path) -> None:
-    """Not even in the same second as a run that revoked: what a run did is read from the
-    inventory by the run's clock, and a run with no action did nothing."""
+def test_a_run_records_its_own_revocations_only(tmp_path: Path) -> None:
+    """Not those of a run in the same second: what a run did is read from the inventory by the
+    run's clock, so only this run's actions count, and a run with no action did nothing."""
     declaration = FleetRepo()
     repo, state = declaration.write(tmp_path / "repo"), jobs.StateDir(tmp_path / "state")
     init_repo(repo)
@@ -174,5 +174,10 @@ def test_a_run_with_nothing_to_do_records_no_certificate_event(tmp_path: Path) -
     later = NOW + timedelta(hours=1)
     assert jobs.apply(repo, state, later).result.done["revoke"] == 1
     assert not jobs.apply(repo, state, later).result.done  # nothing to do, the same clock
+    declaration.fleets["sensors"]["spec"]["devices"][1]["revoked"] = {"reason": "superseded"}
+    declaration.write(repo)
+    commit_all(repo, "revoke dev-2")
+    assert jobs.apply(repo, state, later).result.done["revoke"] == 1  # the same clock again
     revoked = of(records(state.path), "certificate.revoked")
-    assert [(r["device"], r["reason"]) for r in revoked] == [("dev-3", "keyCompromise")]
+    assert [(r["device"], r["reason"]) for r in revoked] == [("dev-3", "keyCompromise"),
+                                                             ("dev-2", "superseded")]
