@@ -1,32 +1,30 @@
 """`fleetpki serve`: OCSP, CRLs, CA certificates and /metrics over HTTP; EST over HTTPS.
 
-One process, one event loop, one `AppRunner` with a `TCPSite` per listener. Handlers are thin:
-the work is in `ocsp.py` (bytes -> bytes), `est.py` and `state.py`.
+One process, one event loop, an asyncio server per listener: plain HTTP is answered by
+`distribution.py`'s protocol, EST by an aiohttp application behind a `ConnectionGuard`.
+Handlers are thin: the work is in `ocsp.py` (bytes -> bytes), `est.py` and `state.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 import math
 import os
 import socket
 import ssl
-import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
 from cryptography import x509
-from cryptography.x509.ocsp import OCSPResponseStatus
 
 from controller.clock import epoch, now_utc
 from controller.pki import certificates as certs
 from controller.pki import keys
-from controller.servers import audit, est, ocsp
+from controller.servers import audit, est
+from controller.servers.distribution import Distribution
 from controller.servers.limits import ConnectionGuard, Limits
 from controller.servers.metrics import ServerMetrics
 from controller.servers.state import ServerState
@@ -41,54 +39,6 @@ OCSP_RESPONSE = "application/ocsp-response"
 WWW_AUTH = {"WWW-Authenticate": 'Basic realm="fleetpki EST"'}
 MAX_BODY = 64 * 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-# --- distribution (plain HTTP) -------------------------------------------------------------------
-def _ocsp_answer(request: web.Request, body: bytes) -> web.Response:
-    """Always an OCSP response (RFC 6960 `internalError` if answering failed), never a 500."""
-    try:
-        der = request.app[STATE_KEY].ocsp_response(body)
-    except Exception:
-        log.exception("OCSP: cannot answer a request from %s", request.remote)
-        der = ocsp.unsuccessful(OCSPResponseStatus.INTERNAL_ERROR)
-    return web.Response(body=der, content_type=OCSP_RESPONSE)
-
-
-async def ocsp_post(request: web.Request) -> web.Response:
-    return _ocsp_answer(request, await request.read())
-
-
-async def ocsp_get(request: web.Request) -> web.Response:
-    encoded = urllib.parse.unquote(request.match_info["request"])
-    try:
-        body = base64.b64decode(encoded, validate=False)
-    except (binascii.Error, ValueError):
-        body = b""
-    return _ocsp_answer(request, body)
-
-
-async def crl(request: web.Request) -> web.Response:
-    der = request.app[STATE_KEY].crl_der(request.match_info["name"])
-    if der is None:
-        raise web.HTTPNotFound(text="no CRL for this CA\n")
-    return web.Response(body=der, content_type="application/pkix-crl")
-
-
-async def tsa(request: web.Request) -> web.Response:
-    """RFC 3161 over HTTP (section 3.4): a TimeStampReq in, a TimeStampResp out (a rejection
-    says why in its statusString)."""
-    reply = request.app[STATE_KEY].timestamp_reply(request.match_info["name"],
-                                                   await request.read())
-    if reply is None:
-        raise web.HTTPNotFound(text="no such time-stamping SigningProfile\n")
-    return web.Response(body=reply, content_type="application/timestamp-reply")
-
-
-async def ca(request: web.Request) -> web.Response:
-    pem = request.app[STATE_KEY].ca_pem(request.match_info["name"])
-    if pem is None:
-        raise web.HTTPNotFound(text="no such CA\n")
-    return web.Response(body=pem, content_type="application/x-pem-file")
 
 
 # --- EST (HTTPS) -----------------------------------------------------------------------------
@@ -261,21 +211,6 @@ async def simplereenroll(request: web.Request, state: ServerState) -> web.Respon
 
 
 # --- application -----------------------------------------------------------------------------
-def http_app(state: ServerState, guard: ConnectionGuard, metrics: ServerMetrics
-             ) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY,
-                          middlewares=[metrics.middleware, guard.middleware])
-    app[STATE_KEY] = state
-    app.router.add_get("/metrics", metrics.handler)
-    app.router.add_post("/ocsp", ocsp_post)
-    app.router.add_post("/ocsp/", ocsp_post)
-    app.router.add_get("/ocsp/{request:.+}", ocsp_get)
-    app.router.add_get("/crl/{name}.crl", crl)
-    app.router.add_get("/ca/{name}.pem", ca)
-    app.router.add_post("/tsa/{name}", tsa)
-    return app
-
-
 def https_app(state: ServerState, guard: ConnectionGuard, throttle: Throttle,
               metrics: ServerMetrics) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY,
@@ -353,6 +288,7 @@ class Server:
         self.runners: list[web.AppRunner] = []
         self.listeners: list[asyncio.Server] = []
         self.ports: dict[str, int] = {}
+        self.distribution: Distribution | None = None
         self.metrics = ServerMetrics(state.state.inventory_location, multiprocess)
 
     async def start(self, sockets: dict[str, socket.socket] | None = None,
@@ -360,9 +296,8 @@ class Server:
         opts = self.options
         given = sockets or {}
         if opts.http is not None:
-            guard = ConnectionGuard(opts.limits, "http")
-            await self._listen(guard, http_app(self.state, guard, self.metrics), opts.http, None,
-                               given.get("http"))
+            self.distribution = Distribution(self.state, opts.limits, self.metrics)
+            await self._serve("http", self.distribution, opts.http, None, given.get("http"))
         if opts.https is not None and (sockets is None or "https" in sockets):
             guard = ConnectionGuard(opts.limits, "https")
             app = https_app(self.state, guard, Throttle(opts.backoff), self.metrics)
@@ -377,18 +312,26 @@ class Server:
         self.runners.append(runner)
         server = runner.server
         assert server is not None
+        await self._serve(guard.kind, lambda: guard.factory(server), listener, context, sock)
+
+    async def _serve(self, kind: str, factory: Callable[[], asyncio.BaseProtocol],
+                     listener: Listener, context: ssl.SSLContext | None,
+                     sock: socket.socket | None) -> None:
         where = {"sock": sock} if sock is not None else {"host": listener.host,
                                                          "port": listener.port}
         listening = await asyncio.get_running_loop().create_server(
-            lambda: guard.factory(server), ssl=context,
-            ssl_handshake_timeout=guard.limits.header_timeout if context else None, **where)
+            factory, ssl=context,
+            ssl_handshake_timeout=self.options.limits.header_timeout if context else None,
+            **where)
         self.listeners.append(listening)
-        self.ports[guard.kind] = listening.sockets[0].getsockname()[1]
-        log.info("serving %s on %s:%d", guard.kind, listener.host, self.ports[guard.kind])
+        self.ports[kind] = listening.sockets[0].getsockname()[1]
+        log.info("serving %s on %s:%d", kind, listener.host, self.ports[kind])
 
     async def stop(self) -> None:
         for listening in self.listeners:
             listening.close()
+        if self.distribution is not None:
+            self.distribution.close()
         for runner in self.runners:
             await runner.cleanup()
         self.listeners.clear()

@@ -37,8 +37,8 @@ class Limits:
     max_connections: int = 256
 
 
-class _Busy(asyncio.Protocol):
-    """A connection over the limit: answered 503 and closed, never handed to aiohttp."""
+class Busy(asyncio.Protocol):
+    """A connection over the limit: answered 503 and closed, never read."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.WriteTransport)
@@ -59,7 +59,7 @@ class ConnectionGuard:
         if len(server.connections) >= self.limits.max_connections:
             log.warning("%s: %d connections, refusing another", self.kind,
                         len(server.connections))
-            return _Busy()
+            return Busy()
         handler = server()
         self._arm(handler)
         return handler

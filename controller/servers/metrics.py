@@ -3,7 +3,6 @@ latency by endpoint, plus the inventory gauges (one registry per server)."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 
@@ -11,7 +10,6 @@ from aiohttp import web
 from cryptography.x509 import ocsp
 from cryptography.x509.ocsp import OCSPResponseStatus
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Histogram,
@@ -50,13 +48,12 @@ def reason(status: int) -> str:
     return REASONS.get(status, "error" if status >= 500 else "other")
 
 
-def ocsp_refusal(response: web.StreamResponse) -> str | None:
+def ocsp_refusal(der: bytes) -> str | None:
     """The reason class of an unsuccessful OCSP response (malformedRequest, unauthorized,
     internalError): answered with HTTP 200, still a refusal."""
-    body = response.body if isinstance(response, web.Response) else None
-    if not isinstance(body, bytes) or len(body) >= UNSUCCESSFUL_SIZE:
+    if len(der) >= UNSUCCESSFUL_SIZE:
         return None
-    return OCSP_REASONS.get(ocsp.load_der_ocsp_response(body).response_status, "other")
+    return OCSP_REASONS.get(ocsp.load_der_ocsp_response(der).response_status, "other")
 
 
 class ServerMetrics:
@@ -86,25 +83,25 @@ class ServerMetrics:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        name = endpoint(request)
         started = time.perf_counter()
-        status, refused = 500, None
+        status = 500
         try:
             response = await handler(request)
             status = response.status
-            if name == "ocsp":
-                refused = ocsp_refusal(response)
             return response
         except web.HTTPException as exc:
             status = exc.status
             raise
         finally:
-            self.requests.labels(name).inc()
-            if status >= 400 or refused:
-                self.refusals.labels(name, refused or reason(status)).inc()
-            self.latency.labels(name).observe(time.perf_counter() - started)
+            self.record(endpoint(request), status, None, time.perf_counter() - started)
 
-    async def handler(self, request: web.Request) -> web.Response:
-        """The exposition, built off the event loop (the gauges run SQL aggregates)."""
-        body = await asyncio.to_thread(generate_latest, self.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    def record(self, name: str, status: int, refused: str | None, seconds: float) -> None:
+        """One answered request: `refused` is the class of a refusal answered with 200."""
+        self.requests.labels(name).inc()
+        if status >= 400 or refused:
+            self.refusals.labels(name, refused or reason(status)).inc()
+        self.latency.labels(name).observe(seconds)
+
+    def exposition(self) -> bytes:
+        """The text exposition (call it off the event loop: the gauges run SQL aggregates)."""
+        return generate_latest(self.registry)
