@@ -219,7 +219,8 @@ class Connection(asyncio.Protocol):
         self.url = b""
         self.body: list[bytes] = []
         self.body_size = 0
-        self.head_size = 0
+        self.head_size = 0  # of the URL and headers, as parsed
+        self.unparsed = 0  # bytes received since the head began (an unfinished one's bound)
         self.in_body = False
         self.continue_expected = False
 
@@ -247,10 +248,10 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if not self.in_body:
-            self.head_size += len(data)
+            self.unparsed += len(data)  # at least the unfinished head's size
         try:
             self.parser.feed_data(data)
-            if not self.in_body and self.head_size > MAX_HEAD:
+            if not self.in_body and self.unparsed > MAX_HEAD:
                 self._refuse(431, "request head too large")
         except httptools.HttpParserError as exc:  # a callback's _Refused is its context
             refused = exc.__context__
@@ -301,14 +302,21 @@ class Connection(asyncio.Protocol):
     # --- httptools callbacks -------------------------------------------------------------------
     def on_url(self, url: bytes) -> None:
         self.url += url
+        self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value))
         header = name.lower()
         if header == b"content-length" and value.strip().isdigit() \
                 and int(value) > MAX_BODY:
             raise _Refused(413, "request body too large")
         if header == b"expect" and value.strip().lower() == b"100-continue":
             self.continue_expected = True
+
+    def _count_head(self, size: int) -> None:
+        self.head_size += size
+        if self.head_size > MAX_HEAD:
+            raise _Refused(431, "request head too large")
 
     def on_headers_complete(self) -> None:
         self.in_body = True
