@@ -162,13 +162,26 @@ class Distribution:
         self.metrics = metrics
         self.routes = routes(metrics)
         self.connections: set[Connection] = set()
+        self.loop_time = asyncio.get_running_loop().time
+        self.sweep: asyncio.TimerHandle | None = None
 
     def __call__(self) -> asyncio.Protocol:
         """Called by the event loop for each accepted TCP connection."""
         if len(self.connections) >= self.limits.max_connections:
             log.warning("http: %d connections, refusing another", len(self.connections))
             return Busy()
+        if self.sweep is None:
+            self._sweep()
         return Connection(self)
+
+    def _sweep(self) -> None:
+        """Expire the connections past their deadline, a few times per timeout: one timer per
+        listener, not two per request."""
+        now = self.loop_time()
+        for connection in list(self.connections):
+            connection.expire_by(now)
+        period = min(1.0, self.limits.header_timeout / 4, self.limits.body_timeout / 4)
+        self.sweep = asyncio.get_running_loop().call_later(period, self._sweep)
 
     def dispatch(self, request: Request) -> tuple[str, Reply | Awaitable[Reply]]:
         """The endpoint (metrics label) and the answer, or its awaitable."""
@@ -189,6 +202,9 @@ class Distribution:
         return "unmatched", _not_found("not found\n")
 
     def close(self) -> None:
+        if self.sweep is not None:
+            self.sweep.cancel()
+            self.sweep = None
         for connection in list(self.connections):
             connection.abort()
 
@@ -209,7 +225,7 @@ class Connection(asyncio.Protocol):
         self.listener = listener
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline: tuple[float, Callable[[], None]] | None = None  # (loop time, on expiry)
         self.queue: deque[Request] = deque()
         self.task: asyncio.Future[None] | None = None  # an awaited answer, running
         self.writable = True
@@ -273,28 +289,29 @@ class Connection(asyncio.Protocol):
         if self.transport is not None and self.task is None:
             self.transport.resume_reading()
 
-    # --- timers --------------------------------------------------------------------------------
+    # --- deadlines (checked by the listener's sweep) ---------------------------------------------
     def _arm(self, seconds: float, expired: Callable[[], None]) -> None:
-        self._disarm()
-        self.timer = asyncio.get_running_loop().call_later(seconds, expired)
+        self.deadline = (self.listener.loop_time() + seconds, expired)
 
     def _disarm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.deadline = None
+
+    def expire_by(self, now: float) -> None:
+        if self.deadline is not None and now >= self.deadline[0]:
+            expired = self.deadline[1]
+            self.deadline = None
+            expired()
 
     def _peer(self) -> str:
         peer = self.transport.get_extra_info("peername") if self.transport else None
         return str(peer[0]) if peer else "?"
 
     def _no_head(self) -> None:
-        self.timer = None
         log.info("http: no complete request from %s within %gs, closing", self._peer(),
                  self.listener.limits.header_timeout)
         self.abort()
 
     def _slow_body(self) -> None:
-        self.timer = None
         log.warning("http: request body from %s not received within %gs", self._peer(),
                     self.listener.limits.body_timeout)
         self._refuse(408, "request body too slow")
@@ -306,6 +323,8 @@ class Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._count_head(len(name) + len(value))
+        if len(name) not in (6, 14):  # neither Expect nor Content-Length: most headers
+            return
         header = name.lower()
         if header == b"content-length" and value.strip().isdigit() \
                 and int(value) > MAX_BODY:
@@ -353,7 +372,7 @@ class Connection(asyncio.Protocol):
             else:
                 transport.pause_reading()
                 self.task = asyncio.ensure_future(self._await(request, endpoint, reply))
-        if not self.queue and self.task is None and self._open() and self.timer is None:
+        if not self.queue and self.task is None and self._open() and self.deadline is None:
             self._arm(self.listener.limits.header_timeout, self._no_head)
 
     async def _await(self, request: Request, endpoint: str, pending: Awaitable[Reply]) -> None:

@@ -78,6 +78,7 @@ class ServerMetrics:
         self.latency = Histogram("fleetpki_server_request_duration_seconds", "Time to answer a "
                                  "request, by endpoint.", ["endpoint"], registry=own,
                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+        self._children: dict[str, tuple[Counter, Histogram]] = {}
         self.registry.register(InventoryCollector(lambda: {"": inventory},
                                                   lambda: epoch(now_utc())))
 
@@ -97,10 +98,14 @@ class ServerMetrics:
 
     def record(self, name: str, status: int, refused: str | None, seconds: float) -> None:
         """One answered request: `refused` is the class of a refusal answered with 200."""
-        self.requests.labels(name).inc()
+        children = self._children.get(name)
+        if children is None:  # labels() costs more than the counting itself
+            children = self._children[name] = (self.requests.labels(name),
+                                               self.latency.labels(name))
+        children[0].inc()
         if status >= 400 or refused:
             self.refusals.labels(name, refused or reason(status)).inc()
-        self.latency.labels(name).observe(seconds)
+        children[1].observe(seconds)
 
     def exposition(self) -> bytes:
         """The text exposition (call it off the event loop: the gauges run SQL aggregates)."""
