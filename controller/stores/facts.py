@@ -24,21 +24,26 @@ KEY = "substr(c.intent, instr(c.intent, ':') + 1)"  # the key part of the intent
 ACTIVE = "c.kind = 'device' AND c.state = 'active'"
 SERVER_KEY = "server-"  # KEY of a server-generated key: server-<algorithm>
 ROW = "c.owner, c.device, c.serial, c.not_before, c.not_after"
-# check code -> (join, condition, detail) selecting its certificates
+CERTIFICATES = "certificates c"
+# Sightings first (CROSS JOIN keeps the order in SQLite): one look-up per sighting by serial,
+# not a pass over every revoked certificate.
+SIGHTED = "sightings s CROSS JOIN certificates c"
+# check code -> (tables, condition, detail) selecting its certificates
 CHECKS = {
-    "certificate-expired": ("", "c.state = 'active' AND c.not_after <= :now", "''"),
-    "certificate-expiring": ("", "c.state = 'active' AND c.not_after > :now "
+    "certificate-expired": (CERTIFICATES, "c.state = 'active' AND c.not_after <= :now", "''"),
+    "certificate-expiring": (CERTIFICATES, "c.state = 'active' AND c.not_after > :now "
                              "AND c.not_after <= :expires_before", "''"),
-    "certificate-too-old": ("", "c.state = 'active' AND c.not_before <= :issued_before", "''"),
+    "certificate-too-old": (CERTIFICATES,
+                            "c.state = 'active' AND c.not_before <= :issued_before", "''"),
     "revoked-certificate-in-use": (
-        "JOIN sightings s ON s.serial = c.serial AND s.last_seen >= c.revoked_at",
-        "c.state = 'revoked'", "s.source || ', ' || s.times || ' time(s)'"),
+        SIGHTED, "c.serial = s.serial AND s.last_seen >= c.revoked_at AND c.state = 'revoked'",
+        "s.source || ', ' || s.times || ' time(s)'"),
 }
 
 
 def _query(code: str, columns: str) -> str:
-    join, condition, detail = CHECKS[code]
-    return (f"SELECT {columns.replace('DETAIL', detail)} FROM certificates c {join} "
+    tables, condition, detail = CHECKS[code]
+    return (f"SELECT {columns.replace('DETAIL', detail)} FROM {tables} "
             f"WHERE {DEVICES} AND {condition}")
 
 

@@ -534,9 +534,14 @@ class Inventory:
         return self._records("kind = 'device' AND owner = ? ORDER BY device, issued_at", (fleet,))
 
     def fleet_names(self) -> list[str]:
+        """Every fleet applied or holding certificates. The owners are found by one index
+        search each (the next owner after the last), not by reading every certificate."""
         rows = self.db.execute(
-            "SELECT name FROM fleets UNION SELECT DISTINCT owner FROM certificates "
-            "WHERE kind = 'device'")
+            "WITH RECURSIVE owners(name) AS ("
+            "SELECT min(owner) FROM certificates WHERE kind = 'device' UNION ALL "
+            "SELECT (SELECT min(owner) FROM certificates WHERE kind = 'device' "
+            "AND owner > owners.name) FROM owners WHERE owners.name IS NOT NULL) "
+            "SELECT name FROM owners WHERE name IS NOT NULL UNION SELECT name FROM fleets")
         return sorted(r[0] for r in rows)
 
     def fleet_hash(self, name: str) -> str | None:
@@ -556,12 +561,13 @@ class Inventory:
             "SELECT state, count(*) FROM certificates WHERE kind = 'device' AND owner = ? "
             "GROUP BY state", (fleet,)):
             counts[state] = number
-        counts["due"] = self.db.execute(
-            "SELECT count(*) FROM certificates WHERE kind = 'device' AND owner = ? "
-            "AND state = 'active' AND renew_at <= ?", (fleet, now)).fetchone()[0]
-        counts["expired"] = self.db.execute(
-            "SELECT count(*) FROM certificates WHERE kind = 'device' AND owner = ? "
-            "AND state = 'active' AND not_after <= ?", (fleet, now)).fetchone()[0]
+        # an expired certificate is due (renew_at <= not_after, `renewal_time`): both are
+        # counted over the due ones, a search of the renewal index
+        due, expired = self.db.execute(
+            "SELECT count(*), sum(CASE WHEN not_after <= ? THEN 1 ELSE 0 END) FROM certificates "
+            "WHERE kind = 'device' AND owner = ? AND state = 'active' AND renew_at <= ?",
+            (now, fleet, now)).fetchone()
+        counts["due"], counts["expired"] = int(due), int(expired or 0)
         return counts
 
     def next_renewal(self, fleet: str) -> int | None:

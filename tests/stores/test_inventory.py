@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from controller.lint.rules import Window
 from controller.stores.database import ERRORS, for_psycopg, redact
 from controller.stores.inventory import (
     DIALECTS,
@@ -69,7 +70,8 @@ def test_queries_agree(location: Path | str) -> None:
         inventory.insert(record("ca1", kind="ca", owner="root", device="",
                                 issuer_serial=None, intent="ca"))
         inventory.insert(record("01", intent="x:" + "a" * 64))
-        inventory.insert(record("02", device="d2", not_after=1_500, intent="x:" + "a" * 64))
+        inventory.insert(record("02", device="d2", not_after=1_500, renew_at=1_200,
+                                intent="x:" + "a" * 64))  # due before it expires, as always
         inventory.insert(record("03", device="d3", state="revoked", revoked_at=2_000,
                                 reason="keyCompromise"))
         crl = CRLRecord("ca1", "root", 1, 10, 20, 0, 0, b"crl1")
@@ -94,7 +96,7 @@ def test_queries_agree(location: Path | str) -> None:
         assert inventory.fleet_hash("meters") == "h2"
         assert inventory.applied_fleets() == {"meters": ("h2", 3, 2)}
         assert inventory.fleet_counts("meters", 2_000) == {
-            "active": 2, "revoked": 1, "due": 0, "expired": 1}
+            "active": 2, "revoked": 1, "due": 1, "expired": 1}
         assert inventory.state_counts(1_000, [1_000]) == [
             ("ca", "root", "", 1, 0, 0, 0, 0), ("device", "meters", "ca1", 2, 0, 1, 0, 1)]
         assert inventory.expiry_buckets(1_000, 1_000, 3) == {0: 1, 3: 1}
@@ -226,6 +228,35 @@ def test_what_every_run_asks_never_reads_every_certificate(tmp_path: Path) -> No
         steps = plan("SELECT kind FROM certificates WHERE issued_at = 1 OR revoked_at = 1")
         assert any("by_issue_time" in s for s in steps) and \
             any("by_revocation_time" in s for s in steps), steps
+        # a no-op's status: the fleets, the due and expired counts, the revoked in use
+        traced: list[str] = []
+        inventory.db.db.set_trace_callback(traced.append)
+        inventory.fleet_names()
+        inventory.fleet_counts("meters", 1)
+        list(facts.device_rows(inventory, "revoked-certificate-in-use",
+                               Window(1, 1, 1)))
+        inventory.db.db.set_trace_callback(None)
+        due = [q for q in traced if "renew_at <= " in q]
+        assert len(due) == 1 and "by_owner_renewal" in " ".join(plan(due[0])), due
+        for query in (next(q for q in traced if q.startswith("WITH RECURSIVE")),
+                      next(q for q in traced if "sightings" in q)):
+            steps = plan(query)
+            assert any(s.startswith("SEARCH c") or s.startswith("SEARCH certificates")
+                       for s in steps), steps
+            assert not any(s.startswith(("SCAN c", "SCAN certificates")) for s in steps), steps
+
+
+def test_fleet_names_are_every_owner_and_applied_fleet(location: Path | str) -> None:
+    with Inventory(location) as inventory:
+        with inventory.transaction():
+            inventory.insert(record("ca", kind="ca", owner="root", device="",
+                                    issuer_serial=None, intent="ca"))
+            for serial, owner, device in (("01", "b", "d1"), ("02", "b", "d2"), ("03", "a", "d1"),
+                                          ("04", "c", "d1"), ("05", "_serve", "d1")):
+                inventory.insert(record(serial, owner=owner, device=device))
+            inventory.set_fleet("z", "h", False, 1, 0, 0)
+            inventory.set_fleet("b", "h", False, 1, 2, 2)
+        assert inventory.fleet_names() == ["_serve", "a", "b", "c", "z"]
 
 
 def test_a_version_2_inventory_needs_migrate_and_keeps_its_certificates(tmp_path: Path) -> None:
