@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from controller.lint.rules import Window
+from controller.stores import inventory as inventory_module
 from controller.stores.database import ERRORS, for_psycopg, redact
 from controller.stores.inventory import (
     DIALECTS,
@@ -306,3 +307,23 @@ def test_cluster_wide_ca_certificates_are_mirrored_and_follow_their_source(
         with pytest.raises(InventoryError, match="has a CertificateAuthority 'own-ca' of its own"):
             inventory.mirror_cas([ca_record("0d", owner="own-ca")])
         assert [r.serial for r in inventory.ca_generations("own-ca")] == ["0c"]
+
+
+def test_a_fleet_that_is_most_of_the_table_is_read_in_table_order(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same answer either way; the whole table is read (not the index, one random read per
+    row) only for a fleet holding most of it."""
+    monkeypatch.setattr(inventory_module, "WHOLE_TABLE_FROM", 1)
+    with Inventory(tmp_path / "inventory.db") as inventory:
+        with inventory.transaction():
+            for n in range(6):
+                inventory.insert(record(f"{n:02x}", device=f"d{n}", owner="big" if n else "small",
+                                        source=f"s{n}"))
+        traced: list[str] = []
+        inventory.db.db.set_trace_callback(traced.append)
+        big, small = inventory.active_devices("big"), inventory.active_devices("small")
+        inventory.db.db.set_trace_callback(None)
+        reads = [q for q in traced if q.startswith("SELECT device, serial")]
+        assert ["NOT INDEXED" in q for q in reads] == [True, False], reads
+        assert big == {f"d{n}": (f"{n:02x}", "x:k", 4_000, f"s{n}") for n in range(1, 6)}
+        assert small == {"d0": ("00", "x:k", 4_000, "s0")}
