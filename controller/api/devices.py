@@ -86,27 +86,39 @@ def parse_device_rows(text: str, fmt: str) -> list[tuple[int, dict[str, Any]]]:
     header = next(reader, None)
     if not header or "id" not in header:
         raise ValueError("CSV needs a header row with an 'id' column")
+    columns = _csv_columns(header)
     for values in reader:
         if not values:
             continue  # a blank line
-        line = reader.line_num
         if len(values) > len(header):
-            raise ValueError(f"line {line}: more values than header columns")
-        row: dict[str, str | None] = dict(zip(header, values, strict=False))
-        if len(values) < len(header):  # as DictReader: the missing columns are None
-            row.update(dict.fromkeys(header[len(values):]))
+            raise ValueError(f"line {reader.line_num}: more values than header columns")
+        count = len(values)
         device: dict[str, Any] = {"labels": {}}
-        for column, value in row.items():
+        for index, kind, key in columns:
+            value = values[index] if index < count else None  # missing columns: None
             if not value:
                 continue
-            if column.startswith("labels."):
-                device["labels"][column.removeprefix("labels.")] = value
-            elif column == "revoked":
+            if kind == LABEL:
+                device["labels"][key] = value
+            elif kind == REVOKED:
                 device["revoked"] = {"reason": value}
             else:
-                device[column] = value
-        rows.append((line, device))
+                device[key] = value
+        rows.append((reader.line_num, device))
     return rows
+
+
+LABEL, REVOKED, FIELD = "label", "revoked", "field"
+
+
+def _csv_columns(header: list[str]) -> list[tuple[int, str, str]]:
+    """(value index, kind, key) per distinct column, in the order of a dict made of the row
+    (a repeated column: its first place, its last value), as DictReader made them."""
+    last = {column: index for index, column in enumerate(header)}
+    return [(last[column], LABEL, column.removeprefix("labels.")) if column.startswith("labels.")
+            else (last[column], REVOKED, column) if column == "revoked"
+            else (last[column], FIELD, column)
+            for column in dict.fromkeys(header)]
 
 
 def main_field(source: DeviceSource) -> str:
