@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import sys
 from collections.abc import Callable
@@ -181,6 +183,20 @@ class DeviceKey:
         return cls(sys.intern(key_algorithm_of(public_key)), public_key.public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
 
+    @classmethod
+    def from_pem(cls, data: bytes) -> DeviceKey:
+        """`of(load_public_key_pem(data))`, at half the cost for a P-256 key in the usual PEM
+        form: its DER is loaded to check it, and kept as given when it is the canonical
+        encoding (uncompressed point, named curve), not encoded again."""
+        der = _p256_der(data)
+        try:
+            if der is not None:
+                serialization.load_der_public_key(der)  # the point is on the curve
+                return cls(P256, der)
+        except ValueError:
+            pass  # refused below, as any other PEM would be
+        return cls.of(load_public_key_pem(data))
+
     @property
     def fingerprint(self) -> str:
         """As `public_key_fingerprint`."""
@@ -188,6 +204,28 @@ class DeviceKey:
 
     def load(self) -> PublicKey:
         return supported_public_key(serialization.load_der_public_key(self.der))
+
+
+P256 = sys.intern("ECDSA-P256")
+# SubjectPublicKeyInfo of a P-256 key with an uncompressed point: this prefix, then the point
+_P256_SPKI = bytes.fromhex("3059301306072a8648ce3d020106082a8648ce3d030107034200")
+_PEM_BEGIN, _PEM_END = b"-----BEGIN PUBLIC KEY-----", b"-----END PUBLIC KEY-----"
+
+
+def _p256_der(pem: bytes) -> bytes | None:
+    """The DER of a PEM that is one SubjectPublicKeyInfo block (surrounding whitespace aside)
+    of canonical P-256 form; None for anything else (read the general way)."""
+    lines = pem.strip().splitlines()
+    if len(lines) < 3 or lines[0] != _PEM_BEGIN or lines[-1] != _PEM_END:
+        return None
+    try:
+        der = base64.b64decode(b"".join(line.strip() for line in lines[1:-1]), validate=True)
+    except binascii.Error:
+        return None
+    if len(der) != len(_P256_SPKI) + 65 or not der.startswith(_P256_SPKI) \
+            or der[len(_P256_SPKI)] != 4:
+        return None
+    return der
 
 
 def public_key_fingerprint(public_key: CertificatePublicKeyTypes) -> str:

@@ -92,12 +92,11 @@ def device_public_key(device: Device, profile: CertificateProfile,
             csr = load_csr(device.csr)
             verify_csr(csr)
             _check_csr_identity(csr, device)
-            public_key = csr.public_key()
+            device_key = keys.DeviceKey.of(csr.public_key())  # type: ignore[arg-type]
         else:
-            public_key = keys.load_public_key_pem((device.publicKey or "").encode())
+            device_key = keys.DeviceKey.from_pem((device.publicKey or "").encode())
     except PKIError as exc:
         raise IntentError(field, str(exc)) from None
-    device_key = keys.DeviceKey.of(public_key)  # type: ignore[arg-type]
     if device_key.algorithm != profile.spec.keyAlgorithm:
         raise IntentError(field, f"device key is {device_key.algorithm}; profile requires "
                           f"{profile.spec.keyAlgorithm}")
