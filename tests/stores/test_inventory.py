@@ -327,3 +327,14 @@ def test_a_fleet_that_is_most_of_the_table_is_read_in_table_order(
         assert ["NOT INDEXED" in q for q in reads] == [True, False], reads
         assert big == {f"d{n}": (f"{n:02x}", "x:k", 4_000, f"s{n}") for n in range(1, 6)}
         assert small == {"d0": ("00", "x:k", 4_000, "s0")}
+
+
+def test_a_writer_checkpoints_its_wal_rarely_and_shrinks_it(tmp_path: Path) -> None:
+    """At SQLite's default (1,000 pages) a batch into a large inventory checkpointed at every
+    commit; the WAL grows to 400 MB between checkpoints and is cut back to 64 MiB after."""
+    with Inventory(tmp_path / "inventory.db") as inventory:
+        pragma = inventory.db.execute
+        assert pragma("PRAGMA wal_autocheckpoint").fetchone()[0] == 100_000
+        assert pragma("PRAGMA journal_size_limit").fetchone()[0] == 64 * 1024 * 1024
+    with Inventory(tmp_path / "inventory.db", read_only=True) as reader:
+        assert reader.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1_000
