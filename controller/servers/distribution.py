@@ -171,17 +171,22 @@ class Distribution:
             log.warning("http: %d connections, refusing another", len(self.connections))
             return Busy()
         if self.sweep is None:
-            self._sweep()
+            self._sweep_later()
         return Connection(self)
 
+    def _sweep_later(self) -> None:
+        period = min(1.0, self.limits.header_timeout / 4, self.limits.body_timeout / 4)
+        self.sweep = asyncio.get_running_loop().call_later(period, self._sweep)
+
     def _sweep(self) -> None:
-        """Expire the connections past their deadline, a few times per timeout: one timer per
-        listener, not two per request."""
+        """Expire the connections past their deadline, a few times per timeout while there
+        are connections: one timer per listener, not two per request."""
         now = self.loop_time()
         for connection in list(self.connections):
             connection.expire_by(now)
-        period = min(1.0, self.limits.header_timeout / 4, self.limits.body_timeout / 4)
-        self.sweep = asyncio.get_running_loop().call_later(period, self._sweep)
+        self.sweep = None
+        if self.connections:
+            self._sweep_later()
 
     def dispatch(self, request: Request) -> tuple[str, Reply | Awaitable[Reply]]:
         """The endpoint (metrics label) and the answer, or its awaitable."""
