@@ -111,13 +111,16 @@ class _FleetPlanner:
         rows = self.decl.device_set.rows
         for device_id, (value, row) in list(rows.items()):
             current = active.get(device_id)
-            source = self._source(row)
-            if not isinstance(value, Device):  # a row judged when `current` was issued from it
-                if current is not None and current[3] == source and self.now < current[2]:
+            if not isinstance(value, Device):
+                # A row judged when `current` was issued from it: its source digest is one of
+                # the fleet's active certificates', and the row names this device, so it is
+                # `current`'s (one active certificate per device), not computed again here.
+                if current is not None and self.now < current[2]:
                     continue
                 found = self.decl.device_set.row(device_id)
                 assert found is not None
                 value = found[0]
+            source = self._source(row)
             if value.revoked is None:
                 if current is None or current[3] != source or self.now >= current[2]:
                     self._device(value, current, source)
