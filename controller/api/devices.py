@@ -30,6 +30,7 @@ Parsed = tuple[tuple[Device, ...], DeviceLines, RowDigests]
 Row = Device | dict[str, Any]  # a device, or its row as read (judged before: not validated yet)
 RowIndex = dict[str, tuple[Row, bytes]]  # device id -> (device or row, row digest)
 Judged = Callable[[bytes], bool]  # a row digest -> judged already (its certificate's source)
+UNDIGESTED = b""  # the digest of a row of a deferred set, until it is asked for (`DeviceSet.row`)
 NEVER_ZERO = " (a missing source is an error, never zero devices)"
 KUBERNETES_ONLY = "only in Kubernetes mode (fleetpki operator)"
 
@@ -213,7 +214,7 @@ class DeviceSet:
         since an apply that found no problem in it) is read without validating any row."""
         if self._rows is None:
             problems: list[Problem] = []
-            self.parse(problems, (lambda _: True) if self._deferred else None)
+            self.parse(problems, _all_judged if self._deferred else None)
             if problems:
                 raise InvalidDeclaration(problems)
         assert self._rows is not None
@@ -245,6 +246,7 @@ class DeviceSet:
         value, digest = self.rows[device_id]
         if isinstance(value, Device):
             return value
+        digest = digest or _row_digest(value)  # of the row as read, before validation
         assert self._item is not None
         file, line = self._lines[device_id]
         device = _validate(self._item, value, file, line or 0, problems)
@@ -346,13 +348,25 @@ def _parse(item: Located, parts: list[DeviceText], problems: list[Problem],
         return {}, {}
     for part, part_rows in parsed:
         for line, raw in part_rows:
-            digest = hashlib.sha256(repr(raw).encode()).digest()
             device_id = raw.get("id")
+            if judged is _all_judged and isinstance(device_id, str):  # digested when asked for
+                add(device_id, raw, part.label, line, UNDIGESTED)
+                continue
+            digest = _row_digest(raw)
             if judged is not None and isinstance(device_id, str) and judged(digest):
                 add(device_id, raw, part.label, line, digest)
             elif (valid := _validate(item, raw, part.label, line, problems)) is not None:
                 add(valid.id, valid, part.label, line, digest)
     return rows, lines
+
+
+def _row_digest(raw: dict[str, Any]) -> bytes:
+    return hashlib.sha256(repr(raw).encode()).digest()
+
+
+def _all_judged(_: bytes) -> bool:
+    """The rows of a deferred set: all judged when it was applied."""
+    return True
 
 
 def _validate(item: Located, raw: dict[str, Any], file: str, line: int,

@@ -119,7 +119,7 @@ class _FleetPlanner:
                     continue
                 found = self.decl.device_set.row(device_id)
                 assert found is not None
-                value = found[0]
+                value, row = found  # the row's digest, made now if it was deferred
             source = self._source(row)
             if value.revoked is None:
                 if current is None or current[3] != source or self.now >= current[2]:

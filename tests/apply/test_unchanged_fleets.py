@@ -75,6 +75,14 @@ def test_unchanged_fleet_is_not_parsed_until_its_devices_are_needed(
     with state.reader() as inventory:
         assert inventory.due_devices("sensors", epoch(later)) == {}
 
+    # the renewed certificates carry their rows' sources, though those rows were digested
+    # only when they fell due: a change elsewhere in the file renders the new row alone
+    csv.write_text(csv.read_text() + "sensor-9998,TS-100,hamburg,\n")
+    after = jobs.plan(repo, state, later)
+    assert [(a.action, a.device) for a in after.actions if a.name == "sensors"] == [
+        ("issue", "sensor-9998")]
+    assert dict(after.source_notes) == {}
+
 
 def test_an_inventory_from_before_the_summary_columns_parses_once_then_skips(
         parsed: list[str], tmp_path: Path) -> None:
