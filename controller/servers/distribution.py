@@ -124,18 +124,19 @@ class Route:
     answer: Answer
     suffix: str = ""
     exact: bool = False
+    raw: bool = False  # the rest of the path as sent, slashes included (OCSP GET's base64)
 
     def argument(self, path: str) -> str | None:
-        """The name this route takes from `path` (percent-decoded but for OCSP GET's), or
-        None when the path is not this route's."""
+        """The name this route takes from `path` (percent-decoded unless `raw`), or None when
+        the path is not this route's."""
         if self.exact:
             return "" if path == self.prefix else None
         if not (path.startswith(self.prefix) and path.endswith(self.suffix)):
             return None
         name = path[len(self.prefix):len(path) - len(self.suffix)]
-        if not name or ("/" in name and self.endpoint != "ocsp"):
-            return None
-        return name if self.endpoint == "ocsp" else urllib.parse.unquote(name)
+        if self.raw:
+            return name or None
+        return urllib.parse.unquote(name) if name and "/" not in name else None
 
 
 def routes(metrics: ServerMetrics) -> tuple[Route, ...]:
@@ -147,7 +148,7 @@ def routes(metrics: ServerMetrics) -> tuple[Route, ...]:
     return (Route("metrics", "GET", "/metrics", exposition, exact=True),
             Route("ocsp", "POST", "/ocsp", ocsp_post, exact=True),
             Route("ocsp", "POST", "/ocsp/", ocsp_post, exact=True),
-            Route("ocsp", "GET", "/ocsp/", ocsp_get),
+            Route("ocsp", "GET", "/ocsp/", ocsp_get, raw=True),
             Route("crl", "GET", "/crl/", crl, suffix=".crl"),
             Route("ca", "GET", "/ca/", ca, suffix=".pem"),
             Route("tsa", "POST", "/tsa/", tsa))

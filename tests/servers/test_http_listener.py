@@ -12,10 +12,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import load_pem_x509_certificate
 from cryptography.x509 import ocsp as x509_ocsp
 
+from controller.servers.distribution import Reply, Route
 from tests.servers.conftest import Env, Running, ca_files, device_cert, run
 from tests.servers.test_limits import connect, until_closed
 
-Reply = tuple[int, dict[str, str], bytes]
+Answer = tuple[int, dict[str, str], bytes]  # status, headers, body
 
 
 def ocsp_request(env: Env, device: str) -> bytes:
@@ -34,7 +35,7 @@ def post(path: str, body: bytes, *headers: str) -> bytes:
 
 
 def read_replies(sock: socket.socket, count: int, heads_only: frozenset[int] = frozenset()
-                 ) -> list[Reply]:
+                 ) -> list[Answer]:
     """`count` responses read off `sock` in order; those at `heads_only` carry no body."""
     buffer, replies = b"", []
     while len(replies) < count:
@@ -158,3 +159,16 @@ def test_metrics_counts_the_listeners_answers(server: Running, tmp_path: Path) -
 
     assert unmatched(after) == unmatched(before) + 1
     assert 'fleetpki_server_requests_total{endpoint="metrics"}' in after
+
+
+def test_routes_take_names_from_paths() -> None:
+    def answer(*_: object) -> Reply:
+        return Reply(200, b"")
+
+    ca = Route("ca", "GET", "/ca/", answer, suffix=".pem")
+    ocsp_get = Route("ocsp", "GET", "/ocsp/", answer, raw=True)
+    assert ca.argument("/ca/issuing%20two.pem") == "issuing two"  # percent-decoded
+    assert [ca.argument(p) for p in ("/ca/.pem", "/ca/a/b.pem", "/ca/x.crl", "/cax.pem")] == \
+        [None] * 4
+    assert ocsp_get.argument("/ocsp/MEow/Q%2B==") == "MEow/Q%2B=="  # base64, as sent
+    assert ocsp_get.argument("/ocsp/") is None
