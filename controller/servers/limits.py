@@ -1,4 +1,6 @@
-"""Protection of a listener against slow and excess clients (asyncio and aiohttp level).
+"""Protection of a listener against slow and excess clients: the `Limits`, and for the EST
+listener (aiohttp) their enforcement; the plain-HTTP listener enforces them in its own protocol
+(`distribution.py`).
 
 aiohttp waits for a request head, and the handlers for a body, as long as the client likes;
 `ConnectionGuard` bounds both and the number of connections:
