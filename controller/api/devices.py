@@ -187,7 +187,8 @@ class DeviceSet:
         `judged` is not validated now (see `row`)."""
         if self._rows is None:
             assert self._item is not None
-            self._rows, self._lines = _parse(self._item, self._parts, problems, judged)
+            self._rows, self._lines = _parse(self._item, self._parts, problems, judged,
+                                             self._deferred)
             self._parts = []  # the text is not needed any more
 
     def defer(self, summary: DeviceSummary) -> None:
@@ -214,7 +215,7 @@ class DeviceSet:
         since an apply that found no problem in it) is read without validating any row."""
         if self._rows is None:
             problems: list[Problem] = []
-            self.parse(problems, _all_judged if self._deferred else None)
+            self.parse(problems)
             if problems:
                 raise InvalidDeclaration(problems)
         assert self._rows is not None
@@ -312,12 +313,14 @@ def _inline_digest(device: Device) -> bytes:
 
 
 def _parse(item: Located, parts: list[DeviceText], problems: list[Problem],
-           judged: Judged | None = None) -> tuple[RowIndex, DeviceLines]:
+           judged: Judged | None = None, deferred: bool = False
+           ) -> tuple[RowIndex, DeviceLines]:
     """Inline devices plus every part's rows. A part that cannot be parsed is a problem and
     leaves the fleet with no devices; a bad row is a problem at its part's label and line; a
     device id may appear once across inline devices and all parts. A row's digest is over the
     row as read (a row written differently is a changed row, never the reverse); a row whose
-    digest is `judged` is kept as read, not validated."""
+    digest is `judged` is kept as read, not validated. The rows of a `deferred` set (judged all
+    when it was applied) are kept as read, and digested when asked for (`DeviceSet.row`)."""
     fleet = item.resource
     assert isinstance(fleet, DeviceFleet)
     rows: RowIndex = {}
@@ -349,7 +352,7 @@ def _parse(item: Located, parts: list[DeviceText], problems: list[Problem],
     for part, part_rows in parsed:
         for line, raw in part_rows:
             device_id = raw.get("id")
-            if judged is _all_judged and isinstance(device_id, str):  # digested when asked for
+            if deferred and isinstance(device_id, str):
                 add(device_id, raw, part.label, line, UNDIGESTED)
                 continue
             digest = _row_digest(raw)
@@ -362,11 +365,6 @@ def _parse(item: Located, parts: list[DeviceText], problems: list[Problem],
 
 def _row_digest(raw: dict[str, Any]) -> bytes:
     return hashlib.sha256(repr(raw).encode()).digest()
-
-
-def _all_judged(_: bytes) -> bool:
-    """The rows of a deferred set: all judged when it was applied."""
-    return True
 
 
 def _validate(item: Located, raw: dict[str, Any], file: str, line: int,
