@@ -25,7 +25,7 @@ from controller.pki import certificates as certs
 from controller.pki import keys
 from controller.servers import audit, est
 from controller.servers.distribution import Distribution
-from controller.servers.limits import ConnectionGuard, Limits
+from controller.servers.limits import MAX_BODY, ConnectionGuard, Limits
 from controller.servers.metrics import ServerMetrics
 from controller.servers.state import ServerState
 from controller.servers.throttle import Backoff, Throttle
@@ -35,9 +35,7 @@ log = logging.getLogger(__name__)
 
 STATE_KEY = web.AppKey("state", ServerState)
 THROTTLE_KEY = web.AppKey("throttle", Throttle)
-OCSP_RESPONSE = "application/ocsp-response"
 WWW_AUTH = {"WWW-Authenticate": 'Basic realm="fleetpki EST"'}
-MAX_BODY = 64 * 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 

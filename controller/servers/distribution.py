@@ -33,13 +33,12 @@ from cryptography.x509.ocsp import OCSPResponseStatus
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from controller.servers import ocsp
-from controller.servers.limits import Busy, Limits
+from controller.servers.limits import MAX_BODY, Busy, Limits
 from controller.servers.metrics import ServerMetrics, ocsp_refusal
 from controller.servers.state import ServerState
 
 log = logging.getLogger(__name__)
 
-MAX_BODY = 64 * 1024
 MAX_HEAD = 32 * 1024
 OCSP_RESPONSE = "application/ocsp-response"
 TEXT = "text/plain; charset=utf-8"

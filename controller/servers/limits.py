@@ -30,6 +30,9 @@ _BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After:
          b"Content-Length: 0\r\n\r\n")
 
 
+MAX_BODY = 64 * 1024  # of a request, on either listener (else 413)
+
+
 @dataclass(frozen=True)
 class Limits:
     """Per listener; the defaults are what `fleetpki serve` uses."""

@@ -32,15 +32,12 @@ REASONS = {400: "bad-request", 401: "unauthenticated", 403: "forbidden", 404: "n
 
 
 def endpoint(request: web.Request) -> str:
-    """The route a request matched (`ocsp`, `crl`, `ca`, `metrics`, `est-simpleenroll`, ...),
-    `unmatched` otherwise: never a path or a label taken from the request."""
+    """The EST route a request matched (`est-simpleenroll`, ...), `unmatched` otherwise: never
+    a path or a label taken from the request. (The plain-HTTP listener names its own.)"""
     resource = request.match_info.route.resource
-    if resource is None:
+    if resource is None or not resource.canonical.startswith(EST_PREFIX):
         return "unmatched"
-    canonical = resource.canonical
-    if canonical.startswith(EST_PREFIX):
-        return "est-" + canonical.rsplit("/", 1)[1]
-    return canonical.strip("/").split("/")[0] or "unmatched"
+    return "est-" + resource.canonical.rsplit("/", 1)[1]
 
 
 def reason(status: int) -> str:
