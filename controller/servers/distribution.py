@@ -206,6 +206,11 @@ class Distribution:
                                               allow=", ".join(methods))
         return "unmatched", _not_found("not found\n")
 
+    def endpoint(self, path: str) -> str:
+        """The metrics label of a path: its route's endpoint, else `unmatched`."""
+        return next((route.endpoint for route in self.routes
+                     if route.argument(path) is not None), "unmatched")
+
     def close(self) -> None:
         if self.sweep is not None:
             self.sweep.cancel()
@@ -357,8 +362,7 @@ class Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         self._disarm()
         method = self.parser.get_method().decode("ascii", "replace")
-        path = httptools.parse_url(self.url).path.decode("latin-1")
-        self.queue.append(Request(method, path, b"".join(self.body),
+        self.queue.append(Request(method, self._path(), b"".join(self.body),
                                   self.parser.should_keep_alive(),
                                   self.parser.get_http_version() == "1.0", time.perf_counter()))
         self._reset()
@@ -404,12 +408,19 @@ class Connection(asyncio.Protocol):
             self.queue.clear()
             transport.close()
 
+    def _path(self) -> str:
+        """The path of the request being read, as far as it was ("" if none yet)."""
+        try:
+            return httptools.parse_url(self.url).path.decode("latin-1") if self.url else ""
+        except httptools.HttpParserInvalidURLError:
+            return ""
+
     def _refuse(self, status: int, text: str) -> None:
         """Answer `status` and close: the rest of what the client sent is not read."""
         self._disarm()
         self.queue.clear()
         if (transport := self._open()) is not None:
-            self.listener.metrics.record("unmatched", status, None, 0.0)
+            self.listener.metrics.record(self.listener.endpoint(self._path()), status, None, 0.0)
             body = f"{text}\n".encode()
             transport.write(head(Reply(status, body), False, False) + body)
             transport.close()

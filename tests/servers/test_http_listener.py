@@ -150,14 +150,18 @@ def test_bad_and_oversized_heads_are_refused_and_closed(server: Running) -> None
 def test_metrics_counts_the_listeners_answers(server: Running, tmp_path: Path) -> None:
     before = run("curl", "-sSf", f"{server.http}/metrics").stdout
     run("curl", "-s", "-o", "/dev/null", f"{server.http}/no/such/path")
+    sock = connect(server.ports["http"])  # refused while reading: counted at its endpoint
+    sock.sendall(b"POST /ocsp HTTP/1.1\r\nHost: t\r\nContent-Length: 70000\r\n\r\n")
+    assert until_closed(sock).startswith(b"HTTP/1.1 413 ")
     after = run("curl", "-sSf", f"{server.http}/metrics").stdout
 
-    def unmatched(text: str) -> float:
-        found = re.search(r'fleetpki_server_refusals_total\{endpoint="unmatched",'
-                          r'reason="not-found"\} ([0-9.e+]+)', text)
+    def refusals(text: str, endpoint: str, reason: str) -> float:
+        found = re.search(rf'fleetpki_server_refusals_total\{{endpoint="{endpoint}",'
+                          rf'reason="{reason}"\}} ([0-9.e+]+)', text)
         return float(found.group(1)) if found else 0.0
 
-    assert unmatched(after) == unmatched(before) + 1
+    for endpoint, reason in (("unmatched", "not-found"), ("ocsp", "too-large")):
+        assert refusals(after, endpoint, reason) == refusals(before, endpoint, reason) + 1
     assert 'fleetpki_server_requests_total{endpoint="metrics"}' in after
 
 
