@@ -24,14 +24,18 @@ With `--keygen device` (default) every device's P-256 public key is in the CSV (
 column, PEM), the IoT practice; with `server` the job generates the keys. Device keys are derived
 from the device number, so the CSV is cached between runs (in $XDG_CACHE_HOME/fleetpki-bench)
 and any sample key can be rebuilt. Stages run in child processes also report their CPU seconds
-(workers included), which vary less than wall time on a shared machine. `--serve-workers N`
+(workers included), which vary less than wall time on a shared machine; server stages report
+the server's CPU seconds alone (its clients run on the same cores), so that requests per server
+CPU second is what it could answer per core. `--serve-workers N`
 runs the servers with `--workers N`; `--only job` runs the job's stages alone, `--only servers`
 the first apply and the server stages.
 
 The floor is measured first, in this process, on one core: `openssl speed ecdsap256`,
 `cryptography`'s raw ECDSA-P256 sign() and x509.CertificateBuilder for the bench's device
-certificate. Peers, on a sample: `openssl x509 -req` and `cfssl gencert`, one process per
-certificate as their users run them; their ratio is fleetpki's apply_first rate over theirs.
+certificate; before the server stages, `openssl s_server` handshakes per server CPU second
+under `openssl s_time` (the TLS floor of EST). Peers, on a sample: `openssl x509 -req` and
+`cfssl gencert`, one process per certificate as their users run them; their ratio is
+fleetpki's apply_first rate over theirs.
 Vault's published figure is cited, not run.
 """
 
@@ -254,7 +258,7 @@ class Stage:
     seconds: float
     peak_rss_mb: float
     detail: str = ""
-    cpu_seconds: float | None = None  # job stages: CPU time, workers included
+    cpu_seconds: float | None = None  # job: CPU time, workers included; servers: theirs
 
     @property
     def per_second(self) -> float:
@@ -385,6 +389,40 @@ def _self_signed(key: ec.EllipticCurvePrivateKey, name: str) -> x509.Certificate
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
             .sign(key, hashes.SHA256()))
+
+
+def tls_floor(work: Path, seconds: int = 3) -> float:
+    """TLS handshakes per server CPU second of `openssl s_server` (P-256 certificate, the
+    library's default protocol and groups) under `openssl s_time` (a new connection each,
+    nothing sent): what one core does for TLS alone, before any EST work."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    files = work / "tls-floor"
+    files.mkdir(mode=0o700)
+    certificate, private = files / "cert.pem", files / "key.pem"
+    certificate.write_bytes(_self_signed(key, "127.0.0.1").public_bytes(
+        serialization.Encoding.PEM))
+    private.touch(mode=0o600)
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    port = free_port()
+    server = subprocess.Popen(["openssl", "s_server", "-cert", str(certificate), "-key",
+                               str(private), "-accept", str(port), "-quiet"],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        wait_for(port, 30)
+        cpu = tree_cpu_seconds(server.pid)
+        output = subprocess.run(["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new",
+                                 "-time", str(seconds)], capture_output=True, text=True,
+                                check=True).stdout
+        used = tree_cpu_seconds(server.pid) - cpu
+    finally:
+        server.kill()
+        server.wait()
+    found = re.search(r"^(\d+) connections in [\d.]+s", output, re.M)
+    assert found is not None, output
+    return int(found.group(1)) / used
 
 
 # --- the servers -------------------------------------------------------------------------------
@@ -572,9 +610,27 @@ def _csr(device: str, key: ec.EllipticCurvePrivateKey) -> bytes:
 
 def _server_stage(name: str, pid: int, count: int, run: Callable[[], float],
                   detail: str) -> Stage:
+    """The clients' wall time; the CPU seconds are the server's alone (parent and workers),
+    so that `count / CPU s` is what the server could answer per core without its clients."""
     watch = RSSWatch(pid)
+    cpu = tree_cpu_seconds(pid)
     seconds = run()
-    return Stage(name, count, seconds, watch.stop(), detail)
+    return Stage(name, count, seconds, watch.stop(), detail, tree_cpu_seconds(pid) - cpu)
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its live descendants (/proc/PID/stat)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total, pending = 0.0, [pid]
+    while pending:
+        current = pending.pop()
+        with contextlib.suppress(OSError):
+            proc = Path(f"/proc/{current}")
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+            for task in (proc / "task").iterdir():
+                pending += [int(c) for c in (task / "children").read_text().split()]
+    return total
 
 
 # --- the floor and the peers -------------------------------------------------------------------
@@ -699,6 +755,9 @@ def print_table(data: dict[str, Any]) -> None:
         print(f"floor (1 core): openssl sign {floor_rates['openssl_sign_per_s']:,.0f}/s, "
               f"cryptography sign {floor_rates['cryptography_sign_per_s']:,.0f}/s, "
               f"CertificateBuilder {builder:,.0f}/s")
+    if "tls_handshakes_per_cpu_s" in floor_rates:
+        print(f"floor (TLS): openssl s_server {floor_rates['tls_handshakes_per_cpu_s']:,.0f} "
+              "handshakes per CPU second (the server stages' CPU s are the server's)")
     print(f"{'stage':<13} {'n':>9} {'seconds':>9} {'per second':>11} {'x builder':>9} "
           f"{'peak RSS':>9} {'CPU s':>7}  detail")
     for name, stage in data["stages"].items():
@@ -756,6 +815,7 @@ def main() -> None:
         if args.only is None:
             stages.append(crl_stage())
         if args.only != "job":
+            floor_rates["tls_handshakes_per_cpu_s"] = tls_floor(work)
             try:
                 stages += server_stages(repo, state, work, args.ocsp, args.est, args.clients,
                                         args.serve_workers)

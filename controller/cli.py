@@ -881,8 +881,8 @@ def serve(directory: DirArg, state_dir: StateOpt = None, database_url: DatabaseO
               "--tls-name", help="DNS name or IP of the server certificate (default: the host "
               "of --https).")] = None,
           workers: Annotated[int, typer.Option(
-              "--workers", min=1, help="Processes answering on the same ports (SO_REUSEPORT); "
-              "/metrics counts them all.")] = 1,
+              "--workers", min=1, help="Processes answering OCSP, CRLs and EST on the same "
+              "ports (SO_REUSEPORT); /metrics counts them all.")] = 1,
           default_policies: DefaultPoliciesOpt = True, policies: PoliciesOpt = None) -> None:
     """Serve devices: OCSP, CRLs and CA certificates over HTTP, EST over HTTPS. EST checks
     each enrollment against the same policies (and tenants) as apply."""

@@ -238,6 +238,10 @@ def issue(executor: Executor, inventory: Inventory, target: Target,
         if consume is not None and not inventory.consume_enrollment_secret(
                 consume.fleet, consume.device, consume.hash):
             raise ESTError(401, "enrollment secret already used")
+        now_active = inventory.active_device(fleet.name, device.id)
+        if (now_active and now_active.serial) != (current and current.serial):
+            raise ESTError(409, f"device {device.id!r} was enrolled meanwhile (another "
+                           "request, worker or replica); retry with its new certificate")
         if current is not None:
             inventory.revoke(current.serial, "superseded", epoch(now))
         inventory.insert(record)

@@ -28,7 +28,7 @@ OCSP_REASONS = {OCSPResponseStatus.MALFORMED_REQUEST: "malformed",
                 OCSPResponseStatus.INTERNAL_ERROR: "error"}
 UNSUCCESSFUL_SIZE = 16  # an unsuccessful OCSPResponse is 5 bytes, a successful one hundreds
 REASONS = {400: "bad-request", 401: "unauthenticated", 403: "forbidden", 404: "not-found",
-           408: "timeout", 413: "too-large", 429: "throttled"}
+           408: "timeout", 409: "conflict", 413: "too-large", 429: "throttled"}
 
 
 def endpoint(request: web.Request) -> str:

@@ -3,9 +3,10 @@
 One `ServerState` per process, used only from the event-loop thread (SQLite connections are
 per thread). Each request starts with `refresh()`, one query for the database's version (SQLite's
 `PRAGMA data_version`; PostgreSQL's change notifications): it changes when another connection
-(a `fleetpki apply`, another replica) committed, and then the CA generations,
-their keys, the declaration and the OCSP cache are reloaded, so a new CRL or a revocation is
-served on the next request.
+(a `fleetpki apply`, another worker or replica) committed. Then the cached OCSP answers are
+dropped, so a revocation is served on the next request; the CA generations, their keys and the
+declaration are reloaded only when an apply changed a CA or completed a fleet, so that the
+enrollments of the other workers cost a query, not a reload.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class ServerState:
         self._keys: dict[str, keys.PrivateKey] = {}
         self._look_ups = asyncio.Lock()
         self._version: int | None = None
+        self._marker: tuple[object, ...] = ()
         self.desired = Desired()
         self.rules: list[CompiledRule] = []
         self.policy_memo = PolicyMemo()  # the rules' verdicts on the current declaration
@@ -84,10 +86,18 @@ class ServerState:
 
     # --- refresh ------------------------------------------------------------------------------
     def refresh(self, force: bool = False) -> None:
+        """Drop the cached OCSP answers when another connection committed; reload the CA
+        generations and the declaration only when an apply changed what they are read from
+        (`Inventory.applied_marker`): another worker's or replica's enrollments leave them."""
         version = self.inventory.db.version()
         if version == self._version and not force:
             return
         self._version = version
+        marker = self.inventory.applied_marker()
+        if marker == self._marker and not force:
+            self.responder.invalidate()
+            return
+        self._marker = marker
         self.responder.invalidate(ocsp.IssuerIndex(self._issuers()))
         self._executor = None
         if self.directory is not None:

@@ -1,16 +1,18 @@
-"""`fleetpki serve --workers N`: N processes answering on the same HTTP port.
+"""`fleetpki serve --workers N`: N processes answering on the same ports.
 
 The parent prepares once: it unlocks the keystore, issues the HTTPS certificate and builds the
 TLS context (the key stays in memory), then forks the workers and serves nothing itself. Each
 worker opens its own `ServerState` (inventory connection, CA keys, declaration, OCSP answers)
-and listens on its own socket bound to the shared HTTP port with SO_REUSEPORT: the kernel
+and listens on its own sockets bound to the shared ports with SO_REUSEPORT: the kernel
 spreads new connections over the workers' sockets (Linux hashes each connection to one of
 them). OCSP, CRLs, CA certificates and /metrics are read-only and scale so.
 
-EST (HTTPS) is served by worker 0 alone: enrollments write, and a commit by one process makes
-every other process reload its state on its next request (`ServerState.refresh`: another
-connection changed the database); EST in two workers measured 3 enrollments/s, against
-41–99/s in one. Its failure throttling and policy memo stay in one process too.
+EST (HTTPS) is served by every worker too, each on its own socket bound to the shared HTTPS
+port. Enrollments write through each worker's own connection (SQLite serializes the writers);
+another worker's commit costs the others one query and their cached OCSP answers, not a reload
+of the declaration (`ServerState.refresh`). Each worker throttles failed enrollments on its own
+(`controller/servers/throttle.py`): a client whose connections the kernel spreads over N
+workers gets up to N times the failures before every worker has locked it out.
 
 Metrics: prometheus_client's multi-process mode. The parent makes a private directory
 (mode 0700) and names it in PROMETHEUS_MULTIPROC_DIR for the workers; each worker writes its
@@ -73,9 +75,6 @@ class Workers:
     def __init__(self, make_state: Callable[[], ServerState], options: ServeOptions,
                  count: int, ready: Callable[[dict[str, int]], None] = lambda ports: None
                  ) -> None:
-        if options.http is None:
-            raise ValueError("--workers shares --http among the workers (EST is served by the "
-                             "first one alone): give --http HOST:PORT")
         self.make_state = make_state
         self.options = options
         self.count = count
@@ -142,8 +141,6 @@ class Workers:
         sockets = {}
         try:
             for kind, listener in self.listeners.items():
-                if kind == "https" and number != 0:
-                    continue  # EST: worker 0 alone
                 sockets[kind] = shared_socket(Listener(listener.host,
                                                        self.ports.get(kind, listener.port)))
                 self.ports[kind] = sockets[kind].getsockname()[1]

@@ -568,6 +568,16 @@ class Inventory:
                                "WHERE devices IS NOT NULL AND declared IS NOT NULL")
         return {name: (digest, devices, declared) for name, digest, devices, declared in rows}
 
+    def applied_marker(self) -> tuple[object, ...]:
+        """Changes when an apply changed a CA certificate or completed a fleet (every run that
+        completes one records it), not when only device certificates changed: what a server's
+        declaration and issuers are read from (`ServerState.refresh`)."""
+        cas = self.db.execute("SELECT serial, state FROM certificates WHERE kind = 'ca' "
+                              "ORDER BY serial").fetchall()
+        fleets = self.db.execute("SELECT name, content_hash, updated_at FROM fleets "
+                                 "ORDER BY name").fetchall()
+        return tuple(map(tuple, cas)), tuple(map(tuple, fleets))
+
     def fleet_counts(self, fleet: str, now: int) -> dict[str, int]:
         """Certificate counts by state, plus active ones due for renewal and expired."""
         counts = {"active": 0, "revoked": 0, "due": 0, "expired": 0}

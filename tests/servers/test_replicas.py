@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 
 from controller import jobs
+from controller.clock import epoch
 from controller.servers.state import ServerState
 from tests.integration.support import (
     PASSPHRASE,
@@ -53,3 +54,42 @@ def test_replicas_answer_a_revocation_after_an_apply(tmp_path: Path,
     finally:
         for replica in replicas:
             replica.close()
+
+
+@pytest.mark.usefixtures("inventory_backend")
+def test_another_replicas_enrollment_drops_answers_not_the_declaration(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A device certificate written by another replica or worker (as EST writes one) is seen on
+    the next request, and costs no reload of the declaration; an apply that completes a fleet
+    reloads it, with the device it added."""
+    monkeypatch.setenv(jobs.PASSPHRASE_ENV, PASSPHRASE)
+    ids = device_ids("m", 3)
+    repo = small_repo(tmp_path / "repo", ids)
+    state = jobs.StateDir.resolve(tmp_path / "state")
+    jobs.apply(repo, state, jobs.now_utc(), write_status=False)
+    with state.reader() as inventory:
+        device = inventory.active_device("meters", ids[0])
+        assert device is not None and device.issuer_serial is not None
+        issuer = inventory.get(device.issuer_serial)
+        assert issuer is not None
+    request = ocsp.OCSPRequestBuilder().add_certificate(
+        x509.load_der_x509_certificate(device.der), x509.load_der_x509_certificate(issuer.der),
+        hashes.SHA256()).build().public_bytes(Encoding.DER)
+    writer, reader = ServerState(repo, state), ServerState(repo, state)
+    try:
+        assert status(reader, request) == ocsp.OCSPCertStatus.GOOD  # now cached
+        declared = reader.desired
+        with writer.inventory.transaction():  # superseded, as by another worker's enrollment
+            writer.inventory.revoke(device.serial, "superseded", epoch(jobs.now_utc()))
+        assert status(reader, request) == ocsp.OCSPCertStatus.REVOKED
+        assert reader.desired is declared
+        added = device_ids("m", 1, start=4)[0]
+        edit_csv(repo / "fleets" / "meters.csv", add=[f"{added},lab,"])
+        commit_all(repo, "add one")
+        jobs.apply(repo, state, jobs.now_utc(), write_status=False)
+        reader.refresh()
+        assert reader.desired is not declared
+        assert reader.desired.fleets["meters"].device_set.find(added) is not None
+    finally:
+        writer.close()
+        reader.close()

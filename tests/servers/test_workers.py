@@ -1,7 +1,7 @@
-"""`fleetpki serve --workers 2`: two processes answer on the same HTTP port, `openssl ocsp` gets
-verified answers from both, /metrics counts both (and a dead one's requests), the first one
-answers EST, a killed worker is replaced, and stopping the parent stops them all and removes
-the metrics directory."""
+"""`fleetpki serve --workers 2`: two processes answer on the same ports, `openssl ocsp` gets
+verified answers from both, /metrics counts both (and a dead one's requests), both answer EST
+and enroll devices, a killed worker is replaced, and stopping the parent stops them all and
+removes the metrics directory."""
 
 from __future__ import annotations
 
@@ -12,11 +12,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from cryptography import x509
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from tests.servers.conftest import FLEETPKI, Env, ca_files, device_cert, free_port, run
+from tests.servers.conftest import DEVICES, FLEETPKI, Env, ca_files, device_cert, free_port, run
+from tests.servers.test_est import certificate_from, csr, post, secret, verify
 
 REQUESTS = 24
 
@@ -78,14 +81,14 @@ def ocsp_good(served: Served, env: Env, device: str = "dev-1") -> None:
     assert f"{cert}: good" in result.stdout, result.stdout
 
 
-def ocsp_counts(directory: Path) -> dict[int, float]:
-    """OCSP requests counted by each worker (pid), from its own counter file."""
+def request_counts(directory: Path, endpoint: str = "ocsp") -> dict[int, float]:
+    """Requests to `endpoint` counted by each worker (pid), from its own counter file."""
     counts = {}
     for path in directory.glob("counter_*.db"):
         counts[int(path.stem.split("_")[1])] = sum(
             s.value for metric in MultiProcessCollector.merge([str(path)])
             for s in metric.samples if s.name == "fleetpki_server_requests_total"
-            and s.labels == {"endpoint": "ocsp"})
+            and s.labels == {"endpoint": endpoint})
     return counts
 
 
@@ -110,12 +113,14 @@ def test_two_workers_answer_count_and_replace_each_other(two_workers: Served, en
         ocsp_good(served, env)
     directory = served.metrics_directory()
     assert directory is not None and directory.stat().st_mode & 0o777 == 0o700
-    counts = ocsp_counts(directory)
+    counts = request_counts(directory)
     assert sorted(counts) == sorted(first) and all(counts[pid] > 0 for pid in first), counts
     assert sum(counts.values()) == REQUESTS
     assert [scraped_ocsp(served) for _ in range(6)] == [REQUESTS] * 6  # whoever answers
-    assert est_answers(served, env)  # from the first worker
-    assert served.log.read_text().count("serving https on") == 1
+    assert all(est_answers(served, env) for _ in range(REQUESTS))
+    counts = request_counts(directory, "est-cacerts")
+    assert all(counts[pid] > 0 for pid in first), counts  # EST from both
+    assert served.log.read_text().count("serving https on") == 2
 
     killed = first[0]
     os.kill(killed, signal.SIGKILL)
@@ -125,7 +130,7 @@ def test_two_workers_answer_count_and_replace_each_other(two_workers: Served, en
         ocsp_good(served, env)
     wait_until(lambda: len(served.workers()) == 2, "a replacement")
     assert killed not in served.workers() and first[1] in served.workers()
-    wait_until(lambda: est_answers(served, env), "EST (the first worker was killed)")
+    assert est_answers(served, env)  # the other worker, without waiting for the replacement
     assert scraped_ocsp(served) == REQUESTS + 8  # the dead worker's requests still count
 
     last = served.workers()
@@ -150,3 +155,31 @@ def alive(pid: int) -> bool:
         return " Z " not in Path(f"/proc/{pid}/stat").read_text().split(")", 1)[1][:4]
     except FileNotFoundError:
         return False
+
+
+def test_both_workers_enroll_and_reenroll_devices(two_workers: Served, env: Env) -> None:
+    """Every device enrolls with a one-time secret and then re-enrolls with the certificate it
+    got, each request on a new connection (so either worker may answer either): a certificate
+    one worker issued authenticates at the other, and each device ends with one active
+    certificate, the last one issued."""
+    server = SimpleNamespace(https=f"https://127.0.0.1:{two_workers.https}")
+    renewed: dict[str, int] = {}
+    for device in DEVICES:
+        request = csr(env, device, f"/CN={device}")
+        status, body, _ = post(server, env, "/simpleenroll", request, "--user",  # type: ignore[arg-type]
+                               f"{device}:{secret(env, device)}", name=f"{device}-enrolled")
+        assert status == "200", body.read_text()
+        enrolled = certificate_from(env, body, f"{device}-enrolled")
+        status, body, _ = post(server, env, "/simplereenroll", request, "--cert",  # type: ignore[arg-type]
+                               enrolled, "--key", env.keys / f"{device}.key", name=f"{device}-re")
+        assert status == "200", body.read_text()
+        verify(env, pem := certificate_from(env, body, f"{device}-renewed"))
+        renewed[device] = x509.load_pem_x509_certificate(pem.read_bytes()).serial_number
+    with env.state.reader() as inventory:
+        for device, serial in renewed.items():
+            active = inventory.active_device("sensors", device)
+            assert active is not None and int(active.serial, 16) == serial
+            assert [r.state for r in inventory.device_history("sensors", device)].count(
+                "active") == 1
+    counts = request_counts(two_workers.metrics_directory() or Path("-"), "est-simpleenroll")
+    assert sum(counts.values()) == len(DEVICES)
