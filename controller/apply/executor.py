@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from controller.api.desired import Desired
 from controller.api.problems import InvalidDeclaration
@@ -178,19 +177,20 @@ class Executor:
     def _ca_window(ca: Authority) -> timedelta:
         return renew_before(ca.spec.duration, ca.spec.renewBefore)
 
-    def _record(self, certificate: x509.Certificate, kind: str, owner: str, device: str,
-                issuer_serial: str | None, intent: str, window: timedelta,
+    def _record(self, certificate: x509.Certificate | certs.Signed, kind: str, owner: str,
+                device: str, issuer_serial: str | None, intent: str, window: timedelta,
                 key_id: str | None = None, key_blob: bytes | None = None,
                 source: str | None = None) -> CertRecord:
-        not_after = epoch(certificate.not_valid_after_utc)
-        der = certificate.public_bytes(Encoding.DER)
+        signed = certificate if isinstance(certificate, certs.Signed) else \
+            certs.Signed.of(certificate)
+        not_after = epoch(signed.not_after)
         return CertRecord(
-            serial=serial_hex(certificate.serial_number), kind=kind, owner=owner, device=device,
+            serial=serial_hex(signed.serial), kind=kind, owner=owner, device=device,
             issuer_serial=issuer_serial, state="active",
-            not_before=epoch(certificate.not_valid_before_utc), not_after=not_after,
+            not_before=epoch(signed.not_before), not_after=not_after,
             renew_at=renewal_time(not_after, window, f"{owner}/{device}"), intent=intent,
-            fingerprint=hashlib.sha256(der).hexdigest(), key_id=key_id, key_blob=key_blob, der=der,
-            issued_at=epoch(self.now), source=source,
+            fingerprint=hashlib.sha256(signed.der).hexdigest(), key_id=key_id,
+            key_blob=key_blob, der=signed.der, issued_at=epoch(self.now), source=source,
         )
 
     # --- devices -----------------------------------------------------------------------------
@@ -249,11 +249,12 @@ class Executor:
         sans = [_general_name(k, v) for k, v in intent.sans]
         not_before, not_after = self.now - BACKDATE, self.now + profile.spec.duration
         extra = [(oid, certs.der_utf8_string(v)) for oid, v in intent.extensions]
+        certificate: x509.Certificate | certs.Signed
         if template is not None and template.covers(extra):
-            certificate = x509.load_der_x509_certificate(template.sign(template.tbs(
+            certificate = template.certificate(
                 subject=subject, subject_alt_names=sans, spki=device_key.der,
                 not_before=not_before, not_after=not_after, serial=serial,
-                extra_extensions=extra)))
+                extra_extensions=extra)
         else:  # what the template does not cover: the same certificate, built more slowly
             certificate = certs.build_leaf_certificate(
                 subject=subject, subject_alt_names=sans, public_key=device_key.load(),

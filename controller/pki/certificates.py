@@ -1,8 +1,11 @@
 """Building, encoding and loading X.509 certificates."""
 
+from __future__ import annotations
+
 import hashlib
 import secrets
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography import x509
@@ -12,6 +15,22 @@ from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
 from .errors import PKIError
 from .keys import PrivateKey, PublicKey, public_key_fingerprint, signature_hash
 from .usages import parse_usages
+
+
+@dataclass(frozen=True, slots=True)
+class Signed:
+    """A certificate as issued: its DER and what an inventory records of it."""
+
+    der: bytes
+    serial: int
+    not_before: datetime
+    not_after: datetime
+
+    @classmethod
+    def of(cls, certificate: x509.Certificate) -> Signed:
+        return cls(certificate.public_bytes(serialization.Encoding.DER),
+                   certificate.serial_number, certificate.not_valid_before_utc,
+                   certificate.not_valid_after_utc)
 
 _NAME_ATTRIBUTES: dict[str, x509.ObjectIdentifier] = {
     "country": NameOID.COUNTRY_NAME,

@@ -24,7 +24,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtensionOID
 
-from .certificates import _revocation_extensions, _validity, authority_key_identifier, check_issuer
+from .certificates import (
+    Signed,
+    _revocation_extensions,
+    _validity,
+    authority_key_identifier,
+    check_issuer,
+)
 from .der import der_integer, der_oid, der_time, der_tlv, public_key_bits
 from .errors import PKIError
 from .keys import PrivateKey
@@ -83,7 +89,8 @@ class LeafTemplate:
             _extension(extension.oid, False, extension.public_bytes())
             for extension in _revocation_extensions(crl_distribution_point, ocsp_url))
         self._custom: dict[str, bytes] = {}
-        self._validity: tuple[datetime, datetime, bytes] | None = None
+        # the times asked for, the times certified (clamped to the issuer's), their DER
+        self._validity: tuple[datetime, datetime, datetime, datetime, bytes] | None = None
 
     @classmethod
     def for_issuer(cls, issuer_certificate: x509.Certificate, issuer_key: PrivateKey,
@@ -117,7 +124,9 @@ class LeafTemplate:
             raise PKIError("serial must be positive and at most 159 bits")
         if self._validity is None or self._validity[:2] != (not_before, not_after):
             start, end = _validity(not_before, not_after, self._issuer)  # one apply: same times
-            self._validity = (not_before, not_after, der_tlv(0x30, der_time(start) + der_time(end)))
+            self._validity = (not_before, not_after, start.replace(microsecond=0),
+                              end.replace(microsecond=0),
+                              der_tlv(0x30, der_time(start) + der_time(end)))
         extensions = [_extension(_SKI, False, der_tlv(0x04, _key_identifier(spki))),
                       self._usages, self._extended]
         if subject_alt_names:
@@ -130,8 +139,19 @@ class LeafTemplate:
                 self._custom[dotted] = der_oid(x509.ObjectIdentifier(dotted).dotted_string)
             extensions.append(der_tlv(0x30, self._custom[dotted] + der_tlv(0x04, value)))
         return der_tlv(0x30, self._head + der_integer(serial) + self._algorithm + self._issuer_name
-                    + self._validity[2] + subject.public_bytes() + spki
+                    + self._validity[4] + subject.public_bytes() + spki
                     + der_tlv(0xA3, der_tlv(0x30, b"".join(extensions))))
+
+    def certificate(self, *, subject: x509.Name, subject_alt_names: Sequence[x509.GeneralName],
+                    spki: bytes, not_before: datetime, not_after: datetime, serial: int,
+                    extra_extensions: Sequence[tuple[str, bytes]] = ()) -> Signed:
+        """The certificate of `tbs`'s inputs, signed, with its serial and validity as encoded
+        (whole seconds, clamped to the issuer's): what parsing it would give, without parsing."""
+        der = self.sign(self.tbs(subject=subject, subject_alt_names=subject_alt_names, spki=spki,
+                                 not_before=not_before, not_after=not_after, serial=serial,
+                                 extra_extensions=extra_extensions))
+        assert self._validity is not None
+        return Signed(der, serial, self._validity[2], self._validity[3])
 
     def sign(self, tbs: bytes) -> bytes:
         """The DER certificate: `tbs` signed with the issuer key."""
