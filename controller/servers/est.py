@@ -93,13 +93,16 @@ def new_secret(fleet: str, device: str, now: datetime) -> tuple[str, EnrollmentS
 _NO_SECRET = EnrollmentSecret("", "", KDF, bytes(16), bytes(32), 0)
 
 
-def secret_matches(stored: EnrollmentSecret | None, secret: str) -> bool:
-    """Whether `secret` is the stored one. Without a stored secret (no such device, none
-    issued, used) the same work is done before answering False: timing does not tell."""
-    reference = stored or _NO_SECRET
-    matches = hmac.compare_digest(hash_secret(secret, reference.salt, reference.kdf),
-                                  reference.hash)
-    return matches and stored is not None
+def matching_secret(stored: Sequence[EnrollmentSecret], secret: str) -> EnrollmentSecret | None:
+    """The stored secret (of the device, one per fleet holding one) that `secret` is, if any.
+    Without a stored secret (no such device, none issued, used) the same work as for one is
+    done before answering None: timing does not tell."""
+    found = None
+    for reference in stored or [_NO_SECRET]:
+        if hmac.compare_digest(hash_secret(secret, reference.salt, reference.kdf),
+                               reference.hash) and reference is not _NO_SECRET:
+            found = found or reference
+    return found
 
 
 def parse_basic(header: str | None) -> tuple[str, str] | None:

@@ -15,6 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from controller import jobs
+from controller.api.desired import Desired
 from controller.pki import keys
 from controller.plan.intents import device_intent
 from controller.servers import est
@@ -265,17 +266,18 @@ def test_new_secrets_use_hmac_and_old_scrypt_records_still_verify() -> None:
     """A 144-bit random token needs no slow KDF; records made with scrypt keep working."""
     import os
 
-    from controller.servers.est import hash_secret, new_secret, secret_matches
+    from controller.servers.est import hash_secret, matching_secret, new_secret
     from controller.stores.inventory import EnrollmentSecret
 
     secret, record = new_secret("fleet", "dev-1", jobs.now_utc())
     assert record.kdf == "hmac-sha256" and len(secret) >= 24  # 18 random bytes, base64url
-    assert secret_matches(record, secret)
-    assert not secret_matches(record, secret[:-1] + ("A" if secret[-1] != "A" else "B"))
-    assert not secret_matches(None, secret)
+    assert matching_secret([record], secret) == record
+    assert matching_secret([record], secret[:-1] + ("A" if secret[-1] != "A" else "B")) is None
+    assert matching_secret([], secret) is None
     salt, kdf = os.urandom(16), "scrypt:1024:8:1"
-    old = EnrollmentSecret("fleet", "dev-2", kdf, salt, hash_secret("s3cret", salt, kdf), 0)
-    assert secret_matches(old, "s3cret") and not secret_matches(old, "s3cret!")
+    old = EnrollmentSecret("other", "dev-1", kdf, salt, hash_secret("s3cret", salt, kdf), 0)
+    assert matching_secret([record, old], "s3cret") == old  # the fleet whose secret it is
+    assert matching_secret([record, old], "s3cret!") is None
 
 
 def test_a_slow_device_look_up_leaves_the_server_answering(
@@ -295,10 +297,11 @@ def test_a_slow_device_look_up_leaves_the_server_answering(
     monkeypatch.setattr(est, "declared_device", slow)
     running = Running(env, backoff=Backoff(allowed=1000))
     try:
-        request = csr(env, "dev-4", "/CN=dev-4")
+        token = secret(env, "dev-4")  # the device is looked up once its secret matches
+        request = csr(env, "dev-4", "/CN=dev-3", key="dev-4")  # refused after the look-up
         outcome: list[str] = []
         enrolling = threading.Thread(target=lambda: outcome.append(post(
-            running, env, "/simpleenroll", request, "--user", "nobody:secret",
+            running, env, "/simpleenroll", request, "--user", f"dev-4:{token}",
             name="slow")[0]))
         enrolling.start()
         assert entered.wait(30)
@@ -307,7 +310,30 @@ def test_a_slow_device_look_up_leaves_the_server_answering(
         assert enrolling.is_alive() and not outcome  # still waiting for its look-up
         release.set()
         enrolling.join(30)
-        assert outcome == ["401"]  # undeclared: refused once the look-up returned
+        assert outcome == ["403"]  # the CSR names another device: refused after the look-up
     finally:
         release.set()
         running.stop()
+
+
+def test_a_device_is_looked_up_in_the_fleet_whose_secret_it_presents(
+        server: Running, env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never in every fleet's rows: a wrong secret or an undeclared device looks up nothing,
+    a matching secret looks up its fleet alone."""
+    asked: list[tuple[str, str | None]] = []
+    real = est.declared_device
+
+    def recorded(desired: Desired, device_id: str, fleet: str | None) -> est.Target | None:
+        asked.append((device_id, fleet))
+        return real(desired, device_id, fleet)
+
+    monkeypatch.setattr(est, "declared_device", recorded)
+    token = secret(env, "dev-4")
+    request = csr(env, "dev-4", "/CN=dev-3", key="dev-4")
+    for user in ("nobody:secret", "dev-4:wrong"):  # two failures: far from the throttle's 5
+        status, _, _ = post(server, env, "/simpleenroll", request, "--user", user)
+        assert status == "401"
+    assert asked == []
+    status, _, _ = post(server, env, "/simpleenroll", request, "--user", f"dev-4:{token}")
+    assert status == "403"  # the CSR names another device
+    assert asked == [("dev-4", "sensors")]
