@@ -125,8 +125,8 @@ async def _secret_holder(request: web.Request, state: ServerState,
         seconds = math.ceil(wait)
         raise est.ESTError(429, f"too many failed attempts for {device_id!r}; retry in "
                            f"{seconds} s", {"Retry-After": str(seconds)})
-    held = [found for name in sorted(state.desired.fleets) if fleet in (None, name)
-            if (found := state.inventory.enrollment_secret(name, device_id)) is not None]
+    held = state.inventory.enrollment_secrets(
+        device_id, [fleet] if fleet is not None else sorted(state.desired.fleets))
     stored = await asyncio.to_thread(est.matching_secret, held, secret)
     target = await state.look_up(est.declared_device, device_id, stored.fleet) \
         if stored is not None else None

@@ -642,12 +642,16 @@ class Inventory:
         rows = self.db.execute("SELECT id, operation, subject, detail FROM journal ORDER BY id")
         return [(r[0], r[1], r[2], r[3]) for r in rows]
 
-    def enrollment_secret(self, fleet: str, device: str) -> EnrollmentSecret | None:
-        """The hashed one-time EST enrollment secret of a device, if one is outstanding."""
-        row = self.db.execute(
-            "SELECT fleet, device, kdf, salt, hash, created_at FROM enrollment_secrets "
-            "WHERE fleet = ? AND device = ?", (fleet, device)).fetchone()
-        return EnrollmentSecret(*row) if row else None
+    def enrollment_secrets(self, device: str, fleets: Sequence[str]) -> list[EnrollmentSecret]:
+        """The hashed one-time EST enrollment secrets outstanding for a device id in any of
+        `fleets` (one key search each), by fleet."""
+        if not fleets:
+            return []
+        rows = self.db.execute(
+            "SELECT fleet, device, kdf, salt, hash, created_at FROM enrollment_secrets WHERE "
+            f"device = ? AND fleet IN ({', '.join('?' * len(fleets))}) ORDER BY fleet",
+            (device, *fleets))
+        return [EnrollmentSecret(*row) for row in rows]
 
     # --- report aggregates (SQL: fleets may hold millions of certificates) ----------------
     def state_counts(self, now: int, horizons: Sequence[int]) -> list[tuple[Any, ...]]:

@@ -91,8 +91,10 @@ def test_queries_agree(location: Path | str) -> None:
     with Inventory(location, read_only=True) as inventory:
         assert inventory.crl("ca1") == CRLRecord("ca1", "root", 2, 10, 20, 1, 1, b"crl2")
         assert inventory.next_crl_number("root") == 3
-        assert inventory.enrollment_secret("meters", "d1") == EnrollmentSecret(
-            "meters", "d1", "k", b"s", b"h", 6)
+        assert inventory.enrollment_secrets("d1", ["meters", "other"]) == [EnrollmentSecret(
+            "meters", "d1", "k", b"s", b"h", 6)]
+        assert inventory.enrollment_secrets("d1", ["other"]) == []
+        assert inventory.enrollment_secrets("d2", ["meters"]) == []
         assert inventory.journal_entries() == []
         assert inventory.fleet_hash("meters") == "h2"
         assert inventory.applied_fleets() == {"meters": ("h2", 3, 2)}
