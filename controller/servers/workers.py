@@ -144,9 +144,10 @@ class Workers:
                 sockets[kind] = shared_socket(Listener(listener.host,
                                                        self.ports.get(kind, listener.port)))
                 self.ports[kind] = sockets[kind].getsockname()[1]
+            parent = os.getpid()
             pid = os.fork()
             if pid == 0:
-                _worker(self.make_state, self.options, sockets, self.context)
+                _worker(self.make_state, self.options, sockets, self.context, parent)
             self.pids[pid] = number
             log.info("worker %d: pid %d", number, pid)
         finally:
@@ -161,7 +162,8 @@ def describe_exit(status: int) -> str:
 
 
 def _worker(make_state: Callable[[], ServerState], options: ServeOptions,
-            sockets: dict[str, socket.socket], context: ssl.SSLContext | None) -> None:
+            sockets: dict[str, socket.socket], context: ssl.SSLContext | None,
+            parent: int) -> None:
     """The forked child: serve until SIGTERM or SIGINT, then exit (never returns)."""
     code = 1
     try:
@@ -169,7 +171,7 @@ def _worker(make_state: Callable[[], ServerState], options: ServeOptions,
             signal.signal(number, signal.SIG_DFL)
         state = make_state()
         try:
-            asyncio.run(_serve(state, options, sockets, context))
+            asyncio.run(_serve(state, options, sockets, context, parent))
             code = 0
         finally:
             state.close()
@@ -181,14 +183,14 @@ def _worker(make_state: Callable[[], ServerState], options: ServeOptions,
 
 
 async def _serve(state: ServerState, options: ServeOptions, sockets: dict[str, socket.socket],
-                 context: ssl.SSLContext | None) -> None:
+                 context: ssl.SSLContext | None, parent: int) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(number, stop.set)
     server = Server(state, options, multiprocess=True)
     await server.start(sockets, context)
-    orphaned = asyncio.create_task(_parent_gone(os.getppid()))
+    orphaned = asyncio.create_task(_parent_gone(parent))
     orphaned.add_done_callback(lambda _: stop.set())
     try:
         await stop.wait()
@@ -198,7 +200,8 @@ async def _serve(state: ServerState, options: ServeOptions, sockets: dict[str, s
 
 
 async def _parent_gone(parent: int) -> None:
-    """Returns when the parent is gone (killed without stopping its workers)."""
+    """Returns when the parent (its pid, taken before the fork) is gone, killed without
+    stopping its workers, also if that happened while this worker was starting."""
     while os.getppid() == parent:
         await asyncio.sleep(PARENT_CHECK)
     log.warning("worker %d: the parent %d is gone, stopping", os.getpid(), parent)
