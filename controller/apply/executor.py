@@ -163,8 +163,9 @@ class Executor:
             permitted_dns_domains=spec.nameConstraints.permittedDNSDomains
             if spec.nameConstraints else (),
         )
-        record = self._record(certificate, "ca", ca.name, "", parent[0].serial if parent else None,
-                              ca_intent(ca), self._ca_window(ca), key_id=key_id)
+        record = self._record(certs.Signed.of(certificate), "ca", ca.name, "",
+                              parent[0].serial if parent else None, ca_intent(ca),
+                              self._ca_window(ca), key_id=key_id)
         with self.inventory.transaction():
             if action.serial:
                 self.inventory.retire(action.serial)
@@ -177,12 +178,10 @@ class Executor:
     def _ca_window(ca: Authority) -> timedelta:
         return renew_before(ca.spec.duration, ca.spec.renewBefore)
 
-    def _record(self, certificate: x509.Certificate | certs.Signed, kind: str, owner: str,
-                device: str, issuer_serial: str | None, intent: str, window: timedelta,
+    def _record(self, signed: certs.Signed, kind: str, owner: str, device: str,
+                issuer_serial: str | None, intent: str, window: timedelta,
                 key_id: str | None = None, key_blob: bytes | None = None,
                 source: str | None = None) -> CertRecord:
-        signed = certificate if isinstance(certificate, certs.Signed) else \
-            certs.Signed.of(certificate)
         not_after = epoch(signed.not_after)
         return CertRecord(
             serial=serial_hex(signed.serial), kind=kind, owner=owner, device=device,
@@ -249,21 +248,20 @@ class Executor:
         sans = [_general_name(k, v) for k, v in intent.sans]
         not_before, not_after = self.now - BACKDATE, self.now + profile.spec.duration
         extra = [(oid, certs.der_utf8_string(v)) for oid, v in intent.extensions]
-        certificate: x509.Certificate | certs.Signed
         if template is not None and template.covers(extra):
-            certificate = template.certificate(
+            signed = template.certificate(
                 subject=subject, subject_alt_names=sans, spki=device_key.der,
                 not_before=not_before, not_after=not_after, serial=serial,
                 extra_extensions=extra)
         else:  # what the template does not cover: the same certificate, built more slowly
-            certificate = certs.build_leaf_certificate(
+            signed = certs.Signed.of(certs.build_leaf_certificate(
                 subject=subject, subject_alt_names=sans, public_key=device_key.load(),
                 issuer_key=ca_key, issuer_certificate=ca_cert, not_before=not_before,
                 not_after=not_after, usages=profile.spec.usages, extra_extensions=extra,
                 crl_distribution_point=issuer.spec.crl.distributionPoint, ocsp_url=ocsp_url,
-                serial=serial)
+                serial=serial))
         window = renew_before(profile.spec.duration, profile.spec.renewBefore)
-        return self._record(certificate, "device", fleet.name, intent.device_id,
+        return self._record(signed, "device", fleet.name, intent.device_id,
                             ca_record.serial, digest, window, key_blob=key_blob,
                             source=intent.source)
 

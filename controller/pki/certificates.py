@@ -32,6 +32,7 @@ class Signed:
                    certificate.serial_number, certificate.not_valid_before_utc,
                    certificate.not_valid_after_utc)
 
+
 _NAME_ATTRIBUTES: dict[str, x509.ObjectIdentifier] = {
     "country": NameOID.COUNTRY_NAME,
     "province": NameOID.STATE_OR_PROVINCE_NAME,

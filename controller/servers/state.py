@@ -231,8 +231,8 @@ class ServerState:
             public_key=key.public_key(), issuer_key=ca_key, issuer_certificate=ca_cert,
             not_before=now - timedelta(minutes=1), not_after=now + TLS_VALIDITY,
             usages=["digital signature", "server auth"])
-        record = runner._record(certificate, "device", SERVE_OWNER, host, ca_record.serial,
-                                "serve", TLS_VALIDITY / 3)
+        record = runner._record(certs.Signed.of(certificate), "device", SERVE_OWNER, host,
+                                ca_record.serial, "serve", TLS_VALIDITY / 3)
         previous = self.inventory.active_device(SERVE_OWNER, host)
         with self.inventory.transaction():
             if previous is not None:
