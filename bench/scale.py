@@ -212,19 +212,25 @@ def tree_rss_kb(pid: int) -> int:
     sizes (a page shared by k processes counts 1/k in each, so forked workers are not counted
     twice), or of their RSS where /proc has no smaps_rollup."""
     total = 0
-    pending = [pid]
-    while pending:
-        current = pending.pop()
+    for proc in process_tree(pid):
         with contextlib.suppress(OSError):
-            proc = Path(f"/proc/{current}")
             rollup = proc / "smaps_rollup"
             wanted, text = ("Pss:", rollup.read_text()) if rollup.exists() else \
                 ("VmRSS:", (proc / "status").read_text())
             total += next(int(line.split()[1]) for line in text.splitlines()
                           if line.startswith(wanted))
+    return total
+
+
+def process_tree(pid: int) -> Iterator[Path]:
+    """/proc/PID of a process and of each live descendant (one that is gone is left out)."""
+    pending = [pid]
+    while pending:
+        proc = Path(f"/proc/{pending.pop()}")
+        yield proc
+        with contextlib.suppress(OSError):
             for task in (proc / "task").iterdir():
                 pending += [int(c) for c in (task / "children").read_text().split()]
-    return total
 
 
 class RSSWatch:
@@ -621,15 +627,11 @@ def _server_stage(name: str, pid: int, count: int, run: Callable[[], float],
 def tree_cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process and its live descendants (/proc/PID/stat)."""
     tick = os.sysconf("SC_CLK_TCK")
-    total, pending = 0.0, [pid]
-    while pending:
-        current = pending.pop()
+    total = 0.0
+    for proc in process_tree(pid):
         with contextlib.suppress(OSError):
-            proc = Path(f"/proc/{current}")
             fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
-            for task in (proc / "task").iterdir():
-                pending += [int(c) for c in (task / "children").read_text().split()]
     return total
 
 
