@@ -43,7 +43,7 @@ from controller.stores.keystore import KeyStore
 from controller.stores.releases import Releases
 
 BACKDATE = timedelta(minutes=1)  # tolerate device clock skew, as step-ca does
-BATCH = 500
+BATCH = 2_000
 Progress = Callable[[int], None]
 CALock = Callable[[], AbstractContextManager[object]]  # see Executor
 

@@ -16,12 +16,14 @@ from controller.pki import (
     build_name,
     certificate_fingerprint,
     certificate_to_pem,
+    certificates,
     certificates_to_pem,
     der_utf8_string,
     load_certificate_pem,
     load_certificates_pem,
     random_serial,
 )
+from controller.pki.certificates import SERIAL_RANDOM_BITS
 
 from .support import (
     DEVICE_MODEL,
@@ -238,6 +240,23 @@ def test_random_serial_is_always_159_bits() -> None:
     serials = {random_serial() for _ in range(2000)}
     assert len(serials) == 2000
     assert all(serial.bit_length() == 159 for serial in serials)
+
+
+def test_random_serials_carry_110_random_bits_after_the_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Serials made later sort later (the inventory's index grows at its end), while the low
+    110 bits stay the CSPRNG's: every one of them varies over a few hundred serials."""
+    clock = iter(range(10**18, 10**18 + 1000 * 10**6, 10**6))  # a millisecond per serial
+    monkeypatch.setattr(certificates.time, "time_ns", lambda: next(clock))
+    serials = [random_serial() for _ in range(500)]
+    assert serials == sorted(serials)
+    assert [format(s, "040x") for s in serials] == sorted(format(s, "040x") for s in serials)
+    low = [s & ((1 << SERIAL_RANDOM_BITS) - 1) for s in serials]
+    varying = 0
+    for other in low[1:]:
+        varying |= other ^ low[0]
+    assert varying == (1 << SERIAL_RANDOM_BITS) - 1
+    assert SERIAL_RANDOM_BITS >= 64  # CA/Browser Forum Baseline Requirements 7.1
 
 
 def test_build_name_order_and_validation() -> None:
