@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from kubernetes.client import ApiClient
 
+from controller import heap
 from controller.api.desired import Desired
 from controller.api.devices import DeviceSummary
 from controller.api.loading import Located
@@ -390,6 +391,7 @@ def load(directory: Path, policies: PolicySource = DEFAULT_SOURCE,
     return declaration
 
 
+@heap.long_lived()
 def validate(directory: Path, now: datetime,
              policies: PolicySource = DEFAULT_SOURCE) -> tuple[list[Problem], list[Finding]]:
     """Schema, references, templates, device keys, CSRs and policies; nothing applied."""
@@ -400,6 +402,7 @@ def validate(directory: Path, now: datetime,
     return list(planned.problems), list(planned.findings)
 
 
+@heap.long_lived()
 def plan(directory: Path, state: StateDir, now: datetime, max_revocations: int | None = None,
          policies: PolicySource = DEFAULT_SOURCE, danger_fraction: float = DANGER_FRACTION,
          new_cas: frozenset[str] = frozenset(), status_branch: str = STATUS_BRANCH) -> Plan:
@@ -519,6 +522,7 @@ def observed_commit(directory: Path, root: Path) -> str | None:
     return f"{head}-dirty" if uncommitted_changes(directory) else head
 
 
+@heap.long_lived()
 def apply(directory: Path, state: StateDir, now: datetime, *,
           max_revocations: int | None = None, allow_mass_revocation: bool = False,
           write_status: bool = True, status_branch: str = STATUS_BRANCH,
