@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import shutil
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -81,10 +82,11 @@ def test_validate_plan_and_apply_run_within(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(jobs, "read_declaration", spy)
     monkeypatch.setenv(jobs.PASSPHRASE_ENV, "heap-test-passphrase")
     now = datetime(2026, 11, 30, tzinfo=UTC)
+    repo = shutil.copytree(EXAMPLE, tmp_path / "repo")  # outside the project's own git
     state = jobs.StateDir(tmp_path / "state")
-    problems, _ = jobs.validate(EXAMPLE, now)
+    problems, _ = jobs.validate(repo, now)
     assert not problems
-    jobs.plan(EXAMPLE, state, now)
-    jobs.apply(EXAMPLE, state, now, write_status=False)
+    jobs.plan(repo, state, now)
+    jobs.apply(repo, state, now, write_status=False)
     assert thresholds == [heap.FULL_COLLECTION_NEVER] * 3
     assert gc.get_threshold()[2] != heap.FULL_COLLECTION_NEVER
