@@ -169,8 +169,33 @@ VERSION_3 = """ALTER TABLE certificates ADD COLUMN source TEXT;
 """
 MIGRATIONS = (SCHEMA, VERSION_2, VERSION_3)  # MIGRATIONS[i]: from version i to i + 1
 VERSION = len(MIGRATIONS)
-COLUMNS = ("serial, kind, owner, device, issuer_serial, state, not_before, not_after, renew_at, "
-           "intent, fingerprint, key_id, key_blob, der, issued_at, revoked_at, reason, source")
+
+
+class CertRecord(NamedTuple):
+    """One row of the inventory, as a tuple in the table's column order (what the database
+    takes and gives, and what a signing worker sends its parent at little cost to unpickle)."""
+
+    serial: str
+    kind: str
+    owner: str
+    device: str
+    issuer_serial: str | None
+    state: str
+    not_before: int
+    not_after: int
+    renew_at: int
+    intent: str
+    fingerprint: str
+    key_id: str | None
+    key_blob: bytes | None
+    der: bytes
+    issued_at: int
+    revoked_at: int | None = None
+    reason: str | None = None
+    source: str | None = None  # see VERSION_3
+
+
+COLUMNS = ", ".join(CertRecord._fields)
 # what `copy` moves, table by table (certificates in insertion order; journal ids are renumbered)
 COPIED = {
     "certificates": COLUMNS,
@@ -196,30 +221,6 @@ def upgrade(dialect: str, version: int) -> str:
 
 ActiveDevice = tuple[str, str, int, str | None]  # serial, intent digest, renew_at, source
 ActiveOf = Callable[[str], dict[str, ActiveDevice]]  # fleet -> device id -> its certificate
-
-
-class CertRecord(NamedTuple):
-    """One row of the inventory, as a tuple in `COLUMNS` order (what the database takes and
-    gives, and what a signing worker sends its parent at little cost to unpickle)."""
-
-    serial: str
-    kind: str
-    owner: str
-    device: str
-    issuer_serial: str | None
-    state: str
-    not_before: int
-    not_after: int
-    renew_at: int
-    intent: str
-    fingerprint: str
-    key_id: str | None
-    key_blob: bytes | None
-    der: bytes
-    issued_at: int
-    revoked_at: int | None = None
-    reason: str | None = None
-    source: str | None = None  # see VERSION_3
 
 
 @dataclass(frozen=True, slots=True)
