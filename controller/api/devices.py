@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from controller.api.csvindex import record_at, record_starts
 from controller.api.loading import Located, field_path, friendly_message
 from controller.api.problems import InvalidDeclaration, Problem
 from controller.api.resources import ConfigMapKeyRef, Device, DeviceFleet, DeviceSource
@@ -93,23 +94,28 @@ def parse_device_rows(text: str, fmt: str) -> list[tuple[int, dict[str, Any]]]:
             continue  # a blank line
         if len(values) > len(header):
             raise ValueError(f"line {reader.line_num}: more values than header columns")
-        count = len(values)
-        device: dict[str, Any] = {"labels": {}}
-        for index, kind, key in columns:
-            value = values[index] if index < count else None  # missing columns: None
-            if not value:
-                continue
-            if kind == LABEL:
-                device["labels"][key] = value
-            elif kind == REVOKED:
-                device["revoked"] = {"reason": value}
-            else:
-                device[key] = value
-        rows.append((reader.line_num, device))
+        rows.append((reader.line_num, _csv_device(values, columns)))
     return rows
 
 
 LABEL, REVOKED, FIELD = "label", "revoked", "field"
+
+
+def _csv_device(values: list[str], columns: list[tuple[int, str, str]]) -> dict[str, Any]:
+    """The raw device of a CSV record's values (`columns` of its header)."""
+    count = len(values)
+    device: dict[str, Any] = {"labels": {}}
+    for index, kind, key in columns:
+        value = values[index] if index < count else None  # missing columns: None
+        if not value:
+            continue
+        if kind == LABEL:
+            device["labels"][key] = value
+        elif kind == REVOKED:
+            device["revoked"] = {"reason": value}
+        else:
+            device[key] = value
+    return device
 
 
 def _csv_columns(header: list[str]) -> list[tuple[int, str, str]]:
@@ -169,6 +175,8 @@ class DeviceSet:
         self._deferred = False
         self._rows: RowIndex | None = None  # id -> (device, or its row not validated yet; digest)
         self._lines: DeviceLines = {}
+        self._starts: list[dict[str, int] | None] | None = None  # per part (`csvindex`)
+        self._found: dict[str, tuple[Device, bytes]] = {}  # rows read alone, by id
 
     @classmethod
     def of(cls, devices: tuple[Device, ...], lines: DeviceLines) -> DeviceSet:
@@ -233,7 +241,12 @@ class DeviceSet:
 
     def row(self, device_id: str) -> tuple[Device, bytes] | None:
         """The device and its row digest, if declared; a row not validated yet is validated
-        now. Should it fail, every row is validated, raising InvalidDeclaration."""
+        now. Should it fail, every row is validated, raising InvalidDeclaration. A deferred
+        set's row is read alone where its part's records are indexed (`csvindex`)."""
+        if self._rows is None and self._deferred:
+            known, found = self._search(device_id)
+            if known:
+                return found
         if device_id not in self.rows:
             return None
         device = self._validated(device_id, [])
@@ -241,6 +254,34 @@ class DeviceSet:
             self.parsed  # noqa: B018 (raises InvalidDeclaration naming every bad row)
             raise AssertionError(f"row of {device_id!r} valid now")  # pragma: no cover
         return device, self.rows[device_id][1]
+
+    def _search(self, device_id: str) -> tuple[bool, tuple[Device, bytes] | None]:
+        """(True, the device and its row digest, or None if not declared) when the indexes of
+        the parts tell, else (False, None): read every row. Every row counted by the summary
+        indexed (inline devices aside) proves a device absent."""
+        if device_id in self._found:
+            return True, self._found[device_id]
+        assert self._item is not None and isinstance(self._item.resource, DeviceFleet)
+        for device in self._item.resource.spec.devices:
+            if device.id == device_id:
+                return True, (device, _inline_digest(device))
+        if self._starts is None:
+            self._starts = [record_starts(part.text) if part.format == "csv" else None
+                            for part in self._parts]
+        for part, starts in zip(self._parts, self._starts, strict=True):
+            if starts is None or (start := starts.get(device_id)) is None:
+                continue
+            header = part.text[:part.text.find("\n")].rstrip("\r").split(",")
+            raw = _csv_device(record_at(part.text, start), _csv_columns(header))
+            valid = _validate(self._item, raw, part.label, 0, [])
+            if raw.get("id") != device_id or valid is None:
+                return False, None  # read every row: it fails as a full parse does
+            self._found[device_id] = (valid, _row_digest(raw))
+            return True, self._found[device_id]
+        if self._summary is None or any(starts is None for starts in self._starts):
+            return False, None
+        indexed = sum(len(starts or ()) for starts in self._starts)
+        return indexed + len(self._item.resource.spec.devices) == self._summary.count, None
 
     def _validated(self, device_id: str, problems: list[Problem]) -> Device | None:
         """The device of a row, validating it (once) if needed; None and problems if bad."""

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from controller.api import devices as device_module
 from controller.api.devices import (
     DeviceSourceError,
     DeviceSummary,
@@ -314,3 +315,46 @@ def test_a_deferred_row_that_fails_now_is_reported_like_a_full_parse() -> None:
     with pytest.raises(InvalidDeclaration) as refused:
         lazy.find("d-3")
     assert refused.value.problems[0].file == TWO
+
+
+PEM = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END PUBLIC KEY-----"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_deferred_csv_set_reads_one_row_alone(seed: int, monkeypatch: pytest.MonkeyPatch
+                                                ) -> None:
+    """Rows of a plain CSV are found by its index: the same devices and digests as a full
+    parse, an absent id known absent when the index holds every row the summary counts, and
+    no part parsed whole."""
+    chance = random.Random(seed)
+    rows = [f'd-{i},site-{chance.randrange(3)},"{PEM}",{chance.choice(["", "keyCompromise"])}'
+            for i in range(200)]
+    parts = [DeviceText(ONE, "id,labels.site,publicKey,revoked\n" + "\n".join(rows) + "\n",
+                        "csv")]
+    full = read_fleet_devices(fleet(), [], lambda source: parts)
+    devices, _, digests = full.parsed
+    wanted = chance.sample([d.id for d in devices], 30)
+    calls: list[str] = []
+
+    def counting(text: str, fmt: str) -> list[tuple[int, dict[str, Any]]]:
+        calls.append(fmt)
+        return parse_device_rows(text, fmt)
+
+    monkeypatch.setattr(device_module, "parse_device_rows", counting)
+    lazy = read_fleet_devices(fleet(), [], lambda source: parts)
+    lazy.defer(DeviceSummary(len(devices), 0))
+    assert {i: lazy.row(i) for i in wanted} == {d.id: (d, digests[d.id]) for d in devices
+                                                if d.id in wanted}
+    assert lazy.find("absent") is None and calls == []
+    short = read_fleet_devices(fleet(), [], lambda source: parts)  # the summary counts one more
+    short.defer(DeviceSummary(len(devices) + 1, 0))
+    assert short.find("absent") is None and calls == ["csv"]
+
+
+def test_a_row_read_alone_that_fails_now_is_reported_like_a_full_parse() -> None:
+    parts = [DeviceText(ONE, "id,labels.site\nd-1,a\nd-2," + "x" * 300 + "\n", "csv")]
+    lazy = deferred(parts)
+    assert lazy.find("d-1") is not None
+    with pytest.raises(InvalidDeclaration) as refused:
+        lazy.find("d-2")
+    assert [(p.file, p.line) for p in refused.value.problems] == [(ONE, 3)]

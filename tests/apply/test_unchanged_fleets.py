@@ -1,8 +1,8 @@
 """A fleet declared exactly as it was last applied costs a hash, not a parse of its rows.
 
 The planner needs nothing of such a fleet's devices unless a renewal falls due; the policies
-and the status need only its counts, kept with the content hash in the inventory. The rows are
-parsed on first use, so a due renewal or a changed file still does the full work.
+and the status need only its counts, kept with the content hash in the inventory. A changed file
+is parsed on first use; a due renewal reads its own rows alone (`controller/api/csvindex.py`).
 """
 
 from __future__ import annotations
@@ -63,14 +63,15 @@ def test_unchanged_fleet_is_not_parsed_until_its_devices_are_needed(
         assert inventory.applied_fleets()["sensors"][0] != digest
         assert inventory.active_device("sensors", "sensor-9999") is not None
 
-    # renewals due in an unchanged fleet: its rows are parsed then, and every due one renewed
+    # renewals due in an unchanged fleet: the due rows are read alone (the file's records are
+    # indexed, none parsed whole), and every due one renewed
     parsed.clear()
     later = now + timedelta(days=350)
     with state.reader() as inventory:
         due = inventory.due_devices("sensors", epoch(later))
     assert len(due) > 0
     renewed = jobs.apply(repo, state, later, write_status=False)
-    assert parsed == ["csv"]
+    assert parsed == []
     assert {a.device for a in renewed.plan.actions if a.name == "sensors"} == set(due)
     with state.reader() as inventory:
         assert inventory.due_devices("sensors", epoch(later)) == {}
