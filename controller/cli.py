@@ -931,16 +931,18 @@ def enroll_secret(directory: DirArg, fleet: Annotated[str, typer.Option()],
     authenticates simpleenroll (keyGeneration: device) or serverkeygen (keyGeneration: server)."""
     from controller.servers.est import new_secret
 
-    declaration = jobs.load(directory)
-    decl = declaration.desired.fleets.get(fleet)
-    if decl is None or decl.device(device) is None:
-        err.print(f"error: device {device!r} is not declared in fleet {fleet!r}", markup=False)
-        raise typer.Exit(1)
-    now = jobs.now_utc()
-    secret, record = new_secret(fleet, device, now)
     state = jobs.StateDir.resolve(state_dir, database_url)
-    with state.inventory(create=False) as inventory, inventory.transaction():
-        inventory.put_enrollment_secret(record)
+    with state.inventory(create=False) as inventory:
+        # with the inventory, an unchanged fleet's row is read alone (not a million validated)
+        decl = jobs.load(directory, inventory=inventory).desired.fleets.get(fleet)
+        if decl is None or decl.device(device) is None:
+            err.print(f"error: device {device!r} is not declared in fleet {fleet!r}",
+                      markup=False)
+            raise typer.Exit(1)
+        now = jobs.now_utc()
+        secret, record = new_secret(fleet, device, now)
+        with inventory.transaction():
+            inventory.put_enrollment_secret(record)
     state.audit().record([Event("enrollment.secret-created", "success", f"DeviceFleet/{fleet}",
                                 local_actor(), {"device": device})], now)
     print(secret)

@@ -4,8 +4,8 @@ of an unchanged fleet of a million (an EST look-up, a renewal falling due) is re
 Only for the plain shape, which is what spreadsheets and scripts write: `id` is the first of
 several columns, and every quote is a quoted field's own (it opens a field, after a comma or a
 line break, or closes one, before a comma, a line break or the end; no `""` inside a field).
-In such a text a line begins a record exactly when an even number of quotes precede it, and its
-first field is the id. Any other text gets no index (None) and is read whole, as before.
+In such a text a line break outside the quoted fields ends a record, and the next record's
+first field is its id. Any other text gets no index (None) and is read whole, as before.
 """
 
 from __future__ import annotations
@@ -14,9 +14,13 @@ import csv
 import re
 from collections.abc import Iterator
 
-# a line's first field, plain or quoted, then a comma; possessive, so a line of base64 (a PEM
-# inside a quoted field) is passed over at once, never backtracked
-_FIRST_FIELD = re.compile(r'\n(?:"([^",\r\n]++)"|([^",\r\n]++)),')
+# Outside quoted fields, a line break and the next record's first field (plain or quoted) up to
+# its comma; a quoted field is matched whole, so nothing inside one is taken for a record.
+# Possessive: linear, never backtracking over a line of base64 (a PEM in a quoted field).
+_RECORD_OR_FIELD = re.compile(r'"[^"]*+"|\n(?:"([^",\r\n]++)"|([^",\r\n]++)),')
+# A text of plain quotes: each quoted field opens after a comma, a line break or at the start,
+# and closes before a comma, a line break or the end (so no quote is doubled or stray).
+_PLAIN = re.compile(r'(?:[^"]*+(?<![^,\n])"[^"]*+"(?![^,\r\n]))*+[^"]*+')
 
 
 def record_starts(text: str) -> dict[str, int] | None:
@@ -24,19 +28,16 @@ def record_starts(text: str) -> dict[str, int] | None:
     whose first field holds a comma or line break, or which has no comma, is not indexed: only
     as many keys as records prove that none is missing."""
     header_end = text.find("\n")
-    if header_end < 0 or '"' in text[:header_end] or not _plain_quotes(text):
+    if header_end < 0 or '"' in text[:header_end] or _PLAIN.fullmatch(text) is None:
         return None
     header = text[:header_end].rstrip("\r").split(",")
     if len(header) < 2 or header[0] != "id" or header.count("id") != 1:
         return None
     starts: dict[str, int] = {}
-    quotes, counted = 0, header_end
-    for match in _FIRST_FIELD.finditer(text, header_end):
-        start = match.start() + 1
-        quotes += text.count('"', counted, start)
-        counted = start
-        if not quotes & 1:  # outside every quoted field: a record's first field
-            starts.setdefault(match.group(1) or match.group(2), start)
+    for match in _RECORD_OR_FIELD.finditer(text, header_end):
+        device = match.group(2) or match.group(1)
+        if device:  # a record's first field, not a quoted field passed over
+            starts.setdefault(device, match.start() + 1)
     return starts
 
 
@@ -50,15 +51,3 @@ def _lines_from(text: str, start: int) -> Iterator[str]:
         end = text.find("\n", start) + 1 or len(text)
         yield text[start:end]
         start = end
-
-
-def _plain_quotes(text: str) -> bool:
-    """Every quote opens a field (after a comma or a line break) or closes it (before a comma,
-    a line break or the end), alternately: a doubled quote leaves an empty piece outside."""
-    pieces = text.split('"')
-    if len(pieces) % 2 == 0:
-        return False  # a quoted field never closed
-    outside = pieces[::2]  # what lies outside the quoted fields
-    return (all(piece[-1:] in (",", "\n") for piece in outside[:-1])
-            and all(piece[:1] in (",", "\r", "\n") for piece in outside[1:-1])
-            and (len(outside) == 1 or outside[-1][:1] in ("", ",", "\r", "\n")))

@@ -12,10 +12,12 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from controller import jobs
 from controller.api import devices as device_module
 from controller.api.problems import InvalidDeclaration
+from controller.cli import app
 from controller.clock import epoch
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fleet-repo"
@@ -131,3 +133,24 @@ def test_a_changed_fleet_validates_only_its_changed_rows(
         ("fleets/sensors.csv", 6), ("fleets/sensors.csv", 8)]
     assert "duplicate device id 'sensor-0007'" in refused.value.problems[1].message
     assert sorted(validated) == ["Not A Valid Id!", "sensor-0003", "sensor-0007"]  # 3: revoked
+
+
+def test_an_enrollment_secret_reads_its_device_alone(parsed: list[str], tmp_path: Path) -> None:
+    """`enroll-secret` for one device of an applied fleet reads that row, not the file: a
+    million-device fleet answers in about a second, not after validating every row."""
+    repo, state = tmp_path / "repo", tmp_path / "state"
+    shutil.copytree(EXAMPLE, repo)
+    jobs.apply(repo, jobs.StateDir(state), jobs.now_utc(), write_status=False)
+    parsed.clear()
+    made = CliRunner().invoke(app, ["enroll-secret", str(repo), "--fleet", "sensors",
+                                    "--device", "sensor-0002", "--state-dir", str(state)])
+    assert made.exit_code == 0, made.output
+    assert len(made.stdout.strip()) >= 22  # the secret, printed once
+    with jobs.StateDir(state).reader() as inventory:
+        assert [s.device for s in inventory.enrollment_secrets("sensor-0002", ["sensors"])] == [
+            "sensor-0002"]
+    refused = CliRunner().invoke(app, ["enroll-secret", str(repo), "--fleet", "sensors",
+                                       "--device", "sensor-9999", "--state-dir", str(state)])
+    assert refused.exit_code == 1
+    assert "device 'sensor-9999' is not declared in fleet 'sensors'" in refused.output
+    assert parsed == []  # absent proven by the index holding every row the inventory counts
