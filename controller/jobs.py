@@ -363,12 +363,13 @@ def read_declaration(directory: Path, policies: PolicySource = DEFAULT_SOURCE,
     the `inventory`, the device rows of fleets unchanged since their last complete apply are
     parsed only when used (a no-op run hashes them and parses none), and in a changed fleet the
     rows its active certificates were issued from are not validated again (`active`: how a
-    fleet's active certificates are read, shared with `observe`)."""
+    fleet's active certificates are read, shared with `observe`; without an inventory, e.g.
+    a pull request's base as if applied)."""
     applied = {name: (digest, DeviceSummary(devices, declared))
                for name, (digest, devices, declared) in inventory.applied_fleets().items()
                } if inventory is not None else None
-    if inventory is not None:
-        of = active or inventory.active_devices
+    of = active or (inventory.active_devices if inventory is not None else None)
+    if of is not None:
         desired, problems = load_repository(directory, applied, lambda name: {
             device[3] for device in of(name).values() if device[3] is not None})
     else:
@@ -433,15 +434,16 @@ def plan_change(directory: Path, base: Path, now: datetime, max_revocations: int
                 danger_fraction: float = DANGER_FRACTION) -> Plan:
     """What the head declaration changes relative to the base declaration, as if the base had
     been applied: the pull-request view. The base's policies (already merged, trusted) judge it
-    as well as the head's, and a change to the policies is a danger."""
-    head = load(directory, policies)
-    try:
-        before = load(base, policies)
-    except InvalidDeclaration as exc:
-        raise InvalidDeclaration(
-            [replace(p, file=f"(base) {p.file}") for p in exc.problems]) from None
-    return head.plan(as_if_applied(before.desired, now), now, max_revocations, danger_fraction,
-                     trusted=before)
+    as well as the head's, and a change to the policies is a danger. A head row that is the
+    base's row of a device, under the same fleet and profile, was judged with the base: it is
+    not validated nor rendered again (as rows of active certificates in `plan`)."""
+    before, base_problems = read_declaration(base, policies)
+    baseline = None if base_problems else as_if_applied(before.desired, now)
+    head = load(directory, policies, active=None if baseline is None else (
+        lambda name: baseline.fleets[name].active or {} if name in baseline.fleets else {}))
+    if baseline is None:
+        raise InvalidDeclaration([replace(p, file=f"(base) {p.file}") for p in base_problems])
+    return head.plan(baseline, now, max_revocations, danger_fraction, trusted=before)
 
 
 @contextmanager

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from controller.api.desired import Desired
+from controller.api.desired import Desired, source_context, source_digest
 from controller.clock import epoch
 from controller.plan.intents import IntentError, device_intent
 from controller.plan.model import ActiveDevice, CAObserved, CRLObserved, FleetObserved, Observed
@@ -20,7 +20,8 @@ FAR_FUTURE = 2**62  # "never due" in epoch seconds
 
 
 def as_if_applied(base: Desired, now: datetime) -> Observed:
-    """Every base CA current, every base device holding a certificate for its base intent."""
+    """Every base CA current, every base device holding a certificate for its base intent,
+    issued from its base row (its source digest)."""
     now_s = epoch(now)
     authorities = {
         name: CAObserved(f"base:{name}", ca_intent(base.authority(name)), FAR_FUTURE, FAR_FUTURE)
@@ -31,7 +32,9 @@ def as_if_applied(base: Desired, now: datetime) -> Observed:
         profile = base.profile(decl.fleet.spec.profileRef.name)
         active: dict[str, ActiveDevice] = {}
         if not decl.fleet.spec.decommissioned:
-            for device in decl.devices:
+            devices, _, rows = decl.device_set.parsed
+            context = source_context(decl.fleet, profile)
+            for device in devices:
                 if device.revoked is not None:
                     continue
                 try:
@@ -39,7 +42,7 @@ def as_if_applied(base: Desired, now: datetime) -> Observed:
                 except IntentError:
                     continue  # never issued at base: the head plan shows it as new
                 active[device.id] = (f"base:{name}:{device.id}", intent.digest, FAR_FUTURE,
-                                     None)
+                                     source_digest(context, rows[device.id]))
         fleets[name] = FleetObserved(None, active, active_count=len(active))
     releases = {name: (f"base:{name}", manifest_digest(decl))
                 for name, decl in base.releases.items() if decl.release.spec.revoked is None

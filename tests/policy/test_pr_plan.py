@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from controller import jobs
+from controller.plan import planner
 
 from .support import EXAMPLE, NOW, commit_all, git, init_repo, invoke, one_line
 
@@ -98,6 +99,38 @@ def test_added_devices_are_exactly_the_issues(fleet: Path) -> None:
     data = plan_json(fleet)
     assert steps(data) == {("issue", "sensors", sensor(n), None) for n in (1001, 1002, 1003)}
     assert data["dangers"] == [] and data["policy"] == []
+
+
+def test_rows_the_base_declares_alike_are_not_rendered_again(
+        fleet: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The head renders only the rows the change touched: the others are the base's rows of
+    the same devices, judged with the base (as an applied fleet's rows are, `plan`)."""
+    rendered: list[str] = []
+    real = planner.device_intent
+
+    def counting(fleet_: Any, profile: Any, device: Any, source: str | None = None) -> Any:
+        rendered.append(device.id)
+        return real(fleet_, profile, device, source)
+
+    monkeypatch.setattr(planner, "device_intent", counting)
+    edit_csv(fleet, lambda rows: [[*row[:2], "berlin", ""] if row[0] == sensor(42) else row
+                                  for row in rows] + [[sensor(1001), "TS-300", "berlin", ""]])
+    commit_all(fleet, "sensor 42 moves to berlin, and a new one")
+    data = plan_json(fleet)
+    assert {step for step in steps(data) if step[2]} == {
+        ("rekey", "sensors", sensor(42), None), ("issue", "sensors", sensor(1001), None)}
+    assert sorted(rendered) == [sensor(42), sensor(1001)]
+
+
+def test_a_row_failing_in_the_base_and_the_head_is_reported(fleet: Path) -> None:
+    """A base row that could never be issued gives the baseline no certificate, so the same
+    row in the head is rendered, and its problem shown."""
+    git(fleet, "checkout", "-q", "main")
+    edit_csv(fleet, lambda rows: [*rows, [sensor(1001), "", "berlin", ""]])  # no model label
+    commit_all(fleet, "a sensor without a model")
+    git(fleet, "checkout", "-q", "-B", "change")
+    data = plan_json(fleet, rc=1)
+    assert [(p["device"], p["field"]) for p in data["problems"]] == [(sensor(1001), "labels")]
 
 
 def test_deleted_rows_are_revoked_for_cessation_of_operation(fleet: Path) -> None:
