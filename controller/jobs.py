@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from kubernetes.client import ApiClient
 
 from controller import heap
-from controller.api.desired import Desired
+from controller.api.desired import Applied, Desired
 from controller.api.devices import DeviceSummary
 from controller.api.loading import Located
 from controller.api.problems import Finding, InvalidDeclaration, Problem
@@ -41,9 +41,9 @@ from controller.discovery.scan import Endpoint
 from controller.exports import DevicePEM, device_pem
 from controller.pki.certificates import load_certificates_pem
 from controller.pki.errors import PKIError
-from controller.plan.baseline import as_if_applied
+from controller.plan.baseline import AsApplied
 from controller.plan.dangers import dangers
-from controller.plan.model import Observed, Plan
+from controller.plan.model import ActiveDevice, Observed, Plan
 from controller.plan.planner import plan as make_plan
 from controller.policy.changes import policy_changes
 from controller.policy.codeowners import LOCATIONS as CODEOWNERS_LOCATIONS
@@ -357,23 +357,23 @@ class Declaration:
 
 
 def read_declaration(directory: Path, policies: PolicySource = DEFAULT_SOURCE,
-                     inventory: Inventory | None = None, active: ActiveOf | None = None
+                     inventory: Inventory | None = None, active: ActiveOf | None = None,
+                     applied: Applied | None = None, deferred: bool = False
                      ) -> tuple[Declaration, list[Problem]]:
     """Resources, policies and tenants (from where `policies` says), with every problem. With
     the `inventory`, the device rows of fleets unchanged since their last complete apply are
     parsed only when used (a no-op run hashes them and parses none), and in a changed fleet the
     rows its active certificates were issued from are not validated again (`active`: how a
-    fleet's active certificates are read, shared with `observe`; without an inventory, e.g.
-    a pull request's base as if applied)."""
-    applied = {name: (digest, DeviceSummary(devices, declared))
-               for name, (digest, devices, declared) in inventory.applied_fleets().items()
-               } if inventory is not None else None
+    fleet's active certificates are read, shared with `observe`). Without one, `applied` and
+    `active` say the same of a pull request's base as if applied, and `deferred` leaves every
+    fleet's rows to be parsed when used (the base itself)."""
+    if inventory is not None:
+        applied = {name: (digest, DeviceSummary(devices, declared))
+                   for name, (digest, devices, declared) in inventory.applied_fleets().items()}
     of = active or (inventory.active_devices if inventory is not None else None)
-    if of is not None:
-        desired, problems = load_repository(directory, applied, lambda name: {
-            device[3] for device in of(name).values() if device[3] is not None})
-    else:
-        desired, problems = load_repository(directory)
+    desired, problems = load_repository(directory, applied, None if of is None else (
+        lambda name: {device[3] for device in of(name).values() if device[3] is not None}),
+        deferred)
     effective = read_policies(policies, desired)
     rules, rule_problems = compile_policies(effective.policies)
     tenancy, tenancy_problems = assign([] if policies.cluster else effective.tenants, desired,
@@ -384,9 +384,10 @@ def read_declaration(directory: Path, policies: PolicySource = DEFAULT_SOURCE,
 
 
 def load(directory: Path, policies: PolicySource = DEFAULT_SOURCE,
-         inventory: Inventory | None = None, active: ActiveOf | None = None) -> Declaration:
+         inventory: Inventory | None = None, active: ActiveOf | None = None,
+         applied: Applied | None = None) -> Declaration:
     """The declaration, or InvalidDeclaration listing every problem."""
-    declaration, problems = read_declaration(directory, policies, inventory, active)
+    declaration, problems = read_declaration(directory, policies, inventory, active, applied)
     if problems:
         raise InvalidDeclaration(problems)
     return declaration
@@ -434,16 +435,35 @@ def plan_change(directory: Path, base: Path, now: datetime, max_revocations: int
                 danger_fraction: float = DANGER_FRACTION) -> Plan:
     """What the head declaration changes relative to the base declaration, as if the base had
     been applied: the pull-request view. The base's policies (already merged, trusted) judge it
-    as well as the head's, and a change to the policies is a danger. A head row that is the
-    base's row of a device, under the same fleet and profile, was judged with the base: it is
-    not validated nor rendered again (as rows of active certificates in `plan`)."""
-    before, base_problems = read_declaration(base, policies)
-    baseline = None if base_problems else as_if_applied(before.desired, now)
-    head = load(directory, policies, active=None if baseline is None else (
-        lambda name: baseline.fleets[name].active or {} if name in baseline.fleets else {}))
-    if baseline is None:
-        raise InvalidDeclaration([replace(p, file=f"(base) {p.file}") for p in base_problems])
+    as well as the head's, and a change to the policies is a danger.
+
+    The base is judged as applied fleets are: a fleet declared exactly as in the base (the
+    same content hash) is not parsed on either side, and a head row that is the base's row of a
+    device, under the same fleet and profile, is not validated nor rendered again. What the
+    base declares is read only where the change needs it; its problems name `(base)` files."""
+    before, base_problems = read_declaration(base, policies, deferred=True)
+    if base_problems:
+        load(directory, policies)  # the head's own problems first
+        raise _from_base(base_problems)
+    as_applied = AsApplied(before.desired, now)
+
+    def active(name: str) -> dict[str, ActiveDevice]:
+        try:
+            return as_applied.active(name)
+        except InvalidDeclaration as exc:
+            raise _from_base(exc.problems) from None
+
+    head = load(directory, policies, active=active, applied={
+        name: (decl.content_hash, None) for name, decl in before.desired.fleets.items()})
+    try:
+        baseline = as_applied.observed(head.desired)
+    except InvalidDeclaration as exc:
+        raise _from_base(exc.problems) from None
     return head.plan(baseline, now, max_revocations, danger_fraction, trusted=before)
+
+
+def _from_base(problems: Sequence[Problem]) -> InvalidDeclaration:
+    return InvalidDeclaration([replace(p, file=f"(base) {p.file}") for p in problems])
 
 
 @contextmanager

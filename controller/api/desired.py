@@ -62,6 +62,8 @@ class FleetDecl:
 # change when a certificate or the validation of a row comes to depend on more than before
 SOURCE_FORMAT = "source-2"
 Issued = Callable[[str], Collection[str]]  # fleet -> source digests of its active certificates
+# fleet -> its content hash when last applied, and its summary then (None: not known)
+Applied = Mapping[str, tuple[str, DeviceSummary | None]]
 ReadArtifact = Callable[[str], tuple[str, int]]  # repository path -> (sha256 hex, size)
 # Kubernetes mode has no repository: no `read_artifact`, and the operator refuses `path` first
 PATH_NEEDS_REPOSITORY = ("artifacts by path are read from a git repository only; give name, "
@@ -289,13 +291,15 @@ def cross_check(
     located: list[Located],
     fleet_devices: dict[str, DeviceSet],
     invalid: frozenset[str] = frozenset(),
-    applied: Mapping[str, tuple[str, DeviceSummary]] | None = None,
+    applied: Applied | None = None,
     read_artifact: ReadArtifact | None = None,
     issued: Issued | None = None,
+    deferred: bool = False,
 ) -> tuple[Desired, list[Problem]]:
     """Index resources and check references and cycles; parse the devices of every fleet but
-    those `applied` as they are (name -> content hash and summary when last applied). The rows
-    of a fleet's active certificates, as `issued` gives them, are not validated again.
+    those `applied` as they are (name -> content hash and summary when last applied, None if
+    unknown), or of any fleet when `deferred` (a pull request's base). The rows of a fleet's
+    active certificates, as `issued` gives them, are not validated again.
 
     References to objects in `invalid` ("Kind/name" that failed schema validation, already
     reported) are not reported again as missing.
@@ -390,8 +394,8 @@ def cross_check(
             assert isinstance(profile, CertificateProfile)
             digest = fleet_hash(fleet, devices, profile)
             last = (applied or {}).get(name)
-            if last is not None and last[0] == digest:
-                devices.defer(last[1])
+            if deferred or (last is not None and last[0] == digest):
+                devices.defer(last[1] if last is not None else None)
             else:
                 devices.parse(problems, _judged(issued, fleet, profile))
             problems.extend(tls_secret_problems(item, profile, devices))

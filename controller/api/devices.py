@@ -199,8 +199,9 @@ class DeviceSet:
                                              self._deferred)
             self._parts = []  # the text is not needed any more
 
-    def defer(self, summary: DeviceSummary) -> None:
-        """Known unchanged since it was applied: parse only when the devices are asked for."""
+    def defer(self, summary: DeviceSummary | None) -> None:
+        """Known unchanged since it was applied (or judged elsewhere, e.g. a pull request's
+        base): parse only when the devices are asked for; `summary` None: counted when asked."""
         self._summary = summary
         self._deferred = True
 

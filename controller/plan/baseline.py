@@ -19,35 +19,65 @@ from controller.signing.manifest import manifest_digest
 FAR_FUTURE = 2**62  # "never due" in epoch seconds
 
 
-def as_if_applied(base: Desired, now: datetime) -> Observed:
-    """Every base CA current, every base device holding a certificate for its base intent,
-    issued from its base row (its source digest)."""
-    now_s = epoch(now)
-    authorities = {
-        name: CAObserved(f"base:{name}", ca_intent(base.authority(name)), FAR_FUTURE, FAR_FUTURE)
-        for name in base.authorities}
-    crls = {name: CRLObserved(now_s, FAR_FUTURE) for name in base.authorities}
-    fleets: dict[str, FleetObserved] = {}
-    for name, decl in base.fleets.items():
-        profile = base.profile(decl.fleet.spec.profileRef.name)
+class AsApplied:
+    """A base declaration as if applied: every base CA current, every base device holding a
+    certificate for its base intent, issued from its base row (its source digest). A fleet's
+    devices are rendered when first asked for (`active`), once."""
+
+    def __init__(self, base: Desired, now: datetime) -> None:
+        self.base = base
+        self.now = now
+        self._active: dict[str, dict[str, ActiveDevice]] = {}
+
+    def active(self, name: str) -> dict[str, ActiveDevice]:
+        """Device id -> its certificate as if applied, in the base fleet `name` (none if the
+        base has no such fleet)."""
+        if name not in self._active:
+            self._active[name] = self._render(name) if name in self.base.fleets else {}
+        return self._active[name]
+
+    def _render(self, name: str) -> dict[str, ActiveDevice]:
+        decl = self.base.fleets[name]
+        profile = self.base.profile(decl.fleet.spec.profileRef.name)
         active: dict[str, ActiveDevice] = {}
-        if not decl.fleet.spec.decommissioned:
-            devices, _, rows = decl.device_set.parsed
-            context = source_context(decl.fleet, profile)
-            for device in devices:
-                if device.revoked is not None:
-                    continue
-                try:
-                    intent = device_intent(decl.fleet, profile, device)
-                except IntentError:
-                    continue  # never issued at base: the head plan shows it as new
-                active[device.id] = (f"base:{name}:{device.id}", intent.digest, FAR_FUTURE,
-                                     source_digest(context, rows[device.id]))
-        fleets[name] = FleetObserved(None, active, active_count=len(active))
-    releases = {name: (f"base:{name}", manifest_digest(decl))
-                for name, decl in base.releases.items() if decl.release.spec.revoked is None
-                and base.signing_profile(decl.release.spec.signingProfileRef.name).spec.revoked
-                is None}
-    signers: dict[str, tuple[str, ...]] = {name: (f"base:{name}",) for name in base.signing_profiles
-               if base.signing_profile(name).spec.revoked is None}
-    return Observed(authorities, crls, fleets, frozenset(base.authorities), releases, signers)
+        if decl.fleet.spec.decommissioned:
+            return active
+        devices, _, rows = decl.device_set.parsed
+        context = source_context(decl.fleet, profile)
+        for device in devices:
+            if device.revoked is not None:
+                continue
+            try:
+                intent = device_intent(decl.fleet, profile, device)
+            except IntentError:
+                continue  # never issued at base: the head plan shows it as new
+            active[device.id] = (f"base:{name}:{device.id}", intent.digest, FAR_FUTURE,
+                                 source_digest(context, rows[device.id]))
+        return active
+
+    def observed(self, head: Desired | None = None) -> Observed:
+        """The base as the inventory would show it. A fleet that `head` declares exactly as
+        the base does (the same content hash) is unchanged, as an applied fleet is: nothing is
+        due in it, so its devices are not read."""
+        base = self.base
+        now_s = epoch(self.now)
+        authorities = {name: CAObserved(f"base:{name}", ca_intent(base.authority(name)),
+                                        FAR_FUTURE, FAR_FUTURE) for name in base.authorities}
+        crls = {name: CRLObserved(now_s, FAR_FUTURE) for name in base.authorities}
+        fleets: dict[str, FleetObserved] = {}
+        for name, decl in base.fleets.items():
+            if head is not None and name in head.fleets \
+                    and head.fleets[name].content_hash == decl.content_hash:
+                fleets[name] = FleetObserved(decl.content_hash, None)
+            else:
+                active = self.active(name)
+                fleets[name] = FleetObserved(None, active, active_count=len(active))
+        releases = {name: (f"base:{name}", manifest_digest(decl))
+                    for name, decl in base.releases.items()
+                    if decl.release.spec.revoked is None and base.signing_profile(
+                        decl.release.spec.signingProfileRef.name).spec.revoked is None}
+        signers: dict[str, tuple[str, ...]] = {
+            name: (f"base:{name}",) for name in base.signing_profiles
+            if base.signing_profile(name).spec.revoked is None}
+        return Observed(authorities, crls, fleets, frozenset(base.authorities), releases,
+                        signers)

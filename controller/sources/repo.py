@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
-from controller.api.desired import Desired, Issued, ReadArtifact, cross_check
+from controller.api.desired import Applied, Desired, Issued, ReadArtifact, cross_check
 from controller.api.devices import (
     KUBERNETES_ONLY,
     DeviceSourceError,
-    DeviceSummary,
     DeviceText,
     ReadDevices,
     UnsupportedDeviceSource,
@@ -72,11 +70,12 @@ def artifact_reader(root: Path) -> ReadArtifact:
     return read
 
 
-def load_repository(root: Path, applied: Mapping[str, tuple[str, DeviceSummary]] | None = None,
-                    issued: Issued | None = None) -> tuple[Desired, list[Problem]]:
+def load_repository(root: Path, applied: Applied | None = None, issued: Issued | None = None,
+                    deferred: bool = False) -> tuple[Desired, list[Problem]]:
     """Parse every YAML file under `root` and cross-check; problems name file, line and field.
-    The device rows of fleets `applied` as they are now are parsed only when used, and the
-    rows of certificates `issued` are not validated again (see `cross_check`)."""
+    The device rows of fleets `applied` as they are now (of every fleet, when `deferred`) are
+    parsed only when used, and the rows of certificates `issued` are not validated again (see
+    `cross_check`)."""
     root = root.resolve()
     if not root.is_dir():
         raise InvalidDeclaration([Problem(str(root), "not a directory")])
@@ -103,7 +102,7 @@ def load_repository(root: Path, applied: Mapping[str, tuple[str, DeviceSummary]]
     }
     invalid = frozenset(p.object for p in problems if p.object)
     desired, reference_problems = cross_check(located, fleet_devices, invalid, applied,
-                                              artifact_reader(root), issued)
+                                              artifact_reader(root), issued, deferred)
     unparsed = sorted({p.file for p in problems if p.message.startswith("invalid YAML")})
     if unparsed:  # a "missing" object may well be declared in a file that did not parse
         note = f" (maybe declared in {', '.join(unparsed)}, which could not be read)"

@@ -9,7 +9,7 @@ import pytest
 from controller import jobs
 from controller.api.desired import Desired
 from controller.api.problems import Finding
-from controller.plan.baseline import as_if_applied
+from controller.plan.baseline import AsApplied
 from controller.plan.model import Action, Plan
 from controller.policy.gate import gate
 
@@ -136,7 +136,7 @@ def test_declaration_plan_gates_a_change_to_a_frozen_ca(tmp_path: Path) -> None:
         message="this CA is frozen")))
     before = jobs.load(base.write(tmp_path / "base")).desired
     declaration = jobs.load(head.write(tmp_path / "head"))
-    plan = declaration.plan(as_if_applied(before, NOW), NOW)
+    plan = declaration.plan(AsApplied(before, NOW).observed(), NOW)
     assert actions(plan) == {("revoke", "sensors", "dev-2"), ("publish-crl", "issuing", None)}
     assert actions(plan.denied) == {("renew-ca", "issuing", None), ("issue", "sensors", "dev-4")}
     assert [str(f) for f in plan.denies] == [

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from controller import jobs
+from controller.api import devices as device_module
 from controller.plan import planner
 
 from .support import EXAMPLE, NOW, commit_all, git, init_repo, invoke, one_line
@@ -124,13 +125,44 @@ def test_rows_the_base_declares_alike_are_not_rendered_again(
 
 def test_a_row_failing_in_the_base_and_the_head_is_reported(fleet: Path) -> None:
     """A base row that could never be issued gives the baseline no certificate, so the same
-    row in the head is rendered, and its problem shown."""
+    row in a changed fleet is rendered, and its problem shown. A fleet the change leaves alone
+    is not read at all (as an applied one): `validate`, which CI runs too, reports it."""
     git(fleet, "checkout", "-q", "main")
     edit_csv(fleet, lambda rows: [*rows, [sensor(1001), "", "berlin", ""]])  # no model label
     commit_all(fleet, "a sensor without a model")
     git(fleet, "checkout", "-q", "-B", "change")
+    assert plan_json(fleet)["problems"] == []
+    assert "sensor-1001" in invoke("validate", fleet, rc=1).stderr
+    edit_csv(fleet, lambda rows: [*rows, [sensor(1002), "TS-300", "berlin", ""]])
+    commit_all(fleet, "another sensor")
     data = plan_json(fleet, rc=1)
     assert [(p["device"], p["field"]) for p in data["problems"]] == [(sensor(1001), "labels")]
+
+
+def test_a_fleet_the_change_leaves_alone_is_not_parsed(
+        fleet: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Neither the base's rows nor the head's are parsed for a fleet whose declaration, file
+    and profile are the same on both sides; the change itself is planned as ever."""
+    calls: list[str] = []
+    real, validate = device_module.parse_device_rows, device_module._validate
+
+    def counting(text: str, fmt: str) -> list[tuple[int, dict[str, Any]]]:
+        calls.append(fmt)
+        return real(text, fmt)
+
+    def validating(*args: Any) -> Any:
+        calls.append("validate")
+        return validate(*args)
+
+    monkeypatch.setattr(device_module, "parse_device_rows", counting)
+    monkeypatch.setattr(device_module, "_validate", validating)
+    edit_yaml(fleet, "authorities.yaml", "devices-ca",
+              lambda ca: ca["spec"].update(keyAlgorithm="ECDSA-P384"))
+    commit_all(fleet, "a P-384 issuing CA")
+    data = plan_json(fleet)
+    assert ("renew-ca", "devices-ca", None, None) in steps(data)
+    assert not {step for step in steps(data) if step[2]}  # no device certificate changes
+    assert calls == ["csv"]  # the head's rows counted for the policies, none validated
 
 
 def test_deleted_rows_are_revoked_for_cessation_of_operation(fleet: Path) -> None:
