@@ -4,14 +4,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from controller.api import devices as devices_module
-from controller.api.loading import Located
+from controller.plan import planner
 from tests.kube_emulator import RunningEmulator
 from tests.postgres import REQUIRE_ENV, Cluster, server_bindir
 
@@ -62,15 +62,34 @@ def inventory_backend(request: pytest.FixtureRequest,
     return url
 
 
+def _calls(monkeypatch: pytest.MonkeyPatch, module: Any, name: str,
+           noted: Callable[..., str]) -> list[str]:
+    """Each call of `module.name` (still made), as `noted` of its arguments, in order."""
+    calls: list[str] = []
+    real = getattr(module, name)
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        calls.append(noted(*args, **kwargs))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, spy)
+    return calls
+
+
 @pytest.fixture
 def validated(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The ids of the device rows validated into `Device` models, in order."""
-    calls: list[str] = []
-    real = devices_module._validate
+    return _calls(monkeypatch, devices_module, "_validate",
+                  lambda item, raw, *rest: str(raw.get("id")))
 
-    def counting(item: Located, raw: dict[str, Any], *rest: Any) -> Any:
-        calls.append(str(raw.get("id")))
-        return real(item, raw, *rest)
 
-    monkeypatch.setattr(devices_module, "_validate", counting)
-    return calls
+@pytest.fixture
+def rendered(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The ids of the devices the planner renders (calls `device_intent` for)."""
+    return _calls(monkeypatch, planner, "device_intent", lambda fleet, profile, dev, *rest: dev.id)
+
+
+@pytest.fixture
+def parsed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The formats of device texts parsed into rows (whole), in order."""
+    return _calls(monkeypatch, devices_module, "parse_device_rows", lambda text, fmt: fmt)

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from controller.api import devices as device_module
 from controller.api.devices import (
     DeviceSourceError,
     DeviceSummary,
@@ -321,8 +320,7 @@ PEM = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----EN
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_a_deferred_csv_set_reads_one_row_alone(seed: int, monkeypatch: pytest.MonkeyPatch
-                                                ) -> None:
+def test_a_deferred_csv_set_reads_one_row_alone(seed: int, parsed: list[str]) -> None:
     """Rows of a plain CSV are found by its index: the same devices and digests as a full
     parse, an absent id known absent when the index holds every row the summary counts, and
     no part parsed whole."""
@@ -334,21 +332,15 @@ def test_a_deferred_csv_set_reads_one_row_alone(seed: int, monkeypatch: pytest.M
     full = read_fleet_devices(fleet(), [], lambda source: parts)
     devices, _, digests = full.parsed
     wanted = chance.sample([d.id for d in devices], 30)
-    calls: list[str] = []
-
-    def counting(text: str, fmt: str) -> list[tuple[int, dict[str, Any]]]:
-        calls.append(fmt)
-        return parse_device_rows(text, fmt)
-
-    monkeypatch.setattr(device_module, "parse_device_rows", counting)
+    parsed.clear()
     lazy = read_fleet_devices(fleet(), [], lambda source: parts)
     lazy.defer(DeviceSummary(len(devices), 0))
     assert {i: lazy.row(i) for i in wanted} == {d.id: (d, digests[d.id]) for d in devices
                                                 if d.id in wanted}
-    assert lazy.find("absent") is None and calls == []
+    assert lazy.find("absent") is None and parsed == []
     short = read_fleet_devices(fleet(), [], lambda source: parts)  # the summary counts one more
     short.defer(DeviceSummary(len(devices) + 1, 0))
-    assert short.find("absent") is None and calls == ["csv"]
+    assert short.find("absent") is None and parsed == ["csv"]
 
 
 def test_a_row_read_alone_that_fails_now_is_reported_like_a_full_parse() -> None:

@@ -15,7 +15,6 @@ import pytest
 from typer.testing import CliRunner
 
 from controller import jobs
-from controller.api import devices as device_module
 from controller.api.problems import InvalidDeclaration
 from controller.cli import app
 from controller.clock import epoch
@@ -23,19 +22,9 @@ from controller.clock import epoch
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "fleet-repo"
 
 
-@pytest.fixture
-def parsed(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The formats of device texts parsed into rows, in order."""
-    calls: list[str] = []
-    real = device_module.parse_device_rows
-
-    def counting(text: str, fmt: str) -> list[tuple[int, dict[str, object]]]:
-        calls.append(fmt)
-        return real(text, fmt)
-
-    monkeypatch.setattr(device_module, "parse_device_rows", counting)
+@pytest.fixture(autouse=True)
+def _passphrase(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLEETPKI_PASSPHRASE", "test-passphrase")
-    return calls
 
 
 def test_unchanged_fleet_is_not_parsed_until_its_devices_are_needed(

@@ -14,7 +14,6 @@ from controller.api.devices import DeviceText, read_fleet_devices
 from controller.api.loading import Located
 from controller.api.problems import Problem
 from controller.api.resources import CertificateProfile, DeviceFleet
-from controller.plan import planner
 from controller.plan.model import FleetObserved, Observed, Plan
 from controller.plan.planner import plan
 
@@ -32,20 +31,6 @@ from .support import (
 )
 
 SITES = ("berlin", "paris", "rome")
-
-
-@pytest.fixture
-def rendered(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The ids of the devices the planner renders (calls `device_intent` for)."""
-    calls: list[str] = []
-    real = planner.device_intent
-
-    def counting(fleet: Any, profile: Any, dev: Any, source: str | None = None) -> Any:
-        calls.append(dev.id)
-        return real(fleet, profile, dev, source)
-
-    monkeypatch.setattr(planner, "device_intent", counting)
-    return calls
 
 
 def without_sources(observed: Observed) -> Observed:

@@ -18,8 +18,6 @@ import pytest
 import yaml
 
 from controller import jobs
-from controller.api import devices as device_module
-from controller.plan import planner
 
 from .support import EXAMPLE, NOW, commit_all, git, init_repo, invoke, one_line
 
@@ -103,17 +101,9 @@ def test_added_devices_are_exactly_the_issues(fleet: Path) -> None:
 
 
 def test_rows_the_base_declares_alike_are_not_rendered_again(
-        fleet: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        fleet: Path, rendered: list[str]) -> None:
     """The head renders only the rows the change touched: the others are the base's rows of
     the same devices, judged with the base (as an applied fleet's rows are, `plan`)."""
-    rendered: list[str] = []
-    real = planner.device_intent
-
-    def counting(fleet_: Any, profile: Any, device: Any, source: str | None = None) -> Any:
-        rendered.append(device.id)
-        return real(fleet_, profile, device, source)
-
-    monkeypatch.setattr(planner, "device_intent", counting)
     edit_csv(fleet, lambda rows: [[*row[:2], "berlin", ""] if row[0] == sensor(42) else row
                                   for row in rows] + [[sensor(1001), "TS-300", "berlin", ""]])
     commit_all(fleet, "sensor 42 moves to berlin, and a new one")
@@ -140,29 +130,17 @@ def test_a_row_failing_in_the_base_and_the_head_is_reported(fleet: Path) -> None
 
 
 def test_a_fleet_the_change_leaves_alone_is_not_parsed(
-        fleet: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        fleet: Path, parsed: list[str], validated: list[str], rendered: list[str]) -> None:
     """Neither the base's rows nor the head's are parsed for a fleet whose declaration, file
     and profile are the same on both sides; the change itself is planned as ever."""
-    calls: list[str] = []
-    real, validate = device_module.parse_device_rows, device_module._validate
-
-    def counting(text: str, fmt: str) -> list[tuple[int, dict[str, Any]]]:
-        calls.append(fmt)
-        return real(text, fmt)
-
-    def validating(*args: Any) -> Any:
-        calls.append("validate")
-        return validate(*args)
-
-    monkeypatch.setattr(device_module, "parse_device_rows", counting)
-    monkeypatch.setattr(device_module, "_validate", validating)
     edit_yaml(fleet, "authorities.yaml", "devices-ca",
               lambda ca: ca["spec"].update(keyAlgorithm="ECDSA-P384"))
     commit_all(fleet, "a P-384 issuing CA")
     data = plan_json(fleet)
     assert ("renew-ca", "devices-ca", None, None) in steps(data)
     assert not {step for step in steps(data) if step[2]}  # no device certificate changes
-    assert calls == ["csv"]  # the head's rows counted for the policies, none validated
+    assert parsed == ["csv"]  # the head's rows counted for the policies
+    assert validated == [] and rendered == []
 
 
 def test_deleted_rows_are_revoked_for_cessation_of_operation(fleet: Path) -> None:
