@@ -175,7 +175,8 @@ class DeviceSet:
         self._deferred = False
         self._rows: RowIndex | None = None  # id -> (device, or its row not validated yet; digest)
         self._lines: DeviceLines = {}
-        self._starts: list[dict[str, int] | None] | None = None  # per part (`csvindex`)
+        # per part: where its records begin (`csvindex`) and its header's columns, if indexed
+        self._indexes: list[tuple[dict[str, int], list[tuple[int, str, str]]] | None] | None = None
         self._found: dict[str, tuple[Device, bytes]] = {}  # rows read alone, by id
 
     @classmethod
@@ -266,22 +267,20 @@ class DeviceSet:
         for device in self._item.resource.spec.devices:
             if device.id == device_id:
                 return True, (device, _inline_digest(device))
-        if self._starts is None:
-            self._starts = [record_starts(part.text) if part.format == "csv" else None
-                            for part in self._parts]
-        for part, starts in zip(self._parts, self._starts, strict=True):
-            if starts is None or (start := starts.get(device_id)) is None:
+        if self._indexes is None:
+            self._indexes = [_index(part) for part in self._parts]
+        for part, index in zip(self._parts, self._indexes, strict=True):
+            if index is None or (start := index[0].get(device_id)) is None:
                 continue
-            header = part.text[:part.text.find("\n")].rstrip("\r").split(",")
-            raw = _csv_device(record_at(part.text, start), _csv_columns(header))
+            raw = _csv_device(record_at(part.text, start), index[1])
             valid = _validate(self._item, raw, part.label, 0, [])
             if raw.get("id") != device_id or valid is None:
                 return False, None  # read every row: it fails as a full parse does
             self._found[device_id] = (valid, _row_digest(raw))
             return True, self._found[device_id]
-        if self._summary is None or any(starts is None for starts in self._starts):
+        if self._summary is None or any(index is None for index in self._indexes):
             return False, None
-        indexed = sum(len(starts or ()) for starts in self._starts)
+        indexed = sum(len(index[0]) for index in self._indexes if index is not None)
         return indexed + len(self._item.resource.spec.devices) == self._summary.count, None
 
     def _validated(self, device_id: str, problems: list[Problem]) -> Device | None:
@@ -305,6 +304,14 @@ class DeviceSet:
             self._summary = DeviceSummary(len(values),
                                           sum(1 for v in values if _revocation(v) is None))
         return self._summary
+
+
+def _index(part: DeviceText) -> tuple[dict[str, int], list[tuple[int, str, str]]] | None:
+    """Where a CSV part's records begin and its header's columns; None if not indexed."""
+    starts = record_starts(part.text) if part.format == "csv" else None
+    if starts is None:
+        return None
+    return starts, _csv_columns(part.text[:part.text.find("\n")].rstrip("\r").split(","))
 
 
 def _revocation(value: Row) -> Any:
