@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from controller.apply.executor import BATCH
 from controller.stores.database import ERRORS
 
 from .support import (
@@ -116,13 +117,14 @@ def test_killed_applies_converge(cli_process: Cli, tmp_path: Path) -> None:
     assert {d: s for d, s in active_serials(state, FLEET).items() if d in kept} == kept, \
         "certificates committed before the crash are kept, not re-issued"
 
-    # Kill point 3: revoke two devices and add 2000; kill while the new ones are issued.
+    # Kill point 3: revoke two devices and add three signing batches of new ones; kill once the
+    # first batch is committed, while the others are still issued (one batch would race the CRL).
     stolen, retired = ids[0], ids[1]
     serials = active_serials(state, FLEET)
-    added = device_ids("m", 2000, start=SIZE + 1)
+    added = device_ids("m", 3 * BATCH, start=SIZE + 1)
     edit_csv(repo / "fleets" / f"{FLEET}.csv", revoke={stolen: "keyCompromise"},
              delete=[retired], add=[f"{d},lab," for d in added])
-    commit_all(repo, "revoke two meters, add 2000")
+    commit_all(repo, f"revoke two meters, add {len(added)}")
     crl_before = query(state, "SELECT number FROM crls WHERE ca_name = 'devices-ca'")[0][0]
     log = tmp_path / "kill3.log"
     process = cli.popen(*apply, log=log)
