@@ -448,22 +448,27 @@ def plan_change(directory: Path, base: Path, now: datetime, max_revocations: int
     as_applied = AsApplied(before.desired, now)
 
     def active(name: str) -> dict[str, ActiveDevice]:
-        try:
+        with _read_from_base():
             return as_applied.active(name)
-        except InvalidDeclaration as exc:
-            raise _from_base(exc.problems) from None
 
     head = load(directory, policies, active=active, applied={
         name: (decl.content_hash, None) for name, decl in before.desired.fleets.items()})
-    try:
+    with _read_from_base():
         baseline = as_applied.observed(head.desired)
-    except InvalidDeclaration as exc:
-        raise _from_base(exc.problems) from None
     return head.plan(baseline, now, max_revocations, danger_fraction, trusted=before)
 
 
 def _from_base(problems: Sequence[Problem]) -> InvalidDeclaration:
     return InvalidDeclaration([replace(p, file=f"(base) {p.file}") for p in problems])
+
+
+@contextmanager
+def _read_from_base() -> Iterator[None]:
+    """Problems found while reading the base (its rows are read when first needed) name it."""
+    try:
+        yield
+    except InvalidDeclaration as exc:
+        raise _from_base(exc.problems) from None
 
 
 @contextmanager

@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import re
 from collections.abc import Iterator
+from typing import NamedTuple
 
 # Outside quoted fields, a line break and the next record's first field (plain or quoted) up to
 # its comma; a quoted field is matched whole, so nothing inside one is taken for a record.
@@ -23,10 +24,15 @@ _RECORD_OR_FIELD = re.compile(r'"[^"]*+"|\n(?:"([^",\r\n]++)"|([^",\r\n]++)),')
 _PLAIN = re.compile(r'(?:[^"]*+(?<![^,\n])"[^"]*+"(?![^,\r\n]))*+[^"]*+')
 
 
-def record_starts(text: str) -> dict[str, int] | None:
-    """Id -> offset of its record, for a text of the plain shape; None for any other. A record
-    whose first field holds a comma or line break, or which has no comma, is not indexed: only
-    as many keys as records prove that none is missing."""
+class RecordIndex(NamedTuple):
+    header: list[str]
+    starts: dict[str, int]  # id -> offset of its record
+
+
+def record_starts(text: str) -> RecordIndex | None:
+    """The header and, by id, where each record begins, for a text of the plain shape; None
+    for any other. A record whose first field holds a comma or line break, or which has no
+    comma, is not indexed: only as many ids as records prove that none is missing."""
     header_end = text.find("\n")
     if header_end < 0 or '"' in text[:header_end] or _PLAIN.fullmatch(text) is None:
         return None
@@ -38,7 +44,7 @@ def record_starts(text: str) -> dict[str, int] | None:
         device = match.group(2) or match.group(1)
         if device:  # a record's first field, not a quoted field passed over
             starts.setdefault(device, match.start() + 1)
-    return starts
+    return RecordIndex(header, starts)
 
 
 def record_at(text: str, start: int) -> list[str]:

@@ -308,10 +308,8 @@ class DeviceSet:
 
 def _index(part: DeviceText) -> tuple[dict[str, int], list[tuple[int, str, str]]] | None:
     """Where a CSV part's records begin and its header's columns; None if not indexed."""
-    starts = record_starts(part.text) if part.format == "csv" else None
-    if starts is None:
-        return None
-    return starts, _csv_columns(part.text[:part.text.find("\n")].rstrip("\r").split(","))
+    index = record_starts(part.text) if part.format == "csv" else None
+    return None if index is None else (index.starts, _csv_columns(index.header))
 
 
 def _revocation(value: Row) -> Any:

@@ -36,8 +36,9 @@ def plain_text(chance: random.Random) -> str:
 @pytest.mark.parametrize("seed", range(300))
 def test_an_indexed_record_is_what_reading_every_row_gives(seed: int) -> None:
     text = plain_text(random.Random(seed))
-    starts = record_starts(text)
-    assert starts is not None
+    index = record_starts(text)
+    assert index is not None
+    starts = index.starts
     records = {values[0]: values for values in list(csv.reader(io.StringIO(text)))[1:] if values}
     assert set(starts) <= set(records)  # nothing inside a quoted field taken for a record
     for device, start in starts.items():
@@ -48,8 +49,10 @@ def test_an_indexed_record_is_what_reading_every_row_gives(seed: int) -> None:
 
 def test_the_values_are_those_of_the_full_read() -> None:
     text = f'id,labels.site,publicKey,revoked\nd-1,a,"{PEM}",\n"d-2","x,y",,keyCompromise\n'
-    starts = record_starts(text)
-    assert starts is not None and set(starts) == {"d-1", "d-2"}
+    index = record_starts(text)
+    assert index is not None and set(index.starts) == {"d-1", "d-2"}
+    assert index.header == ["id", "labels.site", "publicKey", "revoked"]
+    starts = index.starts
     assert record_at(text, starts["d-1"]) == ["d-1", "a", PEM, ""]
     assert record_at(text, starts["d-2"]) == ["d-2", "x,y", "", "keyCompromise"]
 
