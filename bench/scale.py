@@ -203,7 +203,16 @@ def build_repo(work: Path, devices: int, keygen: str, est_devices: int) -> Path:
     shutil.copyfile(fleet_csv(devices, keygen), repo / "devices.csv")
     (repo / "est.csv").write_text("id\n" + "".join(f"est-{n:05d}\n" for n in range(est_devices)))
     subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+    commit(repo, "the fleet")
     return repo
+
+
+def commit(repo: Path, message: str) -> None:
+    """Commit every file, as a merged pull request would (what is applied is committed)."""
+    subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=bench", "-c",
+                    "user.email=bench@example.invalid", "-c", "commit.gpgsign=false", "commit",
+                    "-q", "-m", message], check=True)
 
 
 # --- measuring a stage in its own process ------------------------------------------------------
@@ -343,6 +352,7 @@ def job_stages(repo: Path, state: jobs.StateDir, devices: int, now: datetime,
         partial = repo / "devices.csv.new"
         mark_revoked(repo / "devices.csv", partial, min(REVOKE, devices // 10))
         partial.rename(repo / "devices.csv")
+        commit(repo, "revoke")
         return apply("revoke", allow_mass_revocation=True)()
 
     if first_only:

@@ -8,6 +8,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import tarfile
 import tempfile
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
@@ -104,6 +105,7 @@ CLUSTER_SCHEMA = NAMESPACE_PREFIX + "_cluster"  # no namespace's schema: none st
 REFUSALS = (InvalidDeclaration, ApplyRefused, ExistingCA, KeyStoreError, PKIError,
             UnsignedChange)
 STATUS_BRANCH = "fleetpki/status"
+COMMIT = re.compile(r"[0-9a-f]{40}(?:[0-9a-f]{24})?")  # SHA-1 or SHA-256; not `…-dirty`
 DANGER_FRACTION = 0.1  # flag a change that revokes more than this share of a fleet
 
 
@@ -358,22 +360,23 @@ class Declaration:
 
 def read_declaration(directory: Path, policies: PolicySource = DEFAULT_SOURCE,
                      inventory: Inventory | None = None, active: ActiveOf | None = None,
-                     applied: Applied | None = None, deferred: bool = False
-                     ) -> tuple[Declaration, list[Problem]]:
+                     applied: Applied | None = None, deferred: bool = False,
+                     since: str | None = None) -> tuple[Declaration, list[Problem]]:
     """Resources, policies and tenants (from where `policies` says), with every problem. With
     the `inventory`, the device rows of fleets unchanged since their last complete apply are
     parsed only when used (a no-op run hashes them and parses none), and in a changed fleet the
     rows its active certificates were issued from are not validated again (`active`: how a
     fleet's active certificates are read, shared with `observe`). Without one, `applied` and
     `active` say the same of a pull request's base as if applied, and `deferred` leaves every
-    fleet's rows to be parsed when used (the base itself)."""
+    fleet's rows to be parsed when used (the base itself). `since`: the commit last applied,
+    whose device files tell which rows of a changed one changed (only those are parsed)."""
     if inventory is not None:
         applied = {name: (digest, DeviceSummary(devices, declared))
                    for name, (digest, devices, declared) in inventory.applied_fleets().items()}
     of = active or (inventory.active_devices if inventory is not None else None)
     desired, problems = load_repository(directory, applied, None if of is None else (
         lambda name: {device[3] for device in of(name).values() if device[3] is not None}),
-        deferred)
+        deferred, since)
     effective = read_policies(policies, desired)
     rules, rule_problems = compile_policies(effective.policies)
     tenancy, tenancy_problems = assign([] if policies.cluster else effective.tenants, desired,
@@ -385,9 +388,10 @@ def read_declaration(directory: Path, policies: PolicySource = DEFAULT_SOURCE,
 
 def load(directory: Path, policies: PolicySource = DEFAULT_SOURCE,
          inventory: Inventory | None = None, active: ActiveOf | None = None,
-         applied: Applied | None = None) -> Declaration:
+         applied: Applied | None = None, since: str | None = None) -> Declaration:
     """The declaration, or InvalidDeclaration listing every problem."""
-    declaration, problems = read_declaration(directory, policies, inventory, active, applied)
+    declaration, problems = read_declaration(directory, policies, inventory, active, applied,
+                                             since=since)
     if problems:
         raise InvalidDeclaration(problems)
     return declaration
@@ -411,7 +415,8 @@ def plan(directory: Path, state: StateDir, now: datetime, max_revocations: int |
     """Plan against the inventory (read-only; an absent state directory is empty). A CA to
     create that exists elsewhere is refused (ExistingCA), as apply would."""
     root = enclosing_work_tree(directory)
-    places = state.places(GitStatus(root, status_branch) if root else None)
+    branch = GitStatus(root, status_branch) if root else None
+    places = state.places(branch)
     if not state.exists():
         declaration = load(directory, policies)
         the_plan = declaration.plan(Observed(), now, max_revocations, danger_fraction)
@@ -419,7 +424,7 @@ def plan(directory: Path, state: StateDir, now: datetime, max_revocations: int |
         return the_plan
     with state.reader() as inventory:
         active = functools.cache(inventory.active_devices)  # read once for load and observe
-        declaration = load(directory, policies, inventory, active)
+        declaration = load(directory, policies, inventory, active, since=applied_commit(branch))
         the_plan = declaration.plan(observe(inventory, declaration.desired, now, active=active),
                                     now, max_revocations, danger_fraction)
         refuse_existing_cas(_created_cas(the_plan), places, inventory, new_cas)
@@ -549,6 +554,12 @@ def observed_commit(directory: Path, root: Path) -> str | None:
     return f"{head}-dirty" if uncommitted_changes(directory) else head
 
 
+def applied_commit(branch: GitStatus | None) -> str | None:
+    """The commit the status branch records as last applied, if its files are committed."""
+    commit = branch.last_applied() if branch is not None else None
+    return commit if commit is not None and COMMIT.fullmatch(commit) else None
+
+
 @heap.long_lived()
 def apply(directory: Path, state: StateDir, now: datetime, *,
           max_revocations: int | None = None, allow_mass_revocation: bool = False,
@@ -603,7 +614,8 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
                                             applied, str(signer) if signer else None))
 
         active = functools.cache(inventory.active_devices)  # read once for load and observe
-        declaration, problems = read_declaration(directory, policies, inventory, active)
+        declaration, problems = read_declaration(directory, policies, inventory, active,
+                                                 since=applied_commit(branch))
         problems = [*source_problems, *problems]
         desired = declaration.desired
         outcome = Outcome(problems=list(problems))

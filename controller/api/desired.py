@@ -11,7 +11,14 @@ from json.encoder import encode_basestring_ascii as _string
 from typing import Any
 
 from controller import __version__
-from controller.api.devices import DeviceLines, DeviceSet, DeviceSummary, Judged
+from controller.api.devices import (
+    DeviceLines,
+    DeviceSet,
+    DeviceSummary,
+    Judged,
+    ReadDevices,
+    read_fleet_devices,
+)
 from controller.api.loading import Located
 from controller.api.problems import Problem
 from controller.api.resources import (
@@ -250,6 +257,20 @@ def _judged(issued: Issued | None, fleet: DeviceFleet, profile: CertificateProfi
     return judged_rows(sources, source_context(fleet, profile)) if sources else None
 
 
+def _changes_only(item: Located, devices: DeviceSet, profile: CertificateProfile,
+                  last: tuple[str, DeviceSummary | None] | None,
+                  previous: ReadDevices | None, problems: list[Problem]) -> bool:
+    """Parse only the rows changed since the fleet was last applied, if `previous` reads the
+    text it was applied with (its content hash tells: the fleet and profile are alike too)."""
+    if previous is None or last is None or last[1] is None:
+        return False
+    fleet = item.resource
+    assert isinstance(fleet, DeviceFleet)
+    before = read_fleet_devices(item, [], previous)  # unreadable: another digest, no match
+    return fleet_hash(fleet, before, profile) == last[0] and \
+        devices.parse_changes(before, last[1], problems)
+
+
 def _external(item: Located) -> bool:
     return isinstance(item.resource, CertificateAuthority) and \
         item.resource.spec.type == "external"
@@ -295,11 +316,14 @@ def cross_check(
     read_artifact: ReadArtifact | None = None,
     issued: Issued | None = None,
     deferred: bool = False,
+    previous: ReadDevices | None = None,
 ) -> tuple[Desired, list[Problem]]:
     """Index resources and check references and cycles; parse the devices of every fleet but
     those `applied` as they are (name -> content hash and summary when last applied, None if
     unknown), or of any fleet when `deferred` (a pull request's base). The rows of a fleet's
-    active certificates, as `issued` gives them, are not validated again.
+    active certificates, as `issued` gives them, are not validated again. Of a fleet whose
+    device text alone changed since it was applied, where `previous` reads the text then, only
+    the rows that differ are parsed (`DeviceSet.parse_changes`).
 
     References to objects in `invalid` ("Kind/name" that failed schema validation, already
     reported) are not reported again as missing.
@@ -396,7 +420,7 @@ def cross_check(
             last = (applied or {}).get(name)
             if deferred or (last is not None and last[0] == digest):
                 devices.defer(last[1] if last is not None else None)
-            else:
+            elif not _changes_only(item, devices, profile, last, previous, problems):
                 devices.parse(problems, _judged(issued, fleet, profile))
             problems.extend(tls_secret_problems(item, profile, devices))
             fleets[name] = FleetDecl(item, devices, digest)

@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from controller.api.csvindex import record_at, record_starts
+from controller.api.csvindex import changed_records, record_at, record_starts
 from controller.api.loading import Located, field_path, friendly_message
 from controller.api.problems import InvalidDeclaration, Problem
 from controller.api.resources import ConfigMapKeyRef, Device, DeviceFleet, DeviceSource
@@ -153,6 +153,19 @@ class DeviceSummary:
     declared: int  # not revoked
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceChanges:
+    """A fleet's rows that differ from the text last applied (`DeviceSet.parse_changes`); every
+    other row is as it was then."""
+
+    changed: dict[str, tuple[Device, bytes]]  # id -> device and row digest, new or changed
+    removed: tuple[str, ...]  # ids declared then, not now
+
+    @property
+    def ids(self) -> list[str]:
+        return [*self.changed, *self.removed]
+
+
 class DeviceSet:
     """A fleet's devices as declared: the inline ones and the text of each `deviceSource` part.
 
@@ -163,7 +176,10 @@ class DeviceSet:
     InvalidDeclaration.
 
     A row already judged (`parse(problems, judged)`: its digest, under the fleet and profile,
-    is its active certificate's source) is kept as read and validated only when asked for."""
+    is its active certificate's source) is kept as read and validated only when asked for.
+
+    A set compared with the text last applied (`parse_changes`) has its `changes` parsed and
+    validated; the rows alike in both are read when asked for, as a deferred set's."""
 
     def __init__(self, item: Located | None, parts: list[DeviceText], digest: str) -> None:
         self._item = item
@@ -178,6 +194,7 @@ class DeviceSet:
         # per part: where its records begin (`csvindex`) and its header's columns, if indexed
         self._indexes: list[tuple[dict[str, int], list[tuple[int, str, str]]] | None] | None = None
         self._found: dict[str, tuple[Device, bytes]] = {}  # rows read alone, by id
+        self.changes: DeviceChanges | None = None
 
     @classmethod
     def of(cls, devices: tuple[Device, ...], lines: DeviceLines) -> DeviceSet:
@@ -205,6 +222,43 @@ class DeviceSet:
         base): parse only when the devices are asked for; `summary` None: counted when asked."""
         self._summary = summary
         self._deferred = True
+
+    def parse_changes(self, previous: DeviceSet, summary: DeviceSummary,
+                      problems: list[Problem]) -> bool:
+        """Parse only the rows that differ from `previous`, the text last applied (the caller
+        checked its content hash; `summary` was counted then), reporting bad ones to
+        `problems`. False, and nothing done, where the two cannot be compared record by record
+        (not one plain CSV part each, another header, a record not read alone, an id also
+        declared inline): then the whole text is parsed."""
+        item = self._item
+        if item is None or not isinstance(fleet := item.resource, DeviceFleet) \
+                or len(self._parts) != 1 \
+                or len(previous._parts) != 1:
+            return False
+        part, old = self._parts[0], previous._parts[0]
+        if (part.label, part.format) != (old.label, "csv") or old.format != "csv":
+            return False
+        found = changed_records(old.text, part.text)
+        inline = {device.id for device in fleet.spec.devices}
+        if found is None or found.old_count + len(inline) != summary.count \
+                or not inline.isdisjoint(found.changed):
+            return False
+        columns = _csv_columns(found.indexed.header)
+        rows: dict[str, tuple[Device, bytes]] = {}
+        declared = summary.declared - sum(
+            1 for values in found.before.values() if "revoked" not in _csv_device(values, columns))
+        for device_id, (line, values) in found.changed.items():
+            raw = _csv_device(values, columns)
+            declared += "revoked" not in raw
+            self._lines[device_id] = (part.label, line)
+            if (valid := _validate(item, raw, part.label, line, problems)) is not None:
+                rows[device_id] = (valid, _row_digest(raw))
+        added = sum(1 for device_id in found.changed if device_id not in found.before)
+        self.defer(DeviceSummary(summary.count + added - len(found.removed), declared))
+        self._indexes = [(found.indexed.starts, columns)]
+        self._found.update(rows)
+        self.changes = DeviceChanges(rows, tuple(found.removed))
+        return True
 
     @property
     def parsed(self) -> Parsed:
@@ -236,6 +290,10 @@ class DeviceSet:
         """Where each device is declared (file, line)."""
         self.rows  # noqa: B018 (parses)
         return self._lines
+
+    def line_of(self, device_id: str) -> tuple[str, int | None] | None:
+        """Where a device is declared; a changed row's place is known without reading all."""
+        return self._lines.get(device_id) or self.lines.get(device_id)
 
     def find(self, device_id: str) -> Device | None:
         found = self.row(device_id)

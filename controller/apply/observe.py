@@ -14,7 +14,8 @@ from controller.stores.releases import Releases
 
 def observe(inventory: Inventory, desired: Desired, now: datetime,
             elsewhere: Sequence[Inventory] = (), active: ActiveOf | None = None) -> Observed:
-    """One place that reads state; fleets unchanged since their last apply load only due rows.
+    """One place that reads state; fleets unchanged since their last apply load only due rows,
+    and those whose changed rows are known, the certificates of those devices and due rows.
     `elsewhere`: inventories whose revocations under our CAs our CRLs list too (the namespaces
     that issue from the cluster-wide CAs). `active` reads a fleet's active certificates
     (default: `inventory.active_devices`)."""
@@ -42,9 +43,13 @@ def observe(inventory: Inventory, desired: Desired, now: datetime,
         stored_hash = inventory.fleet_hash(name)
         decl = desired.fleets.get(name)
         count = inventory.active_count(name)
+        changes = decl.device_set.changes if decl is not None else None
         if decl is not None and stored_hash == decl.content_hash:
             fleets[name] = FleetObserved(stored_hash, None, inventory.due_devices(name, now_s),
                                          count)
+        elif changes is not None:  # only these rows changed since the last complete apply
+            fleets[name] = FleetObserved(stored_hash, inventory.active_of(name, changes.ids),
+                                         inventory.due_devices(name, now_s), count)
         else:
             fleets[name] = FleetObserved(stored_hash, active(name),
                                          active_count=count)

@@ -75,6 +75,8 @@ class FleetObserved:
     `active` maps device id -> (serial, intent digest, renew_at, source digest or None); it is
     None when the fleet's content hash is unchanged since its last complete apply, in which case
     only `due` (devices whose renewal time has come, from an indexed query) needs looking at.
+    Of a fleet whose changed rows are known (`DeviceSet.changes`), `active` holds only those
+    devices' certificates, and `due` the renewals of the others.
     """
 
     content_hash: str | None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 
 from controller.api.desired import (
@@ -98,15 +99,19 @@ class _FleetPlanner:
         spec = self.fleet.spec
         active = self.seen.active
         if active is None:  # unchanged since the last complete apply: only renewals are due
-            for device_id, due in sorted(self.seen.due.items()):
-                found = self.decl.device_set.row(device_id)
-                if found is not None:
-                    self._device(found[0], due, self._source(found[1]))
+            self._due(())
             return
         if spec.decommissioned:
             for device_id, (serial, *_) in sorted(active.items()):
                 self._add("revoke", device_id, "fleet decommissioned", serial,
                           "cessationOfOperation")
+            return
+        changes = self.decl.device_set.changes
+        if changes is not None:  # these rows changed since the last complete apply, no other
+            for device_id, (device, row) in sorted(changes.changed.items()):
+                self._declared(device, row, active.get(device_id))
+            self._removed(changes.removed, active)
+            self._due(set(changes.ids))
             return
         rows = self.decl.device_set.rows
         for device_id, (value, row) in list(rows.items()):
@@ -120,24 +125,38 @@ class _FleetPlanner:
                 found = self.decl.device_set.row(device_id)
                 assert found is not None
                 value, row = found  # the row's digest, made now if it was deferred
-            source = self._source(row)
-            if value.revoked is None:
-                if current is None or current[3] != source or self.now >= current[2]:
-                    self._device(value, current, source)
-            elif current is not None:
-                self._add("revoke", device_id, "device marked revoked", current[0],
-                          value.revoked.reason)
-        if spec.deletionPolicy == "Revoke":
-            for device_id in sorted(set(active) - set(rows)):
+            self._declared(value, row, current)
+        self._removed(set(active) - set(rows), active)
+
+    def _declared(self, device: Device, row: bytes, current: ActiveDevice | None) -> None:
+        """A device declared by a row of digest `row`, its active certificate `current`."""
+        source = self._source(row)
+        if device.revoked is None:
+            if current is None or current[3] != source or self.now >= current[2]:
+                self._device(device, current, source)
+        elif current is not None:
+            self._add("revoke", device.id, "device marked revoked", current[0],
+                      device.revoked.reason)
+
+    def _removed(self, device_ids: Collection[str], active: dict[str, ActiveDevice]) -> None:
+        if self.fleet.spec.deletionPolicy == "Revoke":
+            for device_id in sorted(set(device_ids) & set(active)):
                 self._add("revoke", device_id, "device removed from fleet", active[device_id][0],
                           "cessationOfOperation")
+
+    def _due(self, planned: Collection[str]) -> None:
+        """Renewals falling due of devices declared as last applied (not `planned` here)."""
+        for device_id, due in sorted(self.seen.due.items()):
+            if device_id not in planned and (found := self.decl.device_set.row(device_id)):
+                self._device(found[0], due, self._source(found[1]))
 
     def _device(self, device: Device, current: ActiveDevice | None,
                 source: str | None = None) -> None:
         try:
             intent = device_intent(self.fleet, self.profile, device, source)
         except IntentError as exc:
-            file, line = self.decl.device_lines.get(device.id, (self.decl.located.file, None))
+            file, line = self.decl.device_set.line_of(device.id) or (self.decl.located.file,
+                                                                        None)
             self.problems.append(Problem(file, f"device {device.id!r}: {exc}", line,
                                          self.decl.located.ref, exc.field, device.id))
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,23 +36,56 @@ def repository_reader(root: Path) -> ReadDevices:
     `configMapRef` and `sourceRef` are refused (only the operator reads them)."""
 
     def read(source: DeviceSource) -> list[DeviceText]:
-        for name in ("configMapRef", "sourceRef"):
-            if getattr(source, name) is not None:
-                raise UnsupportedDeviceSource(
-                    f"{KUBERNETES_ONLY}; in a git repository, devices come from spec.devices "
-                    "or deviceSource.path", field=name)
-        assert source.path is not None  # the model requires it without configMapRef
-        path = root / source.path
+        label, path = _repository_path(root, source)
         try:
-            if not path.resolve().is_relative_to(root.resolve()):
-                raise ValueError("path leaves the repository")
             text = path.read_text(encoding="utf-8-sig")  # Excel writes a byte order mark
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
+        except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise DeviceSourceError(reason) from None
-        return [DeviceText(source.path, text, source.resolved_format())]
+        return [DeviceText(label, text, source.resolved_format())]
 
     return read
+
+
+def committed_reader(root: Path, commit: str) -> ReadDevices:
+    """`repository_reader` of the files as `commit` holds them (the commit last applied, whose
+    text a changed fleet's rows are compared with: `DeviceSet.parse_changes`)."""
+
+    def read(source: DeviceSource) -> list[DeviceText]:
+        label, path = _repository_path(root, source)
+        relative = path.relative_to(root.resolve()).as_posix()
+        try:
+            found = subprocess.run(["git", "-C", str(root), "cat-file", "blob",
+                                    f"{commit}:./{relative}"], capture_output=True)
+        except OSError as exc:
+            raise DeviceSourceError(f"cannot run git: {exc}") from None
+        if found.returncode:
+            raise DeviceSourceError(f"not in commit {commit}")
+        try:
+            text = found.stdout.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise DeviceSourceError(str(exc)) from None
+        return [DeviceText(label, text, source.resolved_format())]
+
+    return read
+
+
+def _repository_path(root: Path, source: DeviceSource) -> tuple[str, Path]:
+    """`deviceSource.path` and the file it names, resolved; a source git mode does not read, or
+    a path leaving the repository, refused."""
+    for name in ("configMapRef", "sourceRef"):
+        if getattr(source, name) is not None:
+            raise UnsupportedDeviceSource(
+                f"{KUBERNETES_ONLY}; in a git repository, devices come from spec.devices "
+                "or deviceSource.path", field=name)
+    assert source.path is not None  # the model requires it without configMapRef
+    try:
+        path = (root / source.path).resolve()
+    except OSError as exc:  # e.g. a symbolic link loop
+        raise DeviceSourceError(exc.strerror or str(exc)) from None
+    if not path.is_relative_to(root.resolve()):
+        raise DeviceSourceError("path leaves the repository")
+    return source.path, path
 
 
 def artifact_reader(root: Path) -> ReadArtifact:
@@ -71,11 +105,13 @@ def artifact_reader(root: Path) -> ReadArtifact:
 
 
 def load_repository(root: Path, applied: Applied | None = None, issued: Issued | None = None,
-                    deferred: bool = False) -> tuple[Desired, list[Problem]]:
+                    deferred: bool = False, since: str | None = None
+                    ) -> tuple[Desired, list[Problem]]:
     """Parse every YAML file under `root` and cross-check; problems name file, line and field.
     The device rows of fleets `applied` as they are now (of every fleet, when `deferred`) are
     parsed only when used, and the rows of certificates `issued` are not validated again (see
-    `cross_check`)."""
+    `cross_check`). A fleet applied at commit `since` whose device file alone changed has only
+    its changed rows parsed."""
     root = root.resolve()
     if not root.is_dir():
         raise InvalidDeclaration([Problem(str(root), "not a directory")])
@@ -102,7 +138,8 @@ def load_repository(root: Path, applied: Applied | None = None, issued: Issued |
     }
     invalid = frozenset(p.object for p in problems if p.object)
     desired, reference_problems = cross_check(located, fleet_devices, invalid, applied,
-                                              artifact_reader(root), issued, deferred)
+                                              artifact_reader(root), issued, deferred,
+                                              committed_reader(root, since) if since else None)
     unparsed = sorted({p.file for p in problems if p.message.startswith("invalid YAML")})
     if unparsed:  # a "missing" object may well be declared in a file that did not parse
         note = f" (maybe declared in {', '.join(unparsed)}, which could not be read)"

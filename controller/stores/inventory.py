@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +126,7 @@ DIALECTS: dict[str, dict[str, str]] = {
 }
 # From this many certificates, reading a large fleet's active ones reads the whole table
 WHOLE_TABLE_FROM = 50_000
+IN_LIST = 500  # devices looked up by one query (SQLite allows 999 parameters before 3.32)
 ACTIVE_KEY = "substr(intent, instr(intent, ':') + 1)"  # the key part of an intent digest
 # Version 2: what no run should pay for in proportion to the inventory's size:
 # - what a fleet declared (devices, and those not revoked) when its content hash was applied,
@@ -515,6 +516,21 @@ class Inventory:
             f"{self._whole_table(fleet)}WHERE kind = 'device' AND owner = ? AND state = 'active'",
             (fleet,))
         return {row[0]: (row[1], row[2], row[3], row[4]) for row in rows}
+
+    def active_of(self, fleet: str, devices: Collection[str]) -> dict[str, ActiveDevice]:
+        """Like `active_devices`, of `devices` only. SQLite is told the index: without
+        statistics, its planner reads every active certificate of the fleet for a long list."""
+        found: dict[str, ActiveDevice] = {}
+        listed = list(devices)
+        index = "INDEXED BY one_active_per_intent " if self.db.dialect == "sqlite" else ""
+        for start in range(0, len(listed), IN_LIST):
+            chunk = listed[start:start + IN_LIST]
+            rows = self.db.execute(
+                f"SELECT device, serial, intent, renew_at, source FROM certificates {index}"
+                "WHERE kind = 'device' AND owner = ? AND state = 'active' AND device IN "
+                f"({', '.join('?' * len(chunk))})", (fleet, *chunk))
+            found.update({row[0]: (row[1], row[2], row[3], row[4]) for row in rows})
+        return found
 
     def _whole_table(self, fleet: str) -> str:
         """`NOT INDEXED` when the fleet's active certificates are most of SQLite's table: its

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from controller.api.csvindex import record_at, record_starts
+from controller.api.csvindex import changed_records, record_at, record_starts
 
 PEM = ("-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0C,AQYIKo\nZIzj0DAQcDQgAE\n"
        "-----END PUBLIC KEY-----")
@@ -70,3 +70,78 @@ def test_the_values_are_those_of_the_full_read() -> None:
 ])
 def test_any_other_shape_gets_no_index(text: str) -> None:
     assert record_starts(text) is None
+
+
+def edited(chance: random.Random) -> tuple[str, str, list[list[str]]]:
+    """A plain CSV of unique ids and a random edit of it: values changed, records added,
+    removed, moved or doubled, blank lines, a record the index cannot find; and the edit's
+    records as `csv.reader` reads them."""
+    header = ["id", "labels.site", "publicKey", "revoked"]
+    values = ["", "a", "b c", "x,y", PEM, "keyCompromise"]
+
+    def record() -> list[str]:
+        return [chance.choice(values) for _ in header[1:]]
+
+    rows = [[f"dev-{n}", *record()] for n in range(chance.randint(0, 15))]
+    old = [row[:] for row in rows]
+    for _ in range(chance.randint(0, 6)):
+        edit = chance.choice(["value", "add", "remove", "move", "double", "odd", "blank"])
+        filled = [row for row in rows if row]
+        if edit == "add" or not filled:
+            rows.insert(chance.randint(0, len(rows)), [f"new-{chance.random()}", *record()])
+        elif edit == "value":
+            chance.choice(filled)[chance.randint(1, 3)] = chance.choice(values)
+        elif edit == "remove":
+            rows.remove(chance.choice(rows))
+        elif edit == "move":
+            rows.insert(chance.randint(0, len(rows)), rows.pop(chance.randrange(len(rows))))
+        elif edit == "double":
+            rows.insert(chance.randint(0, len(rows)), [chance.choice(filled)[0], *record()])
+        elif edit == "odd":  # an id the index does not read
+            rows.insert(chance.randint(0, len(rows)), ["with,comma", *record()])
+        else:
+            rows.insert(chance.randint(0, len(rows)), [])
+    newline = chance.choice(["\n", "\r\n"])
+
+    def text(records: list[list[str]]) -> str:
+        lines = [",".join(f'"{cell}"' if any(c in cell for c in ',\n') else cell
+                          for cell in cells) for cells in [header, *records]]
+        return newline.join(lines) + newline
+
+    return text(old), text(rows), [values for values in rows if values]
+
+
+@pytest.mark.parametrize("seed", range(400))
+def test_changed_records_are_those_reading_both_texts_finds(seed: int) -> None:
+    old, new, records = edited(random.Random(seed))
+    found = changed_records(old, new)
+    reader = csv.reader(io.StringIO(new))
+    lines = {values[0]: reader.line_num for values in reader if values}  # where each ends
+    ids = [values[0] for values in records]
+    before = {values[0]: values for values in list(csv.reader(io.StringIO(old)))[1:]}
+    if found is None:  # only where the text holds what the index cannot compare
+        assert len(set(ids)) < len(ids) or "with,comma" in ids
+        return
+    assert len(set(ids)) == len(ids)  # a doubled id is never taken for a changed row
+    assert found.old_count == len(before)
+    assert found.indexed.header == next(csv.reader(io.StringIO(old)))
+    assert set(found.changed) | {i for i in ids if i not in found.changed} == set(ids)
+    for values in records:
+        device = values[0]
+        if device in found.changed:
+            assert found.changed[device] == (lines[device], values)
+        else:
+            assert before[device] == values  # alike, so left out
+    assert sorted(found.removed) == sorted(set(before) - set(ids))
+    assert found.before == {i: before[i] for i in [*found.changed, *found.removed]
+                            if i in before}
+
+
+@pytest.mark.parametrize(("old", "new"), [
+    ("id,site\nd-1,a\n", "id,place\nd-1,a\n"),  # another header
+    ("id,site\nd-1,a\n", 'id,site\nd-1,"a""b"\n'),  # not plain
+    ("id,site\nd-1,a\n", "id,site\nd-1,a\nd-1,b\n"),  # a doubled id
+    ("id,site\nd-1,a\n", "id,site\nodd\nd-1,a\n"),  # a record before the first indexed one
+])
+def test_texts_not_compared_record_by_record(old: str, new: str) -> None:
+    assert changed_records(old, new) is None
