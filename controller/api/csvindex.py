@@ -31,6 +31,7 @@ _PLAIN = re.compile(r'(?:[^"]*+(?<![^,\n])"[^"]*+"(?![^,\r\n]))*+[^"]*+')
 class RecordIndex(NamedTuple):
     header: list[str]
     starts: dict[str, int]  # id -> offset of its record
+    doubled: bool  # some id begins several records (the first is indexed)
 
 
 def record_starts(text: str) -> RecordIndex | None:
@@ -43,12 +44,20 @@ def record_starts(text: str) -> RecordIndex | None:
     header = text[:header_end].rstrip("\r").split(",")
     if len(header) < 2 or header[0] != "id" or header.count("id") != 1:
         return None
+    return RecordIndex(header, *_starts(text, header_end, len(text)))
+
+
+def _starts(text: str, begin: int, end: int) -> tuple[dict[str, int], bool]:
+    """By id, where each record after the line break at `begin` and before `end` begins, and
+    whether an id begins several."""
     starts: dict[str, int] = {}
-    for match in _RECORD_OR_FIELD.finditer(text, header_end):
+    found = 0
+    for match in _RECORD_OR_FIELD.finditer(text, begin, end):
         device = match.group(2) or match.group(1)
         if device:  # a record's first field, not a quoted field passed over
+            found += 1
             starts.setdefault(device, match.start() + 1)
-    return RecordIndex(header, starts)
+    return starts, found != len(starts)
 
 
 def record_at(text: str, start: int) -> list[str]:
@@ -70,25 +79,34 @@ class RecordChanges(NamedTuple):
     changed: dict[str, tuple[int, list[str]]]  # id -> (line, values) of a new or changed record
     before: dict[str, list[str]]  # id -> values, in the old text, of a changed or removed record
     removed: list[str]  # ids in the old text only
-    old_count: int  # records of the old text (each one indexed)
 
 
 def changed_records(old: str, new: str) -> RecordChanges | None:
     """The records of `new` that are not, byte for byte, a record of `old` under the same id,
-    and the ids `old` alone has; None unless both are of the plain shape with the same header
-    and each record compared was read alone as one record (so a duplicate id, or a record the
-    index cannot find, reads every row). A record's text runs from its start to the next
-    record's (blank lines included); its `line` is where `csv.reader` ends it."""
-    before, after = record_starts(old), record_starts(new)
-    if before is None or after is None or before.header != after.header:
+    and the ids `old` alone has; None unless `new` is of the plain shape with no id twice,
+    `old` has the same header line, and each record compared is one record of its id (so a
+    record the index cannot find reads every row). A record's text runs from its start to the
+    next record's (blank lines included); its `line` is where `csv.reader` ends it.
+
+    Only the window between what both texts begin and end with is compared (a commit that
+    changes a few rows in one place reads that place), though `new` is indexed whole to find
+    an id declared twice."""
+    after = record_starts(new)
+    header_end = new.find("\n")
+    if after is None or after.doubled or old[:header_end + 1] != new[:header_end + 1]:
         return None
-    old_ends, new_ends = _ends(old, before), _ends(new, after)
-    if old_ends is None or new_ends is None:
+    begin, old_end, new_end = _window(old, new, header_end)
+    if _PLAIN.fullmatch(old, begin, old_end) is None:
+        return None
+    before, doubled = _starts(old, begin, old_end)
+    window = _starts(new, begin, new_end)[0]
+    old_ends, new_ends = _ends(old, before, begin, old_end), _ends(new, window, begin, new_end)
+    if doubled or old_ends is None or new_ends is None:
         return None
     changed: dict[str, tuple[int, list[str]]] = {}
     lines = counted = 0  # the line breaks of `new` before `counted`
-    known = before.starts.get
-    for device, start in after.starts.items():
+    known = before.get
+    for device, start in window.items():
         end, was = new_ends[start], known(device)
         if was is not None and old_ends[was] - was == end - start \
                 and old[was:old_ends[was]] == new[start:end]:
@@ -99,25 +117,88 @@ def changed_records(old: str, new: str) -> RecordChanges | None:
         if read is None:
             return None
         changed[device] = (lines + read[0], read[1])
-    removed = [device for device in before.starts if device not in after.starts]
+    removed = [device for device in before if device not in after.starts]
     old_values: dict[str, list[str]] = {}
     for device in [*changed, *removed]:
         if (was := known(device)) is not None:
             read = _one_record(old[was:old_ends[was]], device)
-            if read is None:  # a record the index did not find: the count tells (the caller)
+            if read is None:
                 return None
             old_values[device] = read[1]
-    return RecordChanges(after, changed, old_values, removed, len(before.starts))
+    return RecordChanges(after, changed, old_values, removed)
 
 
-def _ends(text: str, index: RecordIndex) -> dict[int, int] | None:
-    """Where each record ends (the next one's start, or the end of the text), by its start;
-    None when anything but blank lines stands between the header and the first record."""
-    starts = list(index.starts.values())
-    header_end = text.find("\n") + 1
-    if text[header_end:starts[0] if starts else len(text)].strip():
+def _window(old: str, new: str, header_end: int) -> tuple[int, int, int]:
+    """(begin, old_end, new_end): `begin` a line break outside quoted fields, the ends just
+    after one (or the ends of the texts), such that `old[:begin + 1] == new[:begin + 1]` and
+    `old[old_end:] == new[new_end:]`."""
+    prefix = _common_prefix(old, new)
+    suffix = _common_suffix(old, new, min(len(old), len(new)) - prefix)
+    begin = _break_before(old, prefix, header_end)
+    new_end = _break_from(new, len(new) - suffix)
+    return begin, new_end + len(old) - len(new), new_end
+
+
+BLOCK = 1 << 20  # compared at once while looking for the first difference
+
+
+def _common_prefix(a: str, b: str) -> int:
+    """How many characters `a` and `b` begin with alike."""
+    low, limit = 0, min(len(a), len(b))
+    while low + BLOCK <= limit and a[low:low + BLOCK] == b[low:low + BLOCK]:
+        low += BLOCK
+    high = min(low + BLOCK, limit)
+    while low < high:  # a[:low] == b[:low], and the answer is at most `high`
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if a[low:middle] == b[low:middle] else (low, middle - 1)
+    return low
+
+
+def _common_suffix(a: str, b: str, limit: int) -> int:
+    """How many characters (at most `limit`) `a` and `b` end with alike."""
+    low, ends = 0, (len(a), len(b))
+    while low + BLOCK <= limit and \
+            a[ends[0] - low - BLOCK:ends[0] - low] == b[ends[1] - low - BLOCK:ends[1] - low]:
+        low += BLOCK
+    high = min(low + BLOCK, limit)
+    while low < high:
+        middle = (low + high + 1) // 2
+        alike = a[ends[0] - middle:ends[0] - low] == b[ends[1] - middle:ends[1] - low]
+        low, high = (middle, high) if alike else (low, middle - 1)
+    return low
+
+
+def _break_before(text: str, position: int, header_end: int) -> int:
+    """The last line break outside quoted fields before `position` (the header's at least)."""
+    quotes = text.count('"', 0, position)
+    while (found := text.rfind("\n", header_end + 1, position)) >= 0:
+        quotes -= text.count('"', found, position)
+        if quotes % 2 == 0:
+            return found
+        position = found
+    return header_end
+
+
+def _break_from(text: str, position: int) -> int:
+    """Just after the first line break outside quoted fields from `position` on, else the
+    text's end. A plain text has an even number of quotes: as many before a place as after it,
+    in parity."""
+    quotes = text.count('"', position)
+    while (found := text.find("\n", position)) >= 0:
+        quotes -= text.count('"', position, found)
+        if quotes % 2 == 0:
+            return found + 1
+        position = found + 1
+    return len(text)
+
+
+def _ends(text: str, starts: dict[str, int], begin: int, end: int) -> dict[int, int] | None:
+    """Where each record ends (the next one's start, or `end`), by its start; None when
+    anything but blank lines stands between `begin` and the first record."""
+    offsets = list(starts.values())
+    if text[begin:offsets[0] if offsets else end].strip("\r\n"):
         return None
-    return dict(zip(starts, [*starts[1:], len(text)], strict=False))  # none: no record
+    return dict(zip(offsets, [*offsets[1:], end], strict=False))  # none: no record
 
 
 def _one_record(record: str, device: str) -> tuple[int, list[str]] | None:

@@ -240,8 +240,7 @@ class DeviceSet:
             return False
         found = changed_records(old.text, part.text)
         inline = {device.id for device in fleet.spec.devices}
-        if found is None or found.old_count + len(inline) != summary.count \
-                or not inline.isdisjoint(found.changed):
+        if found is None or not inline.isdisjoint(found.changed):
             return False
         columns = _csv_columns(found.indexed.header)
         rows: dict[str, tuple[Device, bytes]] = {}

@@ -8,6 +8,7 @@ import random
 
 import pytest
 
+from controller.api import csvindex
 from controller.api.csvindex import changed_records, record_at, record_starts
 
 PEM = ("-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0C,AQYIKo\nZIzj0DAQcDQgAE\n"
@@ -77,12 +78,14 @@ def edited(chance: random.Random) -> tuple[str, str, list[list[str]]]:
     removed, moved or doubled, blank lines, a record the index cannot find; and the edit's
     records as `csv.reader` reads them."""
     header = ["id", "labels.site", "publicKey", "revoked"]
-    values = ["", "a", "b c", "x,y", PEM, "keyCompromise"]
+    values = ["", "a", "b c", "x,y", PEM, "\ndev-1,fake", "keyCompromise"]
 
     def record() -> list[str]:
         return [chance.choice(values) for _ in header[1:]]
 
     rows = [[f"dev-{n}", *record()] for n in range(chance.randint(0, 15))]
+    if chance.random() < 0.2:
+        rows.insert(chance.randint(0, len(rows)), ["odd,one", *record()])
     old = [row[:] for row in rows]
     for _ in range(chance.randint(0, 6)):
         edit = chance.choice(["value", "add", "remove", "move", "double", "odd", "blank"])
@@ -111,19 +114,21 @@ def edited(chance: random.Random) -> tuple[str, str, list[list[str]]]:
     return text(old), text(rows), [values for values in rows if values]
 
 
+@pytest.mark.parametrize("block", [csvindex.BLOCK, 5])
 @pytest.mark.parametrize("seed", range(400))
-def test_changed_records_are_those_reading_both_texts_finds(seed: int) -> None:
+def test_changed_records_are_those_reading_both_texts_finds(
+        seed: int, block: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(csvindex, "BLOCK", block)  # texts of many blocks, compared by block
     old, new, records = edited(random.Random(seed))
     found = changed_records(old, new)
     reader = csv.reader(io.StringIO(new))
     lines = {values[0]: reader.line_num for values in reader if values}  # where each ends
     ids = [values[0] for values in records]
     before = {values[0]: values for values in list(csv.reader(io.StringIO(old)))[1:]}
-    if found is None:  # only where the text holds what the index cannot compare
-        assert len(set(ids)) < len(ids) or "with,comma" in ids
+    if found is None:  # only where the texts hold what the index cannot compare
+        assert len(set(ids)) < len(ids) or {"with,comma", "odd,one"} & {*ids, *before}
         return
     assert len(set(ids)) == len(ids)  # a doubled id is never taken for a changed row
-    assert found.old_count == len(before)
     assert found.indexed.header == next(csv.reader(io.StringIO(old)))
     assert set(found.changed) | {i for i in ids if i not in found.changed} == set(ids)
     for values in records:
@@ -145,3 +150,23 @@ def test_changed_records_are_those_reading_both_texts_finds(seed: int) -> None:
 ])
 def test_texts_not_compared_record_by_record(old: str, new: str) -> None:
     assert changed_records(old, new) is None
+
+
+@pytest.mark.parametrize("block", [csvindex.BLOCK, 7])
+def test_only_what_changed_is_read(block: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(csvindex, "BLOCK", block)
+    rows = [f'dev-{n},site-{n % 3},"{PEM}",\n' for n in range(50)]
+    old = "id,labels.site,publicKey,revoked\n" + "".join(rows)
+    edits = {
+        "revoke one": (old.replace(f'dev-20,site-2,"{PEM}",', f'dev-20,site-2,"{PEM}",x'),
+                       ["dev-20"], []),
+        "append one": (old + "dev-50,site-0,,\n", ["dev-50"], []),
+        "remove one": (old.replace(rows[31], ""), [], ["dev-31"]),
+        "move one": (old.replace(rows[5], "") + rows[5], [], []),
+        "first and last": (old.replace("dev-0,site-0", "dev-0,site-9").replace(
+            "dev-49,site-1", "dev-49,site-9"), ["dev-0", "dev-49"], []),
+    }
+    for name, (new, changed, removed) in edits.items():
+        found = changed_records(old, new)
+        assert found is not None, name
+        assert (sorted(found.changed), found.removed) == (changed, removed), name
