@@ -24,7 +24,7 @@ from kubernetes.client import ApiClient
 
 from controller import heap
 from controller.api.desired import Applied, Desired
-from controller.api.devices import DeviceSummary
+from controller.api.devices import DeviceSummary, ReadDevices
 from controller.api.loading import Located
 from controller.api.problems import Finding, InvalidDeclaration, Problem
 from controller.apply.evidence import ExistingCA, Places, refuse_existing_cas
@@ -62,7 +62,7 @@ from controller.signing.verify import verify_release as verify_signed_release
 from controller.sources.policies import DEFAULT_SOURCE as DEFAULT_SOURCE  # part of the job API
 from controller.sources.policies import PolicySource as PolicySource  # part of the job API
 from controller.sources.policies import read_policies, read_trusted_directory
-from controller.sources.repo import load_repository
+from controller.sources.repo import committed_reader, load_repository, repository_reader
 from controller.sources.signatures import UnsignedChange as UnsignedChange  # part of the job API
 from controller.sources.signatures import read_allowed_signers as read_allowed_signers
 from controller.sources.signatures import verify_commits
@@ -361,22 +361,23 @@ class Declaration:
 def read_declaration(directory: Path, policies: PolicySource = DEFAULT_SOURCE,
                      inventory: Inventory | None = None, active: ActiveOf | None = None,
                      applied: Applied | None = None, deferred: bool = False,
-                     since: str | None = None) -> tuple[Declaration, list[Problem]]:
+                     previous: ReadDevices | None = None) -> tuple[Declaration, list[Problem]]:
     """Resources, policies and tenants (from where `policies` says), with every problem. With
     the `inventory`, the device rows of fleets unchanged since their last complete apply are
     parsed only when used (a no-op run hashes them and parses none), and in a changed fleet the
     rows its active certificates were issued from are not validated again (`active`: how a
     fleet's active certificates are read, shared with `observe`). Without one, `applied` and
     `active` say the same of a pull request's base as if applied, and `deferred` leaves every
-    fleet's rows to be parsed when used (the base itself). `since`: the commit last applied,
-    whose device files tell which rows of a changed one changed (only those are parsed)."""
+    fleet's rows to be parsed when used (the base itself). `previous` reads the device files
+    as they were applied (or as the base declares them): of a fleet whose file alone changed,
+    only the changed rows are parsed."""
     if inventory is not None:
         applied = {name: (digest, DeviceSummary(devices, declared))
                    for name, (digest, devices, declared) in inventory.applied_fleets().items()}
     of = active or (inventory.active_devices if inventory is not None else None)
     desired, problems = load_repository(directory, applied, None if of is None else (
         lambda name: {device[3] for device in of(name).values() if device[3] is not None}),
-        deferred, since)
+        deferred, previous)
     effective = read_policies(policies, desired)
     rules, rule_problems = compile_policies(effective.policies)
     tenancy, tenancy_problems = assign([] if policies.cluster else effective.tenants, desired,
@@ -388,10 +389,10 @@ def read_declaration(directory: Path, policies: PolicySource = DEFAULT_SOURCE,
 
 def load(directory: Path, policies: PolicySource = DEFAULT_SOURCE,
          inventory: Inventory | None = None, active: ActiveOf | None = None,
-         applied: Applied | None = None, since: str | None = None) -> Declaration:
+         applied: Applied | None = None, previous: ReadDevices | None = None) -> Declaration:
     """The declaration, or InvalidDeclaration listing every problem."""
     declaration, problems = read_declaration(directory, policies, inventory, active, applied,
-                                             since=since)
+                                             previous=previous)
     if problems:
         raise InvalidDeclaration(problems)
     return declaration
@@ -424,7 +425,8 @@ def plan(directory: Path, state: StateDir, now: datetime, max_revocations: int |
         return the_plan
     with state.reader() as inventory:
         active = functools.cache(inventory.active_devices)  # read once for load and observe
-        declaration = load(directory, policies, inventory, active, since=applied_commit(branch))
+        declaration = load(directory, policies, inventory, active,
+                           previous=applied_files(directory, branch))
         the_plan = declaration.plan(observe(inventory, declaration.desired, now, active=active),
                                     now, max_revocations, danger_fraction)
         refuse_existing_cas(_created_cas(the_plan), places, inventory, new_cas)
@@ -443,9 +445,11 @@ def plan_change(directory: Path, base: Path, now: datetime, max_revocations: int
     as well as the head's, and a change to the policies is a danger.
 
     The base is judged as applied fleets are: a fleet declared exactly as in the base (the
-    same content hash) is not parsed on either side, and a head row that is the base's row of a
-    device, under the same fleet and profile, is not validated nor rendered again. What the
-    base declares is read only where the change needs it; its problems name `(base)` files."""
+    same content hash) is not parsed on either side; of a fleet whose device file alone changed,
+    only the records that differ from the base's file are read (counted from it), and a head
+    row that is the base's row of a device, under the same fleet and profile, is not validated
+    nor rendered again. What the base declares is read only where the change needs it; its
+    problems name `(base)` files."""
     before, base_problems = read_declaration(base, policies, deferred=True)
     if base_problems:
         load(directory, policies)  # the head's own problems first
@@ -457,7 +461,8 @@ def plan_change(directory: Path, base: Path, now: datetime, max_revocations: int
             return as_applied.active(name)
 
     head = load(directory, policies, active=active, applied={
-        name: (decl.content_hash, None) for name, decl in before.desired.fleets.items()})
+        name: (decl.content_hash, None) for name, decl in before.desired.fleets.items()},
+        previous=repository_reader(base.resolve()))
     with _read_from_base():
         baseline = as_applied.observed(head.desired)
     return head.plan(baseline, now, max_revocations, danger_fraction, trusted=before)
@@ -554,10 +559,13 @@ def observed_commit(directory: Path, root: Path) -> str | None:
     return f"{head}-dirty" if uncommitted_changes(directory) else head
 
 
-def applied_commit(branch: GitStatus | None) -> str | None:
-    """The commit the status branch records as last applied, if its files are committed."""
+def applied_files(directory: Path, branch: GitStatus | None) -> ReadDevices | None:
+    """The device files as the commit last applied holds them (the status branch records it;
+    none when unknown, or when the work tree was applied uncommitted)."""
     commit = branch.last_applied() if branch is not None else None
-    return commit if commit is not None and COMMIT.fullmatch(commit) else None
+    if commit is None or not COMMIT.fullmatch(commit):
+        return None
+    return committed_reader(directory.resolve(), commit)
 
 
 @heap.long_lived()
@@ -615,7 +623,7 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
 
         active = functools.cache(inventory.active_devices)  # read once for load and observe
         declaration, problems = read_declaration(directory, policies, inventory, active,
-                                                 since=applied_commit(branch))
+                                                 previous=applied_files(directory, branch))
         problems = [*source_problems, *problems]
         desired = declaration.desired
         outcome = Outcome(problems=list(problems))

@@ -160,6 +160,8 @@ class DeviceChanges:
 
     changed: dict[str, tuple[Device, bytes]]  # id -> device and row digest, new or changed
     removed: tuple[str, ...]  # ids declared then, not now
+    before: frozenset[str]  # the ids of changed rows and removed ones declared then
+    applied: DeviceSummary  # the counts then
 
     @property
     def ids(self) -> list[str]:
@@ -223,13 +225,13 @@ class DeviceSet:
         self._summary = summary
         self._deferred = True
 
-    def parse_changes(self, previous: DeviceSet, summary: DeviceSummary,
-                      problems: list[Problem]) -> bool:
-        """Parse only the rows that differ from `previous`, the text last applied (the caller
-        checked its content hash; `summary` was counted then), reporting bad ones to
-        `problems`. False, and nothing done, where the two cannot be compared record by record
-        (not one plain CSV part each, another header, a record not read alone, an id also
-        declared inline): then the whole text is parsed."""
+    def parse_changes(self, previous: DeviceSet, problems: list[Problem]) -> bool:
+        """Parse only the rows that differ from `previous`, the set last applied (the caller
+        checked its content hash and deferred it, with the counts kept then if any), reporting
+        bad ones to `problems`. False, and nothing done, where the two cannot be compared record
+        by record (not one plain CSV part each, another header, a record not read alone, an id
+        also declared inline, a previous text that cannot be counted): then the whole text is
+        parsed."""
         item = self._item
         if item is None or not isinstance(fleet := item.resource, DeviceFleet) \
                 or len(self._parts) != 1 \
@@ -241,6 +243,10 @@ class DeviceSet:
         found = changed_records(old.text, part.text)
         inline = {device.id for device in fleet.spec.devices}
         if found is None or not inline.isdisjoint(found.changed):
+            return False
+        try:
+            summary = previous.summary
+        except InvalidDeclaration:  # a pull request's base, not applied: its problems later
             return False
         columns = _csv_columns(found.indexed.header)
         rows: dict[str, tuple[Device, bytes]] = {}
@@ -256,7 +262,8 @@ class DeviceSet:
         self.defer(DeviceSummary(summary.count + added - len(found.removed), declared))
         self._indexes = [(found.indexed.starts, columns)]
         self._found.update(rows)
-        self.changes = DeviceChanges(rows, tuple(found.removed))
+        self.changes = DeviceChanges(rows, tuple(found.removed), frozenset(found.before),
+                                     summary)
         return True
 
     @property

@@ -7,9 +7,11 @@ a profile change, revocations, CA changes — and none of the routine renewals o
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
 from datetime import datetime
 
-from controller.api.desired import Desired, source_context, source_digest
+from controller.api.desired import Desired, FleetDecl, source_context, source_digest
+from controller.api.resources import Device
 from controller.clock import epoch
 from controller.plan.intents import IntentError, device_intent
 from controller.plan.model import ActiveDevice, CAObserved, CRLObserved, FleetObserved, Observed
@@ -36,15 +38,29 @@ class AsApplied:
             self._active[name] = self._render(name) if name in self.base.fleets else {}
         return self._active[name]
 
+    def active_of(self, name: str, devices: Collection[str]) -> dict[str, ActiveDevice]:
+        """Like `active`, of `devices` only (each declared in the base), their rows read alone
+        where the base's device file is indexed."""
+        decl = self.base.fleets[name]
+        found = (decl.device_set.row(device_id) for device_id in devices)
+        return self._certificates(decl, (row for row in found if row is not None))
+
     def _render(self, name: str) -> dict[str, ActiveDevice]:
         decl = self.base.fleets[name]
+        devices, _, rows = decl.device_set.parsed
+        return self._certificates(decl, ((device, rows[device.id]) for device in devices))
+
+    def _certificates(self, decl: FleetDecl, rows: Iterable[tuple[Device, bytes]]
+                      ) -> dict[str, ActiveDevice]:
+        """Device id -> its certificate as if applied, of the devices (and row digests) given
+        that the base could issue."""
+        name = decl.fleet.name
         profile = self.base.profile(decl.fleet.spec.profileRef.name)
         active: dict[str, ActiveDevice] = {}
         if decl.fleet.spec.decommissioned:
             return active
-        devices, _, rows = decl.device_set.parsed
         context = source_context(decl.fleet, profile)
-        for device in devices:
+        for device, row in rows:
             if device.revoked is not None:
                 continue
             try:
@@ -52,13 +68,15 @@ class AsApplied:
             except IntentError:
                 continue  # never issued at base: the head plan shows it as new
             active[device.id] = (f"base:{name}:{device.id}", intent.digest, FAR_FUTURE,
-                                 source_digest(context, rows[device.id]))
+                                 source_digest(context, row))
         return active
 
     def observed(self, head: Desired | None = None) -> Observed:
         """The base as the inventory would show it. A fleet that `head` declares exactly as
         the base does (the same content hash) is unchanged, as an applied fleet is: nothing is
-        due in it, so its devices are not read."""
+        due in it, so its devices are not read; of one whose file alone `head` changed
+        (`DeviceSet.changes`), the devices of the changed rows only (its size: the base's
+        devices not revoked)."""
         base = self.base
         now_s = epoch(self.now)
         authorities = {name: CAObserved(f"base:{name}", ca_intent(base.authority(name)),
@@ -66,9 +84,15 @@ class AsApplied:
         crls = {name: CRLObserved(now_s, FAR_FUTURE) for name in base.authorities}
         fleets: dict[str, FleetObserved] = {}
         for name, decl in base.fleets.items():
+            changes = head.fleets[name].device_set.changes \
+                if head is not None and name in head.fleets else None
             if head is not None and name in head.fleets \
                     and head.fleets[name].content_hash == decl.content_hash:
                 fleets[name] = FleetObserved(decl.content_hash, None)
+            elif changes is not None:  # the head changed these rows of the base's file alone
+                active = self.active_of(name, [i for i in changes.ids if i in changes.before])
+                fleets[name] = FleetObserved(decl.content_hash, active,
+                                             active_count=changes.applied.declared)
             else:
                 active = self.active(name)
                 fleets[name] = FleetObserved(None, active, active_count=len(active))

@@ -105,13 +105,13 @@ def artifact_reader(root: Path) -> ReadArtifact:
 
 
 def load_repository(root: Path, applied: Applied | None = None, issued: Issued | None = None,
-                    deferred: bool = False, since: str | None = None
+                    deferred: bool = False, previous: ReadDevices | None = None
                     ) -> tuple[Desired, list[Problem]]:
     """Parse every YAML file under `root` and cross-check; problems name file, line and field.
     The device rows of fleets `applied` as they are now (of every fleet, when `deferred`) are
     parsed only when used, and the rows of certificates `issued` are not validated again (see
-    `cross_check`). A fleet applied at commit `since` whose device file alone changed has only
-    its changed rows parsed."""
+    `cross_check`). Of a fleet whose device file alone changed since it was applied, as
+    `previous` reads it then, only the changed rows are parsed."""
     root = root.resolve()
     if not root.is_dir():
         raise InvalidDeclaration([Problem(str(root), "not a directory")])
@@ -139,7 +139,7 @@ def load_repository(root: Path, applied: Applied | None = None, issued: Issued |
     invalid = frozenset(p.object for p in problems if p.object)
     desired, reference_problems = cross_check(located, fleet_devices, invalid, applied,
                                               artifact_reader(root), issued, deferred,
-                                              committed_reader(root, since) if since else None)
+                                              previous)
     unparsed = sorted({p.file for p in problems if p.message.startswith("invalid YAML")})
     if unparsed:  # a "missing" object may well be declared in a file that did not parse
         note = f" (maybe declared in {', '.join(unparsed)}, which could not be read)"

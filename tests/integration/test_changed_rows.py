@@ -16,6 +16,7 @@ import pytest
 from controller import jobs
 from controller.api.problems import InvalidDeclaration
 from controller.plan.model import Plan
+from controller.sources.repo import committed_reader
 
 from .support import PASSPHRASE, Applied, Cli, commit_all, edit_csv, openssl
 from .test_revocation import as_openssl, crl_entries
@@ -31,7 +32,7 @@ def actions(plan: Plan) -> list[tuple[str | None, ...]]:
 def every_row_read(monkeypatch: pytest.MonkeyPatch, read: Callable[[], T]) -> T:
     """`read()` with no commit known as last applied: every row of a changed file is read."""
     with monkeypatch.context() as patched:
-        patched.setattr(jobs, "applied_commit", lambda branch: None)
+        patched.setattr(jobs, "applied_files", lambda directory, branch: None)
         return read()
 
 
@@ -125,7 +126,8 @@ def test_a_commit_whose_file_was_not_the_one_applied_is_not_compared(
     commit_all(repo, "retire another")
     now = jobs.now_utc()
     with monkeypatch.context() as patched:  # as if the first edit had been applied
-        patched.setattr(jobs, "applied_commit", lambda branch: unapplied)
+        patched.setattr(jobs, "applied_files",
+                        lambda directory, branch: committed_reader(repo, unapplied))
         planned = jobs.plan(repo, state, now)
     assert parsed == ["csv"]  # its content hash is not the one applied: every row is read
     assert {a.device for a in planned.actions if a.action == "revoke"} == {

@@ -100,10 +100,11 @@ def test_added_devices_are_exactly_the_issues(fleet: Path) -> None:
     assert data["dangers"] == [] and data["policy"] == []
 
 
-def test_rows_the_base_declares_alike_are_not_rendered_again(
-        fleet: Path, rendered: list[str]) -> None:
-    """The head renders only the rows the change touched: the others are the base's rows of
-    the same devices, judged with the base (as an applied fleet's rows are, `plan`)."""
+def test_rows_the_base_declares_alike_are_not_read_again(
+        fleet: Path, parsed: list[str], validated: list[str], rendered: list[str]) -> None:
+    """The head reads only the records of the file that differ from the base's (the base's
+    file is counted for the policies, its rows not validated): the others are the base's rows
+    of the same devices, judged with the base (as an applied fleet's rows are, `plan`)."""
     edit_csv(fleet, lambda rows: [[*row[:2], "berlin", ""] if row[0] == sensor(42) else row
                                   for row in rows] + [[sensor(1001), "TS-300", "berlin", ""]])
     commit_all(fleet, "sensor 42 moves to berlin, and a new one")
@@ -111,20 +112,27 @@ def test_rows_the_base_declares_alike_are_not_rendered_again(
     assert {step for step in steps(data) if step[2]} == {
         ("rekey", "sensors", sensor(42), None), ("issue", "sensors", sensor(1001), None)}
     assert sorted(rendered) == [sensor(42), sensor(1001)]
+    assert parsed == ["csv"]  # the base's file, counted
+    assert sorted(validated) == [sensor(42), sensor(42), sensor(1001)]  # head's, base's 42
 
 
-def test_a_row_failing_in_the_base_and_the_head_is_reported(fleet: Path) -> None:
-    """A base row that could never be issued gives the baseline no certificate, so the same
-    row in a changed fleet is rendered, and its problem shown. A fleet the change leaves alone
-    is not read at all (as an applied one): `validate`, which CI runs too, reports it."""
+def test_a_row_failing_in_the_base_is_reported_when_the_change_touches_it(fleet: Path) -> None:
+    """A base row that could never be issued gives the baseline no certificate. The plan reads
+    only the rows the change touches (those that differ from the base's file), as an applied
+    fleet's: a failing row left alone is `validate`'s to report (CI runs it too), and one the
+    change touches is rendered, with its problem."""
     git(fleet, "checkout", "-q", "main")
     edit_csv(fleet, lambda rows: [*rows, [sensor(1001), "", "berlin", ""]])  # no model label
     commit_all(fleet, "a sensor without a model")
     git(fleet, "checkout", "-q", "-B", "change")
-    assert plan_json(fleet)["problems"] == []
-    assert "sensor-1001" in invoke("validate", fleet, rc=1).stderr
     edit_csv(fleet, lambda rows: [*rows, [sensor(1002), "TS-300", "berlin", ""]])
     commit_all(fleet, "another sensor")
+    data = plan_json(fleet)
+    assert data["problems"] == [] and steps(data) == {("issue", "sensors", sensor(1002), None)}
+    assert "sensor-1001" in invoke("validate", fleet, rc=1).stderr
+    edit_csv(fleet, lambda rows: [[*row[:2], "hamburg", ""] if row[0] == sensor(1001) else row
+                                  for row in rows])
+    commit_all(fleet, "the sensor without a model moves")
     data = plan_json(fleet, rc=1)
     assert [(p["device"], p["field"]) for p in data["problems"]] == [(sensor(1001), "labels")]
 
