@@ -362,12 +362,48 @@ class DeviceSet:
 
     @property
     def summary(self) -> DeviceSummary:
-        """Counted once: validating a row later does not change whether it is revoked."""
+        """Counted once: validating a row later does not change whether it is revoked. A
+        deferred set of CSV parts is counted as it is read, keeping no row."""
+        if self._summary is None and self._rows is None and self._deferred:
+            self._summary = _counted(self._item, self._parts)
         if self._summary is None:
             values = [value for value, _ in self.rows.values()]
             self._summary = DeviceSummary(len(values),
                                           sum(1 for v in values if _revocation(v) is None))
         return self._summary
+
+
+def _counted(item: Located | None, parts: list[DeviceText]) -> DeviceSummary | None:
+    """The devices and those not revoked, of inline devices and CSV parts, as reading every
+    row would count them; None (read every row, with its problems) for JSONL, or where an id is
+    missing or repeated, or a row is longer than its header."""
+    if item is None or not isinstance(item.resource, DeviceFleet) \
+            or any(part.format != "csv" for part in parts):
+        return None
+    inline = item.resource.spec.devices
+    ids = {device.id for device in inline}
+    if len(ids) < len(inline):
+        return None
+    declared = sum(1 for device in inline if device.revoked is None)
+    try:
+        for part in parts:
+            reader = csv.reader(io.StringIO(part.text))
+            header = next(reader, [])
+            at = {column: index for index, column in enumerate(header)}  # the last of a name
+            if "id" not in at:
+                return None
+            device, revoked, width = at["id"], at.get("revoked", len(header)), len(header)
+            for values in reader:
+                if not values:
+                    continue
+                if len(values) > width or device >= len(values) or not values[device] \
+                        or values[device] in ids:
+                    return None
+                ids.add(values[device])
+                declared += revoked >= len(values) or not values[revoked]
+    except csv.Error:
+        return None
+    return DeviceSummary(len(ids), declared)
 
 
 def _index(part: DeviceText) -> tuple[dict[str, int], list[tuple[int, str, str]]] | None:

@@ -350,3 +350,41 @@ def test_a_row_read_alone_that_fails_now_is_reported_like_a_full_parse() -> None
     with pytest.raises(InvalidDeclaration) as refused:
         lazy.find("d-2")
     assert [(p.file, p.line) for p in refused.value.problems] == [(ONE, 3)]
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_a_deferred_set_is_counted_as_reading_every_row_counts(
+        seed: int, parsed: list[str]) -> None:
+    """Counted without keeping rows (a pull request's untouched fleet, its base's file): the
+    same devices and devices not revoked as reading every row, or, where reading every row
+    finds a problem (an id missing or repeated, a row too long), every row read."""
+    chance = random.Random(seed)
+    header = chance.sample(["id", "labels.site", "revoked", "labels.site", "revoked"],
+                           chance.randint(1, 5))
+    values = ["", "a", "x,y", 'say "hi"', "keyCompromise"]
+    lines = [",".join(header)]
+    for number in range(chance.randint(0, 12)):
+        if chance.random() < 0.1:
+            lines.append("")
+            continue
+        cells = [chance.choice(values) if column != "id" or chance.random() < 0.05
+                 else f"d-{chance.randrange(40) if chance.random() < 0.1 else number}"
+                 for column in header[:len(header) + chance.choice([-1, 0, 0, 0, 0, 1])]]
+        lines.append(",".join(f'"{c.replace(chr(34), chr(34) * 2)}"' if any(
+            ch in c for ch in ',"') else c for c in cells))
+    parts = [DeviceText(ONE, "\n".join(lines) + "\n", "csv")]
+
+    def summary(read_rows: bool) -> Any:
+        device_set = read_fleet_devices(fleet(), [], lambda source: parts)
+        device_set.defer(None)
+        try:
+            if read_rows:
+                device_set.rows  # noqa: B018 (counted from the rows then)
+            return device_set.summary
+        except InvalidDeclaration:
+            return "problems"
+
+    counted = summary(read_rows=False)
+    assert counted == summary(read_rows=True)
+    if counted != "problems":
+        assert parsed == ["csv"]  # only by the reading of every row
