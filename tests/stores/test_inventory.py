@@ -331,6 +331,23 @@ def test_a_fleet_that_is_most_of_the_table_is_read_in_table_order(
         assert small == {"d0": ("00", "x:k", 4_000, "s0")}
 
 
+def test_the_active_certificates_of_some_devices(
+        location: Path | str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As `active_devices` gives them, of the devices asked for only (in several queries)."""
+    monkeypatch.setattr(inventory_module, "IN_LIST", 3)
+    with Inventory(location) as inventory:
+        with inventory.transaction():
+            for n in range(10):
+                inventory.insert(record(f"{n:02x}", device=f"d{n}", source=f"s{n}"))
+            inventory.insert(record("20", device="d1", state="retired"))
+            inventory.insert(record("21", device="d1", owner="other"))
+        wanted = ["d1", "d3", "d4", "d5", "d8", "absent", "d9"]
+        every = inventory.active_devices("meters")
+        assert inventory.active_of("meters", wanted) == {
+            device: every[device] for device in wanted if device in every}
+        assert inventory.active_of("meters", []) == {}
+
+
 def test_a_writer_checkpoints_its_wal_rarely_and_shrinks_it(tmp_path: Path) -> None:
     """At SQLite's default (1,000 pages) a batch into a large inventory checkpointed at every
     commit; the WAL grows to 400 MB between checkpoints and is cut back to 64 MiB after."""
