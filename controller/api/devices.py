@@ -234,11 +234,10 @@ class DeviceSet:
         parsed."""
         item = self._item
         if item is None or not isinstance(fleet := item.resource, DeviceFleet) \
-                or len(self._parts) != 1 \
-                or len(previous._parts) != 1:
+                or len(self._parts) != 1 or len(previous._parts) != 1:
             return False
         part, old = self._parts[0], previous._parts[0]
-        if (part.label, part.format) != (old.label, "csv") or old.format != "csv":
+        if part.label != old.label or {part.format, old.format} != {"csv"}:
             return False
         found = changed_records(old.text, part.text)
         inline = {device.id for device in fleet.spec.devices}

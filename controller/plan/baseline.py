@@ -7,7 +7,7 @@ a profile change, revocations, CA changes — and none of the routine renewals o
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
 from datetime import datetime
 
 from controller.api.desired import Desired, FleetDecl, source_context, source_digest
@@ -47,8 +47,7 @@ class AsApplied:
 
     def _render(self, name: str) -> dict[str, ActiveDevice]:
         decl = self.base.fleets[name]
-        devices, _, rows = decl.device_set.parsed
-        return self._certificates(decl, ((device, rows[device.id]) for device in devices))
+        return self._certificates(decl, _every_row(decl))
 
     def _certificates(self, decl: FleetDecl, rows: Iterable[tuple[Device, bytes]]
                       ) -> dict[str, ActiveDevice]:
@@ -105,3 +104,10 @@ class AsApplied:
             if base.signing_profile(name).spec.revoked is None}
         return Observed(authorities, crls, fleets, frozenset(base.authorities), releases,
                         signers)
+
+
+def _every_row(decl: FleetDecl) -> Iterator[tuple[Device, bytes]]:
+    """Each device of the fleet and its row's digest, all parsed when the first is asked for."""
+    devices, _, rows = decl.device_set.parsed
+    for device in devices:
+        yield device, rows[device.id]
