@@ -26,6 +26,8 @@ _RECORD_OR_FIELD = re.compile(r'"[^"]*+"|\n(?:"([^",\r\n]++)"|([^",\r\n]++)),')
 # A text of plain quotes: each quoted field opens after a comma, a line break or at the start,
 # and closes before a comma, a line break or the end (so no quote is doubled or stray).
 _PLAIN = re.compile(r'(?:[^"]*+(?<![^,\n])"[^"]*+"(?![^,\r\n]))*+[^"]*+')
+BLOCK = 1 << 20  # compared at once while looking for the first difference
+FEW = 10_000  # changed records always read alone, however small the file
 
 
 class RecordIndex(NamedTuple):
@@ -90,7 +92,8 @@ def changed_records(old: str, new: str) -> RecordChanges | None:
 
     Only the window between what both texts begin and end with is compared (a commit that
     changes a few rows in one place reads that place), though `new` is indexed whole to find
-    an id declared twice."""
+    an id declared twice. None too when more than a quarter of the records changed (and more
+    than FEW): reading every row at once then costs less than reading each alone."""
     after = record_starts(new)
     header_end = new.find("\n")
     if after is None or after.doubled or old[:header_end + 1] != new[:header_end + 1]:
@@ -104,6 +107,7 @@ def changed_records(old: str, new: str) -> RecordChanges | None:
     if doubled or old_ends is None or new_ends is None:
         return None
     changed: dict[str, tuple[int, list[str]]] = {}
+    most = max(FEW, len(after.starts) // 4)
     lines = counted = 0  # the line breaks of `new` before `counted`
     known = before.get
     for device, start in window.items():
@@ -114,7 +118,7 @@ def changed_records(old: str, new: str) -> RecordChanges | None:
         lines += new.count("\n", counted, start)
         counted = start
         read = _one_record(new[start:end], device)
-        if read is None:
+        if read is None or len(changed) == most:
             return None
         changed[device] = (lines + read[0], read[1])
     removed = [device for device in before if device not in after.starts]
@@ -137,9 +141,6 @@ def _window(old: str, new: str, header_end: int) -> tuple[int, int, int]:
     begin = _break_before(old, prefix, header_end)
     new_end = _break_from(new, len(new) - suffix)
     return begin, new_end + len(old) - len(new), new_end
-
-
-BLOCK = 1 << 20  # compared at once while looking for the first difference
 
 
 def _common_prefix(a: str, b: str) -> int:

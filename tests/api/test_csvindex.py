@@ -170,3 +170,12 @@ def test_only_what_changed_is_read(block: int, monkeypatch: pytest.MonkeyPatch) 
         found = changed_records(old, new)
         assert found is not None, name
         assert (sorted(found.changed), found.removed) == (changed, removed), name
+
+
+def test_when_most_records_changed_every_row_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(csvindex, "FEW", 2)
+    old = "id,site\n" + "".join(f"d-{n},a\n" for n in range(12))
+    assert changed_records(old, old.replace("d-1,a", "d-1,b")) is not None
+    three = old.replace("d-1,a", "d-1,b").replace("d-2,a", "d-2,b").replace("d-3,a", "d-3,b")
+    assert changed_records(old, three) is not None  # a quarter
+    assert changed_records(old, three.replace("d-4,a", "d-4,b")) is None
