@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -18,7 +19,16 @@ from controller.api.problems import InvalidDeclaration
 from controller.plan.model import Plan
 from controller.sources.repo import committed_reader
 
-from .support import PASSPHRASE, Applied, Cli, commit_all, edit_csv, openssl
+from .support import (
+    EXAMPLE,
+    PASSPHRASE,
+    Applied,
+    Cli,
+    commit_all,
+    edit_csv,
+    init_repo,
+    openssl,
+)
 from .test_revocation import as_openssl, crl_entries
 
 T = TypeVar("T")
@@ -150,3 +160,23 @@ def test_renewals_fall_due_beside_the_changed_rows(
     sensors = [(a.action, a.device) for a in planned.actions if a.name == "sensors"]
     assert ("revoke", "sensor-0042") in sensors and ("revoke", "sensor-0043") in sensors
     assert sum(1 for action, _ in sensors if action != "revoke") == 998  # every other one due
+
+
+def test_a_fleet_directory_inside_a_larger_repository(
+        tmp_path: Path, parsed: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The applied file is read from the commit by its path under the fleet's directory."""
+    root = tmp_path / "platform"
+    shutil.copytree(EXAMPLE, root / "pki" / "fleet")
+    (root / "README").write_text("other things\n")
+    init_repo(root)
+    repo, state = root / "pki" / "fleet", jobs.StateDir(tmp_path / "state")
+    monkeypatch.setenv("FLEETPKI_PASSPHRASE", PASSPHRASE)
+    now = jobs.now_utc()
+    jobs.apply(repo, state, now)
+    edit_csv(repo / "fleets" / "sensors.csv", revoke={"sensor-0042": "keyCompromise"})
+    commit_all(root, "revoke one")
+    parsed.clear()
+    planned = jobs.plan(repo, state, now)
+    assert parsed == []
+    assert [(a.action, a.device) for a in planned.actions if a.name == "sensors"] == [
+        ("revoke", "sensor-0042")]
