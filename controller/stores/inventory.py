@@ -511,11 +511,8 @@ class Inventory:
     def active_devices(self, fleet: str) -> dict[str, ActiveDevice]:
         """device id -> (serial, intent digest, renew_at, source) for a fleet's active
         certificates."""
-        rows = self.db.execute(
-            f"SELECT device, serial, intent, renew_at, source FROM certificates "
-            f"{self._whole_table(fleet)}WHERE kind = 'device' AND owner = ? AND state = 'active'",
-            (fleet,))
-        return {row[0]: (row[1], row[2], row[3], row[4]) for row in rows}
+        return self._active(f"{self._whole_table(fleet)}WHERE kind = 'device' AND owner = ? "
+                            "AND state = 'active'", (fleet,))
 
     def active_of(self, fleet: str, devices: Collection[str]) -> dict[str, ActiveDevice]:
         """Like `active_devices`, of `devices` only. SQLite is told the index: without
@@ -525,12 +522,17 @@ class Inventory:
         index = "INDEXED BY one_active_per_intent " if self.db.dialect == "sqlite" else ""
         for start in range(0, len(listed), IN_LIST):
             chunk = listed[start:start + IN_LIST]
-            rows = self.db.execute(
-                f"SELECT device, serial, intent, renew_at, source FROM certificates {index}"
-                "WHERE kind = 'device' AND owner = ? AND state = 'active' AND device IN "
-                f"({', '.join('?' * len(chunk))})", (fleet, *chunk))
-            found.update({row[0]: (row[1], row[2], row[3], row[4]) for row in rows})
+            found.update(self._active(
+                f"{index}WHERE kind = 'device' AND owner = ? AND state = 'active' AND device IN "
+                f"({', '.join('?' * len(chunk))})", (fleet, *chunk)))
         return found
+
+    def _active(self, where: str, params: tuple[object, ...]) -> dict[str, ActiveDevice]:
+        """Device id -> (serial, intent digest, renew_at, source) of the certificates `where`
+        (a clause, with any index hint before it) selects."""
+        rows = self.db.execute(
+            f"SELECT device, serial, intent, renew_at, source FROM certificates {where}", params)
+        return {row[0]: (row[1], row[2], row[3], row[4]) for row in rows}
 
     def _whole_table(self, fleet: str) -> str:
         """`NOT INDEXED` when the fleet's active certificates are most of SQLite's table: its
@@ -545,10 +547,8 @@ class Inventory:
 
     def due_devices(self, fleet: str, now: int) -> dict[str, ActiveDevice]:
         """Like `active_devices`, only those whose renewal time has come (indexed)."""
-        rows = self.db.execute(
-            "SELECT device, serial, intent, renew_at, source FROM certificates WHERE owner = ? "
-            "AND state = 'active' AND kind = 'device' AND renew_at <= ?", (fleet, now))
-        return {row[0]: (row[1], row[2], row[3], row[4]) for row in rows}
+        return self._active("WHERE owner = ? AND state = 'active' AND kind = 'device' "
+                            "AND renew_at <= ?", (fleet, now))
 
     def note_sources(self, sources: Mapping[str, str]) -> None:
         """Record the source digest of active certificates (serial -> digest) that were found
