@@ -11,7 +11,7 @@ import os
 import re
 import tarfile
 import tempfile
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -44,12 +44,13 @@ from controller.pki.certificates import load_certificates_pem
 from controller.pki.errors import PKIError
 from controller.plan.baseline import AsApplied
 from controller.plan.dangers import dangers
+from controller.plan.intents import DeviceIntent
 from controller.plan.model import ActiveDevice, Observed, Plan
 from controller.plan.planner import plan as make_plan
 from controller.policy.changes import policy_changes
 from controller.policy.codeowners import LOCATIONS as CODEOWNERS_LOCATIONS
 from controller.policy.codeowners import codeowners as codeowners_text
-from controller.policy.engine import CompiledRule, compile_policies, evaluate
+from controller.policy.engine import CompiledRule, PolicyJudge, compile_policies
 from controller.policy.gate import gate
 from controller.policy.signers import AllowedSigners as AllowedSigners  # part of the job API
 from controller.policy.signers import SignersFileError as SignersFileError  # part of the job API
@@ -339,19 +340,26 @@ class Declaration:
     tenancy: Tenancy = Tenancy()
 
     def plan(self, observed: Observed, now: datetime, max_revocations: int | None = None,
-             danger_fraction: float = DANGER_FRACTION,
-             trusted: Declaration | None = None) -> Plan:
+             danger_fraction: float = DANGER_FRACTION, trusted: Declaration | None = None,
+             keep_intents: bool = True) -> Plan:
         """Plan, evaluate policies over it, drop what a deny forbids, flag dangers. With a
         `trusted` declaration (a pull request's base), its policies judge the plan too (their
-        findings say `(base)`), and every change to the policies is a danger."""
-        planned = make_plan(self.desired, observed, now, max_revocations)
-        findings = evaluate(self.rules, self.desired, planned.intents, now, self.tenancy)
+        findings say `(base)`), and every change to the policies is a danger. The policies
+        judge each device intent as it is made; the plan keeps them only with `keep_intents`
+        (apply signs them; a plan shown needs none, nor the memory of a million)."""
+        judges = [PolicyJudge(declaration.rules, self.desired, now, self.tenancy)
+                  for declaration in (self, trusted) if declaration is not None]
+
+        def judge(fleet: str, intent: DeviceIntent, labels: Mapping[str, str]) -> None:
+            for each in judges:
+                each.device(fleet, intent, labels)
+
+        planned = make_plan(self.desired, observed, now, max_revocations, judge, keep_intents)
+        findings = judges[0].findings()
         flags: list[str] = []
         if trusted is not None:
             own = {(f.policy, f.rule, f.action, f.object, f.device) for f in findings}
-            findings += [replace(f, policy=f"{f.policy} (base)")
-                         for f in evaluate(trusted.rules, self.desired, planned.intents, now,
-                                           self.tenancy)
+            findings += [replace(f, policy=f"{f.policy} (base)") for f in judges[1].findings()
                          if (f.policy, f.rule, f.action, f.object, f.device) not in own]
             flags = policy_changes(trusted.policies, self.policies)
         gated = gate(planned, self.desired, findings)
@@ -405,7 +413,7 @@ def validate(directory: Path, now: datetime,
     declaration, problems = read_declaration(directory, policies)
     if problems:
         return problems, []
-    planned = declaration.plan(Observed(), now)
+    planned = declaration.plan(Observed(), now, keep_intents=False)
     return list(planned.problems), list(planned.findings)
 
 
@@ -420,7 +428,8 @@ def plan(directory: Path, state: StateDir, now: datetime, max_revocations: int |
     places = state.places(branch)
     if not state.exists():
         declaration = load(directory, policies)
-        the_plan = declaration.plan(Observed(), now, max_revocations, danger_fraction)
+        the_plan = declaration.plan(Observed(), now, max_revocations, danger_fraction,
+                                    keep_intents=False)
         refuse_existing_cas(_created_cas(the_plan), places, None, new_cas)
         return the_plan
     with state.reader() as inventory:
@@ -428,7 +437,7 @@ def plan(directory: Path, state: StateDir, now: datetime, max_revocations: int |
         declaration = load(directory, policies, inventory, active,
                            previous=applied_files(directory, branch))
         the_plan = declaration.plan(observe(inventory, declaration.desired, now, active=active),
-                                    now, max_revocations, danger_fraction)
+                                    now, max_revocations, danger_fraction, keep_intents=False)
         refuse_existing_cas(_created_cas(the_plan), places, inventory, new_cas)
         return the_plan
 
@@ -465,7 +474,8 @@ def plan_change(directory: Path, base: Path, now: datetime, max_revocations: int
         previous=repository_reader(base.resolve()))
     with _read_from_base():
         baseline = as_applied.observed(head.desired)
-    return head.plan(baseline, now, max_revocations, danger_fraction, trusted=before)
+    return head.plan(baseline, now, max_revocations, danger_fraction, trusted=before,
+                     keep_intents=False)
 
 
 def _from_base(problems: Sequence[Problem]) -> InvalidDeclaration:

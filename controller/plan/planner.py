@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 
 from controller.api.desired import (
@@ -32,6 +32,8 @@ from controller.plan.schedule import crl_due
 CA_KIND = "CertificateAuthority"
 FLEET_KIND = "DeviceFleet"
 MIN_MASS_REVOCATION_LIMIT = 100
+# told of each intent a plan makes: its fleet, the intent and the device's labels
+IntentSink = Callable[[str, DeviceIntent, Mapping[str, str]], None]
 
 
 def ca_intent(ca: Authority) -> str:
@@ -72,9 +74,12 @@ class _FleetPlanner:
     A device whose active certificate was issued from the very row, fleet and profile declared
     now (the same source digest) and is not due for renewal needs nothing: it is not rendered
     again. Any other device is rendered and compared by intent digest, as ever; one found
-    unchanged gets its source digest noted, so the next plan takes the short way."""
+    unchanged gets its source digest noted, so the next plan takes the short way.
 
-    def __init__(self, decl: FleetDecl, desired: Desired, seen: FleetObserved, now: int) -> None:
+    Each intent is told to `made`, and kept in `intents` only if `keep` (apply signs them)."""
+
+    def __init__(self, decl: FleetDecl, desired: Desired, seen: FleetObserved, now: int,
+                 made: IntentSink | None = None, keep: bool = True) -> None:
         self.decl = decl
         self.fleet = decl.fleet
         self.profile = desired.profile(self.fleet.spec.profileRef.name)
@@ -85,6 +90,8 @@ class _FleetPlanner:
         self.intents: dict[tuple[str, str], DeviceIntent] = {}
         self.source_notes: dict[str, str] = {}
         self._context = source_context(self.fleet, self.profile)
+        self._made = made
+        self._keep = keep
 
     def _source(self, row: bytes) -> str:
         """The source digest of a device whose row has the digest `row`."""
@@ -183,12 +190,18 @@ class _FleetPlanner:
             if source is not None and current[3] != source:
                 self.source_notes[current[0]] = source
             return
-        self.intents[(self.fleet.name, device.id)] = intent
+        if self._made is not None:
+            self._made(self.fleet.name, intent, device.labels)
+        if self._keep:
+            self.intents[(self.fleet.name, device.id)] = intent
 
 
 def plan(desired: Desired, observed: Observed, now: datetime,
-         max_revocations: int | None = None) -> Plan:
-    """Ordered actions converging `observed` to `desired` at time `now`."""
+         max_revocations: int | None = None, made: IntentSink | None = None,
+         keep_intents: bool = True) -> Plan:
+    """Ordered actions converging `observed` to `desired` at time `now`. Every device intent
+    made is told to `made` (the policies judge them as they come) and, with `keep_intents`,
+    kept in the plan for apply to sign."""
     now_s = epoch(now)
     ca_actions: list[Action] = []
     changed_cas: set[str] = set()
@@ -227,7 +240,7 @@ def plan(desired: Desired, observed: Observed, now: datetime,
             continue
         seen = observed.fleets.get(name) or FleetObserved(None, {})
         sizes[name] = seen.active_count
-        planner = _FleetPlanner(decl, desired, seen, now_s)
+        planner = _FleetPlanner(decl, desired, seen, now_s, made, keep_intents)
         planner.run()
         revocations = [a for a in planner.actions if a.action == "revoke"
                        and not decl.fleet.spec.decommissioned]  # explicit: no limit

@@ -425,71 +425,96 @@ def _judge_fleet(ranked: list[tuple[int, CompiledRule]], desired: Desired, decl:
     return _FleetJudgement(findings, activation, device_rules)
 
 
+class PolicyJudge:
+    """Every rule over every object it selects: CA, fleet and release rules when made, device
+    rules over each intent as the planner makes it (`device`: the devices that would get a
+    certificate), each device's data converted once for all its rules, so that a plan need not
+    hold every intent to be judged. `tenant` is the CA's tenant in CA rules, the fleet's in the
+    others. With `fleet`, only that fleet and its issuing CA are judged (one EST enrollment); a
+    `memo` carries what does not depend on the device from one such judge to the next."""
+
+    def __init__(self, rules: list[CompiledRule], desired: Desired, now: datetime,
+                 tenancy: Tenancy = NO_TENANTS, fleet: str | None = None,
+                 memo: PolicyMemo | None = None) -> None:
+        self._desired = desired
+        self._memo = memo = (memo or PolicyMemo()).at(now)
+        # (rule, object, number, device): a device's findings after its fleet's, by device id
+        self._found: list[tuple[tuple[int, int, int, str], Finding]] = []
+        self._fleets: dict[str, tuple[int, _FleetJudgement, CertificateProfile]] = {}
+        ranked = list(enumerate(rules))
+        if fleet is None:
+            _evaluate_releases(ranked, desired, now, tenancy, self._record)
+        issuer = desired.fleets[fleet].fleet.spec.issuerRef.name if fleet is not None else None
+        for position, name in enumerate(desired.authorities_in_order()):
+            if desired.authority(name).spec.type == "external" or issuer not in (None, name):
+                continue  # nothing is made for it: no rule to gate
+            if name not in memo.authorities:
+                memo.authorities[name] = _judge_authority(ranked, desired, name, now, tenancy)
+            for rank, finding in memo.authorities[name]:
+                self._record(rank, position, 0, finding)
+        for position, (name, decl) in enumerate(sorted(desired.fleets.items())):
+            if fleet not in (None, name):
+                continue
+            if name not in memo.fleets:
+                memo.fleets[name] = _judge_fleet(ranked, desired, decl, now, tenancy)
+            judged = memo.fleets[name]
+            for rank, finding in judged.findings:
+                self._record(rank, position, 0, finding)
+            if judged.device_rules:
+                self._fleets[name] = (position, judged,
+                                      desired.profile(decl.fleet.spec.profileRef.name))
+
+    def _record(self, rank: int, target: int, number: int, finding: Finding | None,
+                device: str = "") -> None:
+        if finding is not None:
+            self._found.append(((rank, target, number, device), finding))
+
+    def device(self, fleet: str, intent: DeviceIntent,
+               labels: Mapping[str, str] | None = None) -> None:
+        """Judge a device of `fleet` that would get a certificate made from `intent`; `labels`
+        are its declared ones (read from the declaration when not given)."""
+        if (judging := self._fleets.get(fleet)) is None:
+            return
+        position, judged, profile = judging
+        if labels is None:
+            declared = self._desired.fleets[fleet].device(intent.device_id)
+            labels = declared.labels if declared else {}
+        target = f"DeviceFleet/{fleet}"
+        data = device_data(intent, labels, profile)
+        device_activation: dict[str, Any] | None = None
+        for rank, rule in judged.device_rules:
+            if rule.device_fields is None:
+                if device_activation is None:
+                    device_activation = {**judged.activation, "device": _cel(data)}
+                self._record(rank, position, 0,
+                             _run(rule, device_activation, target, intent.device_id),
+                             intent.device_id)
+                continue
+            seen = {f: data[f] for f in sorted(rule.device_fields) if f in data}
+            key = (fleet, rank, repr(seen))
+            if key in self._memo.devices:
+                finding = self._memo.devices[key]
+            else:
+                finding = _run(rule, {**judged.activation, "device": _cel(seen)}, target, None)
+                if len(self._memo.devices) < MEMO_LIMIT:
+                    self._memo.devices[key] = finding
+            self._record(rank, position, 0, finding and replace(finding, device=intent.device_id),
+                         intent.device_id)
+
+    def findings(self) -> list[Finding]:
+        """What the rules found so far, in rule, object and device order."""
+        return [finding for _, finding in sorted(self._found, key=lambda item: item[0])]
+
+
 def evaluate(rules: list[CompiledRule], desired: Desired,
              intents: Mapping[tuple[str, str], DeviceIntent], now: datetime,
              tenancy: Tenancy = NO_TENANTS, fleet: str | None = None,
              memo: PolicyMemo | None = None) -> list[Finding]:
-    """Every rule over every object it selects; device rules over `intents` (the devices that
-    would get a certificate), each device's data converted once for all its rules. `tenant` is
-    the CA's tenant in CA rules, the fleet's in the others. With `fleet`, only that fleet and
-    its issuing CA are judged (one EST enrollment); a `memo` carries what does not depend on
-    the device from one such call to the next."""
-    memo = (memo or PolicyMemo()).at(now)
-    found: list[tuple[tuple[int, int, int], Finding]] = []  # (rule, object, device) order
-    by_fleet: dict[str, list[DeviceIntent]] = {}
-    for (fleet_name, _), intent in sorted(intents.items()):
-        by_fleet.setdefault(fleet_name, []).append(intent)
-
-    def record(rank: int, target: int, device: int, finding: Finding | None) -> None:
-        if finding is not None:
-            found.append(((rank, target, device), finding))
-
-    ranked = list(enumerate(rules))
-    if fleet is None:
-        _evaluate_releases(ranked, desired, now, tenancy, record)
-    issuer = desired.fleets[fleet].fleet.spec.issuerRef.name if fleet is not None else None
-    for position, name in enumerate(desired.authorities_in_order()):
-        if desired.authority(name).spec.type == "external" or issuer not in (None, name):
-            continue  # nothing is made for it: no rule to gate
-        if name not in memo.authorities:
-            memo.authorities[name] = _judge_authority(ranked, desired, name, now, tenancy)
-        for rank, finding in memo.authorities[name]:
-            record(rank, position, 0, finding)
-    for position, (name, decl) in enumerate(sorted(desired.fleets.items())):
-        if fleet not in (None, name):
-            continue
-        if name not in memo.fleets:
-            memo.fleets[name] = _judge_fleet(ranked, desired, decl, now, tenancy)
-        judged = memo.fleets[name]
-        for rank, finding in judged.findings:
-            record(rank, position, 0, finding)
-        if not judged.device_rules:
-            continue
-        target = f"DeviceFleet/{name}"
-        profile = desired.profile(decl.fleet.spec.profileRef.name)
-        for number, intent in enumerate(by_fleet.get(name, [])):
-            declared = decl.device(intent.device_id)
-            data = device_data(intent, declared.labels if declared else {}, profile)
-            device_activation: dict[str, Any] | None = None
-            for rank, rule in judged.device_rules:
-                if rule.device_fields is None:
-                    if device_activation is None:
-                        device_activation = {**judged.activation, "device": _cel(data)}
-                    record(rank, position, number,
-                           _run(rule, device_activation, target, intent.device_id))
-                    continue
-                seen = {f: data[f] for f in sorted(rule.device_fields) if f in data}
-                key = (name, rank, repr(seen))
-                if key in memo.devices:
-                    finding = memo.devices[key]
-                else:
-                    finding = _run(rule, {**judged.activation, "device": _cel(seen)}, target,
-                                   None)
-                    if len(memo.devices) < MEMO_LIMIT:
-                        memo.devices[key] = finding
-                record(rank, position, number,
-                       finding and replace(finding, device=intent.device_id))
-    return [finding for _, finding in sorted(found, key=lambda item: item[0])]
+    """A `PolicyJudge`'s findings over these `intents`, keyed by fleet and device."""
+    judge = PolicyJudge(rules, desired, now, tenancy, fleet, memo)
+    for (fleet_name, _), intent in intents.items():
+        judge.device(fleet_name, intent)
+    return judge.findings()
 
 
 RELEASE_POSITION = 1_000_000  # release findings come after those of CAs and fleets

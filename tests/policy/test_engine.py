@@ -441,3 +441,40 @@ def test_a_memo_judges_objects_once_a_minute_and_devices_by_the_fields_read(
     runs.clear()
     assert judge("a-1", NOW + timedelta(minutes=1)) == [("site", "a-1"), ("soon", None)]
     assert runs.count("soon") == 2  # a new minute: judged again, with and without the memo
+
+
+def test_judging_intents_as_they_are_made_finds_what_judging_them_all_finds(
+        repo: FleetRepo, tmp_path: Path) -> None:
+    """A plan to show keeps no intent (a million of them would be gigabytes): the policies
+    judge each as the planner makes it, with the same findings in the same order, whatever
+    the order the devices come in, as judging every kept intent at the end."""
+    import random
+
+    from controller.plan.model import Observed
+    from controller.plan.planner import plan
+    from controller.policy.engine import PolicyJudge, evaluate
+    repo.fleets["sensors"]["spec"]["devices"] = (
+        devices("s-3", "s-1", site="paris") + devices("s-2", "s-0", site="berlin"))
+    repo.fleets["lights"] = fleet_doc("lights", devices("l-2", "l-1", site="paris"))
+    repo.add_policy(policy("mixed", rule("berlin", 'device.labels.site == "berlin"'),
+                           rule("short", 'device.id.size() < 3', action="warn"),
+                           rule("named", 'fleet.name == "sensors"'),
+                           rule("issuer", 'authority.name != "issuing"')))
+    declaration = jobs.load(repo.write(tmp_path / "repo"))
+    kept = plan(declaration.desired, Observed(), NOW).intents
+    every = evaluate(declaration.rules, declaration.desired, kept, NOW, declaration.tenancy)
+    assert {(f.rule, f.device) for f in every if f.device} == {
+        ("berlin", "s-1"), ("berlin", "s-3"), ("berlin", "l-1"), ("berlin", "l-2"),
+        *(("short", device) for _, device in kept)}
+    made = list(kept.items())
+    random.Random(7).shuffle(made)
+    judge = PolicyJudge(declaration.rules, declaration.desired, NOW, declaration.tenancy)
+    for (fleet, _), intent in made:
+        judge.device(fleet, intent)
+    assert judge.findings() == every
+
+    shown = declaration.plan(Observed(), NOW, keep_intents=False)
+    applied = declaration.plan(Observed(), NOW)
+    assert shown.intents == {} and set(applied.intents) == set(kept)
+    assert shown.findings == applied.findings and list(shown.findings) == every
+    assert shown.actions == applied.actions and shown.denied == applied.denied != ()
