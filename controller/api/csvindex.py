@@ -28,6 +28,7 @@ _RECORD_OR_FIELD = re.compile(r'"[^"]*+"|\n(?:"([^",\r\n]++)"|([^",\r\n]++)),')
 _PLAIN = re.compile(r'(?:[^"]*+(?<![^,\n])"[^"]*+"(?![^,\r\n]))*+[^"]*+')
 BLOCK = 1 << 20  # compared at once while looking for the first difference
 FEW = 10_000  # changed records always read alone, however small the file
+SEARCHED = 16  # ids a change adds, each looked for in the rest of the text; more: index it all
 
 
 class RecordIndex(NamedTuple):
@@ -36,17 +37,35 @@ class RecordIndex(NamedTuple):
     doubled: bool  # some id begins several records (the first is indexed)
 
 
+def lines_of(text: str) -> Iterator[str]:
+    """The lines of `text`, each with its line break, one at a time: what `csv.reader` reads
+    from a file (`io.StringIO` would first copy the text at four bytes a character)."""
+    start, find = 0, text.find
+    while end := find("\n", start) + 1:
+        yield text[start:end]
+        start = end
+    if start < len(text):
+        yield text[start:]
+
+
 def record_starts(text: str) -> RecordIndex | None:
     """The header and, by id, where each record begins, for a text of the plain shape; None
     for any other. A record whose first field holds a comma or line break, or which has no
     comma, is not indexed: only as many ids as records prove that none is missing."""
+    header = _plain_header(text)
+    return None if header is None else RecordIndex(header, *_starts(text, text.find("\n"),
+                                                                   len(text)))
+
+
+def _plain_header(text: str) -> list[str] | None:
+    """The header of a text of the plain shape whose first column alone is `id`, else None."""
     header_end = text.find("\n")
     if header_end < 0 or '"' in text[:header_end] or _PLAIN.fullmatch(text) is None:
         return None
     header = text[:header_end].rstrip("\r").split(",")
     if len(header) < 2 or header[0] != "id" or header.count("id") != 1:
         return None
-    return RecordIndex(header, *_starts(text, header_end, len(text)))
+    return header
 
 
 def _starts(text: str, begin: int, end: int) -> tuple[dict[str, int], bool]:
@@ -77,37 +96,49 @@ def _lines_from(text: str, start: int) -> Iterator[str]:
 class RecordChanges(NamedTuple):
     """What differs between two versions of a plain CSV with the same header."""
 
-    indexed: RecordIndex  # the new text's
+    header: list[str]
+    indexed: RecordIndex | None  # the new text's, if it was indexed whole
     changed: dict[str, tuple[int, list[str]]]  # id -> (line, values) of a new or changed record
     before: dict[str, list[str]]  # id -> values, in the old text, of a changed or removed record
     removed: list[str]  # ids in the old text only
 
 
-def changed_records(old: str, new: str) -> RecordChanges | None:
+def changed_records(old: str, new: str, records: int) -> RecordChanges | None:
     """The records of `new` that are not, byte for byte, a record of `old` under the same id,
     and the ids `old` alone has; None unless `new` is of the plain shape with no id twice,
     `old` has the same header line, and each record compared is one record of its id (so a
     record the index cannot find reads every row). A record's text runs from its start to the
-    next record's (blank lines included); its `line` is where `csv.reader` ends it.
+    next record's (blank lines included); its `line` is where `csv.reader` ends it. `old` is
+    a text applied, so it holds no id twice.
 
     Only the window between what both texts begin and end with is compared (a commit that
-    changes a few rows in one place reads that place), though `new` is indexed whole to find
-    an id declared twice. None too when more than a quarter of the records changed (and more
-    than FEW): reading every row at once then costs less than reading each alone."""
-    after = record_starts(new)
+    changes a few rows in one place reads that place). An id the window adds is looked for in
+    the rest of `new` (SEARCHED of them at most; more, and `new` is indexed whole) to find one
+    declared twice. None too when more than a quarter of the `records` (about as many as `old`
+    holds) changed, and more than FEW: reading every row at once then costs less."""
+    header = _plain_header(new)
     header_end = new.find("\n")
-    if after is None or after.doubled or old[:header_end + 1] != new[:header_end + 1]:
+    if header is None or old[:header_end + 1] != new[:header_end + 1]:
         return None
     begin, old_end, new_end = _window(old, new, header_end)
     if _PLAIN.fullmatch(old, begin, old_end) is None:
         return None
     before, doubled = _starts(old, begin, old_end)
-    window = _starts(new, begin, new_end)[0]
+    window, doubled_now = _starts(new, begin, new_end)
     old_ends, new_ends = _ends(old, before, begin, old_end), _ends(new, window, begin, new_end)
-    if doubled or old_ends is None or new_ends is None:
+    if doubled or doubled_now or old_ends is None or new_ends is None:
+        return None
+    added = [device for device in window if device not in before]
+    indexed = None
+    if len(added) > SEARCHED:
+        indexed = record_starts(new)
+        if indexed is None or indexed.doubled:
+            return None
+    elif any(_begins_record(new, device, header_end, begin) or
+             _begins_record(new, device, new_end - 1, len(new)) for device in added):
         return None
     changed: dict[str, tuple[int, list[str]]] = {}
-    most = max(FEW, len(after.starts) // 4)
+    most = max(FEW, records // 4)
     lines = counted = 0  # the line breaks of `new` before `counted`
     known = before.get
     for device, start in window.items():
@@ -121,7 +152,7 @@ def changed_records(old: str, new: str) -> RecordChanges | None:
         if read is None or len(changed) == most:
             return None
         changed[device] = (lines + read[0], read[1])
-    removed = [device for device in before if device not in after.starts]
+    removed = [device for device in before if device not in window]  # nor elsewhere: once in old
     old_values: dict[str, list[str]] = {}
     for device in [*changed, *removed]:
         if (was := known(device)) is not None:
@@ -129,7 +160,15 @@ def changed_records(old: str, new: str) -> RecordChanges | None:
             if read is None:
                 return None
             old_values[device] = read[1]
-    return RecordChanges(after, changed, old_values, removed)
+    return RecordChanges(header, indexed, changed, old_values, removed)
+
+
+def _begins_record(text: str, device: str, begin: int, end: int) -> bool:
+    """Whether a record of id `device` may begin after a line break in `text[begin:end]`: its
+    id plain or quoted after a line break (or the same inside a quoted field: a false alarm,
+    which only costs reading every row)."""
+    return text.find(f"\n{device},", begin, end) >= 0 or \
+        text.find(f'\n"{device}",', begin, end) >= 0
 
 
 def _window(old: str, new: str, header_end: int) -> tuple[int, int, int]:

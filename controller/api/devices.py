@@ -12,15 +12,14 @@ import base64
 import binascii
 import csv
 import hashlib
-import io
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
-from controller.api.csvindex import changed_records, record_at, record_starts
+from controller.api.csvindex import changed_records, lines_of, record_at, record_starts
 from controller.api.loading import Located, field_path, friendly_message
 from controller.api.problems import InvalidDeclaration, Problem
 from controller.api.resources import ConfigMapKeyRef, Device, DeviceFleet, DeviceSource
@@ -48,6 +47,11 @@ class DeviceText:
     text: str
     format: str
     field: str | None = None
+    sha256: bytes | None = None  # of `text` in UTF-8, where the reader had those bytes
+
+    def digest(self) -> bytes:
+        """The SHA-256 of the text in UTF-8."""
+        return self.sha256 or hashlib.sha256(self.text.encode()).digest()
 
 
 class DeviceSourceError(Exception):
@@ -72,19 +76,19 @@ class UnsupportedDeviceSource(DeviceSourceError):
 ReadDevices = Callable[[DeviceSource], list[DeviceText]]
 
 
-def parse_device_rows(text: str, fmt: str) -> list[tuple[int, dict[str, Any]]]:
-    """(line, raw device dict) per row of CSV or JSONL text; CSV columns `labels.<key>` become
-    labels, `revoked` the revocation reason. ValueError or csv.Error for malformed text."""
-    rows: list[tuple[int, dict[str, Any]]] = []
+def parse_device_rows(text: str, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line, raw device dict) per row of CSV or JSONL text, one at a time; CSV columns
+    `labels.<key>` become labels, `revoked` the revocation reason. ValueError or csv.Error
+    where the text is malformed."""
     if fmt == "jsonl":
-        for number, entry in enumerate(text.splitlines(), start=1):
+        for number, entry in enumerate(lines_of(text), start=1):
             if entry.strip():
                 try:
-                    rows.append((number, json.loads(entry)))
+                    yield number, json.loads(entry)
                 except json.JSONDecodeError as exc:
                     raise ValueError(f"line {number}: invalid JSON: {exc.msg}") from None
-        return rows
-    reader = csv.reader(io.StringIO(text))  # read as csv.DictReader would, at less cost
+        return
+    reader = csv.reader(lines_of(text))  # read as csv.DictReader would, at less cost
     header = next(reader, None)
     if not header or "id" not in header:
         raise ValueError("CSV needs a header row with an 'id' column")
@@ -94,8 +98,7 @@ def parse_device_rows(text: str, fmt: str) -> list[tuple[int, dict[str, Any]]]:
             continue  # a blank line
         if len(values) > len(header):
             raise ValueError(f"line {reader.line_num}: more values than header columns")
-        rows.append((reader.line_num, _csv_device(values, columns)))
-    return rows
+        yield reader.line_num, _csv_device(values, columns)
 
 
 LABEL, REVOKED, FIELD = "label", "revoked", "field"
@@ -239,15 +242,15 @@ class DeviceSet:
         part, old = self._parts[0], previous._parts[0]
         if part.label != old.label or {part.format, old.format} != {"csv"}:
             return False
-        found = changed_records(old.text, part.text)
-        inline = {device.id for device in fleet.spec.devices}
-        if found is None or not inline.isdisjoint(found.changed):
-            return False
         try:
             summary = previous.summary
         except InvalidDeclaration:  # a pull request's base, not applied: its problems later
             return False
-        columns = _csv_columns(found.indexed.header)
+        found = changed_records(old.text, part.text, summary.count)
+        inline = {device.id for device in fleet.spec.devices}
+        if found is None or not inline.isdisjoint(found.changed):
+            return False
+        columns = _csv_columns(found.header)
         rows: dict[str, tuple[Device, bytes]] = {}
         declared = summary.declared - sum(
             1 for values in found.before.values() if "revoked" not in _csv_device(values, columns))
@@ -259,7 +262,8 @@ class DeviceSet:
                 rows[device_id] = (valid, _row_digest(raw))
         added = sum(1 for device_id in found.changed if device_id not in found.before)
         self.defer(DeviceSummary(summary.count + added - len(found.removed), declared))
-        self._indexes = [(found.indexed.starts, columns)]
+        if found.indexed is not None:  # else indexed when a row is read alone (`_search`)
+            self._indexes = [(found.indexed.starts, columns)]
         self._found.update(rows)
         self.changes = DeviceChanges(rows, tuple(found.removed), frozenset(found.before),
                                      summary)
@@ -386,7 +390,7 @@ def _counted(item: Located | None, parts: list[DeviceText]) -> DeviceSummary | N
     declared = sum(1 for device in inline if device.revoked is None)
     try:
         for part in parts:
-            reader = csv.reader(io.StringIO(part.text))
+            reader = csv.reader(lines_of(part.text))
             header = next(reader, [])
             at = {column: index for index, column in enumerate(header)}  # the last of a name
             if "id" not in at:
@@ -442,7 +446,7 @@ def read_fleet_devices(item: Located, problems: list[Problem],
     for part in parts:
         for value in (part.label, part.format):
             digest.update(b"\0" + value.encode())
-        digest.update(b"\0" + hashlib.sha256(part.text.encode()).digest())
+        digest.update(b"\0" + part.digest())
     return DeviceSet(item, parts, digest.hexdigest())
 
 
@@ -484,28 +488,29 @@ def _parse(item: Located, parts: list[DeviceText], problems: list[Problem],
     for index, device in enumerate(fleet.spec.devices):
         add(device.id, device, item.file, item.line_of("spec", "devices", index, "id"),
             _inline_digest(device))
-    parsed: list[tuple[DeviceText, list[tuple[int, dict[str, Any]]]]] = []
-    for part in parts:
+    first_row_problem = len(problems)
+    unreadable: list[Problem] = []
+    for part in parts:  # rows read one at a time: never a second copy of a large text
         try:
-            parsed.append((part, parse_device_rows(part.text, part.format)))
+            for line, raw in parse_device_rows(part.text, part.format):
+                device_id = raw.get("id")
+                if deferred and isinstance(device_id, str):
+                    add(device_id, raw, part.label, line, UNDIGESTED)
+                    continue
+                digest = _row_digest(raw)
+                if judged is not None and isinstance(device_id, str) and judged(digest):
+                    add(device_id, raw, part.label, line, digest)
+                elif (valid := _validate(item, raw, part.label, line, problems)) is not None:
+                    add(valid.id, valid, part.label, line, digest)
         except (ValueError, csv.Error) as exc:
             source = fleet.spec.deviceSource
             assert source is not None
-            _source_problem(item, problems, f"cannot read device source {part.label!r}: "
+            _source_problem(item, unreadable, f"cannot read device source {part.label!r}: "
                             f"{exc}{NEVER_ZERO}", part.field or main_field(source))
-    if len(parsed) < len(parts):
+    if unreadable:  # the whole source is the problem, not the rows read before it
+        del problems[first_row_problem:]
+        problems.extend(unreadable)
         return {}, {}
-    for part, part_rows in parsed:
-        for line, raw in part_rows:
-            device_id = raw.get("id")
-            if deferred and isinstance(device_id, str):
-                add(device_id, raw, part.label, line, UNDIGESTED)
-                continue
-            digest = _row_digest(raw)
-            if judged is not None and isinstance(device_id, str) and judged(digest):
-                add(device_id, raw, part.label, line, digest)
-            elif (valid := _validate(item, raw, part.label, line, problems)) is not None:
-                add(valid.id, valid, part.label, line, digest)
     return rows, lines
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import codecs
 import hashlib
+import mmap
+import os
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -38,13 +41,29 @@ def repository_reader(root: Path) -> ReadDevices:
     def read(source: DeviceSource) -> list[DeviceText]:
         label, path = _repository_path(root, source)
         try:
-            text = path.read_text(encoding="utf-8-sig")  # Excel writes a byte order mark
+            with path.open("rb") as file:
+                if not os.fstat(file.fileno()).st_size:
+                    return [DeviceText(label, "", source.resolved_format())]
+                with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                    return [device_text(label, data, source.resolved_format())]
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise DeviceSourceError(reason) from None
-        return [DeviceText(label, text, source.resolved_format())]
 
     return read
+
+
+def device_text(label: str, data: bytes | mmap.mmap, fmt: str) -> DeviceText:
+    """A device file's text as Python reads a text file: UTF-8 without the byte order mark
+    Excel writes, every line break a line feed (the same, read from the work tree or from a
+    commit, for `DeviceSet.parse_changes` to compare). A large file is read mapped, hashed
+    as read where that is its text's UTF-8, and copied once, into the text."""
+    text = str(data, "utf-8-sig")
+    if data.find(b"\r") >= 0:
+        return DeviceText(label, text.replace("\r\n", "\n").replace("\r", "\n"), fmt)
+    if data[:3] == codecs.BOM_UTF8:
+        return DeviceText(label, text, fmt)
+    return DeviceText(label, text, fmt, sha256=hashlib.sha256(data).digest())
 
 
 def committed_reader(root: Path, commit: str) -> ReadDevices:
@@ -56,16 +75,16 @@ def committed_reader(root: Path, commit: str) -> ReadDevices:
         relative = path.relative_to(root.resolve()).as_posix()
         try:
             found = subprocess.run(["git", "-C", str(root), "cat-file", "blob",
-                                    f"{commit}:./{relative}"], capture_output=True)
+                                    f"{commit}:./{relative}"], stdout=subprocess.PIPE,
+                                   stderr=subprocess.DEVNULL)  # one pipe: read whole, no polling
         except OSError as exc:
             raise DeviceSourceError(f"cannot run git: {exc}") from None
         if found.returncode:
             raise DeviceSourceError(f"not in commit {commit}")
         try:
-            text = found.stdout.decode("utf-8-sig")
+            return [device_text(label, found.stdout, source.resolved_format())]
         except UnicodeDecodeError as exc:
             raise DeviceSourceError(str(exc)) from None
-        return [DeviceText(label, text, source.resolved_format())]
 
     return read
 

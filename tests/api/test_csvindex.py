@@ -114,13 +114,16 @@ def edited(chance: random.Random) -> tuple[str, str, list[list[str]]]:
     return text(old), text(rows), [values for values in rows if values]
 
 
-@pytest.mark.parametrize("block", [csvindex.BLOCK, 5])
+@pytest.mark.parametrize(("block", "searched"), [(csvindex.BLOCK, csvindex.SEARCHED), (5, 0)])
 @pytest.mark.parametrize("seed", range(400))
 def test_changed_records_are_those_reading_both_texts_finds(
-        seed: int, block: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(csvindex, "BLOCK", block)  # texts of many blocks, compared by block
+        seed: int, block: int, searched: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Texts of one block and of many, compared by block; ids added looked for in the rest of
+    the text, or (none searched) the text indexed whole."""
+    monkeypatch.setattr(csvindex, "BLOCK", block)
+    monkeypatch.setattr(csvindex, "SEARCHED", searched)
     old, new, records = edited(random.Random(seed))
-    found = changed_records(old, new)
+    found = changed_records(old, new, len(records))
     reader = csv.reader(io.StringIO(new))
     lines = {values[0]: reader.line_num for values in reader if values}  # where each ends
     ids = [values[0] for values in records]
@@ -129,7 +132,8 @@ def test_changed_records_are_those_reading_both_texts_finds(
         assert len(set(ids)) < len(ids) or {"with,comma", "odd,one"} & {*ids, *before}
         return
     assert len(set(ids)) == len(ids)  # a doubled id is never taken for a changed row
-    assert found.indexed.header == next(csv.reader(io.StringIO(old)))
+    assert found.header == next(csv.reader(io.StringIO(old)))
+    assert (found.indexed is None) == bool(searched or not set(ids) - set(before))
     assert set(found.changed) | {i for i in ids if i not in found.changed} == set(ids)
     for values in records:
         device = values[0]
@@ -146,10 +150,12 @@ def test_changed_records_are_those_reading_both_texts_finds(
     ("id,site\nd-1,a\n", "id,place\nd-1,a\n"),  # another header
     ("id,site\nd-1,a\n", 'id,site\nd-1,"a""b"\n'),  # not plain
     ("id,site\nd-1,a\n", "id,site\nd-1,a\nd-1,b\n"),  # a doubled id
+    ('id,site\n"d-1",a\nd-2,b\n', 'id,site\n"d-1",a\nd-2,b\nd-1,c\n'),  # quoted the first time
+    ("id,site\nd-1,a\nd-2,b\n", "id,site\nd-3,x\nd-1,a\nd-2,b\nd-3,c\n"),  # both new
     ("id,site\nd-1,a\n", "id,site\nodd\nd-1,a\n"),  # a record before the first indexed one
 ])
 def test_texts_not_compared_record_by_record(old: str, new: str) -> None:
-    assert changed_records(old, new) is None
+    assert changed_records(old, new, 1) is None
 
 
 @pytest.mark.parametrize("block", [csvindex.BLOCK, 7])
@@ -167,7 +173,7 @@ def test_only_what_changed_is_read(block: int, monkeypatch: pytest.MonkeyPatch) 
             "dev-49,site-1", "dev-49,site-9"), ["dev-0", "dev-49"], []),
     }
     for name, (new, changed, removed) in edits.items():
-        found = changed_records(old, new)
+        found = changed_records(old, new, 50)
         assert found is not None, name
         assert (sorted(found.changed), found.removed) == (changed, removed), name
 
@@ -175,7 +181,7 @@ def test_only_what_changed_is_read(block: int, monkeypatch: pytest.MonkeyPatch) 
 def test_when_most_records_changed_every_row_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(csvindex, "FEW", 2)
     old = "id,site\n" + "".join(f"d-{n},a\n" for n in range(12))
-    assert changed_records(old, old.replace("d-1,a", "d-1,b")) is not None
+    assert changed_records(old, old.replace("d-1,a", "d-1,b"), 12) is not None
     three = old.replace("d-1,a", "d-1,b").replace("d-2,a", "d-2,b").replace("d-3,a", "d-3,b")
-    assert changed_records(old, three) is not None  # a quarter
-    assert changed_records(old, three.replace("d-4,a", "d-4,b")) is None
+    assert changed_records(old, three, 12) is not None  # a quarter
+    assert changed_records(old, three.replace("d-4,a", "d-4,b"), 12) is None

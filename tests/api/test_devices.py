@@ -92,14 +92,16 @@ def test_an_invalid_row_names_its_part_and_line() -> None:
 
 
 def test_a_part_that_does_not_parse_leaves_the_fleet_without_devices() -> None:
-    ids, lines, problems = load([DeviceText(ONE, "id\na\n", "csv"),
-                                 DeviceText(TWO, '{"id": \n', "jsonl", "configMapRef[1]")])
+    """The rows read before the part failed (bad, doubled or good) are not reported."""
+    ids, lines, problems = load([DeviceText(ONE, "id\na\nbad id!\na\n", "csv"),
+                                 DeviceText(TWO, '{"id": "c"}\n{"id": \n', "jsonl",
+                                            "configMapRef[1]")])
     assert (ids, lines) == ([], {})
     (problem,) = problems
     assert (problem.file, problem.field) == ("fleets/sensors.yaml",
                                              "spec.deviceSource.configMapRef[1]")
     assert problem.line == line_of(CONFIGMAPS, "name: sensors-2")
-    assert problem.message.startswith(f"cannot read device source {TWO!r}: line 1: invalid JSON")
+    assert problem.message.startswith(f"cannot read device source {TWO!r}: line 2: invalid JSON")
     assert problem.message.endswith("(a missing source is an error, never zero devices)")
 
 
@@ -127,12 +129,14 @@ def test_an_unsupported_form_is_reported_as_it_is() -> None:
 
 
 def test_parse_device_rows_is_public_and_pure() -> None:
-    assert parse_device_rows("id,labels.site,revoked\na,x,\nb,,keyCompromise\n", "csv") == [
+    assert list(parse_device_rows("id,labels.site,revoked\na,x,\nb,,keyCompromise\n",
+                                  "csv")) == [
         (2, {"id": "a", "labels": {"site": "x"}}),
         (3, {"id": "b", "labels": {}, "revoked": {"reason": "keyCompromise"}})]
-    assert parse_device_rows('\n{"id": "j"}\n', "jsonl") == [(2, {"id": "j"})]
+    assert list(parse_device_rows('\n{"id": "j"}\n{"id": "k\u2028"}', "jsonl")) == [
+        (2, {"id": "j"}), (3, {"id": "k\u2028"})]  # a line ends at a line feed only
     with pytest.raises(ValueError, match="'id' column"):
-        parse_device_rows("name\nx\n", "csv")
+        list(parse_device_rows("name\nx\n", "csv"))
 
 
 def dict_reader_rows(text: str) -> list[tuple[int, dict[str, Any]]]:
@@ -161,11 +165,14 @@ def dict_reader_rows(text: str) -> list[tuple[int, dict[str, Any]]]:
 @pytest.mark.parametrize("seed", range(200))
 def test_csv_rows_are_read_as_dict_reader_read_them(seed: int) -> None:
     """Row for row, line for line and error for error (the row digests depend on it): blank
-    lines, short and long rows, quoted newlines and commas, repeated columns, empty values."""
+    lines, short and long rows, quoted newlines and commas, repeated columns, empty values,
+    either line break;
+    read one line at a time from the text, as DictReader read a file of it."""
     chance = random.Random(seed)
     columns = ["id", "labels.site", "publicKey", "revoked", "labels.site", "csr"]
     header = chance.sample(columns, chance.randint(1, len(columns)))
-    values = ["", "a", "b c", "x,y", 'say "hi"', "-----BEGIN\nAB\n-----END", "keyCompromise"]
+    values = ["", "a", "b c", "x,y", 'say "hi"', "-----BEGIN\nAB\n-----END", "keyCompromise",
+              "-----BEGIN\r\nAB\r\n-----END"]
     lines = [",".join(header)]
     for _ in range(chance.randint(0, 8)):
         if chance.random() < 0.15:
@@ -175,13 +182,14 @@ def test_csv_rows_are_read_as_dict_reader_read_them(seed: int) -> None:
                  for _ in range(max(0, len(header) + chance.choice([-1, 0, 0, 0, 1])))]
         lines.append(",".join(f'"{c.replace(chr(34), chr(34) * 2)}"'
                               if any(ch in c for ch in ',"\n') else c for c in cells))
-    text = "\n".join(lines) + chance.choice(["", "\n"])
+    end = chance.choice(["\n", "\r\n"])
+    text = end.join(lines) + chance.choice(["", end])
     try:
         expected: Any = dict_reader_rows(text)
     except ValueError as exc:
         expected = str(exc)
     try:
-        found: Any = parse_device_rows(text, "csv")
+        found: Any = list(parse_device_rows(text, "csv"))
     except ValueError as exc:
         found = str(exc)
     assert found == expected

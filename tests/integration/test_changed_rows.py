@@ -180,3 +180,23 @@ def test_a_fleet_directory_inside_a_larger_repository(
     assert parsed == []
     assert [(a.action, a.device) for a in planned.actions if a.name == "sensors"] == [
         ("revoke", "sensor-0042")]
+
+
+def test_a_file_with_windows_line_breaks_is_compared_record_by_record(
+        applied_example: Applied, parsed: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A commit keeps a file's line breaks as written, and a file is read with each `\\r\\n` a
+    `\\n`; the applied file read from its commit is read the same way, so it is the text applied
+    (the same content hash) and its records are compared one by one."""
+    repo, state_dir = applied_example
+    devices = repo / "fleets" / "sensors.csv"
+    devices.write_bytes(devices.read_bytes().replace(b"\n", b"\r\n"))
+    windows = commit_all(repo, "saved on Windows: the same rows")
+    edit_csv(devices, revoke={"sensor-0042": "keyCompromise"})
+    commit_all(repo, "revoke one")
+    with monkeypatch.context() as patched:  # as if the Windows commit had been applied
+        patched.setattr(jobs, "applied_files",
+                        lambda directory, branch: committed_reader(repo, windows))
+        planned = jobs.plan(repo, jobs.StateDir(state_dir), jobs.now_utc())
+    assert parsed == []
+    assert [(a.action, a.device) for a in planned.actions if a.name == "sensors"] == [
+        ("revoke", "sensor-0042")]
