@@ -185,7 +185,7 @@ def _window(old: str, new: str, header_end: int) -> tuple[int, int, int]:
 def _common_prefix(a: str, b: str) -> int:
     """How many characters `a` and `b` begin with alike."""
     low, limit = 0, min(len(a), len(b))
-    while low + BLOCK <= limit and a[low:low + BLOCK] == b[low:low + BLOCK]:
+    while low + BLOCK <= limit and a.startswith(b[low:low + BLOCK], low):  # copies b's block
         low += BLOCK
     high = min(low + BLOCK, limit)
     while low < high:  # a[:low] == b[:low], and the answer is at most `high`
@@ -198,7 +198,7 @@ def _common_suffix(a: str, b: str, limit: int) -> int:
     """How many characters (at most `limit`) `a` and `b` end with alike."""
     low, ends = 0, (len(a), len(b))
     while low + BLOCK <= limit and \
-            a[ends[0] - low - BLOCK:ends[0] - low] == b[ends[1] - low - BLOCK:ends[1] - low]:
+            a.startswith(b[ends[1] - low - BLOCK:ends[1] - low], ends[0] - low - BLOCK):
         low += BLOCK
     high = min(low + BLOCK, limit)
     while low < high:
