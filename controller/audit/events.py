@@ -90,8 +90,8 @@ def executed(the_plan: Plan, inventory: Inventory, at: int,
                         fields | {"reason": reason or "unspecified"})
         if issued == at:
             action = planned.get((owner, device))
-            if action is None:
-                continue
+            if action is None or action.serial == serial:
+                continue  # another run's, or the one replaced (issued in the same second)
             if action.serial:
                 fields["replaces"] = action.serial
             yield Event(_DONE[action.action], "success", target, actor, fields)

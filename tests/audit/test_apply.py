@@ -161,6 +161,24 @@ def test_renewals_and_rekeys_name_the_serial_they_replace(tmp_path: Path) -> Non
     assert not of(found, "certificate.revoked")  # superseded ones are in `replaces`
 
 
+def test_a_renewal_in_the_second_of_the_issuance_is_recorded_once(tmp_path: Path) -> None:
+    """Both certificates of a device renewed in the second it was first issued were issued at
+    the run's clock: the one replaced is not recorded as this run's."""
+    declaration = FleetRepo()
+    repo, state = declaration.write(tmp_path / "repo"), jobs.StateDir(tmp_path / "state")
+    init_repo(repo)
+    jobs.apply(repo, state, NOW, write_status=False)
+    issued = {r["device"]: r["serial"] for r in of(records(state.path), "certificate.issued")}
+    declaration.profiles["client"] = profile_doc(
+        "client", subject={"commonName": "{{ device.id }}", "organization": "Example"})
+    declaration.write(repo)
+    commit_all(repo, "an organization in the subject")
+    assert jobs.apply(repo, state, NOW, write_status=False).result.done["rekey"] == 3
+    renewed = of(records(state.path), "certificate.rekeyed")  # server keys rotate: new keys
+    assert sorted((r["device"], r["replaces"]) for r in renewed) == sorted(issued.items())
+    assert not {r["serial"] for r in renewed} & set(issued.values())
+
+
 def test_a_run_records_its_own_revocations_only(tmp_path: Path) -> None:
     """Not those of a run in the same second: what a run did is read from the inventory by the
     run's clock, so only this run's actions count, and a run with no action did nothing."""
