@@ -340,13 +340,12 @@ class Declaration:
     tenancy: Tenancy = Tenancy()
 
     def plan(self, observed: Observed, now: datetime, max_revocations: int | None = None,
-             danger_fraction: float = DANGER_FRACTION, trusted: Declaration | None = None,
-             keep_intents: bool = True) -> Plan:
+             danger_fraction: float = DANGER_FRACTION,
+             trusted: Declaration | None = None) -> Plan:
         """Plan, evaluate policies over it, drop what a deny forbids, flag dangers. With a
         `trusted` declaration (a pull request's base), its policies judge the plan too (their
         findings say `(base)`), and every change to the policies is a danger. The policies
-        judge each device intent as it is made; the plan keeps them only with `keep_intents`
-        (apply signs them; a plan shown needs none, nor the memory of a million)."""
+        judge each device intent as the planner makes it, and none is kept."""
         judges = [PolicyJudge(declaration.rules, self.desired, now, self.tenancy)
                   for declaration in (self, trusted) if declaration is not None]
 
@@ -354,7 +353,7 @@ class Declaration:
             for each in judges:
                 each.device(fleet, intent, labels)
 
-        planned = make_plan(self.desired, observed, now, max_revocations, judge, keep_intents)
+        planned = make_plan(self.desired, observed, now, max_revocations, judge)
         findings = judges[0].findings()
         flags: list[str] = []
         if trusted is not None:
@@ -413,7 +412,7 @@ def validate(directory: Path, now: datetime,
     declaration, problems = read_declaration(directory, policies)
     if problems:
         return problems, []
-    planned = declaration.plan(Observed(), now, keep_intents=False)
+    planned = declaration.plan(Observed(), now)
     return list(planned.problems), list(planned.findings)
 
 
@@ -428,8 +427,7 @@ def plan(directory: Path, state: StateDir, now: datetime, max_revocations: int |
     places = state.places(branch)
     if not state.exists():
         declaration = load(directory, policies)
-        the_plan = declaration.plan(Observed(), now, max_revocations, danger_fraction,
-                                    keep_intents=False)
+        the_plan = declaration.plan(Observed(), now, max_revocations, danger_fraction)
         refuse_existing_cas(_created_cas(the_plan), places, None, new_cas)
         return the_plan
     with state.reader() as inventory:
@@ -437,7 +435,7 @@ def plan(directory: Path, state: StateDir, now: datetime, max_revocations: int |
         declaration = load(directory, policies, inventory, active,
                            previous=applied_files(directory, branch))
         the_plan = declaration.plan(observe(inventory, declaration.desired, now, active=active),
-                                    now, max_revocations, danger_fraction, keep_intents=False)
+                                    now, max_revocations, danger_fraction)
         refuse_existing_cas(_created_cas(the_plan), places, inventory, new_cas)
         return the_plan
 
@@ -474,8 +472,7 @@ def plan_change(directory: Path, base: Path, now: datetime, max_revocations: int
         previous=repository_reader(base.resolve()))
     with _read_from_base():
         baseline = as_applied.observed(head.desired)
-    return head.plan(baseline, now, max_revocations, danger_fraction, trusted=before,
-                     keep_intents=False)
+    return head.plan(baseline, now, max_revocations, danger_fraction, trusted=before)
 
 
 def _from_base(problems: Sequence[Problem]) -> InvalidDeclaration:

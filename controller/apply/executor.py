@@ -36,7 +36,7 @@ from controller.pki.crl import RevokedEntry, build_crl, crl_to_der
 from controller.pki.template import LeafTemplate
 from controller.plan.intents import ENROLLED, DeviceIntent
 from controller.plan.model import RELEASE_ACTION_NAMES, Action, Plan
-from controller.plan.planner import ca_intent
+from controller.plan.planner import DeclaredIntents, ca_intent
 from controller.plan.schedule import renew_before, renewal_time
 from controller.stores.inventory import CertRecord, CRLRecord, Inventory
 from controller.stores.keystore import KeyStore
@@ -93,6 +93,7 @@ class Executor:
         self._signers: dict[str, tuple[CertRecord, x509.Certificate, keys.PrivateKey]] = {}
         self._keys: dict[str, keys.PrivateKey] = {}
         self._templates: dict[tuple[str, str], LeafTemplate | None] = {}
+        self._intents = DeclaredIntents(desired)
         self.result = ApplyResult()
 
     def preload(self, plan: Plan) -> None:
@@ -204,13 +205,13 @@ class Executor:
             self.result.count("revoke", len(chunk))
             progress(len(chunk))
 
-    def issue(self, actions: list[Action], intents: dict[tuple[str, str], DeviceIntent],
-              progress: Progress) -> None:
-        work = [(a, intents[(a.name, a.device or "")]) for a in actions]
+    def issue(self, actions: list[Action], progress: Progress) -> None:
+        """Sign the certificates of `actions`, each from its device's intent rendered again
+        where it is signed (on the workers), and record them one batch at a time."""
         for issuer in sorted({self.desired.fleets[a.name].fleet.spec.issuerRef.name
                               for a in actions}):
             self.signer(issuer)  # loaded once, before any worker is forked
-        for chunk, records in zip(_chunks(actions), signing.records(self, work, BATCH),
+        for chunk, records in zip(_chunks(actions), signing.records(self, actions, BATCH),
                                   strict=True):
             assert len(records) == len(chunk)
             with self.inventory.transaction():  # the replaced ones first: one active each
@@ -220,6 +221,9 @@ class Executor:
             for action in chunk:
                 self.result.count(action.action)
             progress(len(chunk))
+
+    def _declared_certificate(self, action: Action) -> CertRecord:
+        return self._device_certificate(action, self._intents(action.name, action.device or ""))
 
     def _device_certificate(self, action: Action, intent: DeviceIntent) -> CertRecord:
         fleet = self.desired.fleets[action.name].fleet
@@ -368,8 +372,7 @@ def execute(runner: Executor, plan: Plan, progress: Progress = lambda n: None) -
             if action.action in ("create-ca", "renew-ca") and _still_due(runner, action):
                 runner.create_ca(action)
     runner.revoke([a for a in plan.actions if a.action == "revoke"], progress)
-    runner.issue([a for a in plan.actions if a.action in ("issue", "renew", "rekey")],
-                 plan.intents, progress)
+    runner.issue([a for a in plan.actions if a.action in ("issue", "renew", "rekey")], progress)
     with runner.ca_lock():
         execute_releases(runner, [a for a in plan.actions if a.action in RELEASE_ACTION_NAMES])
         for action in plan.actions:

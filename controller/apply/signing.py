@@ -15,19 +15,18 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from controller import parallel
-from controller.plan.intents import DeviceIntent
 from controller.plan.model import Action
 from controller.stores.inventory import CertRecord, Inventory
 
 if TYPE_CHECKING:
     from controller.apply.executor import Executor
 
-Work = Sequence[tuple[Action, DeviceIntent]]
 
-
-def records(executor: Executor, work: Work, batch: int) -> Iterator[list[CertRecord]]:
-    """The records of `work`, `batch` at a time and in order, made by forked workers when
-    `parallel.worker_count` allows, else here."""
+def records(executor: Executor, actions: Sequence[Action],
+            batch: int) -> Iterator[list[CertRecord]]:
+    """The records of `actions` (issue, renew, rekey), `batch` at a time and in order, made by
+    forked workers when `parallel.worker_count` allows, else here; each renders its device's
+    intent from the declaration it inherited."""
     untouched: list[Inventory] = []  # in a worker: the parent's inventory, never used nor closed
 
     def start() -> None:
@@ -36,4 +35,4 @@ def records(executor: Executor, work: Work, batch: int) -> Iterator[list[CertRec
         untouched.append(executor.inventory)
         executor.inventory = executor.inventory.reader()
 
-    return parallel.mapped(lambda item: executor._device_certificate(*item), work, batch, start)
+    return parallel.mapped(executor._declared_certificate, actions, batch, start)

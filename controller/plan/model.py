@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from controller.api.problems import Finding, Problem
-from controller.plan.intents import DeviceIntent
 
 ActionName = Literal["create-ca", "renew-ca", "issue", "renew", "rekey", "revoke", "publish-crl",
                      "revoke-signer", "withdraw-release", "sign-release"]
@@ -110,7 +109,6 @@ class Plan:
     problems: tuple[Problem, ...] = ()
     warnings: tuple[str, ...] = ()
     mass_revocations: tuple[MassRevocation, ...] = ()
-    intents: dict[tuple[str, str], DeviceIntent] = field(default_factory=dict, repr=False)
     completed_fleets: dict[str, str] = field(default_factory=dict)  # fleet -> content hash
     fleet_sizes: dict[str, int] = field(default_factory=dict)  # active certificates before
     findings: tuple[Finding, ...] = ()  # policy results (deny and warn)

@@ -76,10 +76,11 @@ class _FleetPlanner:
     again. Any other device is rendered and compared by intent digest, as ever; one found
     unchanged gets its source digest noted, so the next plan takes the short way.
 
-    Each intent is told to `made`, and kept in `intents` only if `keep` (apply signs them)."""
+    Each intent of a device to certify is told to `made`, and not kept: a million of them are
+    gigabytes, and apply renders each again where it signs it (`DeclaredIntents`)."""
 
     def __init__(self, decl: FleetDecl, desired: Desired, seen: FleetObserved, now: int,
-                 made: IntentSink | None = None, keep: bool = True) -> None:
+                 made: IntentSink | None = None) -> None:
         self.decl = decl
         self.fleet = decl.fleet
         self.profile = desired.profile(self.fleet.spec.profileRef.name)
@@ -87,11 +88,9 @@ class _FleetPlanner:
         self.now = now
         self.actions: list[Action] = []
         self.problems: list[Problem] = []
-        self.intents: dict[tuple[str, str], DeviceIntent] = {}
         self.source_notes: dict[str, str] = {}
         self._context = source_context(self.fleet, self.profile)
         self._made = made
-        self._keep = keep
 
     def _source(self, row: bytes) -> str:
         """The source digest of a device whose row has the digest `row`."""
@@ -192,16 +191,33 @@ class _FleetPlanner:
             return
         if self._made is not None:
             self._made(self.fleet.name, intent, device.labels)
-        if self._keep:
-            self.intents[(self.fleet.name, device.id)] = intent
+
+
+class DeclaredIntents:
+    """The intent of a declared device to certify, rendered again as the planner rendered it
+    (the same row, fleet, profile and source digest): what apply signs, one device at a time
+    where it signs, after the plan judged them all without keeping them."""
+
+    def __init__(self, desired: Desired) -> None:
+        self._desired = desired
+        self._contexts: dict[str, bytes] = {}  # fleet -> its source context
+
+    def __call__(self, fleet: str, device_id: str) -> DeviceIntent:
+        decl = self._desired.fleets[fleet]
+        profile = self._desired.profile(decl.fleet.spec.profileRef.name)
+        found = decl.device_set.row(device_id)
+        if found is None:
+            raise KeyError(f"DeviceFleet/{fleet} declares no device {device_id!r}")
+        if fleet not in self._contexts:
+            self._contexts[fleet] = source_context(decl.fleet, profile)
+        return device_intent(decl.fleet, profile, found[0],
+                             source_digest(self._contexts[fleet], found[1]))
 
 
 def plan(desired: Desired, observed: Observed, now: datetime,
-         max_revocations: int | None = None, made: IntentSink | None = None,
-         keep_intents: bool = True) -> Plan:
-    """Ordered actions converging `observed` to `desired` at time `now`. Every device intent
-    made is told to `made` (the policies judge them as they come) and, with `keep_intents`,
-    kept in the plan for apply to sign."""
+         max_revocations: int | None = None, made: IntentSink | None = None) -> Plan:
+    """Ordered actions converging `observed` to `desired` at time `now`. The intent of every
+    device to certify is told to `made` (the policies judge them as they come)."""
     now_s = epoch(now)
     ca_actions: list[Action] = []
     changed_cas: set[str] = set()
@@ -218,7 +234,6 @@ def plan(desired: Desired, observed: Observed, now: datetime,
     device_actions: list[Action] = []
     problems: list[Problem] = []
     warnings: list[str] = []
-    intents: dict[tuple[str, str], DeviceIntent] = {}
     source_notes: dict[str, str] = {}
     mass: list[MassRevocation] = []
     completed: dict[str, str] = {}
@@ -240,7 +255,7 @@ def plan(desired: Desired, observed: Observed, now: datetime,
             continue
         seen = observed.fleets.get(name) or FleetObserved(None, {})
         sizes[name] = seen.active_count
-        planner = _FleetPlanner(decl, desired, seen, now_s, made, keep_intents)
+        planner = _FleetPlanner(decl, desired, seen, now_s, made)
         planner.run()
         revocations = [a for a in planner.actions if a.action == "revoke"
                        and not decl.fleet.spec.decommissioned]  # explicit: no limit
@@ -254,7 +269,6 @@ def plan(desired: Desired, observed: Observed, now: datetime,
         device_actions.extend(sorted(planner.actions, key=lambda a: (a.action != "revoke",
                                                                      a.device or "")))
         problems.extend(planner.problems)
-        intents.update(planner.intents)
         source_notes.update(planner.source_notes)
         if not planner.problems:
             completed[name] = decl.content_hash
@@ -287,5 +301,5 @@ def plan(desired: Desired, observed: Observed, now: datetime,
 
     return Plan(tuple(ca_actions + device_actions + release_actions + crl_actions),
                 tuple(problems),
-                tuple(warnings), tuple(mass), intents, completed, sizes,
+                tuple(warnings), tuple(mass), completed, sizes,
                 source_notes=source_notes)

@@ -133,14 +133,13 @@ def test_worker_certificates_verify_and_match_the_in_process_path(
         assert verified.returncode == 0, verified.stdout + verified.stderr
 
         # the same work in this process, given the workers' serials, makes the same TBS bytes
-        work = [(a, report.plan.intents[(a.name, a.device or "")])
-                for a in report.plan.actions if a.action == "issue" and a.name == "own-keys"]
-        serials = iter(int(made[("own-keys", a.device or "")].serial, 16) for a, _ in work)
+        work = [a for a in report.plan.actions if a.action == "issue" and a.name == "own-keys"]
+        serials = iter(int(made[("own-keys", a.device or "")].serial, 16) for a in work)
         monkeypatch.setattr(certs, "random_serial", lambda: next(serials))
         monkeypatch.setenv(parallel.WORKERS_ENV, "0")
         runner = Executor(jobs.load(repo).desired, inventory, keystore, now)
         here = [r for batch in signing.records(runner, work, 5) for r in batch]
-    assert [r.device for r in here] == [a.device for a, _ in work]
+    assert [r.device for r in here] == [a.device for a in work]
     for record in here:
         theirs = made[("own-keys", record.device)]
         assert x509.load_der_x509_certificate(record.der).tbs_certificate_bytes == \

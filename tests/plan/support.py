@@ -18,7 +18,8 @@ from controller.api.resources import (
     Device,
     DeviceFleet,
 )
-from controller.plan.model import CAObserved, CRLObserved, FleetObserved, Observed
+from controller.plan.intents import DeviceIntent
+from controller.plan.model import CAObserved, CRLObserved, FleetObserved, Observed, Plan
 from controller.plan.planner import ca_intent, plan
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
@@ -91,6 +92,18 @@ def make_desired(
     return desired
 
 
+Intents = dict[tuple[str, str], DeviceIntent]
+
+
+def planned(desired: Desired, observed: Observed, now: datetime = NOW,
+            **options: Any) -> tuple[Plan, Intents]:
+    """The plan and, by fleet and device, the intents its planner made (it keeps none)."""
+    made: Intents = {}
+    result = plan(desired, observed, now, made=lambda fleet, intent, labels: made.__setitem__(
+        (fleet, intent.device_id), intent), **options)
+    return result, made
+
+
 def fresh_crl() -> CRLObserved:
     """Published an hour ago, valid for a week: not due."""
     return CRLObserved(NOW_S - HOUR, NOW_S - HOUR + 7 * DAY)
@@ -98,7 +111,7 @@ def fresh_crl() -> CRLObserved:
 
 def converged(desired: Desired, renew_at: int = NOW_S + 30 * DAY) -> Observed:
     """What the inventory holds right after applying `desired`: nothing left to do."""
-    intents = plan(desired, Observed(), NOW).intents
+    intents = planned(desired, Observed())[1]
     cas = {name: CAObserved(f"ca-{name}", ca_intent(desired.authority(name)),
                             NOW_S + 3000 * DAY, NOW_S + 2000 * DAY)
            for name in desired.authorities}

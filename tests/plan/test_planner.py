@@ -28,6 +28,7 @@ from .support import (
     converged,
     device,
     make_desired,
+    planned,
     public_key_pem,
     with_fleet,
 )
@@ -63,7 +64,7 @@ def gone(count: int, prefix: str = "gone") -> dict[str, ActiveDevice]:
 
 def test_empty_observed_creates_everything_in_order() -> None:
     desired = make_desired()
-    result = plan(desired, Observed(), NOW)
+    result, intents = planned(desired, Observed())
     assert steps(result) == [
         ("create-ca", ROOT, None),
         ("create-ca", ISSUING, None),
@@ -76,7 +77,7 @@ def test_empty_observed_creates_everything_in_order() -> None:
         + ["CertificateAuthority"] * 2
     assert result.actions[0].reason == "CA not yet created"
     assert result.actions[2].reason == "no certificate yet"
-    assert set(result.intents) == {("sensors", "dev-1"), ("sensors", "dev-2")}
+    assert set(intents) == {("sensors", "dev-1"), ("sensors", "dev-2")}
     assert result.completed_fleets == {"sensors": desired.fleets["sensors"].content_hash}
     assert result.problems == () and result.warnings == () and result.mass_revocations == ()
     assert result.has_changes
@@ -121,12 +122,13 @@ def test_due_certificate_is_renewed_per_rotation_policy(profile: dict[str, str],
     assert seen.active is not None
     serial, digest, _, source = seen.active["dev-1"]
     active = {**seen.active, "dev-1": (serial, digest, NOW_S, source)}  # renew_at == now
-    result = plan(desired, with_fleet(observed, "sensors", replace(seen, active=active)), NOW)
+    result, intents = planned(desired, with_fleet(observed, "sensors",
+                                                  replace(seen, active=active)))
     action = only_device_action(result)
     assert (action.action, action.device, action.reason) == (expected, "dev-1", "due for renewal")
     assert action.serial == "serial-dev-1"
-    assert ("sensors", "dev-1") in result.intents
-    assert ("sensors", "dev-2") not in result.intents
+    assert ("sensors", "dev-1") in intents
+    assert ("sensors", "dev-2") not in intents
 
 
 def test_not_yet_due_certificate_is_left_alone() -> None:
@@ -198,12 +200,12 @@ def test_duration_change_alone_reissues_nothing() -> None:
 def test_device_marked_revoked_is_revoked_with_its_reason() -> None:
     old = make_desired()
     new = make_desired([device("dev-1", revoked={"reason": "keyCompromise"}), device("dev-2")])
-    result = plan(new, converged(old), NOW)
+    result, intents = planned(new, converged(old))
     action = only_device_action(result)
     assert (action.action, action.device, action.serial) == ("revoke", "dev-1", "serial-dev-1")
     assert action.revocation_reason == "keyCompromise"
     assert action.reason == "device marked revoked"
-    assert ("sensors", "dev-1") not in result.intents
+    assert ("sensors", "dev-1") not in intents
     assert crl_reasons(result) == {ISSUING: "new revocations"}
 
 
@@ -252,13 +254,13 @@ def test_suspended_fleet_plans_nothing_and_warns() -> None:
 def test_decommissioned_fleet_revokes_everything() -> None:
     old = make_desired()
     new = make_desired(fleet={"decommissioned": True})
-    result = plan(new, converged(old), NOW)
+    result, intents = planned(new, converged(old))
     actions = device_actions(result)
     assert [(a.action, a.device, a.serial) for a in actions] == [
         ("revoke", "dev-1", "serial-dev-1"), ("revoke", "dev-2", "serial-dev-2")]
     assert {a.revocation_reason for a in actions} == {"cessationOfOperation"}
     assert {a.reason for a in actions} == {"fleet decommissioned"}
-    assert result.intents == {}
+    assert intents == {}
 
 
 def test_fleet_vanished_from_the_repository_is_not_revoked() -> None:
@@ -337,10 +339,10 @@ def test_unchanged_fleet_only_renews_due_devices() -> None:
     due = {"dev-2": (active["dev-2"][0], active["dev-2"][1], NOW_S - DAY, active["dev-2"][3]),
            "undeclared": ("s-x", "c:k", NOW_S - DAY, None)}
     seen = FleetObserved(desired.fleets["sensors"].content_hash, None, due, active_count=3)
-    result = plan(desired, with_fleet(full, "sensors", seen), NOW)
+    result, intents = planned(desired, with_fleet(full, "sensors", seen))
     assert [(a.action, a.device, a.reason) for a in result.actions] == [
         ("rekey", "dev-2", "due for renewal"), ("publish-crl", None, "new revocations")]
-    assert list(result.intents) == [("sensors", "dev-2")]
+    assert list(intents) == [("sensors", "dev-2")]
 
 
 def test_unchanged_fleet_with_nothing_due_is_not_rendered() -> None:

@@ -14,8 +14,9 @@ from controller.api.devices import DeviceText, read_fleet_devices
 from controller.api.loading import Located
 from controller.api.problems import Problem
 from controller.api.resources import CertificateProfile, DeviceFleet
+from controller.plan.intents import DeviceIntent
 from controller.plan.model import FleetObserved, Observed, Plan
-from controller.plan.planner import plan
+from controller.plan.planner import DeclaredIntents, plan
 
 from .support import (
     DAY,
@@ -27,10 +28,18 @@ from .support import (
     converged,
     device,
     make_desired,
+    planned,
     with_fleet,
 )
 
 SITES = ("berlin", "paris", "rome")
+
+
+def rendered_again(desired: Desired, made: dict[tuple[str, str], DeviceIntent]
+                   ) -> dict[tuple[str, str], DeviceIntent]:
+    """What apply signs: each intent the planner made, rendered again from the declaration."""
+    again = DeclaredIntents(desired)
+    return {key: again(*key) for key in made}
 
 
 def without_sources(observed: Observed) -> Observed:
@@ -133,9 +142,10 @@ def test_the_short_way_plans_what_rendering_every_device_plans(seed: int) -> Non
     seen = observed.fleets["sensors"]
     changed = with_fleet(observed, "sensors", FleetObserved(None, seen.active,
                                                            active_count=seen.active_count))
-    short, full = plan(desired, changed, NOW), plan(desired, without_sources(changed), NOW)
+    (short, made), (full, made_full) = planned(desired, changed), planned(
+        desired, without_sources(changed))
     assert summary(short) == summary(full)
-    assert short.intents == full.intents
+    assert made == made_full == rendered_again(desired, made)
 
 
 # Rows already judged: a changed fleet read from its CSV validates only the rows that no active
@@ -276,8 +286,9 @@ def test_judged_rows_plan_what_validating_every_row_plans(seed: int) -> None:
     assert judged_problems == full_problems
     if judged_problems:
         return  # the loader refuses the declaration: nothing is planned
-    short, every = plan(judged, seen, NOW), plan(full, seen, NOW)
+    (short, made), (every, made_every) = planned(judged, seen), planned(full, seen)
     assert summary(short) == summary(every) and short.problems == every.problems
-    assert short.intents == every.intents and short.source_notes == every.source_notes
+    assert made == made_every == rendered_again(judged, made)
+    assert short.source_notes == every.source_notes
     assert judged.fleets["sensors"].summary == full.fleets["sensors"].summary
     assert judged.fleets["sensors"].devices == full.fleets["sensors"].devices

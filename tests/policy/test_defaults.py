@@ -19,6 +19,7 @@ from controller.plan.intents import DeviceIntent
 from controller.plan.model import Observed
 from controller.policy.defaults import default_policies
 from controller.policy.engine import compile_policies, evaluate
+from tests.plan.support import planned
 
 from .support import (
     NOW,
@@ -160,7 +161,7 @@ def test_device_key_algorithm_denies_a_weak_device_key(
     in a fleet whose devices bring their own keys (model_copy skips validation)."""
     declaration = jobs.load(repo.write(tmp_path / "repo"))
     desired = declaration.desired
-    planned = declaration.plan(Observed(), NOW)
+    made = planned(declaration.desired, Observed(), NOW)[1]
     client = desired.profile("client")
     own_keys = client.model_copy(update={
         "spec": client.spec.model_copy(update={"keyGeneration": "device"})})
@@ -169,7 +170,7 @@ def test_device_key_algorithm_denies_a_weak_device_key(
     weakened = Desired(desired.authorities, profiles, desired.fleets, desired.policies)
     intents = {key: replace(intent, device_key=keys.DeviceKey.of(rsa_2048.public_key()))
                if key == ("sensors", "dev-2") else intent
-               for key, intent in planned.intents.items()}
+               for key, intent in made.items()}
     assert all(isinstance(i, DeviceIntent) for i in intents.values())
     findings = evaluate(declaration.rules, weakened, intents, NOW)
     assert keyed(findings) == {("deny", "key-algorithms/device-key-algorithm",
@@ -181,9 +182,9 @@ def test_device_key_algorithm_is_checked_once_per_fleet_for_server_keys(
     """With server keygen the key is the profile's, checked by profile-key-algorithm; the
     device rule's fleet-level guard holds, so no device is evaluated (or denied)."""
     declaration = jobs.load(repo.write(tmp_path / "repo"))
-    planned = declaration.plan(Observed(), NOW)
+    made = planned(declaration.desired, Observed(), NOW)[1]
     intents = {key: replace(intent, device_key=keys.DeviceKey.of(rsa_2048.public_key()))
-               for key, intent in planned.intents.items()}
+               for key, intent in made.items()}
     assert evaluate(declaration.rules, declaration.desired, intents, NOW) == []
 
 
