@@ -44,6 +44,8 @@ def repository_reader(root: Path) -> ReadDevices:
             with path.open("rb") as file:
                 if not os.fstat(file.fileno()).st_size:
                     return [DeviceText(label, "", source.resolved_format())]
+                # mapped, not copied; a file truncated in place while it is read would stop
+                # the process (SIGBUS) before any change, as git replaces files, never truncates
                 with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
                     return [device_text(label, data, source.resolved_format())]
         except (OSError, UnicodeDecodeError) as exc:
