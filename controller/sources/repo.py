@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import codecs
 import hashlib
-import mmap
-import os
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -41,13 +39,8 @@ def repository_reader(root: Path) -> ReadDevices:
     def read(source: DeviceSource) -> list[DeviceText]:
         label, path = _repository_path(root, source)
         try:
-            with path.open("rb") as file:
-                if not os.fstat(file.fileno()).st_size:
-                    return [DeviceText(label, "", source.resolved_format())]
-                # mapped, not copied; a file truncated in place while it is read would stop
-                # the process (SIGBUS) before any change, as git replaces files, never truncates
-                with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
-                    return [device_text(label, data, source.resolved_format())]
+            # not mapped: a file truncated in place while mapped would kill the process
+            return [device_text(label, path.read_bytes(), source.resolved_format())]
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise DeviceSourceError(reason) from None
@@ -55,11 +48,11 @@ def repository_reader(root: Path) -> ReadDevices:
     return read
 
 
-def device_text(label: str, data: bytes | mmap.mmap, fmt: str) -> DeviceText:
+def device_text(label: str, data: bytes, fmt: str) -> DeviceText:
     """A device file's text as Python reads a text file: UTF-8 without the byte order mark
     Excel writes, every line break a line feed (the same, read from the work tree or from a
-    commit, for `DeviceSet.parse_changes` to compare). A large file is read mapped, hashed
-    as read where that is its text's UTF-8, and copied once, into the text."""
+    commit, for `DeviceSet.parse_changes` to compare). The bytes are hashed as read where
+    they are the text's UTF-8, not encoded again."""
     text = str(data, "utf-8-sig")
     if data.find(b"\r") >= 0:
         return DeviceText(label, text.replace("\r\n", "\n").replace("\r", "\n"), fmt)
