@@ -37,14 +37,18 @@ class RecordIndex(NamedTuple):
     doubled: bool  # some id begins several records (the first is indexed)
 
 
-def lines_of(text: str) -> Iterator[str]:
+def lines_of(text: str, position: list[int] | None = None) -> Iterator[str]:
     """The lines of `text`, each with its line break, one at a time: what `csv.reader` reads
-    from a file (`io.StringIO` would first copy the text at four bytes a character)."""
+    from a file (`io.StringIO` would first copy the text at four bytes a character).
+    `position[0]`, if given, is kept where the line last yielded ends."""
+    at = position if position is not None else [0]
     start, find = 0, text.find
     while end := find("\n", start) + 1:
+        at[0] = end
         yield text[start:end]
         start = end
     if start < len(text):
+        at[0] = len(text)
         yield text[start:]
 
 
@@ -84,6 +88,20 @@ def _starts(text: str, begin: int, end: int) -> tuple[dict[str, int], bool]:
 def record_at(text: str, start: int) -> list[str]:
     """The values of the record beginning at `start`, as `csv.reader` reads them."""
     return next(csv.reader(_lines_from(text, start)))
+
+
+def record_lines(text: str, starts: list[int]) -> dict[int, int]:
+    """By start, the line on which the record beginning there ends, as `csv.reader` numbers
+    it; the text is counted once, however many records."""
+    found: dict[int, int] = {}
+    lines = counted = 0  # the line breaks before `counted`
+    for start in sorted(set(starts)):
+        lines += text.count("\n", counted, start)
+        counted = start
+        reader = csv.reader(_lines_from(text, start))
+        next(reader)
+        found[start] = lines + reader.line_num
+    return found
 
 
 def _lines_from(text: str, start: int) -> Iterator[str]:

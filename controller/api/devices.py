@@ -14,12 +14,18 @@ import csv
 import hashlib
 import json
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
-from controller.api.csvindex import changed_records, lines_of, record_at, record_starts
+from controller.api.csvindex import (
+    changed_records,
+    lines_of,
+    record_at,
+    record_lines,
+    record_starts,
+)
 from controller.api.loading import Located, field_path, friendly_message
 from controller.api.problems import InvalidDeclaration, Problem
 from controller.api.resources import ConfigMapKeyRef, Device, DeviceFleet, DeviceSource
@@ -30,6 +36,7 @@ Parsed = tuple[tuple[Device, ...], DeviceLines, RowDigests]
 Row = Device | dict[str, Any]  # a device, or its row as read (judged before: not validated yet)
 RowIndex = dict[str, tuple[Row, bytes]]  # device id -> (device or row, row digest)
 Judged = Callable[[bytes], bool]  # a row digest -> judged already (its certificate's source)
+PartIndex = tuple[dict[str, int], list[tuple[int, str, str]]]  # id -> record start; columns
 UNDIGESTED = b""  # the digest of a row of a deferred set, until it is asked for (`DeviceSet.row`)
 NEVER_ZERO = " (a missing source is an error, never zero devices)"
 KUBERNETES_ONLY = "only in Kubernetes mode (fleetpki operator)"
@@ -76,29 +83,33 @@ class UnsupportedDeviceSource(DeviceSourceError):
 ReadDevices = Callable[[DeviceSource], list[DeviceText]]
 
 
-def parse_device_rows(text: str, fmt: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line, raw device dict) per row of CSV or JSONL text, one at a time; CSV columns
-    `labels.<key>` become labels, `revoked` the revocation reason. ValueError or csv.Error
-    where the text is malformed."""
+def parse_device_rows(text: str, fmt: str) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    """(offset where its record begins, line, raw device dict) per row of CSV or JSONL text,
+    one at a time; CSV columns `labels.<key>` become labels, `revoked` the revocation reason.
+    ValueError or csv.Error where the text is malformed."""
+    start = 0
     if fmt == "jsonl":
         for number, entry in enumerate(lines_of(text), start=1):
             if entry.strip():
                 try:
-                    yield number, json.loads(entry)
+                    yield start, number, json.loads(entry)
                 except json.JSONDecodeError as exc:
                     raise ValueError(f"line {number}: invalid JSON: {exc.msg}") from None
+            start += len(entry)
         return
-    reader = csv.reader(lines_of(text))  # read as csv.DictReader would, at less cost
+    position = [0]
+    reader = csv.reader(lines_of(text, position))  # read as csv.DictReader would, at less cost
     header = next(reader, None)
     if not header or "id" not in header:
         raise ValueError("CSV needs a header row with an 'id' column")
     columns = _csv_columns(header)
+    start = position[0]
     for values in reader:
-        if not values:
-            continue  # a blank line
-        if len(values) > len(header):
-            raise ValueError(f"line {reader.line_num}: more values than header columns")
-        yield reader.line_num, _csv_device(values, columns)
+        if values:  # else a blank line
+            if len(values) > len(header):
+                raise ValueError(f"line {reader.line_num}: more values than header columns")
+            yield start, reader.line_num, _csv_device(values, columns)
+        start = position[0]
 
 
 LABEL, REVOKED, FIELD = "label", "revoked", "field"
@@ -180,8 +191,13 @@ class DeviceSet:
     that has problems (rows valid when applied that this version refuses) raises
     InvalidDeclaration.
 
+    A set whose parts are all CSV is checked row by row once (`parse`: problems, duplicate
+    ids, counts) and keeps no row, only where each record begins: a million validated rows
+    are gigabytes. The planner reads its rows again one at a time (`walk`), and a row asked
+    for alone is read from its place (`row`). A set with a JSONL part keeps its rows.
+
     A row already judged (`parse(problems, judged)`: its digest, under the fleet and profile,
-    is its active certificate's source) is kept as read and validated only when asked for.
+    is its active certificate's source) is not validated when checked, only when asked for.
 
     A set compared with the text last applied (`parse_changes`) has its `changes` parsed and
     validated; the rows alike in both are read when asked for, as a deferred set's."""
@@ -194,11 +210,12 @@ class DeviceSet:
         self._parsed: Parsed | None = None  # every device validated
         self._summary: DeviceSummary | None = None
         self._deferred = False
+        self._checked = False  # every row checked, none kept (`_indexes` says where each is)
         self._rows: RowIndex | None = None  # id -> (device, or its row not validated yet; digest)
         self._lines: DeviceLines = {}
         # per part: where its records begin (`csvindex`) and its header's columns, if indexed
-        self._indexes: list[tuple[dict[str, int], list[tuple[int, str, str]]] | None] | None = None
-        self._found: dict[str, tuple[Device, bytes]] = {}  # rows read alone, by id
+        self._indexes: list[PartIndex | None] | None = None
+        self._found: dict[str, tuple[Device, bytes]] = {}  # changed rows, by id
         self.changes: DeviceChanges | None = None
 
     @classmethod
@@ -216,11 +233,21 @@ class DeviceSet:
     def parse(self, problems: list[Problem], judged: Judged | None = None) -> None:
         """Parse now, reporting bad rows and duplicate ids to `problems`. A row whose digest is
         `judged` is not validated now (see `row`)."""
-        if self._rows is None:
-            assert self._item is not None
-            self._rows, self._lines = _parse(self._item, self._parts, problems, judged,
-                                             self._deferred)
+        if self._rows is not None or self._checked:
+            return
+        assert self._item is not None
+        first = len(problems)
+        keep = self._deferred or any(part.format != "csv" for part in self._parts)
+        read = _parse(self._item, self._parts, problems, judged, self._deferred, keep)
+        if read.indexes is not None and len(problems) > first:  # invalid: kept, as ever
+            read = _parse(self._item, self._parts, [], judged, self._deferred, keep=True)
+        if self._summary is None:
+            self._summary = read.summary
+        if read.indexes is None:
+            self._rows, self._lines = read.rows, read.lines
             self._parts = []  # the text is not needed any more
+        else:
+            self._indexes, self._checked = list(read.indexes), True
 
     def defer(self, summary: DeviceSummary | None) -> None:
         """Known unchanged since it was applied (or judged elsewhere, e.g. a pull request's
@@ -274,35 +301,83 @@ class DeviceSet:
         """Devices, where each is declared, and the digest of each device's row."""
         if self._parsed is None:
             problems: list[Problem] = []
-            self.parse(problems)
-            devices = [self._validated(device_id, problems) for device_id in self.rows]
+            devices: list[Device] = []
+            digests: RowDigests = {}
+            for device_id, value, digest, file, line in self._every_row(problems):
+                device: Device | None = value if isinstance(value, Device) else None
+                if device is None:
+                    assert self._item is not None and isinstance(value, dict)
+                    device = _validate(self._item, value, file, line or 0, problems)
+                if device is not None:
+                    devices.append(device)
+                    digests[device_id] = _digested(value, digest)
             if problems:
                 raise InvalidDeclaration(problems)
-            self._parsed = (tuple(d for d in devices if d is not None), self._lines,
-                            {device_id: digest for device_id, (_, digest) in self.rows.items()})
+            self._parsed = (tuple(devices), self.lines, digests)
         return self._parsed
 
     @property
     def rows(self) -> RowIndex:
         """Id -> (device or its row as read, digest), in declared order. A deferred set (unchanged
-        since an apply that found no problem in it) is read without validating any row."""
-        if self._rows is None:
-            problems: list[Problem] = []
-            self.parse(problems)
-            if problems:
-                raise InvalidDeclaration(problems)
-        assert self._rows is not None
+        since an apply that found no problem in it) is read without validating any row. Every
+        row is kept from then on: `walk` reads them one at a time."""
+        problems: list[Problem] = []
+        self.parse(problems)
+        if problems:
+            raise InvalidDeclaration(problems)
+        if self._rows is None:  # checked: read again, kept now
+            rows: RowIndex = {}
+            lines: DeviceLines = {}
+            for device_id, value, digest, file, line in self._every_row():
+                rows[device_id], lines[device_id] = (value, digest), (file, line)
+            self._rows, self._lines = rows, lines
         return self._rows
+
+    def walk(self) -> Iterator[tuple[str, Row, bytes]]:
+        """Each device's id, its device or row as read (`device` validates it) and its row
+        digest, in declared order: a checked set's rows read from its text again, one at a
+        time. InvalidDeclaration if the set has problems not reported before."""
+        for device_id, value, digest, *_ in self._every_row():
+            yield device_id, value, _digested(value, digest)
+
+    def _every_row(self, problems: list[Problem] | None = None
+                   ) -> Iterator[tuple[str, Row, bytes, str, int | None]]:
+        """(id, device or row as read, digest or UNDIGESTED, file, line) of every row, parsing
+        first (its problems to `problems`, else raised)."""
+        found: list[Problem] = [] if problems is None else problems
+        self.parse(found)
+        if problems is None and found:
+            raise InvalidDeclaration(found)
+        if self._rows is not None or not self._checked:
+            for device_id, (value, digest) in list((self._rows or {}).items()):
+                yield (device_id, value, digest, *self._lines.get(device_id, ("", None)))
+            return
+        item = self._item
+        assert item is not None and isinstance(item.resource, DeviceFleet)
+        for index, device in enumerate(item.resource.spec.devices):
+            yield (device.id, device, _inline_digest(device), item.file,
+                   item.line_of("spec", "devices", index, "id"))
+        for part in self._parts:
+            for _, line, raw in parse_device_rows(part.text, part.format):
+                yield raw["id"], raw, _row_digest(raw), part.label, line
 
     @property
     def lines(self) -> DeviceLines:
         """Where each device is declared (file, line)."""
+        if self._rows is None and self._checked:  # not kept: read again
+            return {device_id: (file, line) for device_id, _, _, file, line in self._every_row()}
         self.rows  # noqa: B018 (parses)
         return self._lines
 
     def line_of(self, device_id: str) -> tuple[str, int | None] | None:
-        """Where a device is declared; a changed row's place is known without reading all."""
-        return self._lines.get(device_id) or self.lines.get(device_id)
+        """Where a device is declared; a changed row's place, or one of a checked set, is known
+        without reading all."""
+        if device_id in self._lines:
+            return self._lines[device_id]
+        for part, index in zip(self._parts, self._indexes or (), strict=False):
+            if index is not None and (start := index[0].get(device_id)) is not None:
+                return part.label, record_lines(part.text, [start])[start]
+        return self.lines.get(device_id)
 
     def find(self, device_id: str) -> Device | None:
         found = self.row(device_id)
@@ -310,19 +385,28 @@ class DeviceSet:
 
     def row(self, device_id: str) -> tuple[Device, bytes] | None:
         """The device and its row digest, if declared; a row not validated yet is validated
-        now. Should it fail, every row is validated, raising InvalidDeclaration. A deferred
-        set's row is read alone where its part's records are indexed (`csvindex`)."""
-        if self._rows is None and self._deferred:
+        now (`device`). A checked or deferred set's row is read alone where its part's records
+        are indexed (`csvindex`)."""
+        if self._rows is None and (self._deferred or self._checked):
             known, found = self._search(device_id)
             if known:
                 return found
         if device_id not in self.rows:
             return None
-        device = self._validated(device_id, [])
+        value, digest = self.rows[device_id]
+        return self.device(value), _digested(value, digest)
+
+    def device(self, value: Row) -> Device:
+        """The device of a row as read (`walk`), validated now if it was not; should it fail,
+        every row is validated, raising InvalidDeclaration."""
+        if isinstance(value, Device):
+            return value
+        assert self._item is not None
+        device = _validate(self._item, value, "", 0, [])
         if device is None:
             self.parsed  # noqa: B018 (raises InvalidDeclaration naming every bad row)
-            raise AssertionError(f"row of {device_id!r} valid now")  # pragma: no cover
-        return device, self.rows[device_id][1]
+            raise AssertionError(f"row of {value.get('id')!r} valid now")  # pragma: no cover
+        return device
 
     def _search(self, device_id: str) -> tuple[bool, tuple[Device, bytes] | None]:
         """(True, the device and its row digest, or None if not declared) when the indexes of
@@ -343,25 +427,11 @@ class DeviceSet:
             valid = _validate(self._item, raw, part.label, 0, [])
             if raw.get("id") != device_id or valid is None:
                 return False, None  # read every row: it fails as a full parse does
-            self._found[device_id] = (valid, _row_digest(raw))
-            return True, self._found[device_id]
+            return True, (valid, _row_digest(raw))
         if self._summary is None or any(index is None for index in self._indexes):
             return False, None
         indexed = sum(len(index[0]) for index in self._indexes if index is not None)
         return indexed + len(self._item.resource.spec.devices) == self._summary.count, None
-
-    def _validated(self, device_id: str, problems: list[Problem]) -> Device | None:
-        """The device of a row, validating it (once) if needed; None and problems if bad."""
-        value, digest = self.rows[device_id]
-        if isinstance(value, Device):
-            return value
-        digest = digest or _row_digest(value)  # of the row as read, before validation
-        assert self._item is not None
-        file, line = self._lines[device_id]
-        device = _validate(self._item, value, file, line or 0, problems)
-        if device is not None:
-            self.rows[device_id] = (device, digest)
-        return device
 
     @property
     def summary(self) -> DeviceSummary:
@@ -370,9 +440,11 @@ class DeviceSet:
         if self._summary is None and self._rows is None and self._deferred:
             self._summary = _counted(self._item, self._parts)
         if self._summary is None:
+            self.rows  # noqa: B018 (counted as parsed)
+        if self._summary is None:  # devices given (`of`)
             values = [value for value, _ in self.rows.values()]
             self._summary = DeviceSummary(len(values),
-                                          sum(1 for v in values if _revocation(v) is None))
+                                          sum(1 for v in values if revoked(v) is None))
         return self._summary
 
 
@@ -409,13 +481,14 @@ def _counted(item: Located | None, parts: list[DeviceText]) -> DeviceSummary | N
     return DeviceSummary(len(ids), declared)
 
 
-def _index(part: DeviceText) -> tuple[dict[str, int], list[tuple[int, str, str]]] | None:
+def _index(part: DeviceText) -> PartIndex | None:
     """Where a CSV part's records begin and its header's columns; None if not indexed."""
     index = record_starts(part.text) if part.format == "csv" else None
     return None if index is None else (index.starts, _csv_columns(index.header))
 
 
-def _revocation(value: Row) -> Any:
+def revoked(value: Row) -> Any:
+    """A device's or row's revocation, None if not revoked."""
     return value.revoked if isinstance(value, Device) else value.get("revoked")
 
 
@@ -462,28 +535,44 @@ def _inline_digest(device: Device) -> bytes:
                           ).digest()
 
 
+class _Read(NamedTuple):
+    rows: RowIndex  # every row, or (`indexes` given) none
+    lines: DeviceLines
+    indexes: tuple[PartIndex, ...] | None  # rows checked, not kept: where each part's begin
+    summary: DeviceSummary
+
+
 def _parse(item: Located, parts: list[DeviceText], problems: list[Problem],
-           judged: Judged | None = None, deferred: bool = False
-           ) -> tuple[RowIndex, DeviceLines]:
+           judged: Judged | None = None, deferred: bool = False, keep: bool = True) -> _Read:
     """Inline devices plus every part's rows. A part that cannot be parsed is a problem and
     leaves the fleet with no devices; a bad row is a problem at its part's label and line; a
     device id may appear once across inline devices and all parts. A row's digest is over the
     row as read (a row written differently is a changed row, never the reverse); a row whose
     digest is `judged` is kept as read, not validated. The rows of a `deferred` set (judged all
-    when it was applied) are kept as read, and digested when asked for (`DeviceSet.row`)."""
+    when it was applied) are kept as read, and digested when asked for (`DeviceSet.row`).
+    Unless `keep` (CSV parts only), no row is kept: where each part's records begin is."""
     fleet = item.resource
     assert isinstance(fleet, DeviceFleet)
     rows: RowIndex = {}
     lines: DeviceLines = {}
+    starts_of: list[dict[str, int]] = []  # per part, unless kept
+    counts = [0, 0]  # devices, not revoked
+    duplicates: list[tuple[int, str]] = []  # (problem index, id): its first place said after
 
-    def add(device_id: str, value: Row, file: str, line: int | None, digest: bytes) -> None:
-        if device_id in lines:
-            first_file, first_line = lines[device_id]
-            problems.append(Problem(file, f"duplicate device id {device_id!r} (first at "
-                                    f"{first_file}:{first_line})", line, item.ref, "id"))
+    def add(device_id: str, value: Row, file: str, line: int | None, digest: bytes,
+            starts: dict[str, int] | None = None, start: int = 0) -> None:
+        if device_id in lines or any(device_id in known for known in starts_of):
+            duplicates.append((len(problems), device_id))
+            problems.append(Problem(file, f"duplicate device id {device_id!r}", line, item.ref,
+                                    "id"))
             return
-        lines[device_id] = (file, line)
-        rows[device_id] = (value, digest)
+        counts[0] += 1
+        counts[1] += revoked(value) is None
+        if starts is None:
+            lines[device_id] = (file, line)
+            rows[device_id] = (value, digest)
+        else:
+            starts[device_id] = start
 
     for index, device in enumerate(fleet.spec.devices):
         add(device.id, device, item.file, item.line_of("spec", "devices", index, "id"),
@@ -491,17 +580,20 @@ def _parse(item: Located, parts: list[DeviceText], problems: list[Problem],
     first_row_problem = len(problems)
     unreadable: list[Problem] = []
     for part in parts:  # rows read one at a time: never a second copy of a large text
+        starts: dict[str, int] | None = None if keep else {}
+        if starts is not None:
+            starts_of.append(starts)
         try:
-            for line, raw in parse_device_rows(part.text, part.format):
+            for start, line, raw in parse_device_rows(part.text, part.format):
                 device_id = raw.get("id")
                 if deferred and isinstance(device_id, str):
                     add(device_id, raw, part.label, line, UNDIGESTED)
                     continue
-                digest = _row_digest(raw)
+                digest = _row_digest(raw) if keep or judged is not None else UNDIGESTED
                 if judged is not None and isinstance(device_id, str) and judged(digest):
-                    add(device_id, raw, part.label, line, digest)
+                    add(device_id, raw, part.label, line, digest, starts, start)
                 elif (valid := _validate(item, raw, part.label, line, problems)) is not None:
-                    add(valid.id, valid, part.label, line, digest)
+                    add(valid.id, valid, part.label, line, digest, starts, start)
         except (ValueError, csv.Error) as exc:
             source = fleet.spec.deviceSource
             assert source is not None
@@ -510,12 +602,46 @@ def _parse(item: Located, parts: list[DeviceText], problems: list[Problem],
     if unreadable:  # the whole source is the problem, not the rows read before it
         del problems[first_row_problem:]
         problems.extend(unreadable)
-        return {}, {}
-    return rows, lines
+        return _Read({}, {}, None, DeviceSummary(0, 0))
+    if duplicates:
+        places = _first_places(lines, parts, starts_of, {d for _, d in duplicates})
+        for at, device_id in duplicates:
+            first_file, first_line = places[device_id]
+            problems[at] = replace(problems[at], message=f"duplicate device id {device_id!r} "
+                                   f"(first at {first_file}:{first_line})")
+    summary = DeviceSummary(*counts)
+    if keep:
+        return _Read(rows, lines, None, summary)
+    return _Read({}, {}, tuple((starts, _header_columns(part.text))
+                               for part, starts in zip(parts, starts_of, strict=True)), summary)
+
+
+def _first_places(lines: DeviceLines, parts: list[DeviceText],
+                  starts_of: list[dict[str, int]], wanted: set[str]) -> DeviceLines:
+    """Where each of the `wanted` ids, kept in `lines` or `starts_of` (per part), is declared."""
+    places = {device_id: lines[device_id] for device_id in wanted if device_id in lines}
+    for part, starts in zip(parts, starts_of, strict=False):
+        mine = {device_id: starts[device_id] for device_id in wanted if device_id in starts}
+        found = record_lines(part.text, list(mine.values()))
+        places.update((device_id, (part.label, found[start])) for device_id, start in mine.items())
+    return places
+
+
+def _header_columns(text: str) -> list[tuple[int, str, str]]:
+    """The columns of a CSV text's header (read already: it has one)."""
+    return _csv_columns(next(csv.reader(lines_of(text))))
 
 
 def _row_digest(raw: dict[str, Any]) -> bytes:
     return hashlib.sha256(repr(raw).encode()).digest()
+
+
+def _digested(value: Row, digest: bytes) -> bytes:
+    """`digest`, or the digest of a row kept UNDIGESTED."""
+    if digest:
+        return digest
+    assert isinstance(value, dict)
+    return _row_digest(value)
 
 
 def _validate(item: Located, raw: dict[str, Any], file: str, line: int,

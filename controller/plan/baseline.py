@@ -107,7 +107,6 @@ class AsApplied:
 
 
 def _every_row(decl: FleetDecl) -> Iterator[tuple[Device, bytes]]:
-    """Each device of the fleet and its row's digest, all parsed when the first is asked for."""
-    devices, _, rows = decl.device_set.parsed
-    for device in devices:
-        yield device, rows[device.id]
+    """Each device of the fleet and its row's digest, read one at a time."""
+    for _, value, row in decl.device_set.walk():
+        yield decl.device_set.device(value), row

@@ -12,6 +12,7 @@ from controller.api.desired import (
     source_context,
     source_digest,
 )
+from controller.api.devices import Row, revoked
 from controller.api.problems import Problem
 from controller.api.resources import Authority, Device
 from controller.clock import epoch, from_epoch
@@ -115,33 +116,29 @@ class _FleetPlanner:
         changes = self.decl.device_set.changes
         if changes is not None:  # these rows changed since the last complete apply, no other
             for device_id, (device, row) in sorted(changes.changed.items()):
-                self._declared(device, row, active.get(device_id))
+                self._declared(device_id, device, row, active.get(device_id))
             self._removed(changes.removed, active)
             self._due(set(changes.ids))
             return
-        rows = self.decl.device_set.rows
-        for device_id, (value, row) in list(rows.items()):
-            current = active.get(device_id)
-            if not isinstance(value, Device):
-                # A row judged when `current` was issued from it: its source digest is one of
-                # the fleet's active certificates', and the row names this device, so it is
-                # `current`'s (one active certificate per device), not computed again here.
-                if current is not None and self.now < current[2]:
-                    continue
-                found = self.decl.device_set.row(device_id)
-                assert found is not None
-                value, row = found  # the row's digest, made now if it was deferred
-            self._declared(value, row, current)
-        self._removed(set(active) - set(rows), active)
+        removed = set(active)
+        for device_id, value, row in self.decl.device_set.walk():  # read one at a time
+            removed.discard(device_id)
+            self._declared(device_id, value, row, active.get(device_id))
+        self._removed(removed, active)
 
-    def _declared(self, device: Device, row: bytes, current: ActiveDevice | None) -> None:
-        """A device declared by a row of digest `row`, its active certificate `current`."""
+    def _declared(self, device_id: str, value: Row, row: bytes,
+                  current: ActiveDevice | None) -> None:
+        """A device declared by a row of digest `row` (validated here if it must be rendered:
+        a row judged when its active certificate `current` was issued from it is not), its
+        active certificate `current`."""
         source = self._source(row)
-        if device.revoked is None:
+        if revoked(value) is None:
             if current is None or current[3] != source or self.now >= current[2]:
-                self._device(device, current, source)
+                self._device(self.decl.device_set.device(value), current, source)
         elif current is not None:
-            self._add("revoke", device.id, "device marked revoked", current[0],
+            device = self.decl.device_set.device(value)
+            assert device.revoked is not None
+            self._add("revoke", device_id, "device marked revoked", current[0],
                       device.revoked.reason)
 
     def _removed(self, device_ids: Collection[str], active: dict[str, ActiveDevice]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import gc
 import io
 import json
 import random
@@ -23,7 +24,7 @@ from controller.api.devices import (
 )
 from controller.api.loading import Located, parse_documents
 from controller.api.problems import InvalidDeclaration, Problem
-from controller.api.resources import DeviceSource
+from controller.api.resources import Device, DeviceSource
 
 from .support import FLEET, line_of
 
@@ -131,10 +132,10 @@ def test_an_unsupported_form_is_reported_as_it_is() -> None:
 def test_parse_device_rows_is_public_and_pure() -> None:
     assert list(parse_device_rows("id,labels.site,revoked\na,x,\nb,,keyCompromise\n",
                                   "csv")) == [
-        (2, {"id": "a", "labels": {"site": "x"}}),
-        (3, {"id": "b", "labels": {}, "revoked": {"reason": "keyCompromise"}})]
+        (23, 2, {"id": "a", "labels": {"site": "x"}}),
+        (28, 3, {"id": "b", "labels": {}, "revoked": {"reason": "keyCompromise"}})]
     assert list(parse_device_rows('\n{"id": "j"}\n{"id": "k\u2028"}', "jsonl")) == [
-        (2, {"id": "j"}), (3, {"id": "k\u2028"})]  # a line ends at a line feed only
+        (1, 2, {"id": "j"}), (13, 3, {"id": "k\u2028"})]  # a line ends at a line feed only
     with pytest.raises(ValueError, match="'id' column"):
         list(parse_device_rows("name\nx\n", "csv"))
 
@@ -189,12 +190,16 @@ def test_csv_rows_are_read_as_dict_reader_read_them(seed: int) -> None:
     except ValueError as exc:
         expected = str(exc)
     try:
-        found: Any = list(parse_device_rows(text, "csv"))
+        read = list(parse_device_rows(text, "csv"))
+        found: Any = [(line, raw) for _, line, raw in read]
     except ValueError as exc:
         found = str(exc)
     assert found == expected
     if isinstance(found, list):
         assert [repr(raw) for _, raw in found] == [repr(raw) for _, raw in expected]
+        header = text[:text.find("\n") + 1]  # none: no row either
+        for start, _, raw in read:  # where a record begins, it is read alone
+            assert next(parse_device_rows(header + text[start:], "csv"))[2] == raw
 
 
 # --- ConfigMaps ----------------------------------------------------------------------------
@@ -349,6 +354,52 @@ def test_a_deferred_csv_set_reads_one_row_alone(seed: int, parsed: list[str]) ->
     short = read_fleet_devices(fleet(), [], lambda source: parts)  # the summary counts one more
     short.defer(DeviceSummary(len(devices) + 1, 0))
     assert short.find("absent") is None and parsed == ["csv"]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_a_csv_set_is_checked_once_keeping_no_row_and_reads_as_a_kept_set(seed: int) -> None:
+    """CSV parts (multi-line PEMs, blank lines, either line break, revoked rows, at times a
+    bad or doubled row) checked whole keep no `Device`; walking, reading a row alone, lines
+    and counts give what the same set gives with its rows kept (an empty JSONL part keeps
+    them), and so do the problems."""
+    chance = random.Random(seed)
+    end = chance.choice(["\n", "\r\n"])
+    texts = []
+    for part in range(2):
+        rows = []
+        for i in range(chance.randint(0, 60)):
+            device = f"d-{chance.randrange(90)}" if chance.random() < 0.02 else f"d-{part}-{i}"
+            site = "x" * 300 if chance.random() < 0.01 else f"site-{chance.randrange(3)}"
+            pem = f'"{PEM}"'.replace("\n", end) if chance.random() < 0.5 else ""
+            rows.append(f"{device},{site},{pem},{chance.choice(['', '', 'keyCompromise'])}")
+            if chance.random() < 0.1:
+                rows.append("")
+        texts.append(end.join(["id,labels.site,publicKey,revoked", *rows]) + end)
+    parts = [DeviceText(ONE, texts[0], "csv"), DeviceText("ConfigMap/sensors-2 key b.csv",
+                                                          texts[1], "csv")]
+
+    item = fleet()
+
+    def read(extra: list[DeviceText]) -> tuple[Any, list[Problem]]:
+        problems: list[Problem] = []
+        device_set = read_fleet_devices(item, problems, lambda source: parts + extra)
+        device_set.parse(problems)
+        return device_set, problems
+
+    before = sum(isinstance(o, Device) for o in gc.get_objects())
+    checked, problems = read([])
+    kept_now = sum(isinstance(o, Device) for o in gc.get_objects()) - before
+    kept, kept_problems = read([DeviceText(TWO, "", "jsonl")])
+    assert problems == kept_problems
+    if problems:
+        return
+    assert kept_now == 0 < kept.summary.count - 2  # not even the rows of the parts
+    walked = [(i, checked.device(value), digest) for i, value, digest in checked.walk()]
+    assert walked == [(i, kept.device(value), digest) for i, value, digest in kept.walk()]
+    assert checked.summary == kept.summary and checked.lines == kept.lines
+    for device_id in [*chance.sample([i for i, *_ in walked], 10), "absent"]:
+        assert checked.row(device_id) == kept.row(device_id)
+        assert checked.line_of(device_id) == kept.line_of(device_id)
 
 
 def test_a_row_read_alone_that_fails_now_is_reported_like_a_full_parse() -> None:

@@ -68,7 +68,7 @@ def test_a_few_changed_rows_are_all_that_is_read(
     assert sorted(rendered) == ["sensor-0007", "sensor-1001"]
     parsed.clear()
     full = every_row_read(monkeypatch, lambda: jobs.plan(repo, state, now))
-    assert parsed == ["csv"]
+    assert parsed == ["csv", "csv"]  # checked, then walked by the planner
     assert actions(planned) == actions(full)
     assert {(a.action, a.device) for a in planned.actions if a.name == "sensors"
             and a.action == "revoke"} == {("revoke", "sensor-0042"), ("revoke", "sensor-0100"),
@@ -110,7 +110,7 @@ def test_bad_rows_are_reported_as_a_full_read_reports_them(
     assert parsed == []
     with pytest.raises(InvalidDeclaration) as full:
         every_row_read(monkeypatch, lambda: jobs.plan(repo, state, now))
-    assert parsed == ["csv"]
+    assert parsed == ["csv", "csv"]  # checked, then read again to be kept: invalid
     assert changed.value.problems == full.value.problems
     assert {(p.file, p.line) for p in changed.value.problems} == {
         ("fleets/sensors.csv", 1002), ("fleets/sensors.csv", 1003)}
@@ -120,7 +120,7 @@ def test_bad_rows_are_reported_as_a_full_read_reports_them(
     commit_all(repo, "a doubled id")
     with pytest.raises(InvalidDeclaration) as doubled:
         jobs.plan(repo, state, now)
-    assert parsed == ["csv"]
+    assert parsed == ["csv", "csv"]  # checked, then read again to be kept: invalid
     assert [p.message for p in doubled.value.problems] == [
         "duplicate device id 'sensor-0001' (first at fleets/sensors.csv:2)"]
 
@@ -139,7 +139,7 @@ def test_a_commit_whose_file_was_not_the_one_applied_is_not_compared(
         patched.setattr(jobs, "applied_files",
                         lambda directory, branch: committed_reader(repo, unapplied))
         planned = jobs.plan(repo, state, now)
-    assert parsed == ["csv"]  # its content hash is not the one applied: every row is read
+    assert parsed == ["csv", "csv"]  # not the hash applied: every row read (checked, walked)
     assert {a.device for a in planned.actions if a.action == "revoke"} == {
         "sensor-0005", "sensor-0006"}
 

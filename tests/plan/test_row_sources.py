@@ -208,7 +208,8 @@ def test_only_changed_rows_are_validated(validated: list[str]) -> None:
     validated.clear()
     desired, problems = load(rows, observed)
     result = plan(desired, observed, NOW)
-    assert problems == [] and sorted(validated) == ["dev-004", "dev-006", "dev-099"]
+    # checked when read, validated again when rendered (no row is kept): no other row
+    assert problems == [] and set(validated) == {"dev-004", "dev-006", "dev-099"}
     assert {(a.action, a.device) for a in result.actions if a.device} == {
         ("rekey", "dev-004"), ("revoke", "dev-006"), ("issue", "dev-099")}
     assert desired.fleets["sensors"].summary.count == 31
@@ -221,7 +222,7 @@ def test_an_invalid_changed_row_is_reported_at_its_line(validated: list[str]) ->
     rows[3] = {**row(3), "labels.site": "x" * 300}
     validated.clear()
     _, problems = load(rows, observed)
-    assert validated == ["dev-003"]
+    assert set(validated) == {"dev-003"}  # read again to be kept as read: the set is invalid
     assert [(p.file, p.line, p.field) for p in problems] == [
         ("fleets/sensors.csv", 5, "labels.site")]
 
