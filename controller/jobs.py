@@ -6,6 +6,7 @@ import contextlib
 import fcntl
 import functools
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -684,8 +685,8 @@ def apply(directory: Path, state: StateDir, now: datetime, *,
             raise
         finally:
             sync_public(inventory, state.public_dir, epoch(now))
-            trail.record([*audit_events.executed(the_plan, inventory, epoch(now), actor),
-                          finished], now)
+            trail.record(itertools.chain(  # a million events are appended as they come
+                audit_events.executed(the_plan, inventory, epoch(now), actor), [finished]), now)
         done = ", ".join(f"{k} {v}" for k, v in sorted(result.done.items())) or "no changes"
         status_commit = write(done, dict(result.done), applied=True)
     return ApplyReport(the_plan, result, status_commit)

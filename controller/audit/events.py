@@ -13,7 +13,7 @@ import git
 
 from controller.audit.records import Event
 from controller.discovery.classify import Finding as Discovered
-from controller.plan.model import Plan
+from controller.plan.model import Action, Plan
 from controller.stores.inventory import Inventory
 from controller.stores.releases import Releases
 
@@ -77,7 +77,10 @@ def executed(the_plan: Plan, inventory: Inventory, at: int,
     count, and a run with nothing to do reads nothing (that may be a million rows)."""
     if not the_plan.actions:
         return
-    planned = {(a.name, a.device or ""): a for a in the_plan.actions if a.action in _DONE}
+    planned: dict[str, dict[str, Action]] = {}  # fleet or CA -> device -> action
+    for step in the_plan.actions:
+        if step.action in _DONE:
+            planned.setdefault(step.name, {})[step.device or ""] = step
     revoking = {(a.name, a.device or "") for a in the_plan.actions if a.action == "revoke"}
     for kind, owner, device, serial, fingerprint, issued, revoked, reason in \
             inventory.changed_at(at):
@@ -89,7 +92,7 @@ def executed(the_plan: Plan, inventory: Inventory, at: int,
             yield Event("certificate.revoked", "success", target, actor,
                         fields | {"reason": reason or "unspecified"})
         if issued == at:
-            action = planned.get((owner, device))
+            action = planned.get(owner, {}).get(device)
             if action is None or action.serial == serial:
                 continue  # another run's, or the one replaced (issued in the same second)
             if action.serial:
