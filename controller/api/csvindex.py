@@ -90,14 +90,18 @@ def record_at(text: str, start: int) -> list[str]:
     return next(csv.reader(_lines_from(text, start)))
 
 
-def record_lines(text: str, starts: list[int]) -> dict[int, int]:
+def record_lines(text: str, starts: list[int], one_line: bool = False) -> dict[int, int]:
     """By start, the line on which the record beginning there ends, as `csv.reader` numbers
-    it; the text is counted once, however many records."""
+    it (`one_line`: each record is a line, as in JSONL); the text is counted once, however
+    many records."""
     found: dict[int, int] = {}
     lines = counted = 0  # the line breaks before `counted`
     for start in sorted(set(starts)):
         lines += text.count("\n", counted, start)
         counted = start
+        if one_line:
+            found[start] = lines + 1
+            continue
         reader = csv.reader(_lines_from(text, start))
         next(reader)
         found[start] = lines + reader.line_num

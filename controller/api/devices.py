@@ -92,9 +92,13 @@ def parse_device_rows(text: str, fmt: str) -> Iterator[tuple[int, int, dict[str,
         for number, entry in enumerate(lines_of(text), start=1):
             if entry.strip():
                 try:
-                    yield start, number, json.loads(entry)
+                    device = json.loads(entry)
                 except json.JSONDecodeError as exc:
                     raise ValueError(f"line {number}: invalid JSON: {exc.msg}") from None
+                if not isinstance(device, dict):
+                    raise ValueError(f"line {number}: a device is a JSON object, not "
+                                     f"{type(device).__name__}")
+                yield start, number, device
             start += len(entry)
         return
     position = [0]
@@ -191,10 +195,10 @@ class DeviceSet:
     that has problems (rows valid when applied that this version refuses) raises
     InvalidDeclaration.
 
-    A set whose parts are all CSV is checked row by row once (`parse`: problems, duplicate
-    ids, counts) and keeps no row, only where each record begins: a million validated rows
-    are gigabytes. The planner reads its rows again one at a time (`walk`), and a row asked
-    for alone is read from its place (`row`). A set with a JSONL part keeps its rows.
+    A set is checked row by row once (`parse`: problems, duplicate ids, counts) and keeps no
+    row, only where each record begins: a million validated rows are gigabytes. The planner
+    reads its rows again one at a time (`walk`), and a row asked for alone is read from its
+    place (`row`). A set with problems keeps its valid rows, as read when checked.
 
     A row already judged (`parse(problems, judged)`: its digest, under the fleet and profile,
     is its active certificate's source) is not validated when checked, only when asked for.
@@ -237,8 +241,8 @@ class DeviceSet:
             return
         assert self._item is not None
         first = len(problems)
-        keep = self._deferred or any(part.format != "csv" for part in self._parts)
-        read = _parse(self._item, self._parts, problems, judged, self._deferred, keep)
+        read = _parse(self._item, self._parts, problems, judged, self._deferred,
+                      keep=self._deferred)
         if read.indexes is not None and len(problems) > first:  # invalid: kept, as ever
             read = _parse(self._item, self._parts, [], judged, self._deferred, keep=True)
         if self._summary is None:
@@ -376,7 +380,7 @@ class DeviceSet:
             return self._lines[device_id]
         for part, index in zip(self._parts, self._indexes or (), strict=False):
             if index is not None and (start := index[0].get(device_id)) is not None:
-                return part.label, record_lines(part.text, [start])[start]
+                return part.label, _record_lines(part, [start])[start]
         return self.lines.get(device_id)
 
     def find(self, device_id: str) -> Device | None:
@@ -423,7 +427,7 @@ class DeviceSet:
         for part, index in zip(self._parts, self._indexes, strict=True):
             if index is None or (start := index[0].get(device_id)) is None:
                 continue
-            raw = _csv_device(record_at(part.text, start), index[1])
+            raw = _record(part, start, index[1])
             valid = _validate(self._item, raw, part.label, 0, [])
             if raw.get("id") != device_id or valid is None:
                 return False, None  # read every row: it fails as a full parse does
@@ -550,7 +554,7 @@ def _parse(item: Located, parts: list[DeviceText], problems: list[Problem],
     row as read (a row written differently is a changed row, never the reverse); a row whose
     digest is `judged` is kept as read, not validated. The rows of a `deferred` set (judged all
     when it was applied) are kept as read, and digested when asked for (`DeviceSet.row`).
-    Unless `keep` (CSV parts only), no row is kept: where each part's records begin is."""
+    Unless `keep`, no row is kept: where each part's records begin is."""
     fleet = item.resource
     assert isinstance(fleet, DeviceFleet)
     rows: RowIndex = {}
@@ -612,7 +616,7 @@ def _parse(item: Located, parts: list[DeviceText], problems: list[Problem],
     summary = DeviceSummary(*counts)
     if keep:
         return _Read(rows, lines, None, summary)
-    return _Read({}, {}, tuple((starts, _header_columns(part.text))
+    return _Read({}, {}, tuple((starts, _header_columns(part))
                                for part, starts in zip(parts, starts_of, strict=True)), summary)
 
 
@@ -622,14 +626,27 @@ def _first_places(lines: DeviceLines, parts: list[DeviceText],
     places = {device_id: lines[device_id] for device_id in wanted if device_id in lines}
     for part, starts in zip(parts, starts_of, strict=False):
         mine = {device_id: starts[device_id] for device_id in wanted if device_id in starts}
-        found = record_lines(part.text, list(mine.values()))
+        found = _record_lines(part, list(mine.values()))
         places.update((device_id, (part.label, found[start])) for device_id, start in mine.items())
     return places
 
 
-def _header_columns(text: str) -> list[tuple[int, str, str]]:
-    """The columns of a CSV text's header (read already: it has one)."""
-    return _csv_columns(next(csv.reader(lines_of(text))))
+def _header_columns(part: DeviceText) -> list[tuple[int, str, str]]:
+    """The columns of a CSV part's header (read already: it has one); none for JSONL."""
+    return _csv_columns(next(csv.reader(lines_of(part.text)))) if part.format == "csv" else []
+
+
+def _record(part: DeviceText, start: int, columns: list[tuple[int, str, str]]) -> dict[str, Any]:
+    """The raw device of the part's record beginning at `start` (`columns`: of a CSV header)."""
+    if part.format == "jsonl":
+        end = part.text.find("\n", start) + 1 or len(part.text)
+        return dict(json.loads(part.text[start:end]))
+    return _csv_device(record_at(part.text, start), columns)
+
+
+def _record_lines(part: DeviceText, starts: list[int]) -> dict[int, int]:
+    """By start, the line on which the part's record beginning there ends."""
+    return record_lines(part.text, starts, one_line=part.format == "jsonl")
 
 
 def _row_digest(raw: dict[str, Any]) -> bytes:

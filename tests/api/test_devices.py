@@ -22,7 +22,7 @@ from controller.api.devices import (
     parse_device_rows,
     read_fleet_devices,
 )
-from controller.api.loading import Located, parse_documents
+from controller.api.loading import Located, field_path, parse_documents
 from controller.api.problems import InvalidDeclaration, Problem
 from controller.api.resources import Device, DeviceSource
 
@@ -138,6 +138,8 @@ def test_parse_device_rows_is_public_and_pure() -> None:
         (1, 2, {"id": "j"}), (13, 3, {"id": "k\u2028"})]  # a line ends at a line feed only
     with pytest.raises(ValueError, match="'id' column"):
         list(parse_device_rows("name\nx\n", "csv"))
+    with pytest.raises(ValueError, match="line 2: a device is a JSON object, not list"):
+        list(parse_device_rows('{"id": "j"}\n[1, 2]\n', "jsonl"))
 
 
 def dict_reader_rows(text: str) -> list[tuple[int, dict[str, Any]]]:
@@ -356,50 +358,74 @@ def test_a_deferred_csv_set_reads_one_row_alone(seed: int, parsed: list[str]) ->
     assert short.find("absent") is None and parsed == ["csv"]
 
 
-@pytest.mark.parametrize("seed", range(40))
-def test_a_csv_set_is_checked_once_keeping_no_row_and_reads_as_a_kept_set(seed: int) -> None:
-    """CSV parts (multi-line PEMs, blank lines, either line break, revoked rows, at times a
-    bad or doubled row) checked whole keep no `Device`; walking, reading a row alone, lines
-    and counts give what the same set gives with its rows kept (an empty JSONL part keeps
-    them), and so do the problems."""
+@pytest.mark.parametrize("seed", range(60))
+def test_a_set_is_checked_once_keeping_no_row_and_reads_as_its_rows_declare(seed: int) -> None:
+    """CSV and JSONL parts (multi-line PEMs, blank lines, either line break, revoked rows, at
+    times a bad or doubled row), checked whole, keep no `Device`; the problems, the walk, a
+    row read alone from its place, lines and counts are what reading the rows one by one with
+    `parse_device_rows` and validating each gives."""
     chance = random.Random(seed)
     end = chance.choice(["\n", "\r\n"])
-    texts = []
-    for part in range(2):
-        rows = []
-        for i in range(chance.randint(0, 60)):
-            device = f"d-{chance.randrange(90)}" if chance.random() < 0.02 else f"d-{part}-{i}"
-            site = "x" * 300 if chance.random() < 0.01 else f"site-{chance.randrange(3)}"
-            pem = f'"{PEM}"'.replace("\n", end) if chance.random() < 0.5 else ""
-            rows.append(f"{device},{site},{pem},{chance.choice(['', '', 'keyCompromise'])}")
-            if chance.random() < 0.1:
-                rows.append("")
-        texts.append(end.join(["id,labels.site,publicKey,revoked", *rows]) + end)
-    parts = [DeviceText(ONE, texts[0], "csv"), DeviceText("ConfigMap/sensors-2 key b.csv",
-                                                          texts[1], "csv")]
 
+    def row() -> tuple[str, str, str, str]:
+        device = f"d-{chance.randrange(3)}" if chance.random() < 0.03 else \
+            f"d-{chance.randrange(10**9)}"
+        site = "x" * 300 if chance.random() < 0.005 else f"site-{chance.randrange(3)}"
+        return (device, site, PEM if chance.random() < 0.5 else "",
+                chance.choice(["", "", "keyCompromise"]))
+
+    lines = ["id,labels.site,publicKey,revoked"]
+    for _ in range(chance.randint(0, 60)):
+        device, site, pem, revoked = row()
+        lines += [f'{device},{site},"{pem}",{revoked}'.replace("\n", end)] + \
+            [""] * (chance.random() < 0.1)
+    objects = []
+    for _ in range(chance.randint(0, 30)):
+        device, site, pem, revoked = row()
+        objects.append(json.dumps({"id": device, "labels": {"site": site}, "publicKey": pem or
+                                   None, "revoked": {"reason": revoked} if revoked else None}))
+    parts = [DeviceText(ONE, end.join(lines) + end, "csv"),
+             DeviceText(TWO, "\n".join(objects) + "\n", "jsonl")]
     item = fleet()
 
-    def read(extra: list[DeviceText]) -> tuple[Any, list[Problem]]:
-        problems: list[Problem] = []
-        device_set = read_fleet_devices(item, problems, lambda source: parts + extra)
-        device_set.parse(problems)
-        return device_set, problems
+    declared: dict[str, tuple[Device, tuple[str, int | None]]] = {
+        device.id: (device, (item.file, line_of(CONFIGMAPS, device.id)))
+        for device in item.resource.spec.devices}  # type: ignore[union-attr]
+    expected: list[tuple[str, int | None, str | None, str | None]] = []
+    for part in parts:
+        for _, line, raw in parse_device_rows(part.text, part.format):
+            try:
+                device = Device.model_validate(raw)
+            except ValidationError as exc:
+                expected += [(part.label, line, field_path(error["loc"]), None)
+                             for error in exc.errors()]
+                continue
+            if device.id in declared:
+                file, first = declared[device.id][1]
+                expected.append((part.label, line, "id", f"duplicate device id {device.id!r} "
+                                                         f"(first at {file}:{first})"))
+            else:
+                declared[device.id] = (device, (part.label, line))
 
     before = sum(isinstance(o, Device) for o in gc.get_objects())
-    checked, problems = read([])
+    problems: list[Problem] = []
+    checked = read_fleet_devices(item, problems, lambda source: parts)
+    checked.parse(problems)
     kept_now = sum(isinstance(o, Device) for o in gc.get_objects()) - before
-    kept, kept_problems = read([DeviceText(TWO, "", "jsonl")])
-    assert problems == kept_problems
+    assert [(p.file, p.line, p.field, p.message if p.field == "id" else None)
+            for p in problems] == expected
     if problems:
         return
-    assert kept_now == 0 < kept.summary.count - 2  # not even the rows of the parts
+    assert kept_now == 0 < len(declared) - 2  # not even the rows of the parts
     walked = [(i, checked.device(value), digest) for i, value, digest in checked.walk()]
-    assert walked == [(i, kept.device(value), digest) for i, value, digest in kept.walk()]
-    assert checked.summary == kept.summary and checked.lines == kept.lines
-    for device_id in [*chance.sample([i for i, *_ in walked], 10), "absent"]:
-        assert checked.row(device_id) == kept.row(device_id)
-        assert checked.line_of(device_id) == kept.line_of(device_id)
+    assert [(i, device) for i, device, _ in walked] == [(i, d) for i, (d, _) in declared.items()]
+    assert checked.lines == {i: place for i, (_, place) in declared.items()}
+    assert checked.summary == DeviceSummary(len(declared), sum(
+        1 for device, _ in declared.values() if device.revoked is None))
+    for device_id, device, digest in chance.sample(walked, min(10, len(walked))):
+        assert checked.row(device_id) == (device, digest)
+        assert checked.line_of(device_id) == declared[device_id][1]
+    assert checked.row("absent") is None
 
 
 def test_a_row_read_alone_that_fails_now_is_reported_like_a_full_parse() -> None:
