@@ -12,7 +12,6 @@ from typing import Any
 
 from controller import __version__
 from controller.api.devices import (
-    DeviceLines,
     DeviceSet,
     DeviceSummary,
     Judged,
@@ -47,16 +46,6 @@ class FleetDecl:
     def fleet(self) -> DeviceFleet:
         assert isinstance(self.located.resource, DeviceFleet)
         return self.located.resource
-
-    @property
-    def devices(self) -> tuple[Device, ...]:
-        """Every device, each row validated."""
-        return self.device_set.parsed[0]
-
-    @property
-    def device_lines(self) -> DeviceLines:
-        """Device id -> (file, line)."""
-        return self.device_set.lines
 
     def device(self, device_id: str) -> Device | None:
         return self.device_set.find(device_id)

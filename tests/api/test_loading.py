@@ -38,7 +38,7 @@ def test_minimal_repo_loads_without_problems(make_repo: MakeRepo) -> None:
     assert problems == []
     assert sorted(desired.authorities) == ["issuing", "root"]
     assert list(desired.profiles) == ["client"]
-    assert [d.id for d in desired.fleets["sensors"].devices] == ["dev-1", "dev-2"]
+    assert [d.id for d in desired.fleets["sensors"].device_set.parsed[0]] == ["dev-1", "dev-2"]
     assert desired.authorities_in_order() == ["root", "issuing"]
     assert validate(make_repo(), NOW, policies=PolicySource(defaults=False))[0] == []
 
@@ -47,8 +47,8 @@ def test_example_repo_is_valid() -> None:
     desired, problems = load_repository(EXAMPLE_REPO)
     assert [str(p) for p in problems] == []
     rows = (EXAMPLE_REPO / "fleets" / "sensors.csv").read_text().strip().splitlines()
-    assert len(desired.fleets["sensors"].devices) == len(rows) - 1 >= 1000
-    assert desired.fleets["sensors"].device_lines["sensor-0001"] == ("fleets/sensors.csv", 2)
+    assert len(desired.fleets["sensors"].device_set.parsed[0]) == len(rows) - 1 >= 1000
+    assert desired.fleets["sensors"].device_set.lines["sensor-0001"] == ("fleets/sensors.csv", 2)
     assert validate(EXAMPLE_REPO, NOW) == ([], [])  # default policies included
 
 
@@ -238,7 +238,7 @@ def test_duplicate_inline_device_ids(make_repo: MakeRepo) -> None:
     assert problem.object == "DeviceFleet/sensors"
     assert "duplicate device id 'dev-1'" in problem.message
     assert f"first at {FLEET_FILE}:" in problem.message
-    assert [d.id for d in desired.fleets["sensors"].devices] == ["dev-1", "dev-2"]
+    assert [d.id for d in desired.fleets["sensors"].device_set.parsed[0]] == ["dev-1", "dev-2"]
 
 
 def test_duplicate_inline_device_ids_name_both_lines(make_repo: MakeRepo) -> None:
@@ -268,11 +268,11 @@ def test_csv_devices_with_labels_and_revocation(make_repo: MakeRepo) -> None:
     desired, problems = load_repository(repo)
     assert problems == []
     decl = desired.fleets["sensors"]
-    devices = {d.id: d for d in decl.devices}
+    devices = {d.id: d for d in decl.device_set.parsed[0]}
     assert devices["s-1"].labels == {"site": "berlin"} and devices["s-1"].revoked is None
     assert devices["s-2"].labels == {}
     assert devices["s-2"].revoked == Revocation(reason="keyCompromise")
-    assert decl.device_lines["s-2"] == ("fleets/s.csv", 3)
+    assert decl.device_set.lines["s-2"] == ("fleets/s.csv", 3)
 
 
 def test_jsonl_devices(make_repo: MakeRepo) -> None:
@@ -281,8 +281,8 @@ def test_jsonl_devices(make_repo: MakeRepo) -> None:
     desired, problems = load_repository(repo)
     assert problems == []
     decl = desired.fleets["sensors"]
-    assert [d.id for d in decl.devices] == ["j-1", "j-2"]
-    assert decl.device_lines["j-2"] == ("fleets/s.jsonl", 3)
+    assert [d.id for d in decl.device_set.parsed[0]] == ["j-1", "j-2"]
+    assert decl.device_set.lines["j-2"] == ("fleets/s.jsonl", 3)
 
 
 def test_content_hash_follows_the_device_source(make_repo: MakeRepo) -> None:
@@ -300,7 +300,7 @@ def test_missing_device_source_is_an_error_never_zero_devices(make_repo: MakeRep
     assert (problem.file, problem.object, problem.field) == (
         FLEET_FILE, "DeviceFleet/sensors", "spec.deviceSource.path")
     assert "'fleets/gone.csv'" in problem.message and "never zero devices" in problem.message
-    assert desired.fleets["sensors"].devices == ()
+    assert desired.fleets["sensors"].device_set.parsed[0] == ()
     with pytest.raises(InvalidDeclaration):
         load(repo)
 
@@ -319,7 +319,7 @@ def test_malformed_device_source(make_repo: MakeRepo, name: str, text: str,
     assert problem.field == "spec.deviceSource.path"
     assert f"'fleets/{name}'" in problem.message
     assert expected in problem.message
-    assert desired.fleets["sensors"].devices == ()
+    assert desired.fleets["sensors"].device_set.parsed[0] == ()
 
 
 def test_jsonl_format_can_be_forced(make_repo: MakeRepo) -> None:
@@ -327,7 +327,8 @@ def test_jsonl_format_can_be_forced(make_repo: MakeRepo) -> None:
     repo = make_repo({FLEET_FILE: fleet, "fleets/devices.txt": '{"id": "t-1"}\n'})
     desired, problems = load_repository(repo)
     assert problems == []
-    assert [d.id for d in desired.fleets["sensors"].devices] == ["dev-1", "dev-2", "t-1"]
+    devices, _, _ = desired.fleets["sensors"].device_set.parsed
+    assert [d.id for d in devices] == ["dev-1", "dev-2", "t-1"]
 
 
 def test_device_id_pattern_violation_in_csv_names_csv_file_and_line(make_repo: MakeRepo) -> None:
@@ -352,7 +353,7 @@ def test_csv_with_byte_order_mark(make_repo: MakeRepo) -> None:
     repo = make_repo({FLEET_FILE: with_source("s.csv"), "s.csv": "\ufeffid\nb-1\n"})
     desired, problems = load_repository(repo)
     assert problems == []
-    assert "b-1" in [d.id for d in desired.fleets["sensors"].devices]
+    assert "b-1" in [d.id for d in desired.fleets["sensors"].device_set.parsed[0]]
 
 
 @pytest.mark.parametrize("path", ["../x.csv", "fleets/../../x.csv", "/etc/passwd"])
@@ -374,7 +375,7 @@ def test_device_source_symlink_out_of_the_repository(make_repo: MakeRepo, tmp_pa
     problem = only(problems)
     assert problem.field == "spec.deviceSource.path"
     assert "leaves the repository" in problem.message
-    assert desired.fleets["sensors"].devices == ()
+    assert desired.fleets["sensors"].device_set.parsed[0] == ()
 
 
 @pytest.mark.parametrize(("source", "field"), [
@@ -391,7 +392,7 @@ def test_kubernetes_device_sources_are_refused_in_git_mode(make_repo: MakeRepo, 
         FLEET_FILE, "DeviceFleet/sensors", f"spec.deviceSource.{field}")
     assert problem.line == line_of(fleet, f"{field}:")
     assert problem.message.startswith("only in Kubernetes mode (fleetpki operator)")
-    assert desired.fleets["sensors"].devices == ()
+    assert desired.fleets["sensors"].device_set.parsed[0] == ()
 
 
 # --- templates and lifetimes ---------------------------------------------------------------

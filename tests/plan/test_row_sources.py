@@ -292,4 +292,4 @@ def test_judged_rows_plan_what_validating_every_row_plans(seed: int) -> None:
     assert made == made_every == rendered_again(judged, made)
     assert short.source_notes == every.source_notes
     assert judged.fleets["sensors"].summary == full.fleets["sensors"].summary
-    assert judged.fleets["sensors"].devices == full.fleets["sensors"].devices
+    assert judged.fleets["sensors"].device_set.parsed == full.fleets["sensors"].device_set.parsed

@@ -348,7 +348,7 @@ def test_est_enrollment_is_judged_with_the_tenancy(example: tuple[Path, Path]) -
     profile = declaration.desired.profile("sensor-client")
 
     def enroll(device_id: str) -> None:
-        device = next(d for d in decl.devices if d.id == device_id)
+        device = next(d for d in decl.device_set.parsed[0] if d.id == device_id)
         est.check_policy(declaration.rules, declaration.desired, "sensors", device_id,
                          device_intent(decl.fleet, profile, device), NOW, declaration.tenancy)
 

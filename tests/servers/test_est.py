@@ -128,7 +128,7 @@ def test_simpleenroll_with_one_time_secret(server: Running, env: Env) -> None:
     # Recorded exactly as apply records it: the next plan has nothing to do for the device.
     declaration = jobs.load(env.repo)
     decl = declaration.desired.fleets["sensors"]
-    device = next(d for d in decl.devices if d.id == "dev-3")
+    device = next(d for d in decl.device_set.parsed[0] if d.id == "dev-3")
     profile = declaration.desired.profile("sensor")
     assert after.intent == device_intent(decl.fleet, profile, device).digest
     planned = jobs.plan(env.repo, env.state, jobs.now_utc())
