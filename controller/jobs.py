@@ -17,6 +17,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import git
 from cryptography import x509
@@ -332,6 +333,24 @@ def repository_lock(root: Path | None) -> Iterator[None]:
 
 
 @dataclass(frozen=True)
+class _Judges:
+    """A plan's judges, each told of every device intent (the planner's `IntentSink`)."""
+
+    judges: list[PolicyJudge]
+
+    def __call__(self, fleet: str, intent: DeviceIntent, labels: Mapping[str, str]) -> None:
+        for judge in self.judges:
+            judge.device(fleet, intent, labels)
+
+    def gathered(self) -> list[Any]:
+        return [judge.gathered() for judge in self.judges]
+
+    def add(self, gathered: list[Any]) -> None:
+        for judge, found in zip(self.judges, gathered, strict=True):
+            judge.add(found)
+
+
+@dataclass(frozen=True)
 class Declaration:
     """A repository's desired state with its effective policies, compiled."""
 
@@ -347,19 +366,15 @@ class Declaration:
         `trusted` declaration (a pull request's base), its policies judge the plan too (their
         findings say `(base)`), and every change to the policies is a danger. The policies
         judge each device intent as the planner makes it, and none is kept."""
-        judges = [PolicyJudge(declaration.rules, self.desired, now, self.tenancy)
-                  for declaration in (self, trusted) if declaration is not None]
-
-        def judge(fleet: str, intent: DeviceIntent, labels: Mapping[str, str]) -> None:
-            for each in judges:
-                each.device(fleet, intent, labels)
-
-        planned = make_plan(self.desired, observed, now, max_revocations, judge)
-        findings = judges[0].findings()
+        judges = _Judges([PolicyJudge(declaration.rules, self.desired, now, self.tenancy)
+                          for declaration in (self, trusted) if declaration is not None])
+        planned = make_plan(self.desired, observed, now, max_revocations, judges)
+        findings = judges.judges[0].findings()
         flags: list[str] = []
         if trusted is not None:
             own = {(f.policy, f.rule, f.action, f.object, f.device) for f in findings}
-            findings += [replace(f, policy=f"{f.policy} (base)") for f in judges[1].findings()
+            base = judges.judges[1].findings()
+            findings += [replace(f, policy=f"{f.policy} (base)") for f in base
                          if (f.policy, f.rule, f.action, f.object, f.device) not in own]
             flags = policy_changes(trusted.policies, self.policies)
         gated = gate(planned, self.desired, findings)

@@ -42,14 +42,16 @@ def worker_count(items: int) -> int:
 
 
 def mapped(function: Callable[[Item], Result], items: Sequence[Item], batch: int,
-           start: Callable[[], None] | None = None) -> Iterator[list[Result]]:
+           start: Callable[[], None] | None = None,
+           workers: int | None = None) -> Iterator[list[Result]]:
     """`function` of each item, `batch` items at a time, in order; on forked workers when
-    `worker_count` allows, each of which first calls `start` (e.g. to open its own database
-    connection), else here. Workers run at most AHEAD ranges each ahead of what the caller
-    took: results the caller is slower to use (the signing's inventory writes) wait in no
-    queue (at a million certificates, `Pool.imap` held about 550 MB of them)."""
+    `worker_count` allows (or on `workers` of them, counted by the caller), each of which
+    first calls `start` (e.g. to open its own database connection), else here. Workers run at
+    most AHEAD ranges each ahead of what the caller took: results the caller is slower to use
+    (the signing's inventory writes) wait in no queue (at a million certificates, `Pool.imap`
+    held about 550 MB of them)."""
     bounds = [(first, min(first + batch, len(items))) for first in range(0, len(items), batch)]
-    workers = worker_count(len(items))
+    workers = worker_count(len(items)) if workers is None else workers
     if not workers:
         yield from ([function(item) for item in items[first:end]] for first, end in bounds)
         return

@@ -37,19 +37,22 @@ class RecordIndex(NamedTuple):
     doubled: bool  # some id begins several records (the first is indexed)
 
 
-def lines_of(text: str, position: list[int] | None = None) -> Iterator[str]:
-    """The lines of `text`, each with its line break, one at a time: what `csv.reader` reads
-    from a file (`io.StringIO` would first copy the text at four bytes a character).
-    `position[0]`, if given, is kept where the line last yielded ends."""
+def lines_of(text: str, position: list[int] | None = None, start: int = 0,
+             stop: int | None = None) -> Iterator[str]:
+    """The lines of `text` (from `start`, a line's beginning, to `stop`, another's), each with
+    its line break, one at a time: what `csv.reader` reads from a file (`io.StringIO` would
+    first copy the text at four bytes a character). `position[0]`, if given, is kept where the
+    line last yielded ends."""
     at = position if position is not None else [0]
-    start, find = 0, text.find
-    while end := find("\n", start) + 1:
+    stop = len(text) if stop is None else stop
+    find = text.find
+    while end := find("\n", start, stop) + 1:
         at[0] = end
         yield text[start:end]
         start = end
-    if start < len(text):
-        at[0] = len(text)
-        yield text[start:]
+    if start < stop:
+        at[0] = stop
+        yield text[start:stop]
 
 
 def record_starts(text: str) -> RecordIndex | None:
@@ -87,7 +90,7 @@ def _starts(text: str, begin: int, end: int) -> tuple[dict[str, int], bool]:
 
 def record_at(text: str, start: int) -> list[str]:
     """The values of the record beginning at `start`, as `csv.reader` reads them."""
-    return next(csv.reader(_lines_from(text, start)))
+    return next(csv.reader(lines_of(text, None, start)))
 
 
 def record_lines(text: str, starts: list[int], one_line: bool = False) -> dict[int, int]:
@@ -102,17 +105,10 @@ def record_lines(text: str, starts: list[int], one_line: bool = False) -> dict[i
         if one_line:
             found[start] = lines + 1
             continue
-        reader = csv.reader(_lines_from(text, start))
+        reader = csv.reader(lines_of(text, None, start))
         next(reader)
         found[start] = lines + reader.line_num
     return found
-
-
-def _lines_from(text: str, start: int) -> Iterator[str]:
-    while start < len(text):
-        end = text.find("\n", start) + 1 or len(text)
-        yield text[start:end]
-        start = end
 
 
 class RecordChanges(NamedTuple):

@@ -12,6 +12,7 @@ import base64
 import binascii
 import csv
 import hashlib
+import itertools
 import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -186,6 +187,13 @@ class DeviceChanges:
         return [*self.changed, *self.removed]
 
 
+class Share(NamedTuple):
+    """Consecutive rows of a checked set, walked apart from the others (`DeviceSet.shares`)."""
+
+    inline: bool  # the fleet's inline devices, which come first
+    segments: tuple[tuple[int, int, int], ...]  # (part number, first record's start, end)
+
+
 class DeviceSet:
     """A fleet's devices as declared: the inline ones and the text of each `deviceSource` part.
 
@@ -337,12 +345,51 @@ class DeviceSet:
             self._rows, self._lines = rows, lines
         return self._rows
 
-    def walk(self) -> Iterator[tuple[str, Row, bytes]]:
+    def walk(self, share: Share | None = None) -> Iterator[tuple[str, Row, bytes]]:
         """Each device's id, its device or row as read (`device` validates it) and its row
         digest, in declared order: a checked set's rows read from its text again, one at a
-        time. InvalidDeclaration if the set has problems not reported before."""
-        for device_id, value, digest, *_ in self._every_row():
-            yield device_id, value, _digested(value, digest)
+        time; with a `share` (of `shares`), its rows alone. InvalidDeclaration if the set has
+        problems not reported before."""
+        if share is None:
+            for device_id, value, digest, *_ in self._every_row():
+                yield device_id, value, _digested(value, digest)
+            return
+        assert self._item is not None and isinstance(self._item.resource, DeviceFleet)
+        assert self._indexes is not None
+        if share.inline:
+            for device in self._item.resource.spec.devices:
+                yield device.id, device, _inline_digest(device)
+        for number, begin, end in share.segments:
+            part, columns = self._parts[number], self._indexes[number]
+            assert columns is not None
+            for raw in _rows_between(part, begin, end, columns[1]):
+                yield raw["id"], raw, _row_digest(raw)
+
+    def shares(self, count: int) -> list[Share]:
+        """The walk cut into `count` consecutive shares of about as many rows, to be walked
+        apart (on several cores); none where the set is not checked (its rows are kept or not
+        read yet: walk it whole)."""
+        indexes = self._indexes
+        if not self._checked or self._rows is not None or indexes is None or count < 2 \
+                or any(index is None for index in indexes):
+            return []
+        counts = [len(index[0]) for index in indexes if index is not None]
+        each = max(-(-sum(counts) // count), 1)
+        made: list[Share] = []
+        for first in range(0, max(sum(counts), 1), each):
+            segments: list[tuple[int, int, int]] = []
+            base = 0
+            for number, (part, index) in enumerate(zip(self._parts, indexes, strict=True)):
+                low, high = max(first - base, 0), min(first + each - base, counts[number])
+                base += counts[number]
+                if index is not None and low < high:
+                    starts = index[0].values()
+                    begin = next(itertools.islice(starts, low, None))
+                    end = (next(itertools.islice(starts, high, None)) if high < counts[number]
+                           else len(part.text))
+                    segments.append((number, begin, end))
+            made.append(Share(not made, tuple(segments)))
+        return made
 
     def _every_row(self, problems: list[Problem] | None = None
                    ) -> Iterator[tuple[str, Row, bytes, str, int | None]]:
@@ -642,6 +689,19 @@ def _record(part: DeviceText, start: int, columns: list[tuple[int, str, str]]) -
         end = part.text.find("\n", start) + 1 or len(part.text)
         return dict(json.loads(part.text[start:end]))
     return _csv_device(record_at(part.text, start), columns)
+
+
+def _rows_between(part: DeviceText, begin: int, end: int,
+                  columns: list[tuple[int, str, str]]) -> Iterator[dict[str, Any]]:
+    """The raw devices of a checked part's records from `begin` to `end` (records' starts)."""
+    if part.format == "jsonl":
+        for entry in lines_of(part.text, None, begin, end):
+            if entry.strip():
+                yield json.loads(entry)
+        return
+    for values in csv.reader(lines_of(part.text, None, begin, end)):
+        if values:
+            yield _csv_device(values, columns)
 
 
 def _record_lines(part: DeviceText, starts: list[int]) -> dict[int, int]:

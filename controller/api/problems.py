@@ -64,3 +64,6 @@ class InvalidDeclaration(Exception):
     def __init__(self, problems: list[Problem]) -> None:
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
+
+    def __reduce__(self) -> tuple[type, tuple[list[Problem]]]:
+        return InvalidDeclaration, (self.problems,)  # as raised on a worker (`parallel`)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+import functools
+import itertools
+from collections.abc import Collection, Mapping
 from datetime import datetime
+from typing import Any, Protocol
 
+from controller import parallel
 from controller.api.desired import (
     Desired,
     FleetDecl,
@@ -12,7 +16,7 @@ from controller.api.desired import (
     source_context,
     source_digest,
 )
-from controller.api.devices import Row, revoked
+from controller.api.devices import Row, Share, revoked
 from controller.api.problems import Problem
 from controller.api.resources import Authority, Device
 from controller.clock import epoch, from_epoch
@@ -33,8 +37,19 @@ from controller.plan.schedule import crl_due
 CA_KIND = "CertificateAuthority"
 FLEET_KIND = "DeviceFleet"
 MIN_MASS_REVOCATION_LIMIT = 100
-# told of each intent a plan makes: its fleet, the intent and the device's labels
-IntentSink = Callable[[str, DeviceIntent, Mapping[str, str]], None]
+SHARES_PER_WORKER = 4  # so that the parent takes in a share's actions as the others are walked
+
+
+class IntentSink(Protocol):
+    """Told of each intent a plan makes: its fleet, the intent and the device's labels. A fleet
+    walked on several cores tells each worker's copy of the sink; `gathered` takes what a copy
+    holds (forgetting it), and the parent's copy `add`s what each worker's gathered."""
+
+    def __call__(self, fleet: str, intent: DeviceIntent, labels: Mapping[str, str]) -> None: ...
+
+    def gathered(self) -> Any: ...
+
+    def add(self, gathered: Any) -> None: ...
 
 
 def ca_intent(ca: Authority) -> str:
@@ -121,10 +136,47 @@ class _FleetPlanner:
             self._due(set(changes.ids))
             return
         removed = set(active)
-        for device_id, value, row in self.decl.device_set.walk():  # read one at a time
-            removed.discard(device_id)
-            self._declared(device_id, value, row, active.get(device_id))
+        workers = parallel.worker_count(self.decl.summary.count)
+        shares = self.decl.device_set.shares(workers * SHARES_PER_WORKER)
+        if not shares:
+            removed.difference_update(self._walk(None, active))
+        for actions, problems, notes, seen, gathered in itertools.chain.from_iterable(
+                parallel.mapped(functools.partial(self._walk_apart, active), shares, 1,
+                                self._forget_gathered, workers)):
+            self.actions += [Action(name, FLEET_KIND, self.fleet.name, reason, device, serial,
+                                    why) for name, reason, device, serial, why in actions]
+            self.problems += problems
+            self.source_notes.update(notes)
+            removed.difference_update(seen)
+            if self._made is not None:
+                self._made.add(gathered)
         self._removed(removed, active)
+
+    def _forget_gathered(self) -> None:
+        """On a worker, before it walks: the sink's copy holds what the parent's does."""
+        if self._made is not None:
+            self._made.gathered()
+
+    def _walk(self, share: Share | None, active: dict[str, ActiveDevice]) -> list[str]:
+        """Declare the devices of the share (all: None); the ids of those `active`."""
+        seen = []
+        for device_id, value, row in self.decl.device_set.walk(share):  # read one at a time
+            if (current := active.get(device_id)) is not None:
+                seen.append(device_id)
+            self._declared(device_id, value, row, current)
+        return seen
+
+    def _walk_apart(self, active: dict[str, ActiveDevice], share: Share) -> tuple[
+            list[tuple[ActionName, str, str | None, str | None, str | None]], list[Problem],
+            dict[str, str], list[str], Any]:
+        """`_walk` of a share on a worker (a copy of this planner, forked before any device
+        was walked), sending back what it made (actions as tuples: a tenth of the cost)."""
+        seen = self._walk(share, active)
+        made = ([(a.action, a.reason, a.device, a.serial, a.revocation_reason)
+                 for a in self.actions], self.problems, self.source_notes, seen,
+                self._made and self._made.gathered())
+        self.actions, self.problems, self.source_notes = [], [], {}
+        return made
 
     def _declared(self, device_id: str, value: Row, row: bytes,
                   current: ActiveDevice | None) -> None:

@@ -501,6 +501,15 @@ class PolicyJudge:
             self._record(rank, position, 0, finding and replace(finding, device=intent.device_id),
                          intent.device_id)
 
+    def gathered(self) -> list[tuple[tuple[int, int, int, str], Finding]]:
+        """What was found so far, taken (and forgotten here): a worker's findings."""
+        found, self._found = self._found, []
+        return found
+
+    def add(self, gathered: list[tuple[tuple[int, int, int, str], Finding]]) -> None:
+        """Take in what another judge (a copy on a worker) `gathered`."""
+        self._found += gathered
+
     def findings(self) -> list[Finding]:
         """What the rules found so far, in rule, object and device order."""
         return [finding for _, finding in sorted(self._found, key=lambda item: item[0])]

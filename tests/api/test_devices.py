@@ -407,6 +407,7 @@ def test_a_set_is_checked_once_keeping_no_row_and_reads_as_its_rows_declare(seed
             else:
                 declared[device.id] = (device, (part.label, line))
 
+    gc.collect()  # no garbage of earlier tests collected while counting
     before = sum(isinstance(o, Device) for o in gc.get_objects())
     problems: list[Problem] = []
     checked = read_fleet_devices(item, problems, lambda source: parts)
@@ -419,6 +420,11 @@ def test_a_set_is_checked_once_keeping_no_row_and_reads_as_its_rows_declare(seed
     assert kept_now == 0 < len(declared) - 2  # not even the rows of the parts
     walked = [(i, checked.device(value), digest) for i, value, digest in checked.walk()]
     assert [(i, device) for i, device, _ in walked] == [(i, d) for i, (d, _) in declared.items()]
+    for count in (2, 3, 7):  # cut to be walked apart: the same rows, each once, in order
+        shares = checked.shares(count)
+        assert 1 <= len(shares) <= count and [share.inline for share in shares][:1] == [True]
+        assert [(i, checked.device(value), digest) for share in shares
+                for i, value, digest in checked.walk(share)] == walked
     assert checked.lines == {i: place for i, (_, place) in declared.items()}
     assert checked.summary == DeviceSummary(len(declared), sum(
         1 for device, _ in declared.values() if device.revoked is None))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -95,13 +96,26 @@ def make_desired(
 Intents = dict[tuple[str, str], DeviceIntent]
 
 
+class Made(dict[tuple[str, str], DeviceIntent]):
+    """An `IntentSink` keeping every intent told, by fleet and device."""
+
+    def __call__(self, fleet: str, intent: DeviceIntent, labels: Mapping[str, str]) -> None:
+        self[fleet, intent.device_id] = intent
+
+    def gathered(self) -> Intents:
+        found = dict(self)
+        self.clear()
+        return found
+
+    def add(self, gathered: Intents) -> None:
+        self.update(gathered)
+
+
 def planned(desired: Desired, observed: Observed, now: datetime = NOW,
             **options: Any) -> tuple[Plan, Intents]:
     """The plan and, by fleet and device, the intents its planner made (it keeps none)."""
-    made: Intents = {}
-    result = plan(desired, observed, now, made=lambda fleet, intent, labels: made.__setitem__(
-        (fleet, intent.device_id), intent), **options)
-    return result, made
+    made = Made()
+    return plan(desired, observed, now, made=made, **options), dict(made)
 
 
 def fresh_crl() -> CRLObserved:

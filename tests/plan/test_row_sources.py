@@ -3,11 +3,14 @@ declared now is not rendered again; every plan is the one rendering every device
 
 from __future__ import annotations
 
+import os
 import random
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
 
+from controller import parallel
 from controller.api import desired as desired_module
 from controller.api.desired import Desired, cross_check
 from controller.api.devices import DeviceText, read_fleet_devices
@@ -293,3 +296,58 @@ def test_judged_rows_plan_what_validating_every_row_plans(seed: int) -> None:
     assert short.source_notes == every.source_notes
     assert judged.fleets["sensors"].summary == full.fleets["sensors"].summary
     assert judged.fleets["sensors"].device_set.parsed == full.fleets["sensors"].device_set.parsed
+
+
+class Told:
+    """An `IntentSink` keeping each intent's device and digest, and the process told."""
+
+    def __init__(self) -> None:
+        self.told: list[tuple[str, str, int]] = []
+
+    def __call__(self, fleet: str, intent: DeviceIntent, labels: Mapping[str, str]) -> None:
+        self.told.append((intent.device_id, intent.digest, os.getpid()))
+
+    def gathered(self) -> list[tuple[str, str, int]]:
+        found, self.told = self.told, []
+        return found
+
+    def add(self, gathered: list[tuple[str, str, int]]) -> None:
+        self.told += gathered
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_fleet_walked_on_workers_plans_as_one_walk(seed: int,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checked fleet cut into shares, each walked on a forked worker (as a large fleet is):
+    the plan, its problems at their lines, the source notes and the intents told, in order,
+    are those of one walk here; some intents were made on the workers."""
+    chance = random.Random(seed)
+    rows = [row(i, chance.choice(SITES)) for i in range(chance.randint(2, 60))]
+    observed = changed(converged(load(rows)[0], renew_at=NOW_S if seed % 3 == 0 else
+                                 NOW_S + DAY))
+    for _ in range(chance.randint(0, 12)):
+        index = chance.randrange(len(rows))
+        edit = chance.choice(["site", "revoke", "delete", "add", "key"])
+        if edit == "site":
+            rows[index] = {**rows[index], "labels.site": chance.choice(SITES + ("oslo",))}
+        elif edit == "revoke":
+            rows[index] = {**rows[index], "revoked": "superseded"}
+        elif edit == "delete" and len(rows) > 2:
+            del rows[index]
+        elif edit == "add":
+            rows.append(row(chance.randrange(100, 10**6)))
+        elif edit == "key":  # refused when planned (server keygen): a problem at its line
+            rows[index] = {**rows[index], "publicKey": "a key"}
+    desired, problems = load(rows, observed if seed % 2 else None)
+    assert problems == [] and len(desired.fleets["sensors"].device_set.shares(8)) > 1
+    results = []
+    for workers in (0, 2):
+        monkeypatch.setattr(parallel, "worker_count", lambda items, count=workers: count)
+        told = Told()
+        results.append((plan(desired, observed, NOW, made=told), told.told))
+    (here, told_here), (apart, told_apart) = results
+    assert summary(apart) == summary(here) and apart.problems == here.problems
+    assert apart.source_notes == here.source_notes
+    assert [t[:2] for t in told_apart] == [t[:2] for t in told_here]
+    assert {t[2] for t in told_here} <= {os.getpid()}
+    assert not told_apart or {t[2] for t in told_apart} - {os.getpid()}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from controller import jobs
+from controller import jobs, parallel
 from controller.policy.engine import scope_of
 
 from .support import (
@@ -476,3 +476,25 @@ def test_judging_intents_as_they_are_made_finds_what_judging_them_all_finds(
     shown = declaration.plan(Observed(), NOW)
     assert list(shown.findings) == every
     assert len(shown.denied) == 1 + len(kept)  # the issuing CA is denied, and all it issues
+
+
+def test_a_fleet_judged_on_workers_finds_what_one_judge_finds(repo: FleetRepo, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    """A large fleet's shares are walked and judged on forked workers: their findings, taken
+    back into the plan's judges, are those of judging every device here."""
+    rows = [f"dev-{i},{('berlin', 'paris', 'rome')[i % 3]}" for i in range(40)]
+    repo.fleets["sensors"]["spec"].pop("devices")
+    repo.fleets["sensors"]["spec"]["deviceSource"] = {"path": "fleets/sensors.csv"}
+    repo.add_policy(policy("sites", rule("known-site", 'device.labels.site != "rome"'),
+                           rule("not-seven", 'device.id != "dev-7"', action="warn")))
+    root = repo.write(tmp_path / "repo")
+    (root / "fleets" / "sensors.csv").write_text("id,labels.site\n" + "\n".join(rows) + "\n")
+    found = []
+    for workers in (0, 2):
+        monkeypatch.setattr(parallel, "worker_count", lambda items, count=workers: count)
+        found.append(jobs.validate(root, NOW, jobs.PolicySource(False)))
+    assert found[1] == found[0]
+    assert keyed(found[0][1]) == {("deny", "sites/known-site", "DeviceFleet/sensors", f"dev-{i}")
+                                  for i in range(2, 40, 3)} | {
+        ("warn", "sites/not-seven", "DeviceFleet/sensors", "dev-7")}
