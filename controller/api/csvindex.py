@@ -59,12 +59,12 @@ def record_starts(text: str) -> RecordIndex | None:
     """The header and, by id, where each record begins, for a text of the plain shape; None
     for any other. A record whose first field holds a comma or line break, or which has no
     comma, is not indexed: only as many ids as records prove that none is missing."""
-    header = _plain_header(text)
+    header = plain_header(text)
     return None if header is None else RecordIndex(header, *_starts(text, text.find("\n"),
                                                                    len(text)))
 
 
-def _plain_header(text: str) -> list[str] | None:
+def plain_header(text: str) -> list[str] | None:
     """The header of a text of the plain shape whose first column alone is `id`, else None."""
     header_end = text.find("\n")
     if header_end < 0 or '"' in text[:header_end] or _PLAIN.fullmatch(text) is None:
@@ -134,7 +134,7 @@ def changed_records(old: str, new: str, records: int) -> RecordChanges | None:
     the rest of `new` (SEARCHED of them at most; more, and `new` is indexed whole) to find one
     declared twice. None too when more than a quarter of the `records` (about as many as `old`
     holds) changed, and more than FEW: reading every row at once then costs less."""
-    header = _plain_header(new)
+    header = plain_header(new)
     header_end = new.find("\n")
     if header is None or old[:header_end + 1] != new[:header_end + 1]:
         return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import csv
+import functools
 import hashlib
 import itertools
 import json
@@ -20,9 +21,11 @@ from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
+from controller import parallel
 from controller.api.csvindex import (
     changed_records,
     lines_of,
+    plain_header,
     record_at,
     record_lines,
     record_starts,
@@ -39,6 +42,7 @@ RowIndex = dict[str, tuple[Row, bytes]]  # device id -> (device or row, row dige
 Judged = Callable[[bytes], bool]  # a row digest -> judged already (its certificate's source)
 PartIndex = tuple[dict[str, int], list[tuple[int, str, str]]]  # id -> record start; columns
 UNDIGESTED = b""  # the digest of a row of a deferred set, until it is asked for (`DeviceSet.row`)
+PIECES_PER_WORKER = 2  # a part checked apart: so that the parent merges some as others run
 NEVER_ZERO = " (a missing source is an error, never zero devices)"
 KUBERNETES_ONLY = "only in Kubernetes mode (fleetpki operator)"
 
@@ -84,13 +88,15 @@ class UnsupportedDeviceSource(DeviceSourceError):
 ReadDevices = Callable[[DeviceSource], list[DeviceText]]
 
 
-def parse_device_rows(text: str, fmt: str) -> Iterator[tuple[int, int, dict[str, Any]]]:
+def parse_device_rows(text: str, fmt: str, begin: int = 0, end: int | None = None
+                      ) -> Iterator[tuple[int, int, dict[str, Any]]]:
     """(offset where its record begins, line, raw device dict) per row of CSV or JSONL text,
     one at a time; CSV columns `labels.<key>` become labels, `revoked` the revocation reason.
-    ValueError or csv.Error where the text is malformed."""
-    start = 0
+    From `begin` to `end` (records' starts; a CSV's header is read first), lines are counted
+    from `begin`. ValueError or csv.Error where the text is malformed."""
+    start = begin
     if fmt == "jsonl":
-        for number, entry in enumerate(lines_of(text), start=1):
+        for number, entry in enumerate(lines_of(text, None, begin, end), start=1):
             if entry.strip():
                 try:
                     device = json.loads(entry)
@@ -108,6 +114,9 @@ def parse_device_rows(text: str, fmt: str) -> Iterator[tuple[int, int, dict[str,
     if not header or "id" not in header:
         raise ValueError("CSV needs a header row with an 'id' column")
     columns = _csv_columns(header)
+    if begin or end is not None:
+        position[0] = max(begin, position[0])
+        reader = csv.reader(lines_of(text, position, position[0], end))
     start = position[0]
     for values in reader:
         if values:  # else a blank line
@@ -360,9 +369,8 @@ class DeviceSet:
             for device in self._item.resource.spec.devices:
                 yield device.id, device, _inline_digest(device)
         for number, begin, end in share.segments:
-            part, columns = self._parts[number], self._indexes[number]
-            assert columns is not None
-            for raw in _rows_between(part, begin, end, columns[1]):
+            part = self._parts[number]
+            for _, _, raw in parse_device_rows(part.text, part.format, begin, end):
                 yield raw["id"], raw, _row_digest(raw)
 
     def shares(self, count: int) -> list[Share]:
@@ -634,6 +642,10 @@ def _parse(item: Located, parts: list[DeviceText], problems: list[Problem],
         starts: dict[str, int] | None = None if keep else {}
         if starts is not None:
             starts_of.append(starts)
+            if (apart := _checked_apart(item, part, judged, [lines, *starts_of])) is not None:
+                starts.update(apart[0])
+                counts[0], counts[1] = counts[0] + apart[1], counts[1] + apart[2]
+                continue
         try:
             for start, line, raw in parse_device_rows(part.text, part.format):
                 device_id = raw.get("id")
@@ -667,6 +679,75 @@ def _parse(item: Located, parts: list[DeviceText], problems: list[Problem],
                                for part, starts in zip(parts, starts_of, strict=True)), summary)
 
 
+def _checked_apart(item: Located, part: DeviceText, judged: Judged | None,
+                   known: list[Mapping[str, Any]]) -> tuple[dict[str, int], int, int] | None:
+    """Where each record of a large part begins and its devices and those not revoked, the part
+    checked in consecutive pieces on forked workers (`parallel`); None, to check it here, where
+    a piece has a problem or an id is twice (in the part, or in `known` ids) or this cannot
+    work apart (one core, few rows, a CSV not of the plain shape)."""
+    workers = parallel.worker_count(part.text.count("\n"))
+    pieces = _pieces(part, workers * PIECES_PER_WORKER) if workers else []
+    if len(pieces) < 2:
+        return None
+    starts: dict[str, int] = {}
+    count = declared = 0
+    for found in itertools.chain.from_iterable(parallel.mapped(
+            functools.partial(_check_piece, item, part, judged), pieces, 1, None, workers)):
+        if found is None or not all(found[0].keys().isdisjoint(ids) for ids in (starts, *known)):
+            return None
+        starts.update(found[0])
+        count, declared = count + found[1], declared + found[2]
+    return starts, count, declared
+
+
+def _pieces(part: DeviceText, count: int) -> list[tuple[int, int]]:
+    """About `count` consecutive pieces of the part's records, (begin, end) each: cut at line
+    breaks outside quoted fields (an even number of quotes before: only in a CSV whose quotes
+    are its quoted fields' own, `csvindex`); none for another CSV."""
+    text = part.text
+    first = 0
+    if part.format == "csv":
+        if plain_header(text) is None:
+            return []
+        first = text.find("\n") + 1
+    cuts, quotes, counted = [first], 0, first
+    for number in range(1, count):
+        at = text.find("\n", max(first + (len(text) - first) * number // count, cuts[-1]))
+        while at >= 0:  # a JSONL line break is never in a string
+            quotes += text.count('"', counted, at)
+            counted = at
+            if part.format == "jsonl" or quotes % 2 == 0:
+                break
+            at = text.find("\n", at + 1)
+        if at < 0 or at + 1 >= len(text):
+            break
+        cuts.append(at + 1)
+    cuts.append(len(text))
+    return [(begin, end) for begin, end in itertools.pairwise(cuts) if begin < end]
+
+
+def _check_piece(item: Located, part: DeviceText, judged: Judged | None,
+                 piece: tuple[int, int]) -> tuple[dict[str, int], int, int] | None:
+    """A piece of `_checked_apart`, on a worker: None at its first problem."""
+    starts: dict[str, int] = {}
+    declared = 0
+    try:
+        for start, _, raw in parse_device_rows(part.text, part.format, *piece):
+            value: Row = raw
+            if not (judged is not None and isinstance(raw.get("id"), str)
+                    and judged(_row_digest(raw))):
+                if (valid := _validate(item, raw, part.label, 0, [])) is None:
+                    return None
+                value = valid
+            if raw["id"] in starts:
+                return None
+            starts[raw["id"]] = start
+            declared += revoked(value) is None
+    except (ValueError, csv.Error):
+        return None
+    return starts, len(starts), declared
+
+
 def _first_places(lines: DeviceLines, parts: list[DeviceText],
                   starts_of: list[dict[str, int]], wanted: set[str]) -> DeviceLines:
     """Where each of the `wanted` ids, kept in `lines` or `starts_of` (per part), is declared."""
@@ -689,19 +770,6 @@ def _record(part: DeviceText, start: int, columns: list[tuple[int, str, str]]) -
         end = part.text.find("\n", start) + 1 or len(part.text)
         return dict(json.loads(part.text[start:end]))
     return _csv_device(record_at(part.text, start), columns)
-
-
-def _rows_between(part: DeviceText, begin: int, end: int,
-                  columns: list[tuple[int, str, str]]) -> Iterator[dict[str, Any]]:
-    """The raw devices of a checked part's records from `begin` to `end` (records' starts)."""
-    if part.format == "jsonl":
-        for entry in lines_of(part.text, None, begin, end):
-            if entry.strip():
-                yield json.loads(entry)
-        return
-    for values in csv.reader(lines_of(part.text, None, begin, end)):
-        if values:
-            yield _csv_device(values, columns)
 
 
 def _record_lines(part: DeviceText, starts: list[int]) -> dict[int, int]:

@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from controller import parallel
+from controller.api import devices as devices_module
 from controller.api.devices import (
     DeviceSourceError,
     DeviceSummary,
@@ -358,12 +360,19 @@ def test_a_deferred_csv_set_reads_one_row_alone(seed: int, parsed: list[str]) ->
     assert short.find("absent") is None and parsed == ["csv"]
 
 
+@pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize("seed", range(60))
-def test_a_set_is_checked_once_keeping_no_row_and_reads_as_its_rows_declare(seed: int) -> None:
+def test_a_set_is_checked_once_keeping_no_row_and_reads_as_its_rows_declare(
+        seed: int, workers: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """CSV and JSONL parts (multi-line PEMs, blank lines, either line break, revoked rows, at
-    times a bad or doubled row), checked whole, keep no `Device`; the problems, the walk, a
-    row read alone from its place, lines and counts are what reading the rows one by one with
-    `parse_device_rows` and validating each gives."""
+    times a bad or doubled row), checked whole, here or in pieces on forked `workers`, keep no
+    `Device`; the problems, the walk, a row read alone from its place, lines and counts are
+    what reading the rows one by one with `parse_device_rows` and validating each gives."""
+    monkeypatch.setattr(parallel, "worker_count", lambda items: workers)
+    apart: list[object] = []  # what each part checked apart gave (None: checked here)
+    checked_apart = devices_module._checked_apart
+    monkeypatch.setattr(devices_module, "_checked_apart",
+                        lambda *args: apart.append(found := checked_apart(*args)) or found)
     chance = random.Random(seed)
     end = chance.choice(["\n", "\r\n"])
 
@@ -418,6 +427,8 @@ def test_a_set_is_checked_once_keeping_no_row_and_reads_as_its_rows_declare(seed
     if problems:
         return
     assert kept_now == 0 < len(declared) - 2  # not even the rows of the parts
+    if workers and len(lines) > 8 and len(objects) > 8:  # both parts in pieces on workers
+        assert len(apart) == 2 and None not in apart
     walked = [(i, checked.device(value), digest) for i, value, digest in checked.walk()]
     assert [(i, device) for i, device, _ in walked] == [(i, d) for i, (d, _) in declared.items()]
     for count in (2, 3, 7):  # cut to be walked apart: the same rows, each once, in order
