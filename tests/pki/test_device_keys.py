@@ -87,3 +87,34 @@ def test_a_p256_key_keeps_its_canonical_der(monkeypatch: pytest.MonkeyPatch) -> 
     found = keys.DeviceKey.from_pem(key.public_bytes(serialization.Encoding.PEM, SPKI))
     assert found == keys.DeviceKey("ECDSA-P256", der)
     assert found.fingerprint == keys.public_key_fingerprint(key)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_a_point_is_on_p256_where_openssl_loads_it(seed: int) -> None:
+    """`on_p256` against OpenSSL (`from_encoded_point`) over points of random keys and spoilt
+    ones: a coordinate plus p (equal modulo p, out of range), y one off or negated, a bit
+    flipped, random bytes, zeros. It must never accept what OpenSSL refuses."""
+    chance = random.Random(seed)
+    point = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    x, y = int.from_bytes(point[1:33], "big"), int.from_bytes(point[33:], "big")
+    field = keys._P256_P
+
+    def of(x: int, y: int) -> bytes:
+        return b"\x04" + (x % 2**256).to_bytes(32, "big") + (y % 2**256).to_bytes(32, "big")
+
+    small_x = next((x, y) for x in range(100) if (y := pow(
+        (x**3 - 3 * x + keys._P256_B) % field, (field + 1) // 4, field)) ** 2 % field
+        == (x**3 - 3 * x + keys._P256_B) % field)  # a point whose x + p has 32 bytes
+    flipped = bytearray(point)
+    flipped[chance.randrange(1, 65)] ^= 1 << chance.randrange(8)
+    for candidate in (point, of(x, field - y), of(x, y + 1), of(x + field, y), of(x, y + field),
+                      bytes(flipped), b"\x04" + chance.randbytes(64), of(0, 0),
+                      b"\x04" + point[1:33], b"\x02" + point[1:], of(*small_x),
+                      of(small_x[0] + field, small_x[1])):
+        try:
+            ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), candidate)
+            loads = len(candidate) == 65 and candidate[0] == 4
+        except ValueError:
+            loads = False
+        assert keys.on_p256(candidate) == loads, candidate.hex()
