@@ -455,6 +455,18 @@ class DeviceSet:
         value, digest = self.rows[device_id]
         return self.device(value), _digested(value, digest)
 
+    def indexed(self) -> bool:
+        """Whether a row asked for is found without reading every row (`row`): rows kept, or
+        each part's records indexed (indexed now, if not yet: before forking workers that
+        read rows)."""
+        if self._rows is not None:
+            return True
+        if not (self._deferred or self._checked):
+            return False
+        if self._indexes is None:
+            self._indexes = [_index(part) for part in self._parts]
+        return all(index is not None for index in self._indexes)
+
     def device(self, value: Row) -> Device:
         """The device of a row as read (`walk`), validated now if it was not; should it fail,
         every row is validated, raising InvalidDeclaration."""

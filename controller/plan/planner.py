@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -135,27 +135,11 @@ class _FleetPlanner:
             self._removed(changes.removed, active)
             self._due(set(changes.ids))
             return
-        removed = set(active)
         workers = parallel.worker_count(self.decl.summary.count)
         shares = self.decl.device_set.shares(workers * SHARES_PER_WORKER)
-        if not shares:
-            removed.difference_update(self._walk(None, active))
-        for actions, problems, notes, seen, gathered in itertools.chain.from_iterable(
-                parallel.mapped(functools.partial(self._walk_apart, active), shares, 1,
-                                self._forget_gathered, workers)):
-            self.actions += [Action(name, FLEET_KIND, self.fleet.name, reason, device, serial,
-                                    why) for name, reason, device, serial, why in actions]
-            self.problems += problems
-            self.source_notes.update(notes)
-            removed.difference_update(seen)
-            if self._made is not None:
-                self._made.add(gathered)
-        self._removed(removed, active)
-
-    def _forget_gathered(self) -> None:
-        """On a worker, before it walks: the sink's copy holds what the parent's does."""
-        if self._made is not None:
-            self._made.gathered()
+        walk = functools.partial(self._walk, active=active)
+        seen = self._spread(walk, shares, workers) if shares else walk(None)
+        self._removed(set(active).difference(seen), active)
 
     def _walk(self, share: Share | None, active: dict[str, ActiveDevice]) -> list[str]:
         """Declare the devices of the share (all: None); the ids of those `active`."""
@@ -166,14 +150,36 @@ class _FleetPlanner:
             self._declared(device_id, value, row, current)
         return seen
 
-    def _walk_apart(self, active: dict[str, ActiveDevice], share: Share) -> tuple[
+    def _spread(self, work: Callable[[Any], list[str]], shares: Sequence[Any],
+                workers: int) -> list[str]:
+        """`work` of each share on forked workers (copies of this planner, forked before it
+        planned a device), what each made taken in, in order; the ids `work` returned."""
+        seen: list[str] = []
+        for actions, problems, notes, found, gathered in itertools.chain.from_iterable(
+                parallel.mapped(functools.partial(self._apart, work), shares, 1,
+                                self._forget_gathered, workers)):
+            self.actions += [Action(name, FLEET_KIND, self.fleet.name, reason, device, serial,
+                                    why) for name, reason, device, serial, why in actions]
+            self.problems += problems
+            self.source_notes.update(notes)
+            seen += found
+            if self._made is not None:
+                self._made.add(gathered)
+        return seen
+
+    def _forget_gathered(self) -> None:
+        """On a worker, before its first share: the sink's copy holds what the parent's does."""
+        if self._made is not None:
+            self._made.gathered()
+
+    def _apart(self, work: Callable[[Any], list[str]], share: Any) -> tuple[
             list[tuple[ActionName, str, str | None, str | None, str | None]], list[Problem],
             dict[str, str], list[str], Any]:
-        """`_walk` of a share on a worker (a copy of this planner, forked before any device
-        was walked), sending back what it made (actions as tuples: a tenth of the cost)."""
-        seen = self._walk(share, active)
+        """`work` of a share on a worker, sending back what it made (actions as tuples: a
+        tenth of the cost of pickling them)."""
+        found = work(share)
         made = ([(a.action, a.reason, a.device, a.serial, a.revocation_reason)
-                 for a in self.actions], self.problems, self.source_notes, seen,
+                 for a in self.actions], self.problems, self.source_notes, found,
                 self._made and self._made.gathered())
         self.actions, self.problems, self.source_notes = [], [], {}
         return made
@@ -200,10 +206,24 @@ class _FleetPlanner:
                           "cessationOfOperation")
 
     def _due(self, planned: Collection[str]) -> None:
-        """Renewals falling due of devices declared as last applied (not `planned` here)."""
-        for device_id, due in sorted(self.seen.due.items()):
-            if device_id not in planned and (found := self.decl.device_set.row(device_id)):
-                self._device(found[0], due, self._source(found[1]))
+        """Renewals falling due of devices declared as last applied (not `planned` here); many
+        on forked workers, where each device's row is read alone (`DeviceSet.indexed`)."""
+        due = [(device_id, current) for device_id, current in sorted(self.seen.due.items())
+               if device_id not in planned]
+        workers = parallel.worker_count(len(due))
+        if not workers or not self.decl.device_set.indexed():
+            self._renew(due)
+            return
+        size = -(-len(due) // (workers * SHARES_PER_WORKER))
+        self._spread(self._renew, [due[first:first + size]
+                                   for first in range(0, len(due), size)], workers)
+
+    def _renew(self, due: list[tuple[str, ActiveDevice]]) -> list[str]:
+        """Plan the renewal of each device due, if still declared; no id to tell."""
+        for device_id, current in due:
+            if found := self.decl.device_set.row(device_id):
+                self._device(found[0], current, self._source(found[1]))
+        return []
 
     def _device(self, device: Device, current: ActiveDevice | None,
                 source: str | None = None) -> None:

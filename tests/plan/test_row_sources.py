@@ -351,3 +351,34 @@ def test_a_fleet_walked_on_workers_plans_as_one_walk(seed: int,
     assert [t[:2] for t in told_apart] == [t[:2] for t in told_here]
     assert {t[2] for t in told_here} <= {os.getpid()}
     assert not told_apart or {t[2] for t in told_apart} - {os.getpid()}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_renewals_due_planned_on_workers_as_here(seed: int,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unchanged fleet's renewals falling due, planned in slices on forked workers that
+    read each due row alone: the plan, problems and intents are those of planning them here
+    (due devices no longer declared are skipped, a row refused when rendered is a problem)."""
+    chance = random.Random(seed)
+    rows = [row(i, chance.choice(SITES)) for i in range(chance.randint(2, 60))]
+    full = converged(load(rows)[0], renew_at=NOW_S)
+    seen = full.fleets["sensors"]
+    due = {device: current for device, current in (seen.active or {}).items()
+           if chance.random() < 0.7}
+    for index in chance.sample(range(len(rows)), min(3, len(rows))):
+        rows[index] = chance.choice([{**rows[index], "publicKey": "a key"}, row(10**6 + index)])
+    desired, problems = load(rows)
+    observed = with_fleet(full, "sensors", FleetObserved(seen.content_hash, None, due,
+                                                         seen.active_count))
+    assert problems == [] and desired.fleets["sensors"].device_set.indexed()
+    results = []
+    for workers in (0, 2):
+        monkeypatch.setattr(parallel, "worker_count", lambda items, count=workers: count)
+        told = Told()
+        results.append((plan(desired, observed, NOW, made=told), told.told))
+    (here, told_here), (apart, told_apart) = results
+    assert summary(apart) == summary(here) and apart.problems == here.problems
+    assert [t[:2] for t in told_apart] == [t[:2] for t in told_here]
+    assert not told_apart or {t[2] for t in told_apart} - {os.getpid()}
+    assert {a.device for a in here.actions if a.action == "rekey"} == {
+        t[0] for t in told_here} <= set(due)
