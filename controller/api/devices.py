@@ -364,7 +364,6 @@ class DeviceSet:
                 yield device_id, value, _digested(value, digest)
             return
         assert self._item is not None and isinstance(self._item.resource, DeviceFleet)
-        assert self._indexes is not None
         if share.inline:
             for device in self._item.resource.spec.devices:
                 yield device.id, device, _inline_digest(device)
@@ -705,7 +704,8 @@ def _checked_apart(item: Located, part: DeviceText, judged: Judged | None,
     count = declared = 0
     for found in itertools.chain.from_iterable(parallel.mapped(
             functools.partial(_check_piece, item, part, judged), pieces, 1, None, workers)):
-        if found is None or not all(found[0].keys().isdisjoint(ids) for ids in (starts, *known)):
+        if found is None or not all(found[0].keys().isdisjoint(ids.keys())
+                                    for ids in (starts, *known)):
             return None
         starts.update(found[0])
         count, declared = count + found[1], declared + found[2]
