@@ -17,12 +17,11 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import git
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from kubernetes.client import ApiClient
 
 from controller import heap
 from controller.api.desired import Applied, Desired
@@ -96,8 +95,20 @@ from controller.stores.keystore import PASSPHRASE_ENV as PASSPHRASE_ENV  # part 
 from controller.stores.keystore import FileBlobs, KeyBlobs, KeyStore, initialised
 from controller.stores.keystore import KeyStoreError as KeyStoreError  # part of the job API
 from controller.stores.publish import sync_public
-from controller.stores.secrets import CLUSTER_SCOPE, secret_blobs
-from controller.stores.secrets import api_client as api_client  # part of the job API
+from controller.stores.secret_location import CLUSTER_SCOPE, secret_blobs
+
+if TYPE_CHECKING:
+    from kubernetes.client import ApiClient
+
+
+def api_client() -> ApiClient:
+    """The Kubernetes API client (the operator's, and of keys kept as Secrets): in-cluster
+    credentials, else $KUBECONFIG. The client is loaded when first asked for, not by every
+    command."""
+    from controller.stores import secrets
+
+    return secrets.api_client()
+
 
 STATE_ENV = "FLEETPKI_STATE_DIR"
 DATABASE_ENV = "FLEETPKI_DATABASE_URL"

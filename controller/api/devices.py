@@ -3,7 +3,8 @@
 Pure: where the text comes from is the caller's `read_devices` (a file of the repository in
 git mode, `sources/repo.py`; ConfigMaps or a Flux artifact in Kubernetes mode), so both modes
 parse, validate and check duplicates the same way, and problems point at the same place (the
-part's label as file, the row as line).
+part's label as file, the row as line). A large part is checked in pieces on forked workers
+(`controller.parallel`), with the result of checking it here.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""`plan(desired, observed, now) -> Plan`: pure, deterministic, ordered."""
+"""`plan(desired, observed, now) -> Plan`: pure, deterministic, ordered. A large fleet's rows
+(or its renewals falling due) are planned in shares on forked workers (`controller.parallel`),
+with the plan of planning them here."""
 
 from __future__ import annotations
 

@@ -16,7 +16,6 @@ import git
 from controller import jobs
 from controller.apply.executor import ApplyRefused
 from controller.status.gitbranch import git_stderr, push_status_branch
-from controller.status.metrics import DURATION, reconciled
 
 
 class SourceError(Exception):
@@ -106,12 +105,14 @@ class Reconciler:
 
     def once(self, log: Callable[[str], None]) -> bool:
         """One reconcile; True on success. Errors are logged and reported as status."""
+        from controller.status import metrics  # here: no other command loads prometheus_client
+
         result = "error"
         try:
-            with DURATION.labels("").time():
+            with metrics.DURATION.labels("").time():
                 result = self._apply(log)
         finally:
-            reconciled("", result)
+            metrics.reconciled("", result)
         return result == "applied"
 
     def _apply(self, log: Callable[[str], None]) -> str:

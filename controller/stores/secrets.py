@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import os
 import re
-from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config
@@ -48,14 +46,13 @@ from controller.stores.keystore import (
     check_blob_name,
     check_blob_prefix,
 )
+from controller.stores.secret_location import CLUSTER_SCOPE
 
 SCOPE_LABEL = "fleetpki.io/scope"
 BLOB_LABEL = "fleetpki.io/blob"
 QUARANTINE_LABEL = "fleetpki.io/quarantined"
 NAME_ANNOTATION = "fleetpki.io/blob-name"
 DATA_KEY = "blob"
-# the operator's cluster-wide CAs: not a DNS label, so no namespace's scope is ever the same
-CLUSTER_SCOPE = "cluster.fleetpki.io"
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _MAX_NAME = 253
@@ -212,11 +209,6 @@ def _quarantined(secret: Any) -> bool:
     return bool(labels.get(QUARANTINE_LABEL) == "true")
 
 
-# -- where a state directory's keys are ---------------------------------------------------------
-
-LOCATION_FILE = "keystore.json"  # in a state directory whose keys are Secrets
-
-
 def api_client() -> client.ApiClient:
     """In-cluster credentials when running in a pod, else the kubeconfig ($KUBECONFIG)."""
     try:
@@ -228,41 +220,3 @@ def api_client() -> client.ApiClient:
             raise KeyStoreError(f"cannot reach the Kubernetes API for the key Secrets: {exc}") \
                 from None
     return client.ApiClient()
-
-
-def recorded_location(state: Path) -> dict[str, str] | None:
-    """The Secrets (namespace, scope) a state directory's keys are in, if it says so."""
-    path = state / LOCATION_FILE
-    try:
-        location = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise KeyStoreError(f"cannot read {path}: {exc}") from None
-    if not isinstance(location, dict) or not {"namespace", "scope"} <= set(location):
-        raise KeyStoreError(f"{path} does not say where the key Secrets are "
-                            "(namespace, scope)")
-    return {"namespace": str(location["namespace"]), "scope": str(location["scope"])}
-
-
-def secret_blobs(state: Path, api: client.ApiClient | None = None, namespace: str | None = None,
-                 scope: str | None = None) -> SecretBlobs | None:
-    """The key Secrets of a state directory: recorded in it (any command finds them), or
-    recorded now when `namespace` and `scope` are given (the operator). Keys recorded elsewhere
-    than asked are refused: the operator never starts a second keystore beside the first."""
-    recorded = recorded_location(state)
-    if namespace is not None and scope is not None:
-        asked = {"namespace": namespace, "scope": scope}
-        if recorded is not None and recorded != asked:
-            raise KeyStoreError(
-                f"the keys of {state} are Secrets of namespace {recorded['namespace']} (scope "
-                f"{recorded['scope']}), not of {namespace} (scope {scope}): refusing to use "
-                "another keystore")
-        if recorded is None:
-            state.mkdir(parents=True, exist_ok=True, mode=0o700)
-            (state / LOCATION_FILE).write_text(json.dumps(asked) + "\n", encoding="utf-8")
-        recorded = asked
-    if recorded is None:
-        return None
-    return SecretBlobs(client.CoreV1Api(api or api_client()), recorded["namespace"],
-                       recorded["scope"])

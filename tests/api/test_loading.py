@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -500,3 +501,13 @@ def test_problem_string_format() -> None:
     assert "device" not in full.as_dict()
     error = InvalidDeclaration([full, Problem("b.yaml", "bad", 1)])
     assert str(error) == "a.yaml:3: DeviceFleet/x: spec.suspend: boom\nb.yaml:1: bad"
+
+
+def test_invalid_declaration_keeps_its_problems_when_pickled() -> None:
+    """Raised on a forked worker (a fleet checked or walked apart), it reaches the parent
+    through pickle: the problems, not their text, must arrive."""
+    problems = [Problem("fleets/a.csv", "bad row", 3, "DeviceFleet/a", "id", "d-1"),
+                Problem("fleets/a.csv", "another", 9)]
+    again = pickle.loads(pickle.dumps(InvalidDeclaration(problems)))
+    assert isinstance(again, InvalidDeclaration) and again.problems == problems
+    assert str(again) == str(InvalidDeclaration(problems))

@@ -315,6 +315,25 @@ class Told:
         self.told += gathered
 
 
+def planned_apart_as_here(desired: Desired, observed: Observed, monkeypatch: pytest.MonkeyPatch
+                          ) -> tuple[Plan, list[tuple[str, str, int]]]:
+    """The plan and the intents told (device, digest, process), planned here; planned again on
+    two forked workers, the same plan, problems, notes and intents in order, some intents
+    made in another process."""
+    results = []
+    for workers in (0, 2):
+        monkeypatch.setattr(parallel, "worker_count", lambda items, count=workers: count)
+        told = Told()
+        results.append((plan(desired, observed, NOW, made=told), told.told))
+    (here, told_here), (apart, told_apart) = results
+    assert summary(apart) == summary(here) and apart.problems == here.problems
+    assert apart.source_notes == here.source_notes
+    assert [t[:2] for t in told_apart] == [t[:2] for t in told_here]
+    assert {t[2] for t in told_here} <= {os.getpid()}
+    assert not told_apart or {t[2] for t in told_apart} - {os.getpid()}
+    return here, told_here
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_a_fleet_walked_on_workers_plans_as_one_walk(seed: int,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
@@ -340,17 +359,7 @@ def test_a_fleet_walked_on_workers_plans_as_one_walk(seed: int,
             rows[index] = {**rows[index], "publicKey": "a key"}
     desired, problems = load(rows, observed if seed % 2 else None)
     assert problems == [] and len(desired.fleets["sensors"].device_set.shares(8)) > 1
-    results = []
-    for workers in (0, 2):
-        monkeypatch.setattr(parallel, "worker_count", lambda items, count=workers: count)
-        told = Told()
-        results.append((plan(desired, observed, NOW, made=told), told.told))
-    (here, told_here), (apart, told_apart) = results
-    assert summary(apart) == summary(here) and apart.problems == here.problems
-    assert apart.source_notes == here.source_notes
-    assert [t[:2] for t in told_apart] == [t[:2] for t in told_here]
-    assert {t[2] for t in told_here} <= {os.getpid()}
-    assert not told_apart or {t[2] for t in told_apart} - {os.getpid()}
+    planned_apart_as_here(desired, observed, monkeypatch)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -371,14 +380,6 @@ def test_renewals_due_planned_on_workers_as_here(seed: int,
     observed = with_fleet(full, "sensors", FleetObserved(seen.content_hash, None, due,
                                                          seen.active_count))
     assert problems == [] and desired.fleets["sensors"].device_set.indexed()
-    results = []
-    for workers in (0, 2):
-        monkeypatch.setattr(parallel, "worker_count", lambda items, count=workers: count)
-        told = Told()
-        results.append((plan(desired, observed, NOW, made=told), told.told))
-    (here, told_here), (apart, told_apart) = results
-    assert summary(apart) == summary(here) and apart.problems == here.problems
-    assert [t[:2] for t in told_apart] == [t[:2] for t in told_here]
-    assert not told_apart or {t[2] for t in told_apart} - {os.getpid()}
-    assert {a.device for a in here.actions if a.action == "rekey"} == {
-        t[0] for t in told_here} <= set(due)
+    here, told = planned_apart_as_here(desired, observed, monkeypatch)
+    assert {a.device for a in here.actions if a.action == "rekey"} == {t[0] for t in told} \
+        <= set(due)
