@@ -9,12 +9,12 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from controller.stores.keystore import KeyStoreError
+
 if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
     from controller.stores.secrets import SecretBlobs
-
-from controller.stores.keystore import KeyStoreError
 
 # the operator's cluster-wide CAs: not a DNS label, so no namespace's scope is ever the same
 CLUSTER_SCOPE = "cluster.fleetpki.io"

@@ -286,10 +286,14 @@ def test_trusted_tenants_bind_namespaces(kube_emulator: RunningEmulator, api: cl
     trusted.mkdir()
 
     def tenant(namespace: str) -> None:
-        (trusted / "tenants.yaml").write_text(
+        """Replace the tenants file at once, as a mounted ConfigMap changes: a reconcile
+        running meanwhile reads the old file or the new, never an empty one."""
+        written = trusted / "tenants.yaml.new"
+        written.write_text(
             "apiVersion: fleetpki.io/v1alpha1\nkind: Tenant\nmetadata: {name: sensors}\n"
             f"spec:\n  namespaces: [{namespace}]\n"
             "  allowed: {deviceIdPatterns: ['^s-[0-9]+$']}\n", encoding="utf-8")
+        written.replace(trusted / "tenants.yaml")
 
     tenant("elsewhere")
     declare(kube_emulator, ["s-1", "rogue-1"])
