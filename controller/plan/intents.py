@@ -51,9 +51,17 @@ class DeviceIntent:
     sans: tuple[tuple[str, str], ...]  # ("dns" | "uri" | "ip" | "email", value)
     extensions: tuple[tuple[str, str], ...]  # (oid, UTF-8 value)
     device_key: keys.DeviceKey | None  # the device's own key; None for server keygen or EST
-    content_digest: str
+    shared: tuple[str, str, str, tuple[str, ...]]  # issuer, key algorithm, generation, usages
     key_fingerprint: str  # device key; "server-<algorithm>"; or ENROLLED (key from EST)
     source: str | None = None  # the row's source digest (the planner's), kept with the certificate
+
+    @property
+    def content_digest(self) -> str:
+        """The digest of what the certificate says (issuer, key algorithm and generation,
+        usages, subject, SANs, extensions), hashed when asked for: a device with no certificate
+        yet is planned and judged without it."""
+        return hash_parts(_profile_digest(*self.shared).copy(), self.subject, self.sans,
+                          self.extensions).hexdigest()
 
     @property
     def digest(self) -> str:
@@ -149,13 +157,12 @@ def device_intent(fleet: DeviceFleet, profile: CertificateProfile, device: Devic
     enrolls = fleet.spec.enrollment is not None and profile.spec.keyGeneration == "device"
     device_key = device_public_key(device, profile, enrolls)
     issuer = fleet.spec.issuerRef  # the kind only when cluster-wide: digests made before stay
-    digest = hash_parts(_profile_digest(issuer.name if issuer.kind == "CertificateAuthority"
-                                        else f"{issuer.kind}/{issuer.name}", spec.keyAlgorithm,
-                                        spec.keyGeneration, tuple(spec.usages)).copy(),
-                        subject, tuple(sans), extensions).hexdigest()
+    shared = (issuer.name if issuer.kind == "CertificateAuthority"
+              else f"{issuer.kind}/{issuer.name}", spec.keyAlgorithm, spec.keyGeneration,
+              tuple(spec.usages))
     if device_key is not None:
         fingerprint = device_key.fingerprint
     else:
         fingerprint = ENROLLED if enrolls else f"server-{spec.keyAlgorithm}"
-    return DeviceIntent(device.id, subject, tuple(sans), extensions, device_key, digest,
+    return DeviceIntent(device.id, subject, tuple(sans), extensions, device_key, shared,
                         fingerprint, source)
