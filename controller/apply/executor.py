@@ -232,16 +232,18 @@ class Executor:
         ca_record, ca_cert, ca_key = self.signer(issuer.name)
         serial = certs.random_serial()
         key_blob = None
-        digest = intent.digest
+        enrolled = intent.key_fingerprint == ENROLLED
         if intent.device_key is not None:
             device_key = intent.device_key
-        elif intent.key_fingerprint == ENROLLED:  # renew with the key the device enrolled
+        elif enrolled:  # renew with the key the device enrolled
             device_key = keys.DeviceKey.of(self._enrolled_key(action))
-            digest = f"{intent.content_digest}:{device_key.fingerprint}"
         else:
             private_key = self._server_key(action, profile.spec.keyAlgorithm)
             device_key = keys.DeviceKey.of(private_key.public_key())
             key_blob = self.keystore.wrap_device_key(serial_hex(serial), private_key)
+        # the content digest is hashed when asked for: once
+        digest = f"{intent.content_digest}:{device_key.fingerprint}" if enrolled \
+            else intent.digest
         ocsp_url = issuer.spec.ocsp.url if issuer.spec.ocsp else None
         if (ca_record.serial, profile.name) not in self._templates:
             self._templates[(ca_record.serial, profile.name)] = LeafTemplate.for_issuer(
