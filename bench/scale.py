@@ -26,7 +26,9 @@ keys. Device keys are derived from the device number, so the CSV is cached betwe
 $XDG_CACHE_HOME/fleetpki-bench) and any sample key can be rebuilt. Stages run in child processes
 also report their CPU seconds (workers included), which vary less than wall time on a shared
 machine; server stages report the server's CPU seconds alone (its clients run on the same
-cores), so that requests per server CPU second is what it could answer per core.
+cores), so that requests per server CPU second is what it could answer per core. Of those, the
+system's ("sys s": the kernel's, for page faults, I/O and the like) are given apart: on a
+virtual machine that backs its memory only when first touched, they show what memory costs.
 `--serve-workers N` runs the servers with `--workers N`; `--only job` runs the job's stages
 alone, `--only servers` the first apply and the server stages.
 
@@ -64,7 +66,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -277,6 +279,7 @@ class Stage:
     peak_rss_mb: float
     detail: str = ""
     cpu_seconds: float | None = None  # job: CPU time, workers included; servers: theirs
+    system_seconds: float | None = None  # of cpu_seconds, the kernel's (page faults, I/O)
 
     @property
     def per_second(self) -> float:
@@ -286,10 +289,20 @@ class Stage:
 Timed = Callable[[], str]  # runs the measured work, returns a detail for the table
 
 
-def cpu_seconds() -> float:
-    """CPU time of this process and its waited-for children (workers), user + system."""
-    return sum(usage.ru_utime + usage.ru_stime for usage in (
-        resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)))
+class CPU(NamedTuple):
+    """CPU seconds: user + system, and system alone."""
+
+    total: float
+    system: float
+
+    def __sub__(self, other: tuple[Any, ...]) -> CPU:
+        return CPU(self.total - other[0], self.system - other[1])
+
+
+def cpu_seconds() -> CPU:
+    """CPU time of this process and its waited-for children (workers)."""
+    usages = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return CPU(sum(u.ru_utime + u.ru_stime for u in usages), sum(u.ru_stime for u in usages))
 
 
 def _child(setup: Callable[[], Timed], pipe: multiprocessing.connection.Connection) -> None:
@@ -318,7 +331,7 @@ def in_child(name: str, count: int, setup: Callable[[], Timed]) -> Stage:
     if isinstance(answer, BaseException):
         raise RuntimeError(f"stage {name} failed") from answer
     seconds, detail, own_kb, cpu = answer
-    return Stage(name, count, seconds, max(sampled, own_kb / 1024), detail, cpu)
+    return Stage(name, count, seconds, max(sampled, own_kb / 1024), detail, *cpu)
 
 
 # --- the job's stages --------------------------------------------------------------------------
@@ -435,7 +448,7 @@ def tls_floor(work: Path, seconds: int = 3) -> float:
         output = subprocess.run(["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new",
                                  "-time", str(seconds)], capture_output=True, text=True,
                                 check=True).stdout
-        used = tree_cpu_seconds(server.pid) - cpu
+        used = (tree_cpu_seconds(server.pid) - cpu).total
     finally:
         server.kill()
         server.wait()
@@ -634,18 +647,18 @@ def _server_stage(name: str, pid: int, count: int, run: Callable[[], float],
     watch = RSSWatch(pid)
     cpu = tree_cpu_seconds(pid)
     seconds = run()
-    return Stage(name, count, seconds, watch.stop(), detail, tree_cpu_seconds(pid) - cpu)
+    return Stage(name, count, seconds, watch.stop(), detail, *(tree_cpu_seconds(pid) - cpu))
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and its live descendants (/proc/PID/stat)."""
+def tree_cpu_seconds(pid: int) -> CPU:
+    """CPU time of a process and its live descendants (/proc/PID/stat)."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
+    user = system = 0
     for proc in process_tree(pid):
         with contextlib.suppress(OSError):
             fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
-    return total
+            user, system = user + int(fields[11]), system + int(fields[12])  # utime, stime
+    return CPU((user + system) / tick, system / tick)
 
 
 # --- the floor and the peers -------------------------------------------------------------------
@@ -757,6 +770,7 @@ def report(args: argparse.Namespace, floor_rates: dict[str, float], stages: list
             "stages": {s.name: {"seconds": s.seconds, "per_second": s.per_second,
                                 "peak_rss_mb": s.peak_rss_mb, "count": s.count,
                                 "cpu_seconds": s.cpu_seconds,
+                                "system_seconds": s.system_seconds,
                                 "detail": s.detail} for s in stages},
             "floor": floor_rates, "peers": peer_rates}
 
@@ -774,14 +788,15 @@ def print_table(data: dict[str, Any]) -> None:
         print(f"floor (TLS): openssl s_server {floor_rates['tls_handshakes_per_cpu_s']:,.0f} "
               "handshakes per CPU second (the server stages' CPU s are the server's)")
     print(f"{'stage':<13} {'n':>9} {'seconds':>9} {'per second':>11} {'x builder':>9} "
-          f"{'peak RSS':>9} {'CPU s':>7}  detail")
+          f"{'peak RSS':>9} {'CPU s':>7} {'sys s':>6}  detail")
     for name, stage in data["stages"].items():
         ratio = f"{stage['per_second'] / builder:.2f}" if builder and name in (
             "apply_first", "renew_sweep", "apply_first_pg", "renew_sweep_pg") else ""
-        cpu = "" if stage["cpu_seconds"] is None else f"{stage['cpu_seconds']:.1f}"
+        cpu, system = ("" if stage.get(key) is None else f"{stage[key]:.1f}"
+                       for key in ("cpu_seconds", "system_seconds"))
         print(f"{name:<13} {stage['count']:>9,} {stage['seconds']:>9.2f} "
               f"{stage['per_second']:>11,.0f} {ratio:>9} {stage['peak_rss_mb']:>7.0f} MB "
-              f"{cpu:>7}  {stage['detail']}")
+              f"{cpu:>7} {system:>6}  {stage['detail']}")
     print("peers (fleetpki apply_first rate / theirs):")
     for name, values in data["peers"].items():
         if "missing" in values:
