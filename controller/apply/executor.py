@@ -207,12 +207,13 @@ class Executor:
             self.result.count("revoke", len(chunk))
             progress(len(chunk))
 
-    def _record_revoked(self, chunk: list[Action]) -> None:
+    def _record_revoked(self, chunk: list[Action]) -> list[Action]:
         revocations = []
         for action in chunk:
             assert action.serial is not None
             revocations.append((action.serial, action.revocation_reason or "unspecified"))
         self.inventory.revoke_all(revocations, epoch(self.now))
+        return chunk
 
     def issue(self, actions: list[Action], progress: Progress) -> None:
         """Sign the certificates of `actions`, each from its device's intent rendered again
@@ -221,34 +222,33 @@ class Executor:
                               for a in actions}):
             self.signer(issuer)  # loaded once, before any worker is forked
         signed = zip(_chunks(actions), signing.records(self, actions, BATCH), strict=True)
-        for chunk, _ in self._committed(signed, self._record_issued):
+        for chunk in self._committed(signed, self._record_issued):
             for action in chunk:
                 self.result.count(action.action)
             progress(len(chunk))
 
-    def _record_issued(self, signed: tuple[list[Action], list[CertRecord]]) -> None:
+    def _record_issued(self, signed: tuple[list[Action], list[CertRecord]]) -> list[Action]:
         chunk, records = signed
         assert len(records) == len(chunk)
         # the replaced ones first: one active each
         self.inventory.revoke_all([(action.serial, "superseded") for action in chunk
                                    if action.serial], epoch(self.now))
         self.inventory.insert_all(records)
+        return chunk
 
-    def _committed(self, batches: Iterable[_Batch], record: Callable[[_Batch], None]
-                   ) -> Iterator[_Batch]:
+    def _committed(self, batches: Iterable[_Batch], record: Callable[[_Batch], list[Action]]
+                   ) -> Iterator[list[Action]]:
         """`record` each of `batches` in the inventory, in transactions of one batch, then
         twice as many each time up to BATCHES_PER_TRANSACTION (what a few batches do is
-        committed as soon); yields each batch once its transaction is committed."""
+        committed as soon); yields the actions `record` returns for each batch once its
+        transaction is committed (not the batch: a batch of records is let go once written)."""
         pending, size = iter(batches), 1
         for first in pending:  # taken before the transaction begins: no lock held waiting
-            group = [first]
             with self.inventory.transaction():
-                record(first)
-                for batch in itertools.islice(pending, size - 1):
-                    record(batch)
-                    group.append(batch)
+                recorded = [record(first)]
+                recorded += (record(batch) for batch in itertools.islice(pending, size - 1))
             size = min(2 * size, BATCHES_PER_TRANSACTION)
-            yield from group
+            yield from recorded
 
     def _declared_certificate(self, action: Action) -> CertRecord:
         return self._device_certificate(action, self._intents(action.name, action.device or ""))
