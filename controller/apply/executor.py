@@ -46,10 +46,10 @@ from controller.stores.releases import Releases
 
 BACKDATE = timedelta(minutes=1)  # tolerate device clock skew, as step-ca does
 BATCH = 2_000
-# batches recorded per transaction: a commit writes every page it changed, and a large
-# inventory's serial and device-key indexes are changed at random pages (a first issuance of a
-# million wrote 18.8 GB with a batch a transaction, 9.0 GB with 10, 6.1 GB with 25); a
-# transaction of 50,000 holds the write lock a few seconds (an EST enrollment waits that long)
+# batches recorded per transaction, at most: a commit writes every page it changed, and a large
+# inventory's device-key index changes at random pages (a first issuance of a million wrote
+# 18.8 GB with a batch a transaction, 9.0 GB with 10, 6.1 GB with 25); a transaction of 50,000
+# holds the write lock a few seconds (an EST enrollment waits that long)
 BATCHES_PER_TRANSACTION = 25
 _Batch = TypeVar("_Batch")
 Progress = Callable[[int], None]
@@ -217,7 +217,8 @@ class Executor:
 
     def issue(self, actions: list[Action], progress: Progress) -> None:
         """Sign the certificates of `actions`, each from its device's intent rendered again
-        where it is signed (on the workers), and record them one batch at a time."""
+        where it is signed (on the workers), and record each batch as it comes, several to a
+        transaction (`_committed`)."""
         for issuer in sorted({self.desired.fleets[a.name].fleet.spec.issuerRef.name
                               for a in actions}):
             self.signer(issuer)  # loaded once, before any worker is forked
