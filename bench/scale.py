@@ -295,7 +295,7 @@ class CPU(NamedTuple):
     total: float
     system: float
 
-    def __sub__(self, other: tuple[Any, ...]) -> CPU:
+    def __sub__(self, other: CPU) -> CPU:
         return CPU(self.total - other[0], self.system - other[1])
 
 
